@@ -1,0 +1,132 @@
+"""Named model configs.
+
+A config fixes everything needed to rebuild a torchvision ``MaskRCNN`` key-for-key and to run it
+as a static-shape deploy graph: architecture, canvas side, mask size, class names and the
+inference settings (thresholds, RPN top-k, detections per image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from maskrt.errors import MaskrtError
+
+# torchvision's COCO category names (index = contiguous label of its 91-way predictor).
+COCO_CLASSES: tuple[str, ...] = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
+    "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+    "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A",
+    "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+
+SHAPES_CLASSES: tuple[str, ...] = ("__background__", "square", "circle", "triangle")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and inference settings of one model.
+
+    ``classes[0]`` is the background; a class id is an index into ``classes``.
+    """
+
+    name: str
+    backbone: str  # torchvision ResNet name ("resnet18", "resnet50", ...) or "resnet10"
+    classes: tuple[str, ...]
+    canvas: int  # side of the square letterbox canvas (multiple of 32)
+    fpn_v2: bool = False  # layout of maskrcnn_resnet50_fpn_v2 (BN heads, 2-conv RPN head)
+    frozen_bn: bool = True  # FrozenBatchNorm2d trunk, as torchvision's pretrained builders
+    trainable_layers: int = 3
+    fpn_channels: int = 256
+    box_representation: int = 1024
+    mask_layers: tuple[int, ...] = (256, 256, 256, 256)
+    mask_size: int = 28
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # inference (also what the static deploy graph uses)
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    max_detections: int = 100
+    rpn_pre_nms_top_n: int = 1000  # per FPN level
+    rpn_post_nms_top_n: int = 1000
+    rpn_nms_threshold: float = 0.7
+    # training
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    box_batch_size_per_image: int = 512
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise MaskrtError(f"unknown model config fields: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    "resnet50_fpn": ModelConfig(
+        name="resnet50_fpn", backbone="resnet50", classes=COCO_CLASSES, canvas=1344
+    ),
+    "resnet50_fpn_v2": ModelConfig(
+        name="resnet50_fpn_v2",
+        backbone="resnet50",
+        classes=COCO_CLASSES,
+        canvas=1344,
+        fpn_v2=True,
+        frozen_bn=False,
+    ),
+    "shapes": ModelConfig(
+        name="shapes",
+        backbone="resnet10",
+        classes=SHAPES_CLASSES,
+        canvas=192,
+        frozen_bn=False,
+        trainable_layers=5,
+        fpn_channels=64,
+        box_representation=256,
+        mask_layers=(64, 64),
+        anchor_sizes=(16, 32, 64, 128, 256),
+        score_threshold=0.05,
+        max_detections=100,
+        rpn_pre_nms_top_n=500,
+        rpn_post_nms_top_n=300,
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=500,
+        box_batch_size_per_image=128,
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """The named config; the error lists the known names."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise MaskrtError(
+            f"unknown model config {name!r}; known configs: {', '.join(sorted(CONFIGS))}"
+        ) from None

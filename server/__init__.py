@@ -1,0 +1,1 @@
+"""The inference service: FastAPI app, settings, dynamic batcher, backends, pre/post-processing."""
