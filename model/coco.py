@@ -1,0 +1,135 @@
+"""COCO-format instance data for training and evaluation.
+
+Any COCO instances JSON plus an image folder (polygon or RLE segmentations, crowd flags, images
+without annotations), or the synthetic shapes set given as ``shapes:COUNT:SEED``. Category ids are
+mapped to contiguous 1-based class ids in ascending id order, as torchvision's references do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from maskrt.errors import MaskrtError
+from maskrt.model import shapes
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # uint8 [H, W, 3] RGB
+    boxes: np.ndarray  # float32 [N, 4] x1 y1 x2 y2
+    labels: np.ndarray  # int64 [N], contiguous class ids
+    masks: np.ndarray  # uint8 [N, H, W]
+    image_id: int
+
+
+class CocoInstances(torch.utils.data.Dataset):
+    """A COCO instances data set: ``__getitem__`` gives a :class:`Sample` (crowds left out)."""
+
+    def __init__(self, coco: COCO, image_dir: Path | None, source: str):
+        self.coco = coco
+        self.image_dir = image_dir
+        self.source = source
+        self.image_ids = sorted(coco.imgs)
+        cat_ids = sorted(coco.cats)
+        self.cat_to_class = {cat: i + 1 for i, cat in enumerate(cat_ids)}
+        self.class_to_cat = {v: k for k, v in self.cat_to_class.items()}
+        self.classes = ("__background__", *(coco.cats[c]["name"] for c in cat_ids))
+        unknown = sorted({a["category_id"] for a in coco.anns.values()} - set(cat_ids))
+        if unknown:
+            raise MaskrtError(
+                f"{source}: annotations use category ids {unknown} that are not in 'categories'"
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise MaskrtError(f"{path}: image file missing (listed in {self.source})") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise MaskrtError(f"{path}: unreadable image ({exc})") from None
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        image = self.load_image(image_id)
+        height, width = image.shape[:2]
+        anns = [
+            a for a in self.coco.imgToAnns.get(image_id, [])
+            if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1
+        ]
+        masks = np.zeros((len(anns), height, width), np.uint8)
+        boxes = np.zeros((len(anns), 4), np.float32)
+        for k, ann in enumerate(anns):
+            masks[k] = _ann_to_mask(ann, height, width)
+            x, y, w, h = ann["bbox"]
+            boxes[k] = (x, y, x + w, y + h)
+        labels = np.asarray([self.cat_to_class[a["category_id"]] for a in anns], np.int64)
+        return Sample(image, boxes, labels, masks, image_id)
+
+
+class ShapesInstances(CocoInstances):
+    """The shapes set generated in memory: same interface, no files."""
+
+    def __init__(self, count: int, seed: int):
+        data, self._pixels = shapes.coco_dataset(count, seed)
+        super().__init__(_coco_from_dict(data), None, f"shapes:{count}:{seed}")
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        return self._pixels[image_id - 1]
+
+
+def _ann_to_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    segm = ann["segmentation"]
+    if isinstance(segm, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return mask_utils.decode(rle)
+
+
+def _coco_from_dict(data: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def open_dataset(spec: str) -> CocoInstances:
+    """``shapes:COUNT:SEED``, a COCO directory (``annotations.json`` + images), or a JSON file
+    whose images lie next to it."""
+    if spec.startswith("shapes:"):
+        try:
+            _, count, seed = spec.split(":")
+            return ShapesInstances(int(count), int(seed))
+        except ValueError:
+            raise MaskrtError(f"bad data spec {spec!r}: expected shapes:COUNT:SEED") from None
+    path = Path(spec)
+    json_path = path / "annotations.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise MaskrtError(f"{json_path}: no such COCO annotations file")
+    try:
+        data = json.loads(json_path.read_text())
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise MaskrtError(f"{json_path}: not a COCO instances file (no '{key}' list)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MaskrtError(f"{json_path}: not valid JSON ({exc})") from None
+    return CocoInstances(_coco_from_dict(data), json_path.parent, str(json_path))

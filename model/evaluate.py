@@ -1,0 +1,105 @@
+"""COCO evaluation (pycocotools ``COCOeval``) of a model on a COCO-format data set.
+
+``eager`` runs torchvision's own forward (full-image mask pasting), the reference every deploy
+backend is compared with; the deploy backends go through the serving pipeline, so what is
+measured is what the server answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+from maskrt.model.checkpoint import LoadedModel
+from maskrt.model.coco import CocoInstances
+
+# A predictor maps a batch of uint8 HxWx3 images to, per image, (boxes xyxy [N,4], scores [N],
+# class ids [N], COCO RLEs) in original-image pixels.
+Predictions = list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]]
+Predictor = Callable[[list[np.ndarray]], Predictions]
+
+
+def eager_predictor(loaded: LoadedModel, device: torch.device) -> Predictor:
+    """torchvision's eager ``MaskRCNN.forward`` with its own full-image mask pasting."""
+    model = loaded.model.to(device).eval()
+
+    @torch.inference_mode()
+    def predict(images: list[np.ndarray]) -> Predictions:
+        batch = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+        results = []
+        for out in model(batch):
+            masks = (out["masks"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
+            rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+            results.append((out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                            out["labels"].cpu().numpy(), rles))
+        return results
+
+    return predict
+
+
+def _batches(data: CocoInstances, batch_size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    for start in range(0, len(data), batch_size):
+        ids = data.image_ids[start:start + batch_size]
+        yield ids, [data.load_image(i) for i in ids]
+
+
+def coco_results(
+    data: CocoInstances, predict: Predictor, classes: tuple[str, ...], batch_size: int
+) -> list[dict]:
+    """Run ``predict`` over the data set and return COCO result records.
+
+    Model classes map to the data set's categories by name, so a model whose class ids differ
+    from the data set's (torchvision's 91 COCO slots against COCO's 80 categories) still scores.
+    """
+    by_name = {data.classes[c]: cat for c, cat in data.class_to_cat.items()}
+    category = {i: by_name[name] for i, name in enumerate(classes) if name in by_name}
+    results = []
+    for ids, images in _batches(data, batch_size):
+        for image_id, (boxes, scores, labels, rles) in zip(ids, predict(images)):
+            for box, score, label, rle in zip(boxes, scores, labels, rles):
+                if int(label) not in category:
+                    continue
+                x1, y1, x2, y2 = (float(v) for v in box)
+                counts = rle["counts"]
+                results.append({
+                    "image_id": image_id, "category_id": category[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
+                    "segmentation": {"size": list(rle["size"]), "counts":
+                                     counts.decode("ascii") if isinstance(counts, bytes) else counts},
+                })
+    return results
+
+
+def coco_metrics(data: CocoInstances, results: list[dict]) -> dict:
+    """AP, AP50 and AP75 for ``bbox`` and ``segm`` (zeros when nothing was detected)."""
+    metrics = {}
+    for iou_type in ("bbox", "segm"):
+        if not results:
+            metrics[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
+            detections = data.coco.loadRes(results)
+            ev = COCOeval(data.coco, detections, iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics[iou_type] = {k: round(float(ev.stats[i]), 4) for i, k in enumerate(("AP", "AP50", "AP75"))}
+    return metrics
+
+
+def evaluate(
+    data: CocoInstances, predict: Predictor, classes: tuple[str, ...], batch_size: int = 8
+) -> dict:
+    """Metrics, image count and seconds of ``predict`` over ``data``."""
+    started = time.perf_counter()
+    results = coco_results(data, predict, classes, batch_size)
+    seconds = time.perf_counter() - started
+    return {**coco_metrics(data, results), "images": len(data), "detections": len(results),
+            "seconds": round(seconds, 2)}

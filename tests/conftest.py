@@ -1,0 +1,21 @@
+"""Shared fixtures and the gpu / tensorrt markers' skip rules."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+    no_trt = pytest.mark.skip(reason="needs TensorRT: the 'tensorrt' Python package is not installed "
+                                     "(it runs in the GPU Docker image)")
+    has_gpu = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(no_gpu)
+        if "tensorrt" in item.keywords and not (has_trt and has_gpu):
+            item.add_marker(no_trt)
