@@ -1,0 +1,71 @@
+"""The plugin's CUDA kernel as a PyTorch extension, for tests and benchmarks on a GPU.
+
+``load_extension()`` compiles ``src/roi_align_kernel.cu`` (the kernel the TensorRT plugin launches)
+and ``src/roi_align_torch.cpp`` (a pybind11 binding) with ``torch.utils.cpp_extension.load``; no
+TensorRT file takes part. Compiling needs nvcc; running needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from torch import Tensor
+
+from maskrt.errors import MaskrtError
+
+SRC = Path(__file__).resolve().parent / "src"
+SOURCES = [SRC / "roi_align_kernel.cu", SRC / "roi_align_torch.cpp"]
+
+
+def _cuda_root(detected: str | None) -> Path | None:
+    """The CUDA toolkit root with the runtime headers. torch infers CUDA_HOME from nvcc's location,
+    which is wrong when ``nvcc`` on PATH is a wrapper script (e.g. /usr/local/bin/nvcc)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), detected, "/usr/local/cuda"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "include" / "cuda_runtime_api.h").is_file() \
+                and (Path(candidate) / "bin" / "nvcc").is_file():
+            return Path(candidate)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension(build_directory: str | None = None, verbose: bool = False):
+    """Build (once per process and build directory; torch caches across processes) and import the
+    extension module. ``build_directory`` defaults to torch's extension cache. Set
+    ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"9.0"``) to build for fewer architectures than torch's default."""
+    from torch.utils import cpp_extension
+
+    root = _cuda_root(cpp_extension.CUDA_HOME)
+    if root is None:
+        raise MaskrtError("building the RoIAlign CUDA extension needs the CUDA toolkit (bin/nvcc, include/"
+                          "cuda_runtime_api.h); set CUDA_HOME to its directory")
+    cpp_extension.CUDA_HOME = str(root)  # what torch's build reads for nvcc, include and lib paths
+    if build_directory is not None:
+        os.makedirs(build_directory, exist_ok=True)
+    return cpp_extension.load(
+        name="maskrt_roi_align_ext",
+        sources=[str(s) for s in SOURCES],
+        extra_include_paths=[str(SRC)],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3"],
+        build_directory=build_directory,
+        verbose=verbose,
+    )
+
+
+def multilevel_roi_align(
+    rois: Tensor,
+    features: list[Tensor],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+    first_level: int = 2,
+) -> Tensor:
+    """The contract's op on CUDA tensors: ``rois`` float32 [B, R, 4], ``features`` [B, C, H_l, W_l]
+    (float32 or float16) -> [B, R, C, output_size, output_size], one kernel launch."""
+    return load_extension().multilevel_roi_align(
+        rois, list(features), output_size, sampling_ratio, aligned, canonical_scale, canonical_level, first_level)
