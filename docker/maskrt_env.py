@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""What the container entrypoint needs to know about this machine, one question per subcommand.
+
+Installed in the images as ``maskrt-env`` (docker/entrypoint.sh calls it):
+
+``maskrt-env gpu [INDEX]``
+    ``<gpu name>\\t<compute capability, e.g. 90>\\t<TensorRT version>`` of CUDA device INDEX.
+    Exit 3 when no usable CUDA device is visible, 4 when the tensorrt package cannot be imported.
+``maskrt-env backend``
+    What ``MASKRT_BACKEND=auto`` resolves to: ``tensorrt`` on a GPU with TensorRT, else
+    ``onnxruntime`` (DESIGN.md, Settings).
+``maskrt-env default-model``
+    Path of the checkpoint bundled with the package.
+"""
+
+from __future__ import annotations
+
+import sys
+
+NO_GPU, NO_TENSORRT = 3, 4
+
+
+def gpu(index: int) -> int:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - the images always have torch
+        print(f"cannot import torch: {exc}", file=sys.stderr)
+        return NO_GPU
+    if not torch.cuda.is_available():
+        print("torch.cuda.is_available() is False", file=sys.stderr)
+        return NO_GPU
+    count = torch.cuda.device_count()
+    if index >= count:
+        print(f"CUDA device {index} asked for, {count} visible", file=sys.stderr)
+        return NO_GPU
+    try:
+        import tensorrt
+    except ImportError as exc:
+        print(f"cannot import tensorrt: {exc}", file=sys.stderr)
+        return NO_TENSORRT
+    major, minor = torch.cuda.get_device_capability(index)
+    print(f"{torch.cuda.get_device_name(index)}\t{major}{minor}\t{tensorrt.__version__}")
+    return 0
+
+
+def backend() -> int:
+    import importlib.util
+
+    import torch
+
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    print("tensorrt" if has_trt and torch.cuda.is_available() else "onnxruntime")
+    return 0
+
+
+def default_model() -> int:
+    from maskrt.model.checkpoint import default_checkpoint
+
+    print(default_checkpoint())
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["gpu"] and len(argv) <= 2:
+        return gpu(int(argv[1]) if len(argv) == 2 else 0)
+    if argv == ["backend"]:
+        return backend()
+    if argv == ["default-model"]:
+        return default_model()
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
