@@ -1,0 +1,86 @@
+"""``maskrt export``: one subcommand per artefact.
+
+``maskrt export onnx`` is here; more subcommands (``maskrt export engine``) plug in by adding a
+``register_<name>(sub)`` function to :data:`SUBCOMMANDS`, or by a module named in :data:`PARTS` that
+has ``register(sub)`` (imported only when present, so a missing optional part never breaks the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+# modules that add `maskrt export <name>` subcommands with their own register(sub)
+PARTS = ("maskrt.export.tensorrt_cli",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export a checkpoint to ONNX (and build TensorRT engines)",
+                            description="Export a model for deployment.")
+    kinds = parser.add_subparsers(dest="export_command", required=True, metavar="ARTEFACT")
+    for register_one in SUBCOMMANDS:
+        register_one(kinds)
+    for name in PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(kinds)
+
+
+def register_onnx(kinds: argparse._SubParsersAction) -> None:
+    from maskrt.export.onnx import DEFAULT_MAX_BATCH, DEFAULT_OPSET, TARGETS
+
+    p = kinds.add_parser(
+        "onnx", help="the static-shape deploy graph as ONNX (dynamic batch)",
+        description="Export the deploy graph of a checkpoint to ONNX: uint8 images [B, 3, S, S] in, "
+                    "fixed-size detections out, B from 1 to --max-batch. The file passes "
+                    "onnx.checker (full check) and carries maskrt.* metadata.")
+    p.add_argument("--model", default=None,
+                   help="checkpoint (.pt), bare torchvision state dict (with --config), or torchvision "
+                        "weights by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1); default: the bundled "
+                        "shapes model")
+    p.add_argument("--config", help="layout of a bare torchvision state dict (e.g. resnet50_fpn)")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
+                   help="onnxruntime: standard ONNX ops only; tensorrt: RoIAlign as the maskrt plugin")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"largest batch the graph takes (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--canvas", type=int, help="canvas side S, a multiple of 32 (default: the config's)")
+    p.add_argument("--max-detections", type=int, help="K, detections per image (default: the config's)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.set_defaults(func=_onnx)
+
+
+SUBCOMMANDS = [register_onnx]
+
+
+def _onnx(args: argparse.Namespace) -> int:
+    from maskrt.export.onnx import export_onnx
+    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
+
+    _console_logging()
+    model = args.model or str(default_checkpoint())
+    loaded = load_checkpoint(model, args.config)
+    out = export_onnx(loaded, args.out, args.target, max_batch=args.max_batch, canvas=args.canvas,
+                      max_detections=args.max_detections, opset=args.opset)
+    print(out)
+    return 0
+
+
+def _console_logging() -> None:
+    """maskrt's INFO lines on stderr (when nothing configured logging); the exporter's libraries'
+    chatter stays at WARNING."""
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log = logging.getLogger("maskrt")
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

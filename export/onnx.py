@@ -1,0 +1,204 @@
+"""ONNX export of the deploy graph (``maskrt export onnx``).
+
+:func:`export_onnx` traces :class:`maskrt.model.deploy.DeployGraph` with PyTorch's
+``torch.export``-based ONNX exporter (``torch.onnx.export(dynamo=True)``, the default exporter since
+PyTorch 2.9 and the one kept by 2.11 and later; the TorchScript exporter is deprecated), with a
+dynamic batch of 1 to ``max_batch`` images and every other shape fixed. maskrt's two custom ops are
+translated by :mod:`maskrt.export.onnx_ops`: each multi-level RoIAlign is one
+``com.maskrt::MultiLevelRoIAlign`` node (an ONNX local function of standard ops), each NMS a standard
+``NonMaxSuppression``.
+
+Targets:
+
+- ``onnxruntime``: that graph, standard ONNX ops only (the local function's body included).
+- ``tensorrt``: the same graph rewritten for TensorRT by ``maskrt.export.tensorrt_onnx.rewrite``
+  (``ModelProto -> ModelProto``; each ``MultiLevelRoIAlign`` node becomes the plugin node).
+
+Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
+``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
+``maskrt.target``, plus ``maskrt.max_batch``, and passes ``onnx.checker.check_model(full_check=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+from maskrt.errors import MaskrtError
+
+log = logging.getLogger("maskrt.export")
+
+TARGETS = ("onnxruntime", "tensorrt")
+DEFAULT_OPSET = 18
+DEFAULT_MAX_BATCH = 8
+INPUT_NAME = "images"
+METADATA_PREFIX = "maskrt."
+
+
+def build_onnx(
+    loaded,
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    canvas: int | None = None,
+    max_detections: int | None = None,
+    opset: int = DEFAULT_OPSET,
+):
+    """The ``onnxruntime``-target ``onnx.ModelProto`` of a ``LoadedModel`` (``.model``,
+    ``.config``, ``.sha256``), metadata included, checked."""
+    import torch
+
+    from maskrt.export.onnx_ops import add_functions, translation_table
+    from maskrt.model.deploy import OUTPUT_NAMES, DeployGraph
+
+    if max_batch < 1:
+        raise MaskrtError(f"--max-batch must be at least 1, got {max_batch}")
+    if not 16 <= opset <= 21:
+        raise MaskrtError(f"--opset {opset}: supported opsets are 16 to 21")
+    if canvas is not None and (canvas < 32 or canvas % 32):
+        raise MaskrtError(f"--canvas {canvas}: must be a positive multiple of 32")
+    if max_detections is not None and max_detections < 1:
+        raise MaskrtError(f"--max-detections must be at least 1, got {max_detections}")
+    config = loaded.config.replace(
+        **({"canvas": canvas} if canvas else {}),
+        **({"max_detections": max_detections} if max_detections else {}),
+    )
+    model = loaded.model.float().cpu().eval()
+    graph = DeployGraph(model, config).eval()
+    example_batch = 2 if max_batch >= 2 else 1
+    example = torch.randint(0, 256, (example_batch, 3, config.canvas, config.canvas), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
+    dynamic = None
+    if max_batch >= 2:
+        dynamic = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=max_batch)}}
+    started = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_libraries():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        program = torch.onnx.export(
+            graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic, opset_version=opset, custom_translation_table=translation_table(),
+            optimize=True, verbose=False, report=False,
+        )
+    proto = add_functions(program.model_proto, opset)
+    log.debug("traced and translated in %.1f s", time.perf_counter() - started)
+    set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch)
+    check(proto)
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """The exporter's libraries log every rewrite at INFO; keep them at WARNING during an export."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(
+    loaded,
+    out: str | os.PathLike,
+    target: str = "onnxruntime",
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    canvas: int | None = None,
+    max_detections: int | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``loaded`` to ``out`` for ``target``; returns the path. Written to a temporary name
+    beside ``out`` and renamed, so a reader never sees half a file."""
+    import onnx
+
+    if target not in TARGETS:
+        raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
+    out = Path(out)
+    started = time.perf_counter()
+    proto = build_onnx(loaded, max_batch=max_batch, canvas=canvas, max_detections=max_detections, opset=opset)
+    if target != "onnxruntime":
+        proto = retarget(proto, target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, str(tmp))
+        tmp.replace(out)
+    except OSError as exc:
+        raise MaskrtError(f"cannot write {out}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    size = out.stat().st_size
+    log.info("wrote %s: %.1f MB, target %s, checkpoint sha256 %s, max batch %d, %.1f s",
+             out, size / 1e6, target, loaded.sha256, max_batch, time.perf_counter() - started)
+    return out
+
+
+def retarget(proto, target: str):
+    """The ``target`` variant of an ``onnxruntime``-target model (``maskrt.target`` updated)."""
+    if target == "tensorrt":
+        try:
+            from maskrt.export.tensorrt_onnx import rewrite
+        except ModuleNotFoundError as exc:
+            if exc.name != "maskrt.export.tensorrt_onnx":
+                raise
+            raise MaskrtError("the tensorrt ONNX target is not available in this installation "
+                              "(maskrt.export.tensorrt_onnx is missing)") from None
+        proto = rewrite(proto)
+        set_metadata_props(proto, {"target": target})
+        return proto
+    raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
+
+
+def set_metadata(proto, config, sha256: str, target: str, max_batch: int) -> None:
+    set_metadata_props(proto, {
+        "classes": json.dumps(list(config.classes)),
+        "canvas": str(config.canvas),
+        "mask_size": str(config.mask_size),
+        "max_detections": str(config.max_detections),
+        "config": config.to_json(),
+        "checkpoint_sha256": sha256,
+        "target": target,
+        "max_batch": str(max_batch),
+    })
+    proto.producer_name = "maskrt"
+    from maskrt import __version__ as version
+
+    proto.producer_version = str(version)
+
+
+def set_metadata_props(proto, values: dict[str, str]) -> None:
+    """Set ``maskrt.<key>`` entries of ``proto.metadata_props`` (replacing existing ones)."""
+    keep = [p for p in proto.metadata_props if p.key not in {METADATA_PREFIX + k for k in values}]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, str(value)
+
+
+def read_metadata(proto_or_path) -> dict[str, str]:
+    """``maskrt.*`` metadata of an ONNX file or ``ModelProto`` (keys without the prefix)."""
+    import onnx
+
+    if isinstance(proto_or_path, (str, os.PathLike)):
+        proto_or_path = onnx.load_model(str(proto_or_path), load_external_data=False)
+    return {p.key[len(METADATA_PREFIX):]: p.value for p in proto_or_path.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}
+
+
+def check(proto) -> None:
+    """``onnx.checker.check_model(full_check=True)``; a failure is a MaskrtError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise MaskrtError(f"the exported ONNX graph does not pass onnx.checker: {exc}") from None

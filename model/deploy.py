@@ -1,0 +1,350 @@
+"""The static-shape deploy graph (DESIGN.md, "Deploy graph contract"): what every backend runs.
+
+:class:`DeployGraph` wraps a loaded torchvision ``MaskRCNN`` (sharing its modules and weights, no
+copies) and maps uint8 letterboxed images ``[B, 3, S, S]`` to
+
+    num_detections int32 [B], boxes float32 [B, K, 4], scores float32 [B, K],
+    classes int32 [B, K], masks float32 [B, K, M, M]
+
+with every shape fixed except the batch. It reproduces torchvision's inference
+(``GeneralizedRCNN.forward`` in eval mode, minus the full-image mask pasting) step by step:
+
+- normalisation inside the graph;
+- RPN: per-level top ``rpn_pre_nms_top_n`` by objectness, decode (weights 1, 1, 1, 1), clip,
+  remove boxes under 1e-3, score threshold (``>=`` 0), NMS per level, top ``rpn_post_nms_top_n``
+  over all levels (a fixed count; missing proposals are padded and marked invalid);
+- box head on those proposals through the multi-level RoIAlign op (``model/roi_align.py``);
+- decode (weights 10, 10, 5, 5, torchvision's clamp), clip, one box per class, drop the background,
+  score ``>`` ``score_threshold``, remove boxes under 1e-2, class-wise NMS, top ``K`` by score;
+- mask head on the ``K`` kept boxes only; the mask of the detected class through a sigmoid.
+
+Rows past ``num_detections`` are zeros. NMS is :func:`grouped_nms`, a registered op with a fixed-size
+output (a keep mask): NMS on each group (image x level, image x class) in its own coordinates, as
+torchvision's ``batched_nms``; it exports to ONNX ``NonMaxSuppression`` with one "batch" per group.
+There is no Python loop over boxes or images and no data-dependent shape, so the graph exports to
+ONNX (``maskrt.export.onnx``) as it is.
+
+Where torchvision's own counts are not exceeded (fewer than ``K`` detections survive, fewer than
+``rpn_post_nms_top_n`` proposals) the detections are torchvision's; otherwise they are the same top
+ones torchvision keeps. Remaining differences are ties in score (either order is right) and IoUs
+within float rounding of a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+import maskrt.model.roi_align  # noqa: F401  (registers torch.ops.maskrt.multilevel_roi_align)
+from maskrt.model.config import ModelConfig
+from maskrt.model.roi_align import pooler_params
+
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+RPN_MIN_SIZE = 1e-3  # torchvision RegionProposalNetwork.min_size
+BOX_MIN_SIZE = 1e-2  # torchvision RoIHeads.postprocess_detections' remove_small_boxes
+INVALID = -1.0  # score of a masked-out candidate; every real score is >= 0
+NMS_CANDIDATE = -0.5  # grouped_nms(score_threshold=...): candidates are the scores above it
+
+
+class Detections(NamedTuple):
+    num_detections: Tensor
+    boxes: Tensor
+    scores: Tensor
+    classes: Tensor
+    masks: Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# NMS with a fixed-size output
+
+
+@torch.library.custom_op("maskrt::grouped_nms", mutates_args=())
+def grouped_nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_per_group: int
+) -> Tensor:
+    """NMS inside each of G groups: ``boxes`` [G, N, 4] (x1 y1 x2 y2), ``scores`` [G, N] ->
+    bool [G, N], True for the boxes kept. Candidates are the boxes scoring above
+    ``score_threshold``; a box is suppressed by a kept higher-scoring box of its group with IoU
+    above ``iou_threshold`` (torchvision's ``nms``); at most ``max_per_group`` boxes per group are
+    kept, the highest-scoring ones (greedy order, as ONNX ``NonMaxSuppression``)."""
+    groups, n = scores.shape
+    flat_scores = scores.reshape(-1)
+    keep = torch.zeros(groups * n, dtype=torch.bool, device=scores.device)
+    candidates = torch.nonzero(flat_scores > score_threshold).squeeze(1)
+    if candidates.numel() > 0:
+        group = torch.div(candidates, n, rounding_mode="floor")
+        b = boxes.reshape(-1, 4).index_select(0, candidates)
+        s = flat_scores.index_select(0, candidates)
+        if candidates.numel() <= (20000 if b.is_cuda else 4000):
+            # one torchvision nms call for all groups: groups moved apart (torchvision's
+            # batched_nms trick) in float64, where the shift is exact and boxes keep their sizes
+            b = b.double()
+            lo = b.min()
+            b = b - lo + (group.double() * (b.max() - lo + 1.0))[:, None]
+            kept = torchvision.ops.nms(b, s.double(), iou_threshold)
+        else:
+            # many candidates: one nms per non-empty group, torchvision's own _batched_nms_vanilla
+            # (a single call would compare every pair of candidates across groups)
+            mask = torch.zeros_like(s, dtype=torch.bool)
+            for g in torch.unique(group).tolist():
+                members = torch.nonzero(group == g).squeeze(1)
+                mask[members[torchvision.ops.nms(b[members], s[members], iou_threshold)]] = True
+            kept = torch.nonzero(mask).squeeze(1)
+        keep[candidates.index_select(0, kept)] = True
+    keep = keep.reshape(groups, n)
+    if max_per_group < n:
+        masked = torch.where(keep, scores, torch.full_like(scores, -math.inf))
+        values, index = masked.topk(max_per_group, dim=1)
+        keep = torch.zeros_like(keep).scatter_(1, index, values > -math.inf)
+    return keep
+
+
+@grouped_nms.register_fake
+def _grouped_nms_fake(boxes, scores, iou_threshold, score_threshold, max_per_group):
+    torch._check(boxes.dim() == 3 and boxes.shape[-1] == 4, lambda: "boxes must be [G, N, 4]")
+    torch._check(scores.dim() == 2, lambda: "scores must be [G, N]")
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's box arithmetic, elementwise on [..., 4] tensors (the same float32 operations)
+
+
+def decode_boxes(codes: Tensor, reference: Tensor, weights: tuple[float, ...], clip: float) -> Tensor:
+    """torchvision ``BoxCoder.decode_single``: ``codes`` [..., 4] relative to ``reference`` [..., 4]."""
+    widths = reference[..., 2] - reference[..., 0]
+    heights = reference[..., 3] - reference[..., 1]
+    ctr_x = reference[..., 0] + 0.5 * widths
+    ctr_y = reference[..., 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = codes[..., 0] / wx
+    dy = codes[..., 1] / wy
+    dw = torch.clamp(codes[..., 2] / ww, max=clip)
+    dh = torch.clamp(codes[..., 3] / wh, max=clip)
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    pred_w = torch.exp(dw) * widths
+    pred_h = torch.exp(dh) * heights
+    half_w = 0.5 * pred_w
+    half_h = 0.5 * pred_h
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), -1)
+
+
+def clip_boxes(boxes: Tensor, size: int) -> Tensor:
+    """torchvision ``clip_boxes_to_image`` for a square ``size`` x ``size`` image."""
+    return boxes.clamp(min=0.0, max=float(size))
+
+
+def big_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """torchvision ``remove_small_boxes`` as a mask."""
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+
+
+def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """``values`` [B, N, D], ``index`` [B, k] -> [B, k, D]."""
+    return torch.gather(values, 1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def feature_sizes(canvas: int, num_maps: int) -> list[int]:
+    """Sides of the backbone's maps for a ResNet-FPN (P2, P3, ... then LastLevelMaxPool's P6): each
+    stride-2 stage gives ceil(side / 2)."""
+    side, sizes = canvas, []
+    for level in range(1, 2 + num_maps):
+        side = -(-side // 2)
+        if level >= 2:
+            sizes.append(side)
+    return sizes
+
+
+class DeployGraph(nn.Module):
+    """uint8 ``[B, 3, S, S]`` -> :class:`Detections` with ``K`` rows per image (module docstring)."""
+
+    def __init__(
+        self,
+        model: MaskRCNN,
+        config: ModelConfig | None = None,
+        *,
+        canvas: int | None = None,
+        max_detections: int | None = None,
+    ):
+        super().__init__()
+        heads, rpn = model.roi_heads, model.rpn
+        if not heads.has_mask():
+            raise ValueError("the deploy graph needs a Mask R-CNN (the model has no mask head)")
+        self.model = model  # shared, not copied: the graph's parameters are the model's
+        self.canvas = int(canvas or (config.canvas if config else model.transform.min_size[-1]))
+        if self.canvas % 32:
+            raise ValueError(f"the canvas side must be a multiple of 32, got {self.canvas}")
+        if config is not None:
+            self.score_threshold = float(config.score_threshold)
+            self.nms_threshold = float(config.nms_threshold)
+            self.max_detections = int(max_detections or config.max_detections)
+            self.pre_nms_top_n = int(config.rpn_pre_nms_top_n)
+            self.post_nms_top_n = int(config.rpn_post_nms_top_n)
+            self.rpn_nms_threshold = float(config.rpn_nms_threshold)
+            mean, std = config.image_mean, config.image_std
+        else:
+            self.score_threshold = float(heads.score_thresh)
+            self.nms_threshold = float(heads.nms_thresh)
+            self.max_detections = int(max_detections or heads.detections_per_img)
+            self.pre_nms_top_n = int(rpn._pre_nms_top_n["testing"])
+            self.post_nms_top_n = int(rpn._post_nms_top_n["testing"])
+            self.rpn_nms_threshold = float(rpn.nms_thresh)
+            mean, std = model.transform.image_mean, model.transform.image_std
+        self.rpn_score_threshold = float(rpn.score_thresh)
+        self.rpn_weights = tuple(float(w) for w in rpn.box_coder.weights)
+        self.rpn_clip = float(rpn.box_coder.bbox_xform_clip)
+        self.box_weights = tuple(float(w) for w in heads.box_coder.weights)
+        self.box_clip = float(heads.box_coder.bbox_xform_clip)
+        self.box_pool = pooler_params(heads.box_roi_pool)
+        self.mask_pool = pooler_params(heads.mask_roi_pool)
+        self.roi_maps = list(heads.box_roi_pool.featmap_names)
+        if list(heads.mask_roi_pool.featmap_names) != self.roi_maps:
+            raise ValueError("box and mask poolers must read the same feature maps")
+        self.num_classes = int(heads.box_predictor.cls_score.out_features)
+        self.mask_size = 2 * self.mask_pool["output_size"]  # MaskRCNNPredictor's 2x upsampling
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+        # anchors depend only on the canvas: computed once, with torchvision's own generator
+        generator = rpn.anchor_generator
+        num_maps = len(generator.sizes)
+        sizes = feature_sizes(self.canvas, num_maps)
+        image = ImageList(torch.empty(1, 3, self.canvas, self.canvas), [(self.canvas, self.canvas)])
+        anchors = generator(image, [torch.empty(1, 1, s, s) for s in sizes])[0]
+        counts = [s * s * a for s, a in zip(sizes, generator.num_anchors_per_location())]
+        self.num_anchor_maps = num_maps
+        for index, level_anchors in enumerate(anchors.split(counts)):
+            self.register_buffer(f"anchors_{index}", level_anchors.float().contiguous(), persistent=False)
+        self.level_top_n = [min(self.pre_nms_top_n, c) for c in counts]
+        self.num_proposals = min(self.post_nms_top_n, sum(self.level_top_n))
+
+    # -----------------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> Detections:
+        batch = images.shape[0]
+        x = (images.to(torch.float32) / 255.0 - self.mean) / self.std
+        features = self.model.backbone(x)
+        maps = list(features.values())
+        if len(maps) != self.num_anchor_maps:
+            raise ValueError(f"backbone gives {len(maps)} maps, the anchor generator {self.num_anchor_maps}")
+        roi_maps = [features[name] for name in self.roi_maps]
+        proposals, proposal_ok = self._proposals(batch, maps)
+        boxes, scores, labels, ok = self._detect(batch, roi_maps, proposals, proposal_ok)
+        masks = self._masks(batch, roi_maps, boxes, labels, ok)
+        return Detections(
+            num_detections=ok.sum(1, dtype=torch.int32),
+            boxes=boxes,
+            scores=scores,
+            classes=labels.to(torch.int32),
+            masks=masks,
+        )
+
+    def _proposals(self, batch: int, maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """RPN -> proposals [B, P, 4] (zeros where invalid) and their validity [B, P]."""
+        objectness, deltas = self.model.rpn.head(maps)
+        per_level_boxes, per_level_scores = [], []
+        width = max(self.level_top_n)
+        for index, (obj, delta) in enumerate(zip(objectness, deltas)):
+            anchors = getattr(self, f"anchors_{index}")
+            a, h, w = obj.shape[1], obj.shape[2], obj.shape[3]
+            # torchvision's permute_and_flatten: [B, A*C, H, W] -> [B, H*W*A, C]
+            obj = obj.float().permute(0, 2, 3, 1).reshape(batch, h * w * a)
+            delta = delta.float().view(batch, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(batch, h * w * a, 4)
+            top, index_ = obj.topk(self.level_top_n[index], dim=1)
+            boxes = decode_boxes(_gather_rows(delta, index_), anchors[index_], self.rpn_weights, self.rpn_clip)
+            boxes = clip_boxes(boxes, self.canvas)
+            prob = torch.sigmoid(top)
+            ok = big_enough(boxes, RPN_MIN_SIZE) & (prob >= self.rpn_score_threshold)
+            score = torch.where(ok, prob, torch.full_like(prob, INVALID))
+            pad = width - self.level_top_n[index]
+            if pad:
+                boxes = nn.functional.pad(boxes, (0, 0, 0, pad))
+                score = nn.functional.pad(score, (0, pad), value=INVALID)
+            per_level_boxes.append(boxes)
+            per_level_scores.append(score)
+        levels = len(per_level_boxes)
+        boxes = torch.stack(per_level_boxes, 1)  # [B, L, W, 4]
+        scores = torch.stack(per_level_scores, 1)  # [B, L, W]
+        keep = grouped_nms(boxes.reshape(batch * levels, width, 4), scores.reshape(batch * levels, width),
+                           self.rpn_nms_threshold, NMS_CANDIDATE, self.num_proposals)
+        scores = torch.where(keep.reshape(batch, levels, width), scores, torch.full_like(scores, INVALID))
+        top, index = scores.reshape(batch, levels * width).topk(self.num_proposals, dim=1)
+        ok = top > NMS_CANDIDATE
+        proposals = _gather_rows(boxes.reshape(batch, levels * width, 4), index)
+        return torch.where(ok.unsqueeze(-1), proposals, torch.zeros_like(proposals)), ok
+
+    def _detect(self, batch: int, roi_maps: list[Tensor], proposals: Tensor, proposal_ok: Tensor):
+        """Box head + torchvision's postprocess_detections -> K boxes, scores, labels, validity."""
+        heads = self.model.roi_heads
+        n = proposals.shape[1]
+        pooled = torch.ops.maskrt.multilevel_roi_align(proposals, roi_maps, **self.box_pool)
+        features = heads.box_head(pooled.flatten(0, 1))
+        class_logits, regression = heads.box_predictor(features)
+        classes = self.num_classes
+        codes = regression.float().reshape(batch, n, classes, 4)
+        boxes = decode_boxes(codes, proposals.unsqueeze(2), self.box_weights, self.box_clip)
+        boxes = clip_boxes(boxes, self.canvas)[:, :, 1:]  # [B, P, C-1, 4], background dropped
+        scores = torch.softmax(class_logits.float(), -1).reshape(batch, n, classes)[:, :, 1:]
+        ok = (scores > self.score_threshold) & big_enough(boxes, BOX_MIN_SIZE) & proposal_ok.unsqueeze(-1)
+        scores = torch.where(ok, scores, torch.full_like(scores, INVALID))
+        # one NMS group per (image, class), boxes in their own coordinates
+        boxes = boxes.permute(0, 2, 1, 3)  # [B, C-1, P, 4]
+        scores = scores.permute(0, 2, 1)  # [B, C-1, P]
+        k = min(self.max_detections, (classes - 1) * n)
+        keep = grouped_nms(boxes.reshape(batch * (classes - 1), n, 4), scores.reshape(batch * (classes - 1), n),
+                           self.nms_threshold, NMS_CANDIDATE, k)
+        scores = torch.where(keep.reshape(batch, classes - 1, n), scores, torch.full_like(scores, INVALID))
+        top, index = scores.reshape(batch, (classes - 1) * n).topk(k, dim=1)
+        ok = top > NMS_CANDIDATE
+        boxes = _gather_rows(boxes.reshape(batch, (classes - 1) * n, 4), index)
+        labels = torch.div(index, n, rounding_mode="floor") + 1
+        boxes = torch.where(ok.unsqueeze(-1), boxes, torch.zeros_like(boxes))
+        top = torch.where(ok, top, torch.zeros_like(top))
+        labels = torch.where(ok, labels, torch.zeros_like(labels))
+        pad = self.max_detections - k
+        if pad:  # fewer (class, proposal) pairs than K: pad to the fixed K
+            boxes = nn.functional.pad(boxes, (0, 0, 0, pad))
+            top = nn.functional.pad(top, (0, pad))
+            labels = nn.functional.pad(labels, (0, pad))
+            ok = nn.functional.pad(ok, (0, pad))
+        return boxes, top, labels, ok
+
+    def _masks(self, batch: int, roi_maps: list[Tensor], boxes: Tensor, labels: Tensor, ok: Tensor) -> Tensor:
+        """Mask head on the K kept boxes: sigmoid of the detected class's logits, [B, K, M, M]."""
+        heads = self.model.roi_heads
+        k = boxes.shape[1]
+        pooled = torch.ops.maskrt.multilevel_roi_align(boxes, roi_maps, **self.mask_pool)
+        x = heads.mask_head(pooled.flatten(0, 1))
+        predictor = heads.mask_predictor
+        flat_labels = labels.reshape(-1)
+        if isinstance(predictor, MaskRCNNPredictor):
+            # only the detected class's 1x1 logits conv: C times less work than all classes
+            x = predictor.relu(predictor.conv5_mask(x))
+            conv = predictor.mask_fcn_logits
+            weight = conv.weight.reshape(conv.out_channels, conv.in_channels)[flat_labels]  # [BK, Cin]
+            m = x.shape[-1]
+            logits = torch.bmm(weight.unsqueeze(1), x.reshape(x.shape[0], x.shape[1], m * m))
+            logits = logits.reshape(batch, k, m, m) + conv.bias[flat_labels].reshape(batch, k, 1, 1)
+        else:
+            all_logits = predictor(x)
+            m = all_logits.shape[-1]
+            logits = torch.gather(all_logits, 1, flat_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+            logits = logits.reshape(batch, k, m, m)
+        masks = torch.sigmoid(logits.float())
+        return torch.where(ok.reshape(batch, k, 1, 1), masks, torch.zeros_like(masks))
+
+
+def deploy_graph(loaded, *, canvas: int | None = None, max_detections: int | None = None) -> DeployGraph:
+    """The deploy graph of a ``LoadedModel`` (``.model``, ``.config``), in eval mode."""
+    return DeployGraph(loaded.model.eval(), loaded.config, canvas=canvas, max_detections=max_detections).eval()

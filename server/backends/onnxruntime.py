@@ -1,0 +1,173 @@
+"""The ``onnxruntime`` backend: an ``onnxruntime``-target ONNX file (``maskrt export onnx``).
+
+- Execution provider: CUDA on a CUDA device when the installed ONNX Runtime has it
+  (``onnxruntime-gpu``), else the CPU; a CUDA device without the CUDA provider falls back to the CPU
+  with a warning (the backend's :attr:`device` then says ``cpu``, so the server pre- and
+  post-processes there).
+- Session options for throughput: all graph optimisations, intra-op threads = the cores this
+  process may use (or ``threads``), one inter-op thread (the graph is one sequential chain),
+  memory pattern and CPU arena on.
+- On CUDA, I/O binding: the uint8 image batch is bound straight from the torch CUDA tensor
+  (``data_ptr``), outputs are preallocated torch CUDA tensors that ONNX Runtime writes into, and ONNX
+  Runtime runs on torch's current CUDA stream, so nothing is copied through the host.
+- :class:`ModelInfo` comes from the file's ``maskrt.*`` metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from maskrt.errors import MaskrtError
+from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
+
+log = logging.getLogger("maskrt.backends.onnxruntime")
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+          "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32,
+          np.int64: torch.int64, np.uint8: torch.uint8}
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def model_info_from_metadata(meta: dict[str, str], source: str) -> tuple[ModelInfo, dict]:
+    """(:class:`ModelInfo`, the ``maskrt.*`` metadata without prefix) of a maskrt ONNX file."""
+    meta = {k[len("maskrt."):]: v for k, v in meta.items() if k.startswith("maskrt.")}
+    missing = [k for k in ("classes", "canvas", "mask_size", "max_detections", "config",
+                           "checkpoint_sha256", "target") if k not in meta]
+    if missing:
+        raise MaskrtError(f"{source}: not a maskrt ONNX file (metadata maskrt.{missing[0]} is missing); "
+                          f"write one with `maskrt export onnx`")
+    try:
+        config = json.loads(meta["config"])
+        info = ModelInfo(
+            name=str(config["name"]), version=meta["checkpoint_sha256"][:12],
+            classes=tuple(json.loads(meta["classes"])), canvas=int(meta["canvas"]),
+            mask_size=int(meta["mask_size"]), max_detections=int(meta["max_detections"]),
+            image_mean=tuple(float(m) for m in config["image_mean"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None
+    return info, meta
+
+
+class OnnxRuntimeBackend(Backend):
+    """``OnnxRuntimeBackend("model.onnx", device="cuda", max_batch=8)``."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        max_batch: int = 8,
+        *,
+        threads: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise MaskrtError(f"{path}: no such ONNX file")
+        if max_batch < 1:
+            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
+        device = torch.device(device)
+        providers: list = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise MaskrtError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                device = torch.device("cuda", index)
+                stream = torch.cuda.current_stream(device).cuda_stream
+                providers = [("CUDAExecutionProvider", {
+                    "device_id": index,
+                    "user_compute_stream": str(stream),  # torch's stream: no cross-stream syncs
+                    "has_user_compute_stream": "1",
+                    "cudnn_conv_algo_search": "EXHAUSTIVE",  # picked once per shape, at warm-up
+                    "cudnn_conv_use_max_workspace": "1",
+                    "arena_extend_strategy": "kSameAsRequested",
+                }), "CPUExecutionProvider"]
+            else:
+                log.warning("device %s asked for, but this ONNX Runtime has no CUDAExecutionProvider "
+                            "(install onnxruntime-gpu); running on the CPU", device)
+                device = torch.device("cpu")
+        self.device = device
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = int(threads or usable_cores())
+        options.inter_op_num_threads = 1
+        options.enable_mem_pattern = True
+        options.enable_cpu_mem_arena = True
+        options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail / InvalidGraph / ... types
+            raise MaskrtError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:300]})") from None
+
+        self.info, self.metadata = model_info_from_metadata(
+            self.session.get_modelmeta().custom_metadata_map, str(path))
+        if self.metadata["target"] != "onnxruntime":
+            raise MaskrtError(f"{path}: exported for target {self.metadata['target']!r}; the onnxruntime "
+                              f"backend serves the onnxruntime target (`maskrt export onnx --target "
+                              f"onnxruntime`)")
+        file_max = int(self.metadata.get("max_batch", max_batch))
+        if max_batch > file_max:
+            log.warning("%s was exported for batches up to %d; serving at most %d images per batch",
+                        path, file_max, file_max)
+        self.max_batch = min(max_batch, file_max)
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if set(outputs) != set(OUTPUTS) or [i.name for i in self.session.get_inputs()] != ["images"]:
+            raise MaskrtError(f"{path}: inputs/outputs are not the deploy graph's (images -> "
+                              f"{', '.join(OUTPUTS)})")
+        self._dtypes = {name: _NUMPY[outputs[name].type] for name in OUTPUTS}
+        self._io = self.device.type == "cuda"
+        log.info("onnxruntime backend ready: %s on %s (%s, %d threads)", self.info.name, self.device,
+                 self.session.get_providers()[0], options.intra_op_num_threads)
+
+    def _shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        k, m = self.info.max_detections, self.info.mask_size
+        return {"num_detections": (batch,), "boxes": (batch, k, 4), "scores": (batch, k),
+                "classes": (batch, k), "masks": (batch, k, m, m)}
+
+    def infer(self, images: Tensor) -> DeployOutputs:
+        size = self.info.canvas
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise MaskrtError(f"expected uint8 images [B, 3, {size}, {size}], got "
+                              f"{images.dtype} {tuple(images.shape)}")
+        batch = images.shape[0]
+        if not 1 <= batch <= self.max_batch:
+            raise MaskrtError(f"batch of {batch} images; this backend takes 1 to {self.max_batch}")
+        if not self._io:
+            feed = images.detach().to("cpu").contiguous().numpy()
+            results = self.session.run(list(OUTPUTS), {"images": feed})
+            return DeployOutputs(*(torch.from_numpy(r) for r in results))
+        return self._infer_cuda(images.to(self.device).contiguous(), batch)
+
+    def _infer_cuda(self, images: Tensor, batch: int) -> DeployOutputs:
+        index = self.device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input("images", "cuda", index, np.uint8, tuple(images.shape), images.data_ptr())
+        outputs = {}
+        for name, shape in self._shapes(batch).items():
+            dtype = self._dtypes[name]
+            tensor = torch.empty(shape, dtype=_TORCH[dtype], device=self.device)
+            binding.bind_output(name, "cuda", index, dtype, shape, tensor.data_ptr())
+            outputs[name] = tensor
+        self.session.run_with_iobinding(binding)
+        return DeployOutputs(*(outputs[name] for name in OUTPUTS))
