@@ -1,0 +1,107 @@
+"""``maskrt serve``: the HTTP server (uvicorn) with flags named as the settings.
+
+Every setting of :class:`~maskrt.server.settings.Settings` is a flag (``--max-batch 8``) and an
+environment variable (``MASKRT_MAX_BATCH=8``); flags win. With no argument it serves the bundled
+shapes model on whatever device exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+_HELP_TYPES = {int: "N", float: "X"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from maskrt.server.settings import Settings, flag_name
+
+    p = sub.add_parser(
+        "serve", help="serve a model over HTTP (FastAPI + dynamic batching)",
+        description="Serve a model over HTTP. Every flag is also an environment variable "
+                    "MASKRT_<NAME> (flags win).")
+    for name, field in Settings.model_fields.items():
+        kwargs: dict = {"dest": name, "default": None,
+                        "help": f"{field.description or ''} (env MASKRT_{name.upper()})"}
+        annotation = field.annotation
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Literal:
+            kwargs["choices"] = list(args)
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+            kwargs["metavar"] = _HELP_TYPES[annotation]
+        p.add_argument(flag_name(name), **kwargs)
+    p.set_defaults(func=_serve)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Settings from the flags given (over the environment, over the defaults)."""
+    from pydantic import ValidationError
+
+    from maskrt.errors import MaskrtError
+    from maskrt.server.settings import Settings, flag_name
+
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err.get("loc") else "?"
+            where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
+            problems.append(f"{where}: {err['msg']}")
+        raise MaskrtError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
+    import uvicorn
+    from PIL import Image
+
+    from maskrt.server.app import create_app
+    from maskrt.server.backends import check_model
+    from maskrt.server.logging import configure_logging
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_format, settings.log_level)
+    check_model(settings)  # a missing file or impossible combination fails now, not after start
+    # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
+
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def fatal(exc: BaseException) -> None:
+        nonlocal exit_code
+        exit_code = 3
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=fatal)
+    state = app.state.maskrt
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            state.begin_drain()  # /readyz 503 at once; queued requests still finish
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        server_header=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
+        lifespan="on")
+    server = Server(config)
+
+    def exit_cleanly(sig, frame) -> None:  # uvicorn re-raises the signal once it has shut down
+        raise SystemExit(exit_code)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
+    try:
+        server.run()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not server.started and exit_code == 0:
+        print("maskrt: error: the server did not start (see the log above)", file=sys.stderr)
+        return 1
+    return exit_code

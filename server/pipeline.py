@@ -1,0 +1,175 @@
+"""decode -> letterbox -> infer -> postprocess, as plain functions of a backend (no HTTP).
+
+The server's batch worker calls :meth:`Pipeline.run_batch`; the evaluation (``maskrt evaluate
+--backend ...``) and the load benchmark call :meth:`Pipeline.predict` or :meth:`Pipeline.predictor`
+on a backend opened with :func:`maskrt.server.backends.open_backend`, so what they measure is
+exactly what the server answers::
+
+    from maskrt.server.backends import open_backend
+    from maskrt.server.pipeline import Pipeline
+    from maskrt.server.settings import Settings
+
+    pipeline = Pipeline(open_backend(Settings(backend="onnxruntime")))
+    detections = pipeline.predict([hwc_uint8_array], score_threshold=0.0)[0]
+    # [{"box": [x1, y1, x2, y2], "score", "class_id", "label", "mask": {"size", "counts"}}, ...]
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from maskrt.model.letterbox import Letterbox, fill_colour
+from maskrt.server.backends.base import Backend
+from maskrt.server.decode import DecodedImage, decode_image
+from maskrt.server.postprocess import postprocess_batch
+from maskrt.server.preprocess import preprocess
+
+# The evaluation's predictor type (maskrt.model.evaluate.Predictor): per image
+# (boxes xyxy [N, 4], scores [N], class ids [N], COCO RLEs) in original-image pixels.
+Predictions = list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]]
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """What a request asks of post-processing (one per image of a batch)."""
+
+    score_threshold: float = 0.0
+    max_detections: int | None = None  # None: all the graph returns (K)
+    want_masks: bool = True
+
+
+@dataclass
+class BatchOutput:
+    """Detections of each image of a batch and the batch's stage times (seconds)."""
+
+    detections: list[list[dict]]
+    letterboxes: list[Letterbox]
+    preprocess_s: float
+    inference_s: float
+    postprocess_s: float
+
+
+class Pipeline:
+    """The serving pipeline on one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        info = backend.info
+        self.device = torch.device(backend.device)
+        self.canvas = info.canvas
+        self.fill = fill_colour(info.image_mean)
+        self.labels = tuple(info.classes)
+        self.max_batch = backend.max_batch
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def decode(self, data: bytes, *, max_pixels: int = 40_000_000, name: str = "image"
+               ) -> DecodedImage:
+        """Bytes of an uploaded image to an upright uint8 RGB ``[3, H, W]`` tensor (nvJPEG on a
+        CUDA backend's device, else Pillow on the host)."""
+        return decode_image(data, max_pixels=max_pixels, device=self.device, name=name)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def run_batch(self, images: Sequence[Tensor], options: Sequence[PostOptions] | PostOptions
+                  ) -> BatchOutput:
+        """One batch (``1 <= len(images) <= max_batch``) of uint8 ``[3, H, W]`` images."""
+        if not 1 <= len(images) <= self.max_batch:
+            raise ValueError(f"a batch holds 1 to {self.max_batch} images, got {len(images)}")
+        if isinstance(options, PostOptions):
+            options = [options] * len(images)
+        t0 = time.perf_counter()
+        batch, letterboxes = preprocess(images, self.canvas, self.fill, self.device)
+        self._sync()
+        t1 = time.perf_counter()
+        outputs = self.backend.infer(batch)
+        self._sync()
+        t2 = time.perf_counter()
+        detections = postprocess_batch(
+            outputs, letterboxes,
+            score_threshold=[o.score_threshold for o in options],
+            max_detections=[o.max_detections for o in options],
+            want_masks=[o.want_masks for o in options],
+            labels=self.labels,
+        )
+        t3 = time.perf_counter()
+        return BatchOutput(detections, letterboxes, t1 - t0, t2 - t1, t3 - t2)
+
+    # -- whole images ----------------------------------------------------------------------------
+
+    def as_tensor(self, image: np.ndarray | Tensor | bytes) -> Tensor:
+        """An HxWx3 uint8 array, a uint8 ``[3, H, W]`` tensor, or encoded image bytes."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return self.decode(bytes(image), max_pixels=1 << 62).tensor
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected a uint8 HxWx3 array, got {image.dtype} {image.shape}")
+            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if isinstance(image, Tensor):
+            return image
+        raise TypeError(f"cannot make an image of {type(image).__name__}")
+
+    def predict(self, images: Sequence[np.ndarray | Tensor | bytes], *,
+                score_threshold: float = 0.0, max_detections: int | None = None,
+                want_masks: bool = True, batch_size: int | None = None) -> list[list[dict]]:
+        """Detections of each image, in batches of ``batch_size`` (default ``max_batch``)."""
+        size = min(batch_size or self.max_batch, self.max_batch)
+        opts = PostOptions(score_threshold, max_detections, want_masks)
+        out: list[list[dict]] = []
+        for start in range(0, len(images), size):
+            chunk = [self.as_tensor(im) for im in images[start:start + size]]
+            out.extend(self.run_batch(chunk, opts).detections)
+        return out
+
+    def predictor(self, score_threshold: float = 0.0, batch_size: int | None = None
+                  ) -> Callable[[list[np.ndarray]], Predictions]:
+        """A ``maskrt.model.evaluate.Predictor`` over this pipeline (HxWx3 uint8 images in)."""
+
+        def predict(images: list[np.ndarray]) -> Predictions:
+            results = []
+            for dets in self.predict(images, score_threshold=score_threshold,
+                                     batch_size=batch_size):
+                boxes = np.array([d["box"] for d in dets], dtype=np.float32).reshape(-1, 4)
+                scores = np.array([d["score"] for d in dets], dtype=np.float32)
+                classes = np.array([d["class_id"] for d in dets], dtype=np.int64)
+                results.append((boxes, scores, classes, [d["mask"] for d in dets]))
+            return results
+
+        return predict
+
+    # -- warm-up ---------------------------------------------------------------------------------
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> dict[int, float]:
+        """Run every batch size once (the whole pipeline, masks included) so that no request pays
+        for lazy initialisation; returns seconds per batch size."""
+        sizes = list(batch_sizes) if batch_sizes is not None else self.backend.warmup_batch_sizes()
+        if self.device.type == "cuda":
+            from maskrt.server.postprocess import recipes_for
+
+            recipes_for(self.device, self.backend.info.mask_size)
+            self._warm_nvjpeg()
+        rng = np.random.default_rng(0)
+        image = torch.from_numpy(rng.integers(0, 256, (3, 240, 320), dtype=np.uint8))
+        seconds = {}
+        for size in sizes:
+            started = time.perf_counter()
+            self.run_batch([image] * size, PostOptions(score_threshold=0.0))
+            seconds[size] = time.perf_counter() - started
+        return seconds
+
+    def _warm_nvjpeg(self) -> None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (128, 64, 32)).save(buf, format="JPEG")
+        self.decode(buf.getvalue())

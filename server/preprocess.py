@@ -1,0 +1,33 @@
+"""Pre-processing in batch on the backend's device: each decoded image is moved there and
+letterboxed onto the model's canvas with :func:`maskrt.model.letterbox.letterbox_batch` (the one
+letterbox shared with training-time evaluation), giving the uint8 ``[B, 3, S, S]`` the deploy
+graph takes. Normalisation happens inside the graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from maskrt.model.letterbox import Letterbox, letterbox_batch
+
+
+def to_device(image: Tensor, device: torch.device) -> Tensor:
+    """A uint8 ``[3, H, W]`` image on ``device`` (a no-op when it is there already)."""
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a uint8 [3, H, W] image, got {image.dtype} {tuple(image.shape)}")
+    if image.device == device:
+        return image
+    if device.type == "cuda" and image.device.type == "cpu":
+        # One contiguous host buffer per image: a single copy, asynchronous from pinned memory.
+        return image.contiguous().pin_memory().to(device, non_blocking=True)
+    return image.to(device)
+
+
+def preprocess(images: Sequence[Tensor], canvas: int, fill: tuple[int, int, int],
+               device: torch.device) -> tuple[Tensor, list[Letterbox]]:
+    """Letterbox ``images`` (uint8 ``[3, H, W]``, any device) into one batch on ``device``."""
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    return letterbox_batch([to_device(im, device) for im in images], canvas, fill)

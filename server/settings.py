@@ -1,0 +1,107 @@
+"""Server settings: environment variables ``MASKRT_<NAME>``, the same names as ``maskrt serve`` flags.
+
+Precedence: command-line flags, then the environment, then the defaults below. List settings
+(``API_KEYS``, ``CORS_ORIGINS``) are comma-separated (a JSON list is accepted too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/maskrt`` or ``~/.cache/maskrt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "maskrt"
+
+
+class Settings(BaseSettings):
+    """Everything ``maskrt serve`` can be told (DESIGN.md, "Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="MASKRT_", extra="ignore", frozen=True)
+
+    model: str | None = Field(
+        None, description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
+                          "path; default: the bundled shapes model")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (auto: cuda when present)")
+    max_batch: int = Field(8, ge=1, le=1024, description="largest batch the worker forms")
+    max_delay_ms: float = Field(
+        5.0, ge=0, le=60_000,
+        description="longest wait for more images after the first of a batch (only while more "
+                    "requests are on their way)")
+    max_queue: int = Field(64, ge=1, description="images waiting for a batch; more get 503")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="a request not answered within this many seconds gets 504")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body size limit")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="width x height limit, checked before decoding")
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="default of the score_threshold request parameter")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="comma-separated API keys; when set, /predict* and /v1/model need one "
+                    "(Authorization: Bearer KEY or X-API-Key: KEY)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated allowed CORS origins (off when empty)")
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    log_format: Literal["json", "text"] = Field("json", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="where exported ONNX files are cached (default ~/.cache/maskrt)")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 8 or any(c.isspace() for c in key):
+                raise ValueError("each API key needs at least 8 characters and no whitespace")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+    def resolved_device(self) -> str:
+        """``auto`` made concrete: ``cuda`` when torch sees a GPU, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def flag_name(field: str) -> str:
+    """``max_batch`` -> ``--max-batch``."""
+    return "--" + field.replace("_", "-")

@@ -1,0 +1,198 @@
+"""Helpers of the server integration tests: a real ``maskrt serve`` subprocess on 127.0.0.1, the
+model it serves, test images, and reading ``/metrics``.
+
+Not a test module (no ``test_`` prefix); the ``test_server_*`` modules import it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def maskrt_command() -> list[str]:
+    """``.venv/bin/maskrt`` (the console script next to this Python), else ``python -m maskrt``."""
+    script = Path(sys.executable).with_name("maskrt")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "maskrt"]
+
+
+def serving_checkpoint(tmp_dir: Path) -> Path:
+    """The shipped shapes checkpoint; until it exists, a random-weight shapes model saved once."""
+    from maskrt.model.checkpoint import default_checkpoint
+
+    shipped = default_checkpoint()
+    if shipped.is_file():
+        return shipped
+    import torch
+
+    from maskrt.model.build import build_model
+    from maskrt.model.checkpoint import save_checkpoint
+    from maskrt.model.config import get_config
+
+    path = tmp_dir / "shapes-random.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        cfg = get_config("shapes")
+        save_checkpoint(path, build_model(cfg).eval(), cfg, {"note": "random weights (tests)"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return serving_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+class Server:
+    """``maskrt serve`` as a child process, its log in a file."""
+
+    def __init__(self, log_dir: Path, settings: dict[str, object], name: str = "server") -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASKRT_")}
+        env.update({f"MASKRT_{k.upper()}": str(v) for k, v in settings.items()})
+        env["MASKRT_LOG_FORMAT"] = env.get("MASKRT_LOG_FORMAT", "json")
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*maskrt_command(), "serve", "--host", HOST, "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=log_dir)
+
+    def log(self, tail: int = 6000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, trust_env=False, timeout=kwargs.pop("timeout", 60),
+                            **kwargs)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"maskrt serve exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        pytest.fail(f"maskrt serve not ready after {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def metrics(self) -> dict[str, float]:
+        from maskrt.bench.load import parse_metrics
+
+        with self.client(timeout=10) as c:
+            r = c.get("/metrics")
+            r.raise_for_status()
+            return parse_metrics(r.text)
+
+
+def start_server(tmp_path_factory, name: str, settings: dict[str, object]) -> Server:
+    server = Server(tmp_path_factory.mktemp(name), settings, name)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+def png(image: np.ndarray | Image.Image) -> bytes:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(image: np.ndarray | Image.Image, quality: int = 90) -> bytes:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def shapes_image(index: int = 0, seed: int = 7) -> np.ndarray:
+    from maskrt.model.shapes import generate
+
+    return generate(seed, index).image
+
+
+def metric(values: dict[str, float], sample: str, **labels: str) -> float:
+    key = sample
+    if labels:
+        key += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    return values.get(key, 0.0)
+
+
+def raw_request(path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+                send_body: int | None = None) -> bytes:
+    """An HTTP/1.1 request as bytes; ``send_body`` cuts the body (to send the rest later)."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {HOST}", f"Content-Type: {content_type}",
+             f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return head + body[: len(body) if send_body is None else send_body]
+
+
+def read_response(sock: socket.socket, timeout: float = 60) -> tuple[int, bytes]:
+    """Status and body of one response (Content-Length framed) read from ``sock``."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v.strip())
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, body
+
+
+def multipart(field: str, filename: str, data: bytes, content_type: str = "image/png"
+              ) -> tuple[bytes, str]:
+    boundary = "maskrt-test-boundary-7f3a"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

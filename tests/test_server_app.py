@@ -1,0 +1,190 @@
+"""The app in this process (httpx's ASGI transport, lifespan run by hand), for what a subprocess
+cannot show: readiness while the model loads, a model that fails to load, and a backend exception
+that fails only its own batch. The backend is the real TorchBackend, opened by the real
+``open_backend``; the tests only delay the opening or make one ``infer`` call raise. Also the
+``maskrt serve`` start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import threading
+
+import httpx
+import pytest
+
+from maskrt.errors import MaskrtError
+from maskrt.server.app import create_app
+from maskrt.server.backends import open_backend
+from maskrt.server.settings import Settings
+from server_harness import checkpoint, maskrt_command, png, shapes_image  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
+
+
+@contextlib.asynccontextmanager
+async def running(app):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client
+
+
+async def until_ready(client, timeout: float = 120) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (await client.get("/readyz")).status_code != 200:
+        assert loop.time() < deadline, "not ready"
+        await asyncio.sleep(0.05)
+
+
+def settings(checkpoint, **kw) -> Settings:  # noqa: F811
+    return Settings(model=str(checkpoint), backend="torch", device="cpu", max_batch=2, **kw)
+
+
+def test_not_ready_until_loaded_and_warmed(checkpoint):  # noqa: F811
+    release = threading.Event()
+
+    def slow_open(s):
+        release.wait(60)
+        return open_backend(s)
+
+    async def main():
+        app = create_app(settings(checkpoint), opener=slow_open)
+        async with running(app) as client:
+            assert (await client.get("/healthz")).status_code == 200  # alive at once
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+            assert int(r.headers["retry-after"]) > 0
+            files = {"image": ("x.png", png(shapes_image(0)), "image/png")}
+            r = await client.post("/predict", files=files)
+            assert r.status_code == 503 and "retry-after" in r.headers
+            assert (await client.get("/v1/model")).status_code == 503
+            release.set()
+            await until_ready(client)
+            assert (await client.post("/predict", files=files)).status_code == 200
+            state = app.state.maskrt
+            # warm-up ran every batch size the backend uses before /readyz turned 200
+            sizes = {s for s in state.backend.warmup_batch_sizes() if s <= 2}
+            assert sizes and set(state.warmup_seconds) == sizes
+
+    asyncio.run(main())
+
+
+def test_model_that_fails_to_load(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    fatal = []
+
+    async def main():
+        app = create_app(Settings(model=str(bad), backend="torch", device="cpu"),
+                         on_fatal=fatal.append)
+        async with running(app) as client:
+            for _ in range(200):
+                if fatal:
+                    break
+                await asyncio.sleep(0.05)
+            r = await client.get("/readyz")
+            assert r.status_code == 503
+            assert "broken.pt" in r.json()["error"]["message"]
+            assert (await client.get("/healthz")).status_code == 200
+
+    asyncio.run(main())
+    assert len(fatal) == 1 and isinstance(fatal[0], MaskrtError)
+
+
+def test_backend_exception_fails_only_its_batch(checkpoint):  # noqa: F811
+    async def main():
+        app = create_app(settings(checkpoint))
+        async with running(app) as client:
+            await until_ready(client)
+            backend = app.state.maskrt.backend
+            real_infer = backend.infer
+            calls = []
+
+            def failing_once(images):
+                calls.append(images.shape[0])
+                if len(calls) == 1:
+                    raise RuntimeError("simulated device failure")
+                return real_infer(images)
+
+            backend.infer = failing_once
+            try:
+                files = {"image": ("x.png", png(shapes_image(0)), "image/png")}
+                r = await client.post("/predict", files=files)
+                assert r.status_code == 500, r.text
+                body = r.json()
+                assert body["error"]["code"] == "inference_failed"
+                assert "Traceback" not in r.text and "simulated" not in r.text
+                assert r.headers["x-request-id"] in body["error"]["message"]
+                # the worker carries on
+                for _ in range(2):
+                    assert (await client.post("/predict", files=files)).status_code == 200
+                assert (await client.get("/healthz")).status_code == 200
+            finally:
+                backend.infer = real_infer
+            text = (await client.get("/metrics")).text
+            assert 'maskrt_requests_total{endpoint="/predict",status="500"} 1.0' in text
+
+    asyncio.run(main())
+
+
+def test_cors_off_unless_configured(checkpoint):  # noqa: F811
+    async def main(origins):
+        app = create_app(settings(checkpoint, cors_origins=origins),
+                         opener=lambda s: (_ for _ in ()).throw(MaskrtError("no model needed")))
+        async with running(app) as client:
+            r = await client.options("/predict", headers={
+                "Origin": "https://ui.example", "Access-Control-Request-Method": "POST"})
+            return r.headers.get("access-control-allow-origin")
+
+    assert asyncio.run(main("")) is None
+    assert asyncio.run(main("https://ui.example")) == "https://ui.example"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "/nonexistent/model.pt"], "no such model file"),
+    (["--model", "model.bin"], "unknown model file type"),
+    (["--backend", "tensorrt", "--device", "cpu"], "cannot serve a checkpoint"),
+    (["--max-batch", "0"], "--max-batch"),
+])
+def test_serve_refuses_bad_settings_before_starting(argv, message):
+    run = subprocess.run([*maskrt_command(), "serve", "--port", "1", *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_pipeline_without_http_is_what_the_server_answers(checkpoint):  # noqa: F811
+    """The evaluation's entry point: Pipeline.predict / .predictor on an opened backend gives the
+    records (and the Predictor tuples) the server would answer for the same image."""
+    import numpy as np
+
+    from maskrt.server.pipeline import Pipeline
+
+    pipeline = Pipeline(open_backend(settings(checkpoint)))
+    images = [shapes_image(0), shapes_image(1), shapes_image(2)]
+    records = pipeline.predict(images, score_threshold=0.0, batch_size=2)
+    from_bytes = pipeline.predict([png(im) for im in images], score_threshold=0.0)
+    assert len(records) == 3 and records[0] and all(
+        {"box", "score", "class_id", "label", "mask"} <= set(d) for d in records[0])
+    for a, b in zip(records, from_bytes):
+        assert [d["mask"] for d in a] == [d["mask"] for d in b]
+    # (same batch composition: a batch's numbers can differ in the last bits from another's)
+    boxes, scores, classes, rles = pipeline.predictor(score_threshold=0.0, batch_size=2)(images)[0]
+    assert boxes.shape == (len(records[0]), 4) and boxes.dtype == np.float32
+    assert scores.tolist() == [d["score"] for d in records[0]]
+    assert classes.tolist() == [d["class_id"] for d in records[0]]
+    assert rles == [d["mask"] for d in records[0]]
+
+    async def main():
+        app = create_app(settings(checkpoint))
+        async with running(app) as client:
+            await until_ready(client)
+            r = await client.post("/predict", params={"score_threshold": 0},
+                                  files={"image": ("x.png", png(images[0]), "image/png")})
+            return r.json()["detections"]
+
+    alone = pipeline.predict(images[:1], score_threshold=0.0)[0]  # a batch of 1, as served
+    assert asyncio.run(main()) == alone

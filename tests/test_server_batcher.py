@@ -1,0 +1,179 @@
+"""The dynamic batcher on its own (``maskrt.server.batcher``): the work is a plain function of the
+jobs' payloads, so batching, waiting, dropping, failures and draining are checked exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from maskrt.server.batcher import BatchFailed, Batcher, BatcherClosed, QueueFull
+
+
+class Recorder:
+    """``process``: records each batch's payloads (and the thread), doubles them; raises for a
+    batch holding "boom"; sleeps ``delay`` seconds per batch."""
+
+    def __init__(self, delay: float = 0.0):
+        self.batches: list[list] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+
+    def __call__(self, jobs):
+        payloads = [j.payload for j in jobs]
+        self.batches.append(payloads)
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if "boom" in payloads:
+            raise RuntimeError("backend exploded")
+        return [p * 2 for p in payloads]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_batches_up_to_max_batch_in_a_thread():
+    async def main():
+        rec = Recorder()
+        b = Batcher(rec, max_batch=4, max_delay_s=0.05, max_queue=100)
+        b.start()
+        jobs = b.submit(list(range(10)))
+        results = await asyncio.gather(*(j.future for j in jobs))
+        await b.stop()
+        return rec, results
+
+    rec, results = run(main())
+    assert results == [2 * i for i in range(10)]
+    assert [len(x) for x in rec.batches] == [4, 4, 2]
+    assert rec.threads == {"maskrt-infer_0"}  # never the event loop's thread
+
+
+def test_lone_request_is_not_held_back():
+    """Nothing else on its way: the first image runs at once, not after max_delay."""
+    async def main():
+        b = Batcher(Recorder(), max_batch=8, max_delay_s=2.0, max_queue=10)
+        b.start()
+        started = time.perf_counter()
+        (job,) = b.submit([1])
+        await job.future
+        elapsed = time.perf_counter() - started
+        await b.stop()
+        return elapsed
+
+    assert run(main()) < 0.5
+
+
+def test_waits_for_announced_images_at_most_max_delay():
+    async def main():
+        rec = Recorder()
+        b = Batcher(rec, max_batch=8, max_delay_s=0.3, max_queue=10)
+        b.start()
+        with b.expecting():  # a second request is being read
+            (first,) = b.submit([1])
+            await asyncio.sleep(0.1)
+            assert not first.future.done()  # held for the announced one
+            (second,) = b.submit([2])
+        await asyncio.gather(first.future, second.future)
+        # an announced request that never comes holds the batch for max_delay only
+        with b.expecting():
+            started = time.perf_counter()
+            (third,) = b.submit([3])
+            await third.future
+            waited = time.perf_counter() - started
+        await b.stop()
+        return rec, waited
+
+    rec, waited = run(main())
+    assert rec.batches == [[1, 2], [3]]
+    assert 0.25 <= waited < 1.5
+
+
+def test_queue_full_is_all_or_nothing():
+    async def main():
+        rec = Recorder()
+        b = Batcher(rec, max_batch=2, max_delay_s=0, max_queue=3)  # worker not started
+        b.submit([1, 2])
+        with pytest.raises(QueueFull) as err:
+            b.submit([3, 4])
+        assert err.value.retry_after_s >= 1
+        assert b.depth == 2
+        b.submit([3])
+        with pytest.raises(QueueFull):
+            b.submit([4])
+        b.start()
+        await b.stop()
+        return rec
+
+    rec = run(main())
+    assert sorted(p for batch in rec.batches for p in batch) == [1, 2, 3]
+
+
+def test_dropped_jobs_never_run_and_free_their_slot():
+    async def main():
+        rec = Recorder()
+        depths = []
+        b = Batcher(rec, max_batch=4, max_delay_s=0, max_queue=2, on_queue_depth=depths.append)
+        a, c = b.submit([1, 2])
+        a.drop("client disconnected")
+        assert b.depth == 1 and a.future.cancelled()
+        (d,) = b.submit([3])  # the slot a held is free again
+        b.start()
+        results = await asyncio.gather(c.future, d.future)
+        await b.stop()
+        return rec, results, depths, b.stats.dropped
+
+    rec, results, depths, dropped = run(main())
+    assert rec.batches == [[2, 3]] and results == [4, 6] and dropped == 1
+    assert depths[-1] == 0
+
+
+def test_failure_fails_only_its_batch_and_the_worker_goes_on():
+    async def main():
+        rec = Recorder()
+        b = Batcher(rec, max_batch=2, max_delay_s=0, max_queue=10)
+        b.start()
+        bad = b.submit(["boom", "x"])
+        good = b.submit(["y"])
+        outcomes = await asyncio.gather(*(j.future for j in bad + good), return_exceptions=True)
+        later = b.submit(["z"])
+        after = await later[0].future
+        await b.stop()
+        return outcomes, after, b.stats.failed_batches
+
+    outcomes, after, failed = run(main())
+    assert isinstance(outcomes[0], BatchFailed) and isinstance(outcomes[1], BatchFailed)
+    assert "backend exploded" in str(outcomes[0])
+    assert outcomes[2] == "yy" and after == "zz" and failed == 1
+
+
+def test_stop_runs_what_is_queued_then_refuses():
+    async def main():
+        rec = Recorder(delay=0.05)
+        b = Batcher(rec, max_batch=2, max_delay_s=0, max_queue=10)
+        b.start()
+        jobs = b.submit(list(range(5)))
+        await b.stop(timeout_s=10)
+        with pytest.raises(BatcherClosed):
+            b.submit([9])
+        return [j.future.result() for j in jobs]
+
+    assert run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_stop_does_not_wait_for_announced_images():
+    async def main():
+        b = Batcher(Recorder(), max_batch=8, max_delay_s=30, max_queue=10)
+        b.start()
+        with b.expecting():
+            (job,) = b.submit([1])
+            await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            await b.stop(timeout_s=10)
+            return job.future.result(), time.perf_counter() - started
+
+    result, took = run(main())
+    assert result == 2 and took < 5

@@ -1,0 +1,85 @@
+"""``maskrt serve`` with no model, backend or device flag: the shipped shapes model on the best
+backend for this machine (ONNX Runtime here, exported once into the cache; TensorRT only for an
+engine), answering like the deploy graph."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from server_harness import png, shapes_image, start_server
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+
+
+def _skip_reason() -> str | None:
+    from maskrt.model.checkpoint import default_checkpoint
+
+    if not default_checkpoint().is_file():
+        return f"the shipped model {default_checkpoint()} is not there yet"
+    if importlib.util.find_spec("maskrt.server.backends.onnxruntime") is None:
+        return "the onnxruntime backend does not exist yet"
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    srv = start_server(tmp_path_factory, "default", {})  # no MASKRT_* at all
+    yield srv
+    srv.stop()
+
+
+def test_serves_the_shipped_model_on_onnxruntime(server):
+    import torch
+
+    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
+    from maskrt.model.deploy import deploy_graph
+    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox
+
+    with server.client() as c:
+        info = c.get("/v1/model").json()
+        loaded = load_checkpoint(default_checkpoint())
+        assert info["version"] == loaded.version and info["name"] == loaded.config.name
+        assert info["backend"] == "onnxruntime"  # a checkpoint: TensorRT serves engines only
+        image = shapes_image(11)
+        r = c.post("/predict", files={"image": ("x.png", png(image), "image/png")},
+                   params={"score_threshold": 0.5})
+        assert r.status_code == 200, r.text
+        got = r.json()["detections"]
+    assert got, "the shipped model finds the shapes of a shapes image"
+    graph = deploy_graph(loaded)
+    with torch.inference_mode():
+        canvas, box = letterbox(torch.from_numpy(image).permute(2, 0, 1), loaded.config.canvas,
+                                fill_colour(loaded.config.image_mean))
+        out = graph(canvas[None])
+        n = int(out.num_detections[0])
+        keep = out.scores[0, :n] >= 0.5
+        boxes = boxes_to_original(out.boxes[0, :n][keep], box).numpy()
+    assert len(got) == len(boxes)
+    np.testing.assert_allclose([d["box"] for d in got], boxes, atol=0.5)
+
+
+def test_the_cached_onnx_serves_the_same_answers(server):
+    """The server exported the checkpoint once into the cache; that ONNX file, opened in this
+    process with backend=auto, gives exactly what the server answered (same graph, same batch)."""
+    from maskrt.model.checkpoint import default_checkpoint
+    from maskrt.server.backends import cached_onnx, open_backend
+    from maskrt.server.pipeline import Pipeline
+    from maskrt.server.settings import Settings, default_cache_dir
+
+    with server.client() as c:
+        info = c.get("/v1/model").json()
+        data = png(shapes_image(12))
+        served = c.post("/predict", files={"image": ("x.png", data, "image/png")},
+                        params={"score_threshold": 0.05}).json()["detections"]
+    onnx = cached_onnx(str(default_checkpoint()), default_cache_dir(), info["max_batch"])
+    assert onnx.is_file()
+    backend = open_backend(Settings(model=str(onnx), device=info["device"]))
+    assert backend.name == "onnxruntime" and backend.info.version == info["version"]
+    assert Pipeline(backend).predict([data], score_threshold=0.05)[0] == served
