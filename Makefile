@@ -1,5 +1,8 @@
 # Two entry points for a fresh clone: `make serve` and `make test`. Both install into .venv.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || echo python3)
+# the first interpreter that really runs and is 3.11 or 3.12 (pyenv shims may exist but not run)
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install serve test clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "maskrt needs Python 3.11 or 3.12"'
+	@test -n "$(PYTHON)" || { echo "maskrt needs Python 3.11 or 3.12 (python3 on PATH)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
