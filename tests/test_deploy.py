@@ -93,18 +93,19 @@ def test_graph_shares_the_model_weights():
         DeployGraph(model, cfg, canvas=200)
 
 
-def test_grouped_nms_equals_torchvision_per_group():
+@pytest.mark.parametrize("n", [300, 1000])  # one nms call; one per group (> 4000 candidates)
+def test_grouped_nms_equals_torchvision_per_group(n):
     import torchvision
 
     g = torch.Generator().manual_seed(0)
-    xy = torch.rand(6, 300, 2, generator=g) * 200
-    boxes = torch.cat([xy, xy + 5 + torch.rand(6, 300, 2, generator=g) * 60], -1)
-    scores = torch.rand(6, 300, generator=g)
+    xy = torch.rand(6, n, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 5 + torch.rand(6, n, 2, generator=g) * 60], -1)
+    scores = torch.rand(6, n, generator=g)
     scores[:, ::7] = -1.0  # not candidates
-    keep = grouped_nms(boxes, scores, 0.5, -0.5, 300)
+    keep = grouped_nms(boxes, scores, 0.5, -0.5, n)
     for i in range(6):
         cand = torch.where(scores[i] > -0.5)[0]
-        expected = torch.zeros(300, dtype=torch.bool)
+        expected = torch.zeros(n, dtype=torch.bool)
         expected[cand[torchvision.ops.nms(boxes[i, cand], scores[i, cand], 0.5)]] = True
         assert torch.equal(keep[i], expected)
     # at most max_per_group, the highest-scoring kept ones
