@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import ValidationError
 from starlette.datastructures import Headers, MutableHeaders, UploadFile
@@ -43,6 +43,7 @@ from maskrt.server.decode import DecodedImage, decode_image
 from maskrt.server.errors import ApiError, BodyTooLarge
 from maskrt.server.logging import request_id_var
 from maskrt.server.metrics import Metrics
+from maskrt.server.pipeline import Pipeline, PostOptions
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
@@ -132,8 +133,6 @@ class ServerState:
         started = time.perf_counter()
         try:
             backend = await loop.run_in_executor(self.infer_executor, self.opener, self.settings)
-            from maskrt.server.pipeline import Pipeline
-
             pipeline = Pipeline(backend)
             sizes = [s for s in backend.warmup_batch_sizes() if s <= self.settings.max_batch]
             loaded = time.perf_counter()
@@ -530,8 +529,6 @@ def create_app(settings: Settings | None = None, *,
                         for i, data in enumerate(datas)))
                 for d in decoded:
                     state.metrics.decode.observe(d.seconds)
-                from maskrt.server.pipeline import PostOptions
-
                 options = PostOptions(
                     settings.score_threshold if params.score_threshold is None
                     else params.score_threshold,
