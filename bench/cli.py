@@ -15,6 +15,8 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "postprocess": ("maskrt.bench.postprocess",
                     "post-processing of 100 masks, ours against torchvision"),
     "roi-align-gpu": ("maskrt.bench.roi_align_gpu", "the RoIAlign plugin kernel on the GPU"),
+    "parity": ("maskrt.bench.parity",
+               "per-detection parity of two backends through the serving pipeline"),
     "onnx-cpu": ("maskrt.bench.onnx_cpu",
                  "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX"),
 }

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from maskrt.errors import MaskrtError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a Mask R-CNN from a config on a COCO-format data set")
@@ -33,8 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="shapes:500:2",
                    help="COCO dir / annotations JSON, or shapes:COUNT:SEED (default: shapes:500:2, "
                         "held out from the shipped model's training seed 1)")
-    p.add_argument("--backend", choices=("eager",), default="eager")
+    p.add_argument("--backend", choices=("eager", "torch", "onnxruntime", "tensorrt"),
+                   default="eager",
+                   help="eager: torchvision's own forward; the others run the serving pipeline "
+                        "(letterbox, deploy graph, post-processing) exactly as the server does")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cache-dir", type=Path,
+                   help="where a checkpoint's ONNX export is cached (default: MASKRT_CACHE_DIR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=_evaluate)
 
@@ -63,13 +70,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
-    loaded = load_checkpoint(args.model or default_checkpoint(), args.config)
     data = open_dataset(args.data)
-    predict = eager_predictor(loaded, device)
-    metrics = evaluate(data, predict, loaded.config.classes, args.batch_size)
-    print(json.dumps({"model": loaded.source, "sha256": loaded.sha256[:12], "data": args.data,
+    if args.backend == "eager":
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                              if args.device == "auto" else args.device)
+        loaded = load_checkpoint(args.model or default_checkpoint(), args.config)
+        predict = eager_predictor(loaded, device)
+        classes, source, version = loaded.config.classes, loaded.source, loaded.sha256[:12]
+    else:
+        from maskrt.server.backends import model_path, open_backend
+        from maskrt.server.pipeline import Pipeline
+        from maskrt.server.settings import Settings
+
+        if args.config:
+            raise MaskrtError("--config applies to --backend eager only; export a bare state dict "
+                              "to a maskrt checkpoint first")
+        fields = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+        settings = Settings(model=args.model, backend=args.backend, device=args.device,
+                            max_batch=args.batch_size, **fields)
+        pipeline = Pipeline(open_backend(settings))
+        predict = pipeline.predictor(score_threshold=0.0)
+        info = pipeline.backend.info
+        classes, source, version = info.classes, model_path(settings), info.version
+        device = pipeline.device
+    metrics = evaluate(data, predict, classes, args.batch_size)
+    print(json.dumps({"model": source, "sha256": version, "data": args.data,
                       "backend": args.backend, "device": str(device), **metrics}))
     return 0
 

@@ -82,12 +82,12 @@ def test_onnxruntime_backend_limits_and_errors(tmp_path, caplog):
     with pytest.raises(MaskrtError, match="no such ONNX file"):
         OnnxRuntimeBackend(tmp_path / "missing.onnx")
 
-    # the tensorrt target is not for ONNX Runtime; a foreign ONNX has no maskrt metadata
+    # a target this backend does not know; a foreign ONNX has no maskrt metadata
     proto = onnx.load(str(path))
-    set_metadata_props(proto, {"target": "tensorrt"})
-    onnx.save(proto, str(tmp_path / "trt.onnx"))
-    with pytest.raises(MaskrtError, match="target 'tensorrt'"):
-        OnnxRuntimeBackend(tmp_path / "trt.onnx")
+    set_metadata_props(proto, {"target": "tflite"})
+    onnx.save(proto, str(tmp_path / "tflite.onnx"))
+    with pytest.raises(MaskrtError, match="target 'tflite'"):
+        OnnxRuntimeBackend(tmp_path / "tflite.onnx")
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
     with pytest.raises(MaskrtError, match="not a maskrt ONNX file"):

@@ -1,5 +1,9 @@
 """The ``onnxruntime`` backend: an ``onnxruntime``-target ONNX file (``maskrt export onnx``).
 
+A ``tensorrt``-target file also runs (its plugin nodes through the Python implementation of
+:func:`maskrt.export.tensorrt_onnx.register_python_ops`, on the CPU): that is how the TensorRT graph
+is checked without a GPU, not a way to serve it.
+
 - Execution provider: CUDA on a CUDA device when the installed ONNX Runtime has it
   (``onnxruntime-gpu``), else the CPU; a CUDA device without the CUDA provider falls back to the CPU
   with a warning (the backend's :attr:`device` then says ``cpu``, so the server pre- and
@@ -64,6 +68,21 @@ def model_info_from_metadata(meta: dict[str, str], source: str) -> tuple[ModelIn
     return info, meta
 
 
+def _load(path: Path):
+    """The ``ModelProto`` of an ONNX file, or None (ONNX Runtime's own load error is the one to
+    report)."""
+    import onnx
+
+    try:
+        return onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return None
+
+
+def _metadata(proto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 class OnnxRuntimeBackend(Backend):
     """``OnnxRuntimeBackend("model.onnx", device="cuda", max_batch=8)``."""
 
@@ -115,6 +134,14 @@ class OnnxRuntimeBackend(Backend):
         options.enable_mem_pattern = True
         options.enable_cpu_mem_arena = True
         options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
+        proto = _load(path)
+        if proto is not None and _metadata(proto).get("maskrt.target") == "tensorrt":
+            from maskrt.export.tensorrt_onnx import register_python_ops
+
+            log.warning("%s is a tensorrt-target graph: running its plugin nodes in Python on the "
+                        "CPU (for checks; serve it with TensorRT)", path)
+            options.register_custom_ops_library(register_python_ops(proto))
+        del proto
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / ... types
@@ -122,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
 
         self.info, self.metadata = model_info_from_metadata(
             self.session.get_modelmeta().custom_metadata_map, str(path))
-        if self.metadata["target"] != "onnxruntime":
+        if self.metadata["target"] not in ("onnxruntime", "tensorrt"):
             raise MaskrtError(f"{path}: exported for target {self.metadata['target']!r}; the onnxruntime "
                               f"backend serves the onnxruntime target (`maskrt export onnx --target "
                               f"onnxruntime`)")

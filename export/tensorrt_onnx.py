@@ -1,0 +1,155 @@
+"""The ``tensorrt`` ONNX target: the ``onnxruntime``-target graph rewritten for TensorRT's ONNX parser.
+
+:func:`rewrite` (onnx-graphsurgeon):
+
+- every ``com.maskrt::MultiLevelRoIAlign`` node becomes ONE node of op type
+  ``MaskrtMultiLevelRoIAlign``, our TensorRT plugin (``plugins/README.md``): same inputs (float32
+  RoIs, one feature map per FPN level), output and int attributes, plus ``plugin_version`` "1" and
+  ``plugin_namespace`` "" for the parser; the local function that ONNX Runtime ran is dropped;
+- NMS stays ONNX ``NonMaxSuppression``, which TensorRT's parser imports to its NMS layer
+  (``INMSLayer``; the ``EfficientNMS_TRT`` plugin is deprecated since TensorRT 10.12 in its favour);
+- constants are folded, so that the inputs TensorRT needs as initializers (``TopK``'s ``K``,
+  ``NonMaxSuppression``'s limits and thresholds) are initializers; :func:`tensorrt_problems` checks it.
+
+The plugin node sits in domain ``ai.onnx.contrib``: TensorRT's parser matches a custom node by op
+type alone, and ``onnxruntime-extensions`` serves Python custom ops from that domain, which is how
+ONNX Runtime still runs this graph (:func:`register_python_ops`, used by the ``onnxruntime``
+backend) — so its detections are tested against the ``onnxruntime`` target without a GPU.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from maskrt.errors import MaskrtError
+from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES, ROI_ALIGN_OP
+
+PLUGIN_OP = "MaskrtMultiLevelRoIAlign"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
+PLUGIN_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain; TensorRT ignores the domain
+# node inputs TensorRT's ONNX parser accepts only as initializers: op type -> input indices
+INITIALIZER_INPUTS = {"TopK": (1,), "NonMaxSuppression": (2, 3, 4)}
+
+
+def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ``tensorrt``-target variant of an ``onnxruntime``-target model (metadata kept)."""
+    import onnx_graphsurgeon as gs
+
+    functions = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, ROI_ALIGN_OP)]
+    graph = gs.import_onnx(model)
+    replaced = 0
+    for node in graph.nodes:
+        if node.op == ROI_ALIGN_OP and node.domain == DOMAIN:
+            missing = [a for a in ROI_ALIGN_ATTRIBUTES if a not in node.attrs]
+            if missing:
+                raise MaskrtError(f"{node.name}: {ROI_ALIGN_OP} without attribute {missing[0]!r}")
+            node.op, node.domain = PLUGIN_OP, PLUGIN_DOMAIN
+            node.attrs = {**{a: int(node.attrs[a]) for a in ROI_ALIGN_ATTRIBUTES},
+                          "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+            replaced += 1
+    if not replaced:
+        raise MaskrtError(f"no {DOMAIN}::{ROI_ALIGN_OP} node to rewrite: not an onnxruntime-target "
+                          f"maskrt graph")
+    graph.functions = [f for f in graph.functions if (f.domain, f.name) != (DOMAIN, ROI_ALIGN_OP)]
+    graph.fold_constants().cleanup().toposort()
+    out = gs.export_onnx(graph, do_type_check=True)
+    del out.functions[:]
+    out.functions.extend(functions)
+    opsets = {o.domain: o.version for o in model.opset_import if o.domain != DOMAIN}
+    opsets[PLUGIN_DOMAIN] = 1
+    del out.opset_import[:]
+    out.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    problems = tensorrt_problems(out)
+    if problems:
+        raise MaskrtError("the tensorrt-target graph breaks TensorRT parser rules: " + "; ".join(problems))
+    return out
+
+
+def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The plugin nodes of a tensorrt-target model, in graph order."""
+    return [n for n in model.graph.node if n.op_type == PLUGIN_OP]
+
+
+def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
+    """What in ``model`` TensorRT's ONNX parser would reject or mis-map (empty: nothing found)."""
+    problems = []
+    initializers = {t.name for t in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") and node.op_type != PLUGIN_OP:
+            problems.append(f"{node.name}: custom op {node.domain}::{node.op_type} has no importer")
+        if node.op_type == "RoiAlign":
+            problems.append(f"{node.name}: ONNX RoiAlign maps to TensorRT's single-level layer")
+        for index in INITIALIZER_INPUTS.get(node.op_type, ()):
+            if index < len(node.input) and node.input[index] and node.input[index] not in initializers:
+                problems.append(f"{node.name}: {node.op_type} input {index} ({node.input[index]}) "
+                                f"must be an initializer")
+        if node.op_type == PLUGIN_OP:
+            rois = types.get(node.input[0])
+            if rois != onnx.TensorProto.FLOAT:
+                problems.append(f"{node.name}: RoIs must be float32, got "
+                                f"{onnx.TensorProto.DataType.Name(rois) if rois else 'unknown type'}")
+            kinds = {types.get(name) for name in node.input[1:]}
+            if not kinds <= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}:
+                problems.append(f"{node.name}: features must be float32 or float16")
+    if any((f.domain, f.name) == (DOMAIN, ROI_ALIGN_OP) for f in model.functions):
+        problems.append(f"the {DOMAIN}::{ROI_ALIGN_OP} local function is still in the model")
+    return problems
+
+
+_REGISTERED: dict[str, int] = {}
+
+
+def register_python_ops(model: onnx.ModelProto) -> str:
+    """Register the Python implementation of the plugin node with ``onnxruntime-extensions`` and
+    return its custom-op library path (for ``SessionOptions.register_custom_ops_library``).
+
+    The implementation is ``torch.ops.maskrt.multilevel_roi_align`` (equal to torchvision's
+    ``MultiScaleRoIAlign``), i.e. the op the plugin's kernel is tested against. float32 only, on
+    the CPU: this runs the graph's checks, not production traffic.
+    """
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    except ModuleNotFoundError:
+        raise MaskrtError("running a tensorrt-target ONNX in ONNX Runtime needs onnxruntime-extensions "
+                          "(pip install onnxruntime-extensions); serve it with TensorRT instead, "
+                          "or export --target onnxruntime") from None
+    levels = {len(n.input) - 1 for n in plugin_nodes(model)}
+    if len(levels) != 1:
+        raise MaskrtError(f"expected {PLUGIN_OP} nodes with one number of levels, got {sorted(levels)}")
+    (num_levels,) = levels
+    known = _REGISTERED.get(PLUGIN_OP)
+    if known is None:
+        _define_op(onnx_op, PyCustomOpDef, num_levels)
+        _REGISTERED[PLUGIN_OP] = num_levels
+    elif known != num_levels:
+        raise MaskrtError(f"{PLUGIN_OP} is registered for {known} levels in this process; this model "
+                          f"has {num_levels}")
+    return get_library_path()
+
+
+def _define_op(onnx_op, defs, num_levels: int) -> None:
+    import numpy as np
+    import torch
+
+    import maskrt.model.roi_align  # noqa: F401  (registers torch.ops.maskrt.multilevel_roi_align)
+
+    @onnx_op(op_type=PLUGIN_OP, inputs=[defs.dt_float] * (1 + num_levels), outputs=[defs.dt_float],
+             attrs={name: defs.dt_int64 for name in ROI_ALIGN_ATTRIBUTES})
+    def multilevel_roi_align(rois, *features, output_size, sampling_ratio, aligned, canonical_scale,
+                             canonical_level, first_level):
+        with torch.inference_mode():
+            pooled = torch.ops.maskrt.multilevel_roi_align(
+                torch.from_numpy(np.ascontiguousarray(rois)),
+                [torch.from_numpy(np.ascontiguousarray(f)) for f in features],
+                output_size, sampling_ratio, bool(aligned), canonical_scale, canonical_level,
+                first_level)
+        return pooled.numpy()

@@ -1,0 +1,45 @@
+"""``maskrt evaluate --backend eager|torch|onnxruntime`` on the shipped model: the deploy backends
+run the serving pipeline and score like each other and like torchvision's eager forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskrt.cli import main
+
+
+def _evaluate(capsys, *args: str) -> dict:
+    assert main(["evaluate", "--data", "shapes:8:2", "--batch-size", "4", *args]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_backends_score_alike(capsys, tmp_path):
+    eager = _evaluate(capsys, "--backend", "eager")
+    deploy = _evaluate(capsys, "--backend", "torch")
+    onnx = _evaluate(capsys, "--backend", "onnxruntime", "--cache-dir", str(tmp_path))
+    assert (eager["backend"], deploy["backend"], onnx["backend"]) == ("eager", "torch", "onnxruntime")
+    assert eager["sha256"] == deploy["sha256"] == onnx["sha256"]
+    assert onnx["images"] == 8 and onnx["detections"] > 40
+    assert eager["segm"]["AP"] > 0.6  # the shipped model is trained, not random
+    assert abs(onnx["segm"]["AP"] - deploy["segm"]["AP"]) <= 0.005
+    assert abs(deploy["segm"]["AP"] - eager["segm"]["AP"]) <= 0.03
+    assert list(tmp_path.glob("onnx/*.onnx"))  # the checkpoint was exported into the given cache
+
+
+def test_config_is_for_eager_only(capsys):
+    assert main(["evaluate", "--backend", "torch", "--config", "shapes", "--data", "shapes:1:2"]) == 2
+    assert "--config applies to --backend eager only" in capsys.readouterr().err
+
+
+def test_engine_backend_needs_an_engine(capsys):
+    assert main(["evaluate", "--backend", "tensorrt", "--data", "shapes:1:2"]) == 2
+    assert "cannot serve a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_missing_model_file(capsys, tmp_path, backend):
+    missing = tmp_path / "nope.pt"
+    assert main(["evaluate", "--backend", backend, "--model", str(missing), "--data", "shapes:1:2"]) == 2
+    assert f"{missing}: no such model file" in capsys.readouterr().err
