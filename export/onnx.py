@@ -151,9 +151,7 @@ def retarget(proto, target: str):
                 raise
             raise MaskrtError("the tensorrt ONNX target is not available in this installation "
                               "(maskrt.export.tensorrt_onnx is missing)") from None
-        proto = rewrite(proto)
-        set_metadata_props(proto, {"target": target})
-        return proto
+        return rewrite(proto)
     raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
 
 

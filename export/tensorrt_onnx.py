@@ -33,8 +33,11 @@ INITIALIZER_INPUTS = {"TopK": (1,), "NonMaxSuppression": (2, 3, 4)}
 
 
 def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The ``tensorrt``-target variant of an ``onnxruntime``-target model (metadata kept)."""
+    """The ``tensorrt``-target variant of an ``onnxruntime``-target model (metadata kept,
+    ``maskrt.target`` set)."""
     import onnx_graphsurgeon as gs
+
+    from maskrt.export.onnx import set_metadata_props
 
     functions = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, ROI_ALIGN_OP)]
     graph = gs.import_onnx(model)
@@ -64,6 +67,7 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
+    set_metadata_props(out, {"target": "tensorrt"})
     problems = tensorrt_problems(out)
     if problems:
         raise MaskrtError("the tensorrt-target graph breaks TensorRT parser rules: " + "; ".join(problems))

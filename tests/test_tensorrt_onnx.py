@@ -57,7 +57,7 @@ def test_each_roi_align_becomes_one_plugin_node(graphs):
     assert [n.op_type for n in target.graph.node].count("NonMaxSuppression") == 2
     onnx.checker.check_model(target, full_check=True)
     assert tensorrt_problems(target) == []
-    assert read_metadata(target)["canvas"] == "192"
+    assert read_metadata(target)["canvas"] == "192" and read_metadata(target)["target"] == "tensorrt"
 
 
 def test_problems_name_what_tensorrt_rejects(graphs):

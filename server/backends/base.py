@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from maskrt.errors import MaskrtError
+
 
 class DeployOutputs(NamedTuple):
     """The deploy graph's outputs, padded to ``K`` rows past ``num_detections``."""
@@ -49,6 +51,16 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, images: Tensor) -> DeployOutputs:
         """``images``: uint8 ``[B, 3, S, S]`` on :attr:`device`, ``1 <= B <= max_batch``."""
+
+    def check_images(self, images: Tensor) -> None:
+        """A MaskrtError unless ``images`` is a uint8 ``[B, 3, S, S]`` batch with
+        ``1 <= B <= max_batch``."""
+        size = self.info.canvas
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise MaskrtError(f"expected uint8 images [B, 3, {size}, {size}], got "
+                              f"{images.dtype} {tuple(images.shape)}")
+        if not 1 <= images.shape[0] <= self.max_batch:
+            raise MaskrtError(f"batch of {images.shape[0]} images; this backend takes 1 to {self.max_batch}")
 
     def warmup_batch_sizes(self) -> list[int]:
         """Batch sizes to run once before the server turns ready (engines may specialise)."""

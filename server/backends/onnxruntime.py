@@ -173,13 +173,8 @@ class OnnxRuntimeBackend(Backend):
                 "classes": (batch, k), "masks": (batch, k, m, m)}
 
     def infer(self, images: Tensor) -> DeployOutputs:
-        size = self.info.canvas
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise MaskrtError(f"expected uint8 images [B, 3, {size}, {size}], got "
-                              f"{images.dtype} {tuple(images.shape)}")
+        self.check_images(images)
         batch = images.shape[0]
-        if not 1 <= batch <= self.max_batch:
-            raise MaskrtError(f"batch of {batch} images; this backend takes 1 to {self.max_batch}")
         if not self._io:
             feed = images.detach().to("cpu").contiguous().numpy()
             results = self.session.run(list(OUTPUTS), {"images": feed})

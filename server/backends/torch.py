@@ -67,12 +67,7 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def infer(self, images: Tensor) -> DeployOutputs:
-        size = self.info.canvas
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise MaskrtError(f"expected uint8 images [B, 3, {size}, {size}], got "
-                              f"{images.dtype} {tuple(images.shape)}")
-        if not 1 <= images.shape[0] <= self.max_batch:
-            raise MaskrtError(f"batch of {images.shape[0]} images; this backend takes 1 to {self.max_batch}")
+        self.check_images(images)
         with self._autocast():
             out = self.graph(images.to(self.device, non_blocking=True))
         return DeployOutputs(*out)

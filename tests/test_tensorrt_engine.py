@@ -1,0 +1,156 @@
+"""``maskrt export engine`` and the ``tensorrt`` backend.
+
+What runs anywhere: the checks made before TensorRT loads (file, target, batch, workspace), the
+clear errors where TensorRT or a GPU is missing, and that importing and starting the server never
+imports ``tensorrt``. Building an engine and serving it (markers ``gpu`` and ``tensorrt``) runs
+where both exist: the GPU Docker image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+import torch
+from deploy_helpers import assert_outputs_match, exported, images
+
+from maskrt.cli import main
+from maskrt.errors import MaskrtError
+from maskrt.export.onnx import export_onnx, set_metadata_props
+from maskrt.export.tensorrt import build_engine, check_build_request, read_sidecar, sidecar_path
+from maskrt.export.tensorrt_onnx import rewrite
+from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def trt_onnx(tmp_path_factory):
+    """A tensorrt-target ONNX of the random shapes model (batch 1..3) and its onnxruntime source."""
+    source, _ = exported("shapes", max_batch=3)
+    out = tmp_path_factory.mktemp("trt") / "shapes.trt.onnx"
+    onnx.save(rewrite(onnx.load(str(source))), str(out))
+    return out, source
+
+
+def test_build_request_checks(trt_onnx, tmp_path):
+    path, source = trt_onnx
+    meta, fp16, canvas, sha, max_batch = check_build_request(path, None, 4.0)
+    assert (fp16, canvas, max_batch, meta["target"]) == (False, 192, 3, "tensorrt") and len(sha) == 64
+    assert check_build_request(path, 2, 0.5)[4] == 2
+    with pytest.raises(MaskrtError, match="takes batches of 1 to 3"):
+        check_build_request(path, 4, 4.0)
+    with pytest.raises(MaskrtError, match="--workspace must be positive"):
+        check_build_request(path, 1, 0)
+    with pytest.raises(MaskrtError, match="target 'onnxruntime'.*--target tensorrt"):
+        check_build_request(source, None, 4.0)
+    with pytest.raises(MaskrtError, match="no such ONNX file"):
+        check_build_request(tmp_path / "none.onnx", None, 4.0)
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+    with pytest.raises(MaskrtError, match="not an ONNX file"):
+        check_build_request(tmp_path / "junk.onnx", None, 4.0)
+
+    half = onnx.load(str(path))  # an ONNX that holds fp16 tensors is recognised as such
+    init = half.graph.initializer[0]
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).astype("float16"), init.name))
+    set_metadata_props(half, {"max_batch": "3"})
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    assert check_build_request(tmp_path / "half.onnx", None, 4.0)[1] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and HAS_TRT, reason="TensorRT and a GPU are here")
+def test_cli_explains_what_is_missing(trt_onnx, tmp_path, capsys):
+    path, _ = trt_onnx
+    assert main(["export", "engine", "--onnx", str(path), "--out", str(tmp_path / "m.plan")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err or "TensorRT is not installed" in err
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_backend_errors_before_tensorrt(tmp_path):
+    from maskrt.server.backends.tensorrt import TensorRTBackend
+
+    with pytest.raises(MaskrtError, match="CUDA device, not 'cpu'"):
+        TensorRTBackend(tmp_path / "m.plan", device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MaskrtError, match="no CUDA GPU"):
+            TensorRTBackend(tmp_path / "m.plan", device="cuda")
+    (tmp_path / "m.plan").write_bytes(b"plan")
+    with pytest.raises(MaskrtError, match="no sidecar m.plan.json"):
+        read_sidecar(tmp_path / "m.plan")
+    sidecar_path(tmp_path / "m.plan").write_text("[1, 2]")
+    with pytest.raises(MaskrtError, match="not a JSON object"):
+        read_sidecar(tmp_path / "m.plan")
+
+
+def test_server_never_imports_tensorrt():
+    """Import the app, build it and open the default backend: no ``tensorrt`` module is loaded."""
+    code = (
+        "import sys, maskrt.server.app as a, maskrt.server.backends as b, maskrt.cli as c\n"
+        "from maskrt.server.settings import Settings\n"
+        "c.build_parser(); a.create_app(Settings(backend='torch', device='cpu', max_batch=1))\n"
+        "b.open_backend(Settings(backend='torch', device='cpu', max_batch=1))\n"
+        "import maskrt.server.backends.tensorrt, maskrt.export.tensorrt\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorrt'))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# on a GPU with TensorRT (the GPU Docker image)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_engine_fp32_matches_onnxruntime(trt_onnx, tmp_path):
+    from maskrt.server.backends.tensorrt import TensorRTBackend
+
+    path, source = trt_onnx
+    plan, cache = tmp_path / "m.plan", tmp_path / "timing.cache"
+    sidecar = build_engine(path, plan, max_batch=3, timing_cache=cache)
+    assert plan.stat().st_size > 0 and cache.stat().st_size > 0
+    assert json.loads(sidecar_path(plan).read_text()) == sidecar
+    major, minor = torch.cuda.get_device_capability()
+    assert sidecar["compute_capability"] == f"{major}.{minor}" and sidecar["precision"] == "fp32"
+    backend = TensorRTBackend(plan, device="cuda", max_batch=8)
+    reference = OnnxRuntimeBackend(source, device="cpu", max_batch=3)
+    assert backend.max_batch == 3 and backend.info == reference.info
+    for batch in (1, 3):
+        imgs = images(batch, 192, seed=40 + batch)
+        assert assert_outputs_match(backend.infer(imgs.cuda()), reference.infer(imgs)) == 100 * batch
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_engine_fp16_and_the_shipped_model_through_the_pipeline(tmp_path):
+    from maskrt.bench.parity import Parity
+    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
+    from maskrt.model.coco import open_dataset
+    from maskrt.server.backends.tensorrt import TensorRTBackend
+    from maskrt.server.pipeline import Pipeline
+
+    shipped = load_checkpoint(default_checkpoint())
+    trt_onnx = export_onnx(shipped, tmp_path / "s.trt.onnx", "tensorrt", max_batch=4)
+    ort_onnx = export_onnx(shipped, tmp_path / "s.onnx", "onnxruntime", max_batch=4)
+    data = open_dataset("shapes:16:2")
+    imgs = [data.load_image(i) for i in data.image_ids]
+    reference = Pipeline(OnnxRuntimeBackend(ort_onnx, device="cpu", max_batch=4)).predict(imgs)
+    weak_typing = hasattr(__import__("tensorrt").BuilderFlag, "FP16")
+    for fp16, minimum in ((False, 0.99), (True, 0.9)):
+        if fp16 and not weak_typing:
+            with pytest.raises(MaskrtError, match="strongly typed"):
+                build_engine(trt_onnx, tmp_path / "fp16.plan", fp16=True)
+            continue
+        plan = tmp_path / f"fp16-{fp16}.plan"
+        build_engine(trt_onnx, plan, fp16=fp16)
+        ours = Pipeline(TensorRTBackend(plan, device="cuda", max_batch=4)).predict(imgs)
+        parity = Parity()
+        for a, b in zip(ours, reference):
+            parity.add(a, b)
+        assert parity.matched_fraction >= minimum, (fp16, parity)
