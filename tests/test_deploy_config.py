@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -758,6 +759,15 @@ def entry(tmp_path):
     return run
 
 
+def _real_cli_accepts(calls: list[str]) -> None:
+    """Every command the entrypoint ran parses with the real ``maskrt`` CLI (flags exist)."""
+    from maskrt.cli import build_parser
+
+    for call in calls:
+        args = build_parser().parse_args(shlex.split(call))
+        assert callable(args.func), call
+
+
 def test_entrypoint_builds_then_reuses_the_engine(entry):
     gpu = {"MASKRT_BACKEND": "tensorrt", "FAKE_GPU": "NVIDIA H100 80GB HBM3", "FAKE_CC": "90"}
     proc, calls = entry(**gpu)
@@ -765,6 +775,7 @@ def test_entrypoint_builds_then_reuses_the_engine(entry):
     assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
                                               ["serve", "--backend"]]
     assert f"--model {entry.ckpt}" in calls[0] and "--target tensorrt" in calls[0]
+    assert "--max-batch 8" in calls[0]
     onnx = re.search(r"--out (\S+)", calls[0]).group(1)
     assert f"--onnx {onnx}" in calls[1]
     assert "--fp16" in calls[1] and "--max-batch 8" in calls[1] and "--timing-cache" in calls[1]
@@ -773,6 +784,7 @@ def test_entrypoint_builds_then_reuses_the_engine(entry):
     assert plan.startswith(str(entry.tmp / "cache" / "engines"))
     assert calls[2] == f"serve --backend tensorrt --model {plan}"
     assert "building the TensorRT engine" in proc.stderr
+    _real_cli_accepts(calls)
 
     # a restart reuses both the ONNX and the engine
     proc, calls = entry(**gpu)
@@ -780,11 +792,21 @@ def test_entrypoint_builds_then_reuses_the_engine(entry):
     assert calls == [f"serve --backend tensorrt --model {plan}"]
     assert "reusing cached engine" in proc.stderr
 
-    # another GPU (or TensorRT, precision, batch) gets its own engine from the same ONNX
-    proc, calls = entry(**{**gpu, "FAKE_GPU": "NVIDIA L4", "FAKE_CC": "89", "MASKRT_MAX_BATCH": "4"})
+    # another GPU (or TensorRT, or precision) gets its own engine from the same ONNX
+    proc, calls = entry(**{**gpu, "FAKE_GPU": "NVIDIA L4", "FAKE_CC": "89"})
     assert proc.returncode == 0, proc.stderr
     assert [c.split()[:2] for c in calls] == [["export", "engine"], ["serve", "--backend"]]
-    assert "NVIDIA_L4-sm89-trt10.14.1-fp16-b4.plan" in calls[0] and "--max-batch 4" in calls[0]
+    assert f"--onnx {onnx}" in calls[0] and "NVIDIA_L4-sm89-trt10.14.1-fp16-b8.plan" in calls[0]
+
+    # another max batch needs an ONNX that takes it, then its own engine
+    proc, calls = entry(**{**gpu, "MASKRT_MAX_BATCH": "16"})
+    assert proc.returncode == 0, proc.stderr
+    assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
+                                              ["serve", "--backend"]]
+    onnx16 = re.search(r"--out (\S+)", calls[0]).group(1)
+    assert "--max-batch 16" in calls[0] and onnx16 != onnx and "-b16" in onnx16
+    assert "-fp16-b16.plan" in calls[1] and "--max-batch 16" in calls[1]
+    _real_cli_accepts(calls)
 
 
 def test_entrypoint_rebuilds_after_a_failed_build(entry):
@@ -806,6 +828,7 @@ def test_entrypoint_given_onnx_and_engine_and_fp32(entry):
     assert proc.returncode == 0, proc.stderr
     assert calls[0].startswith(f"export engine --onnx {onnx} ") and "--fp16" not in calls[0]
     assert "-fp32-b8.plan" in calls[0]
+    _real_cli_accepts(calls)
     plan = entry.tmp / "given.plan"
     plan.write_bytes(b"plan")
     proc, calls = entry(MASKRT_BACKEND="tensorrt", FAKE_GPU="NVIDIA A100", MASKRT_MODEL=str(plan))
@@ -829,10 +852,12 @@ def test_entrypoint_onnxruntime_exports_once(entry):
     assert calls[0].startswith(f"export onnx --model {entry.ckpt} ") and "--target onnxruntime" in calls[0]
     onnx = re.search(r"--out (\S+)", calls[0]).group(1)
     assert calls[1] == f"serve --backend onnxruntime --model {onnx}"
-    proc, calls = entry(MASKRT_BACKEND="onnxruntime")
+    assert "--max-batch 4" in calls[0]
+    _real_cli_accepts(calls)
+    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="4")
     assert calls == [f"serve --backend onnxruntime --model {onnx}"]
     # extra flags go to `maskrt serve`
-    proc, calls = entry("--log-format", "text", MASKRT_BACKEND="onnxruntime")
+    proc, calls = entry("--log-format", "text", MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="4")
     assert calls == [f"serve --backend onnxruntime --model {onnx} --log-format text"]
 
 
