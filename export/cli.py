@@ -1,36 +1,22 @@
-"""``maskrt export``: one subcommand per artefact.
-
-``maskrt export onnx`` is here; more subcommands (``maskrt export engine``) plug in by adding a
-``register_<name>(sub)`` function to :data:`SUBCOMMANDS`, or by a module named in :data:`PARTS` that
-has ``register(sub)`` (imported only when present, so a missing optional part never breaks the CLI).
-"""
+"""``maskrt export``: one subcommand per artefact, ``onnx`` (here) and ``engine``
+(:mod:`maskrt.export.tensorrt_cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 
-# modules that add `maskrt export <name>` subcommands with their own register(sub)
-PARTS = ("maskrt.export.tensorrt_cli",)
+from maskrt.export import tensorrt_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a checkpoint to ONNX (and build TensorRT engines)",
                             description="Export a model for deployment.")
     kinds = parser.add_subparsers(dest="export_command", required=True, metavar="ARTEFACT")
-    for register_one in SUBCOMMANDS:
-        register_one(kinds)
-    for name in PARTS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(kinds)
+    register_onnx(kinds)
+    tensorrt_cli.register(kinds)
 
 
 def register_onnx(kinds: argparse._SubParsersAction) -> None:
@@ -55,9 +41,6 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--max-detections", type=int, help="K, detections per image (default: the config's)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.set_defaults(func=_onnx)
-
-
-SUBCOMMANDS = [register_onnx]
 
 
 def _onnx(args: argparse.Namespace) -> int:

@@ -124,8 +124,10 @@ def export_onnx(
     out = Path(out)
     started = time.perf_counter()
     proto = build_onnx(loaded, max_batch=max_batch, canvas=canvas, max_detections=max_detections, opset=opset)
-    if target != "onnxruntime":
-        proto = retarget(proto, target)
+    if target == "tensorrt":
+        from maskrt.export.tensorrt_onnx import rewrite
+
+        proto = rewrite(proto)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -139,20 +141,6 @@ def export_onnx(
     log.info("wrote %s: %.1f MB, target %s, checkpoint sha256 %s, max batch %d, %.1f s",
              out, size / 1e6, target, loaded.sha256, max_batch, time.perf_counter() - started)
     return out
-
-
-def retarget(proto, target: str):
-    """The ``target`` variant of an ``onnxruntime``-target model (``maskrt.target`` updated)."""
-    if target == "tensorrt":
-        try:
-            from maskrt.export.tensorrt_onnx import rewrite
-        except ModuleNotFoundError as exc:
-            if exc.name != "maskrt.export.tensorrt_onnx":
-                raise
-            raise MaskrtError("the tensorrt ONNX target is not available in this installation "
-                              "(maskrt.export.tensorrt_onnx is missing)") from None
-        return rewrite(proto)
-    raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
 
 
 def set_metadata(proto, config, sha256: str, target: str, max_batch: int) -> None:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from maskrt.errors import MaskrtError
+from maskrt.export.onnx import read_metadata
 from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
 
 log = logging.getLogger("maskrt.backends.onnxruntime")
@@ -77,10 +78,6 @@ def _load(path: Path):
         return onnx.load_model(str(path), load_external_data=False)
     except Exception:
         return None
-
-
-def _metadata(proto) -> dict[str, str]:
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -135,7 +132,7 @@ class OnnxRuntimeBackend(Backend):
         options.enable_cpu_mem_arena = True
         options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
         proto = _load(path)
-        if proto is not None and _metadata(proto).get("maskrt.target") == "tensorrt":
+        if proto is not None and read_metadata(proto).get("target") == "tensorrt":
             from maskrt.export.tensorrt_onnx import register_python_ops
 
             log.warning("%s is a tensorrt-target graph: running its plugin nodes in Python on the "
