@@ -93,14 +93,15 @@ checkpoint_path() {
     printf '%s\n' "$path"
 }
 
-# export_onnx CHECKPOINT TARGET -> prints the cached ONNX path, exporting it first if needed (for
-# batches up to MASKRT_MAX_BATCH: the engine and the server take no larger batch than the ONNX).
+# export_onnx CHECKPOINT TARGET [fp16] -> prints the cached ONNX path, exporting it first if needed
+# (for batches up to MASKRT_MAX_BATCH: the engine and the server take no larger batch than the ONNX;
+# fp16: float16 backbone and heads, for TensorRT 11's strongly typed engines).
 # The ONNX name carries the image's build id (sha of the maskrt wheel, written by the Dockerfile) so
 # that an image with other export code does not reuse an old export from the volume.
 export_onnx() {
-    local ckpt="$1" target="$2" build_id onnx
+    local ckpt="$1" target="$2" half="${3:-}" build_id onnx
     build_id="$(cat "${MASKRT_BUILD_ID_FILE:-/opt/maskrt/build-id}" 2>/dev/null || true)"
-    onnx="$onnx_cache/$(sha256 "$ckpt")-${target}-b${max_batch}${build_id:+-$build_id}.onnx"
+    onnx="$onnx_cache/$(sha256 "$ckpt")-${target}${half:+-$half}-b${max_batch}${build_id:+-$build_id}.onnx"
     ensure_dir "$onnx_cache"
     lock "$onnx.lock"
     if [[ -f "$onnx" && -f "$onnx.ok" ]]; then
@@ -108,7 +109,8 @@ export_onnx() {
     else
         rm -f "$onnx.ok"
         log "exporting $ckpt to ONNX (target $target): $onnx"
-        maskrt export onnx --model "$ckpt" --out "$onnx" --target "$target" --max-batch "$max_batch" >&2 ||
+        maskrt export onnx --model "$ckpt" --out "$onnx" --target "$target" --max-batch "$max_batch" \
+            ${half:+--fp16} >&2 ||
             die "ONNX export of $ckpt failed (see above)"
         touch "$onnx.ok"
     fi
@@ -172,7 +174,10 @@ tensorrt)
         ;;
     *)
         ckpt="$(checkpoint_path)"
-        onnx="$(export_onnx "$ckpt" tensorrt)"
+        # TensorRT 11 has no fp16 builder flag: its engines keep the ONNX's precision
+        half=""
+        if [[ "$precision" == fp16 && "${trt_version%%.*}" -ge 11 ]]; then half=fp16; fi
+        onnx="$(export_onnx "$ckpt" tensorrt "$half")"
         ;;
     esac
 

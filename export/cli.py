@@ -40,6 +40,9 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--canvas", type=int, help="canvas side S, a multiple of 32 (default: the config's)")
     p.add_argument("--max-detections", type=int, help="K, detections per image (default: the config's)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--fp16", action="store_true",
+                   help="backbone and heads in float16, boxes and NMS in float32 (for TensorRT 11, "
+                        "whose engines keep the ONNX's precision)")
     p.set_defaults(func=_onnx)
 
 
@@ -51,7 +54,7 @@ def _onnx(args: argparse.Namespace) -> int:
     model = args.model or str(default_checkpoint())
     loaded = load_checkpoint(model, args.config)
     out = export_onnx(loaded, args.out, args.target, max_batch=args.max_batch, canvas=args.canvas,
-                      max_detections=args.max_detections, opset=args.opset)
+                      max_detections=args.max_detections, opset=args.opset, fp16=args.fp16)
     print(out)
     return 0
 

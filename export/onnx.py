@@ -16,12 +16,14 @@ Targets:
 
 Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
 ``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
-``maskrt.target``, plus ``maskrt.max_batch``, and passes ``onnx.checker.check_model(full_check=True)``.
+``maskrt.target``, plus ``maskrt.max_batch`` and ``maskrt.precision`` (``fp32``, or ``fp16`` for
+``--fp16``: backbone and heads in float16), and passes ``onnx.checker.check_model(full_check=True)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -47,9 +49,13 @@ def build_onnx(
     canvas: int | None = None,
     max_detections: int | None = None,
     opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
 ):
     """The ``onnxruntime``-target ``onnx.ModelProto`` of a ``LoadedModel`` (``.model``,
-    ``.config``, ``.sha256``), metadata included, checked."""
+    ``.config``, ``.sha256``), metadata included, checked. ``fp16``: backbone and heads (weights
+    and activations) in float16, RoIs, box decoding, scores and NMS in float32 — the mixed
+    precision that TensorRT 11's strongly typed engines take as it is; the caller's model is not
+    changed."""
     import torch
 
     from maskrt.export.onnx_ops import add_functions, translation_table
@@ -68,6 +74,8 @@ def build_onnx(
         **({"max_detections": max_detections} if max_detections else {}),
     )
     model = loaded.model.float().cpu().eval()
+    if fp16:
+        model = copy.deepcopy(model).half()
     graph = DeployGraph(model, config).eval()
     example_batch = 2 if max_batch >= 2 else 1
     example = torch.randint(0, 256, (example_batch, 3, config.canvas, config.canvas), dtype=torch.uint8,
@@ -86,7 +94,7 @@ def build_onnx(
         )
     proto = add_functions(program.model_proto, opset)
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
-    set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch)
+    set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")
     check(proto)
     return proto
 
@@ -114,6 +122,7 @@ def export_onnx(
     canvas: int | None = None,
     max_detections: int | None = None,
     opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
 ) -> Path:
     """Export ``loaded`` to ``out`` for ``target``; returns the path. Written to a temporary name
     beside ``out`` and renamed, so a reader never sees half a file."""
@@ -123,7 +132,8 @@ def export_onnx(
         raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
     out = Path(out)
     started = time.perf_counter()
-    proto = build_onnx(loaded, max_batch=max_batch, canvas=canvas, max_detections=max_detections, opset=opset)
+    proto = build_onnx(loaded, max_batch=max_batch, canvas=canvas, max_detections=max_detections, opset=opset,
+                       fp16=fp16)
     if target == "tensorrt":
         from maskrt.export.tensorrt_onnx import rewrite
 
@@ -138,12 +148,13 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     size = out.stat().st_size
-    log.info("wrote %s: %.1f MB, target %s, checkpoint sha256 %s, max batch %d, %.1f s",
-             out, size / 1e6, target, loaded.sha256, max_batch, time.perf_counter() - started)
+    log.info("wrote %s: %.1f MB, target %s, %s, checkpoint sha256 %s, max batch %d, %.1f s",
+             out, size / 1e6, target, "fp16" if fp16 else "fp32", loaded.sha256, max_batch,
+             time.perf_counter() - started)
     return out
 
 
-def set_metadata(proto, config, sha256: str, target: str, max_batch: int) -> None:
+def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precision: str) -> None:
     set_metadata_props(proto, {
         "classes": json.dumps(list(config.classes)),
         "canvas": str(config.canvas),
@@ -152,6 +163,7 @@ def set_metadata(proto, config, sha256: str, target: str, max_batch: int) -> Non
         "config": config.to_json(),
         "checkpoint_sha256": sha256,
         "target": target,
+        "precision": precision,
         "max_batch": str(max_batch),
     })
     proto.producer_name = "maskrt"

@@ -10,8 +10,8 @@ TensorRT 10 Python API (``IBuilder``/``INetworkDefinition``/``OnnxParser``, name
   (fp32 RoIs always).
 - TensorRT 11 removes weak typing (``BuilderFlag.FP16`` is gone, every network is strongly typed):
   the engine's precision is the ONNX's own, so ``--fp16`` needs an ONNX whose tensors are already
-  fp16; for an fp32 ONNX it is an error that says so. An ONNX that holds fp16 tensors is built
-  strongly typed on TensorRT 10 as well (flag ``STRONGLY_TYPED``, 10.12+).
+  fp16 (``maskrt export onnx --fp16``); for an fp32 ONNX it is an error that says so. An ONNX that
+  holds fp16 tensors is built strongly typed on TensorRT 10 as well (flag ``STRONGLY_TYPED``).
 
 One optimization profile covers batches 1 to ``max_batch``. A timing cache file, when given, is
 read before and written after the build, so rebuilding (another batch size, another precision) on
@@ -148,8 +148,8 @@ def build_engine(
     if fp16 and not weak_typing and not fp16_onnx:
         raise MaskrtError(
             f"TensorRT {trt.__version__} builds strongly typed networks only: the engine keeps the "
-            f"ONNX's precision, and {onnx_path} is fp32. Build without --fp16, or give an ONNX "
-            f"converted to mixed fp16 (e.g. NVIDIA ModelOpt AutoCast) with RoIs and boxes in fp32")
+            f"ONNX's precision, and {onnx_path} is fp32. Build without --fp16, or from "
+            f"`maskrt export onnx --target tensorrt --fp16`")
     strongly_typed = fp16_onnx or not weak_typing
     started = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)

@@ -19,7 +19,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, required=True, help="tensorrt-target ONNX file")
     p.add_argument("--out", type=Path, required=True, help="engine (.plan) to write")
     p.add_argument("--fp16", action="store_true",
-                   help="fp16 kernels (TensorRT 10: builder flag; TensorRT 11: needs an fp16 ONNX)")
+                   help="fp16 kernels (TensorRT 10: builder flag; TensorRT 11: needs `export onnx --fp16`)")
     p.add_argument("--max-batch", type=int, help="largest batch (default: the ONNX's)")
     p.add_argument("--workspace", type=float, default=DEFAULT_WORKSPACE_GIB,
                    help=f"builder workspace in GiB (default {DEFAULT_WORKSPACE_GIB:g})")

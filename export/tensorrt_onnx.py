@@ -83,10 +83,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
     """What in ``model`` TensorRT's ONNX parser would reject or mis-map (empty: nothing found)."""
     problems = []
     initializers = {t.name for t in model.graph.initializer}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
+    types = _tensor_types(model)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") and node.op_type != PLUGIN_OP:
             problems.append(f"{node.name}: custom op {node.domain}::{node.op_type} has no importer")
@@ -107,6 +104,15 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
     if any((f.domain, f.name) == (DOMAIN, ROI_ALIGN_OP) for f in model.functions):
         problems.append(f"the {DOMAIN}::{ROI_ALIGN_OP} local function is still in the model")
     return problems
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of the main graph (ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
 
 
 _REGISTERED: dict[str, int] = {}
@@ -130,6 +136,12 @@ def register_python_ops(model: onnx.ModelProto) -> str:
     if len(levels) != 1:
         raise MaskrtError(f"expected {PLUGIN_OP} nodes with one number of levels, got {sorted(levels)}")
     (num_levels,) = levels
+    types = _tensor_types(model)
+    if any(types.get(name) == onnx.TensorProto.FLOAT16 for n in plugin_nodes(model) for name in n.input):
+        # onnxruntime-extensions' Python ops have no float16 (and abort the process on it)
+        raise MaskrtError("this tensorrt-target graph feeds float16 features to the plugin; ONNX "
+                          "Runtime's Python custom ops take float32 only: check the fp32 export "
+                          "in ONNX Runtime, build this one with TensorRT")
     known = _REGISTERED.get(PLUGIN_OP)
     if known is None:
         _define_op(onnx_op, PyCustomOpDef, num_levels)

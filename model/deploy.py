@@ -234,7 +234,8 @@ class DeployGraph(nn.Module):
     def forward(self, images: Tensor) -> Detections:
         batch = images.shape[0]
         x = (images.to(torch.float32) / 255.0 - self.mean) / self.std
-        features = self.model.backbone(x)
+        # a float16 model (``export onnx --fp16``) takes float16; box arithmetic stays float32
+        features = self.model.backbone(x.to(next(self.model.backbone.parameters()).dtype))
         maps = list(features.values())
         if len(maps) != self.num_anchor_maps:
             raise ValueError(f"backbone gives {len(maps)} maps, the anchor generator {self.num_anchor_maps}")

@@ -775,7 +775,7 @@ def test_entrypoint_builds_then_reuses_the_engine(entry):
     assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
                                               ["serve", "--backend"]]
     assert f"--model {entry.ckpt}" in calls[0] and "--target tensorrt" in calls[0]
-    assert "--max-batch 8" in calls[0]
+    assert "--max-batch 8" in calls[0] and "--fp16" not in calls[0]  # TensorRT 10: builder flag
     onnx = re.search(r"--out (\S+)", calls[0]).group(1)
     assert f"--onnx {onnx}" in calls[1]
     assert "--fp16" in calls[1] and "--max-batch 8" in calls[1] and "--timing-cache" in calls[1]
@@ -807,6 +807,19 @@ def test_entrypoint_builds_then_reuses_the_engine(entry):
     assert "--max-batch 16" in calls[0] and onnx16 != onnx and "-b16" in onnx16
     assert "-fp16-b16.plan" in calls[1] and "--max-batch 16" in calls[1]
     _real_cli_accepts(calls)
+
+
+def test_entrypoint_tensorrt_11_gets_an_fp16_onnx(entry):
+    gpu = {"MASKRT_BACKEND": "tensorrt", "FAKE_GPU": "NVIDIA H200", "FAKE_TRT": "11.1.0"}
+    proc, calls = entry(**gpu)
+    assert proc.returncode == 0, proc.stderr
+    assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
+                                              ["serve", "--backend"]]
+    assert "--fp16" in calls[0] and "-tensorrt-fp16-b8" in re.search(r"--out (\S+)", calls[0]).group(1)
+    assert "--fp16" in calls[1] and "trt11.1.0-fp16-b8.plan" in calls[1]
+    _real_cli_accepts(calls)
+    proc, calls = entry(**gpu, MASKRT_ENGINE_PRECISION="fp32")  # fp32: the plain ONNX
+    assert "--fp16" not in calls[0] and "-tensorrt-b8" in calls[0]
 
 
 def test_entrypoint_rebuilds_after_a_failed_build(entry):

@@ -142,15 +142,19 @@ def test_engine_fp16_and_the_shipped_model_through_the_pipeline(tmp_path):
     imgs = [data.load_image(i) for i in data.image_ids]
     reference = Pipeline(OnnxRuntimeBackend(ort_onnx, device="cpu", max_batch=4)).predict(imgs)
     weak_typing = hasattr(__import__("tensorrt").BuilderFlag, "FP16")
-    for fp16, minimum in ((False, 0.99), (True, 0.9)):
-        if fp16 and not weak_typing:
-            with pytest.raises(MaskrtError, match="strongly typed"):
-                build_engine(trt_onnx, tmp_path / "fp16.plan", fp16=True)
-            continue
-        plan = tmp_path / f"fp16-{fp16}.plan"
-        build_engine(trt_onnx, plan, fp16=fp16)
+    half_onnx = export_onnx(shipped, tmp_path / "h.trt.onnx", "tensorrt", max_batch=4, fp16=True)
+    if not weak_typing:  # TensorRT 11: the precision comes from the ONNX
+        with pytest.raises(MaskrtError, match="strongly typed"):
+            build_engine(trt_onnx, tmp_path / "no.plan", fp16=True)
+    builds = [(trt_onnx, False, 0.99), (half_onnx, True, 0.9)]
+    if weak_typing:
+        builds.append((trt_onnx, True, 0.9))  # TensorRT 10's builder flag on the fp32 ONNX
+    for index, (source, fp16, minimum) in enumerate(builds):
+        plan = tmp_path / f"{index}.plan"
+        sidecar = build_engine(source, plan, fp16=fp16)
+        assert sidecar["precision"] == ("fp16" if fp16 else "fp32")
         ours = Pipeline(TensorRTBackend(plan, device="cuda", max_batch=4)).predict(imgs)
         parity = Parity()
         for a, b in zip(ours, reference):
             parity.add(a, b)
-        assert parity.matched_fraction >= minimum, (fp16, parity)
+        assert parity.matched_fraction >= minimum, (source, fp16, parity)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import onnx
 import onnxruntime as ort
 import pytest
@@ -147,3 +148,50 @@ def test_unknown_arity_is_refused(graphs):
     del node.input[-1]
     with pytest.raises(MaskrtError, match="one number of levels"):
         register_python_ops(other)
+
+
+def test_fp16_export_for_strongly_typed_engines(tmp_path):
+    """``--fp16``: float16 backbone and heads, float32 RoIs and boxes; the onnxruntime target runs
+    in ONNX Runtime and finds what the fp32 graph finds; the tensorrt target feeds the plugin float16
+    features and float32 RoIs, which the engine builder then takes as strongly typed."""
+    from maskrt.export.tensorrt import check_build_request
+    from maskrt.export.tensorrt_onnx import _tensor_types
+    from maskrt.model.checkpoint import load_checkpoint
+
+    shipped = load_checkpoint(default_checkpoint())
+    half_path = export_onnx(shipped, tmp_path / "half.onnx", "onnxruntime", max_batch=4, fp16=True)
+    assert next(shipped.model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    half = onnx.load(str(half_path))
+    assert read_metadata(half)["precision"] == "fp16"
+    kinds = {onnx.TensorProto.DataType.Name(t.data_type) for t in half.graph.initializer}
+    assert {"FLOAT16", "FLOAT"} <= kinds
+    outputs = {o.name: o.type.tensor_type.elem_type for o in half.graph.output}
+    assert outputs["boxes"] == outputs["scores"] == onnx.TensorProto.FLOAT
+
+    full_path, _ = exported_shipped(tmp_path)
+    a, b = (Pipeline(OnnxRuntimeBackend(p, max_batch=4)) for p in (half_path, full_path))
+    data = open_dataset("shapes:8:2")
+    imgs = [data.load_image(i) for i in data.image_ids]
+    parity = Parity()
+    for dets_a, dets_b in zip(a.predict(imgs, score_threshold=0.5), b.predict(imgs, score_threshold=0.5)):
+        parity.add(dets_a, dets_b)
+    assert parity.detections_b > 25 and parity.matched_fraction >= 0.9, parity
+    assert parity.worst_box_iou > 0.9
+
+    target = rewrite(half)
+    assert tensorrt_problems(target) == []
+    types = _tensor_types(target)
+    for node in plugin_nodes(target):
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT
+        assert {types[name] for name in node.input[1:]} == {onnx.TensorProto.FLOAT16}
+    with pytest.raises(MaskrtError, match="float32 only"):
+        register_python_ops(target)
+    onnx.save(target, str(tmp_path / "half.trt.onnx"))
+    assert check_build_request(tmp_path / "half.trt.onnx", None, 4.0)[1] is True
+
+
+def exported_shipped(tmp_path):
+    from maskrt.model.checkpoint import load_checkpoint
+
+    shipped = load_checkpoint(default_checkpoint())
+    return export_onnx(shipped, tmp_path / "full.onnx", "onnxruntime", max_batch=4), shipped
