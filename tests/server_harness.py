@@ -196,3 +196,17 @@ def multipart(field: str, filename: str, data: bytes, content_type: str = "image
             f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
     body += data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def wait_for(server: Server, what: str, check, timeout: float = 20.0) -> dict[str, float]:
+    """Poll the server's metrics until ``check(metrics)`` holds; fail with its queue metrics and
+    log after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = server.metrics()
+        if check(m):
+            return m
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}; metrics: "
+                f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
+                f"{server.log()}")

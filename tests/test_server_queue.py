@@ -26,6 +26,7 @@ from server_harness import (
     read_response,
     shapes_image,
     start_server,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.slow,
@@ -39,18 +40,6 @@ def server(tmp_path_factory, checkpoint):  # noqa: F811
         "max_delay_ms": 10000, "request_timeout_s": 60})
     yield srv
     srv.stop()
-
-
-def wait_for(server, what: str, check, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = server.metrics()
-        if check(m):
-            return m
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}; metrics: "
-                f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
-                f"{server.log()}")
 
 
 def connect(server) -> socket.socket:

@@ -25,6 +25,7 @@ from server_harness import (
     read_response,
     shapes_image,
     start_server,
+    wait_for,
 )
 
 TIMEOUT_S = 2.0
@@ -39,16 +40,6 @@ def server(tmp_path_factory, checkpoint):  # noqa: F811
         "max_queue": 64, "request_timeout_s": TIMEOUT_S})
     yield srv
     srv.stop()
-
-
-def wait_for(server, what: str, check, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = server.metrics()
-        if check(m):
-            return m
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}\n{server.log()}")
 
 
 def stall(server, body: bytes, ctype: str) -> socket.socket:
