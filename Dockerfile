@@ -50,8 +50,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MASKRT_PORT=8000 \
     MASKRT_BACKEND=onnxruntime \
     MASKRT_DEVICE=cpu \
-    MASKRT_CACHE_DIR=/var/cache/maskrt \
-    MASKRT_ENGINE_CACHE=/var/cache/maskrt/engines
+    MASKRT_CACHE_DIR=/var/cache/maskrt
 COPY --from=cpu-build /opt/venv/ /opt/venv/
 COPY --from=wheel /opt/maskrt/build-id /opt/maskrt/build-id
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/maskrt-entrypoint
@@ -92,8 +91,9 @@ RUN python3 -m venv --system-site-packages /opt/venv \
     && /opt/venv/bin/python -c "import tensorrt, torch, onnxruntime, maskrt.server; print('tensorrt', tensorrt.__version__, 'torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 
 # --------------------------------------------------------------------------------------------------
-# gpu: the TensorRT runtime image. At start the entrypoint exports the ONNX (unless given), builds
-# the engine for the GPU it finds or reuses the cached one (volume /var/cache/maskrt), then serves.
+# gpu: the TensorRT runtime image. At start the server exports the ONNX (unless given) and builds
+# the engine for the GPU it finds, or reuses the cached ones (volume /var/cache/maskrt), then turns
+# ready.
 FROM ${TENSORRT_IMAGE} AS gpu
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
@@ -102,7 +102,6 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MASKRT_BACKEND=tensorrt \
     MASKRT_DEVICE=cuda:0 \
     MASKRT_CACHE_DIR=/var/cache/maskrt \
-    MASKRT_ENGINE_CACHE=/var/cache/maskrt/engines \
     MASKRT_PLUGIN_LIB=/opt/maskrt/lib/libmaskrt_plugins.so
 COPY --from=gpu-build /opt/venv/ /opt/venv/
 COPY --from=gpu-build /opt/maskrt/lib/ /opt/maskrt/lib/

@@ -2,29 +2,22 @@
 # Entrypoint of the maskrt images (Dockerfile targets `gpu` and `cpu`), installed as
 # /usr/local/bin/maskrt-entrypoint.
 #
-#   maskrt-entrypoint [SERVE FLAGS...]   prepare the model for MASKRT_BACKEND, then
-#                                         exec `maskrt serve --backend B --model M [SERVE FLAGS...]`
+#   maskrt-entrypoint [SERVE FLAGS...]   check the container, then
+#                                         exec `maskrt serve --backend B [--model M] [SERVE FLAGS...]`
 #   maskrt-entrypoint COMMAND [ARGS...]  run COMMAND instead (e.g. `bash`, `maskrt export ...`)
 #
-# Configuration is the server's own environment (MASKRT_*, DESIGN.md "Settings") plus:
-#   MASKRT_CACHE_DIR          cache root (image: /var/cache/maskrt, a volume in docker-compose.yml)
-#   MASKRT_ENGINE_CACHE       TensorRT engines and timing caches (default $MASKRT_CACHE_DIR/engines)
-#   MASKRT_ENGINE_PRECISION   fp16 (default) or fp32, for engines built here
+# Configuration is the server's own environment (MASKRT_*, DESIGN.md "Settings"; MASKRT_MODEL,
+# MASKRT_BACKEND, MASKRT_ENGINE_PRECISION, MASKRT_CACHE_DIR ...). The server makes what the backend
+# needs once and keeps it in MASKRT_CACHE_DIR (a volume in docker-compose.yml; see
+# maskrt.export.cache): the ONNX export of a checkpoint, and for MASKRT_BACKEND=tensorrt the engine
+# for the GPU it finds (keyed by ONNX, GPU, TensorRT version, precision and max batch; minutes the
+# first time, reused after). It does so after it starts listening: /livez answers at once,
+# /readyz (the healthcheck) once the model is ready.
 #
-# MASKRT_BACKEND=tensorrt (the GPU image's default), with MASKRT_MODEL
-#   unset           -> the bundled checkpoint is exported to a tensorrt-target ONNX, then built
-#   a checkpoint    -> exported to a tensorrt-target ONNX, then built
-#   an .onnx        -> built (must be a tensorrt-target export)
-#   a .plan/.engine -> served as given (it must have been built for this GPU and TensorRT)
-# Engines are cached under a name made of the ONNX's sha256, the GPU's name and compute
-# capability, the TensorRT version, the precision and the max batch: a restart, or another
-# container on the same volume and the same kind of GPU, reuses the engine; a different GPU or
-# TensorRT builds its own. A build that did not finish leaves no "<plan>.ok" marker and is redone.
-#
-# MASKRT_BACKEND=onnxruntime (the CPU image's default): a checkpoint (or nothing) is exported to an
-# onnxruntime-target ONNX once and cached; an .onnx is served as given.
-# MASKRT_BACKEND=torch: the checkpoint is served as given.
-# MASKRT_BACKEND=auto: tensorrt on a GPU with TensorRT, else onnxruntime.
+# This script fails early, with what to do, where the server could not start: an unknown backend,
+# a bad MASKRT_MAX_BATCH or MASKRT_ENGINE_PRECISION, an unwritable cache, no GPU or no TensorRT for
+# the tensorrt backend, a missing model file. MASKRT_BACKEND=auto resolves here (tensorrt on a GPU
+# with TensorRT, else onnxruntime) so the log says which backend serves.
 set -euo pipefail
 
 log() { printf '[maskrt-entrypoint] %s\n' "$*" >&2; }
@@ -40,8 +33,6 @@ fi
 
 backend="${MASKRT_BACKEND:-auto}"
 cache_dir="${MASKRT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/maskrt}"
-engine_cache="${MASKRT_ENGINE_CACHE:-$cache_dir/engines}"
-onnx_cache="$cache_dir/onnx"
 precision="${MASKRT_ENGINE_PRECISION:-fp16}"
 max_batch="${MASKRT_MAX_BATCH:-8}"
 model="${MASKRT_MODEL:-}"
@@ -57,99 +48,27 @@ case "$backend" in
 tensorrt | onnxruntime | torch) ;;
 *) die "MASKRT_BACKEND must be auto, tensorrt, onnxruntime or torch, got '$backend'" ;;
 esac
-
-ensure_dir() {
-    mkdir -p "$1" 2>/dev/null || true
-    [[ -d "$1" && -w "$1" ]] ||
-        die "cache directory $1 is not writable by uid $(id -u): mount a volume there (docker-compose.yml does) or, for a bind mount, make it writable by uid $(id -u)"
-}
-
-# lock FILE: exclusive lock on FILE (fd 9) so that containers sharing the cache volume do not
-# build the same file at once; unlock before exec so the server does not hold it.
-lock() {
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$1"
-        if ! flock -n 9; then
-            log "another container is building into $(dirname "$1"); waiting for it"
-            flock 9
-        fi
-    else
-        log "warning: flock not found; concurrent starts on one cache volume may build twice"
-    fi
-}
-unlock() { exec 9>&-; }
-
-sha256() { sha256sum "$1" | cut -c1-16; }
-
-# The checkpoint to export: MASKRT_MODEL or the bundled one.
-checkpoint_path() {
-    local path="$model"
-    if [[ -z "$path" ]]; then
-        path="$(maskrt-env default-model)" || die "could not locate the bundled checkpoint"
-        [[ -f "$path" && -r "$path" ]] ||
-            die "the bundled checkpoint $path is missing from this image; rebuild it, or set MASKRT_MODEL to a mounted checkpoint, ONNX or engine"
-    fi
-    [[ -f "$path" && -r "$path" ]] || die "model file '$path' does not exist or is not readable (MASKRT_MODEL; mount it into the container)"
-    printf '%s\n' "$path"
-}
-
-# export_onnx CHECKPOINT TARGET [fp16] -> prints the cached ONNX path, exporting it first if needed
-# (for batches up to MASKRT_MAX_BATCH: the engine and the server take no larger batch than the ONNX;
-# fp16: float16 backbone and heads, for TensorRT 11's strongly typed engines).
-# The ONNX name carries the image's build id (sha of the maskrt wheel, written by the Dockerfile) so
-# that an image with other export code does not reuse an old export from the volume.
-export_onnx() {
-    local ckpt="$1" target="$2" half="${3:-}" build_id onnx
-    build_id="$(cat "${MASKRT_BUILD_ID_FILE:-/opt/maskrt/build-id}" 2>/dev/null || true)"
-    onnx="$onnx_cache/$(sha256 "$ckpt")-${target}${half:+-$half}-b${max_batch}${build_id:+-$build_id}.onnx"
-    ensure_dir "$onnx_cache"
-    lock "$onnx.lock"
-    if [[ -f "$onnx" && -f "$onnx.ok" ]]; then
-        log "reusing $onnx"
-    else
-        rm -f "$onnx.ok"
-        log "exporting $ckpt to ONNX (target $target): $onnx"
-        maskrt export onnx --model "$ckpt" --out "$onnx" --target "$target" --max-batch "$max_batch" \
-            ${half:+--fp16} >&2 ||
-            die "ONNX export of $ckpt failed (see above)"
-        touch "$onnx.ok"
-    fi
-    unlock
-    printf '%s\n' "$onnx"
-}
-
-serve() {
-    log "exec maskrt serve --backend $backend $*"
-    exec maskrt serve --backend "$backend" "$@"
-}
-
-case "$backend" in
-torch)
-    if [[ -n "$model" ]]; then serve --model "$model" "$@"; fi
-    serve "$@"
+case "$backend:$model" in
+onnxruntime:*.plan | onnxruntime:*.engine | torch:*.plan | torch:*.engine)
+    die "MASKRT_MODEL=$model is a TensorRT engine; the $backend backend needs a checkpoint$([[ $backend == onnxruntime ]] && echo ' or an ONNX')"
     ;;
+esac
+if [[ -n "$model" && ! "$model" =~ ^MaskRCNN_ && ! -r "$model" ]]; then
+    die "model file '$model' does not exist or is not readable (MASKRT_MODEL; mount it into the container)"
+fi
 
-onnxruntime)
-    case "$model" in
-    *.plan | *.engine) die "MASKRT_MODEL=$model is a TensorRT engine; the onnxruntime backend needs a checkpoint or an ONNX" ;;
-    *.onnx)
-        [[ -r "$model" ]] || die "ONNX file '$model' does not exist or is not readable (MASKRT_MODEL)"
-        onnx="$model"
-        ;;
-    *)
-        ckpt="$(checkpoint_path)"
-        onnx="$(export_onnx "$ckpt" onnxruntime)"
-        ;;
-    esac
-    serve --model "$onnx" "$@"
-    ;;
+mkdir -p "$cache_dir" 2>/dev/null || true
+[[ -d "$cache_dir" && -w "$cache_dir" ]] ||
+    die "cache directory $cache_dir is not writable by uid $(id -u): mount a volume there (docker-compose.yml does) or, for a bind mount, make it writable by uid $(id -u)"
+# The image's build id names the cached ONNX exports, so a new image never reuses an old export.
+MASKRT_BUILD_ID="$(cat "${MASKRT_BUILD_ID_FILE:-/opt/maskrt/build-id}" 2>/dev/null || true)"
+export MASKRT_BUILD_ID MASKRT_CACHE_DIR="$cache_dir"
 
-tensorrt)
+if [[ "$backend" == tensorrt ]]; then
     device="${MASKRT_DEVICE:-cuda:0}"
     [[ "$device" =~ ^cuda(:([0-9]+))?$ ]] ||
         die "the tensorrt backend runs on a CUDA device; MASKRT_DEVICE is '$device' (use cuda or cuda:N)"
     index="${BASH_REMATCH[2]:-0}"
-
     rc=0
     info="$(maskrt-env gpu "$index")" || rc=$?
     if [[ $rc -eq 3 ]]; then
@@ -161,45 +80,13 @@ tensorrt)
     fi
     IFS=$'\t' read -r gpu_name compute_cap trt_version <<<"$info"
     log "GPU $index: $gpu_name (sm_$compute_cap), TensorRT $trt_version"
-
     case "$model" in
-    *.plan | *.engine)
-        [[ -r "$model" ]] || die "engine file '$model' does not exist or is not readable (MASKRT_MODEL)"
-        log "serving the given engine $model as is (it must have been built for $gpu_name and TensorRT $trt_version)"
-        serve --model "$model" "$@"
-        ;;
-    *.onnx)
-        [[ -r "$model" ]] || die "ONNX file '$model' does not exist or is not readable (MASKRT_MODEL)"
-        onnx="$model"
-        ;;
-    *)
-        ckpt="$(checkpoint_path)"
-        # TensorRT 11 has no fp16 builder flag: its engines keep the ONNX's precision
-        half=""
-        if [[ "$precision" == fp16 && "${trt_version%%.*}" -ge 11 ]]; then half=fp16; fi
-        onnx="$(export_onnx "$ckpt" tensorrt "$half")"
-        ;;
+    *.plan | *.engine) log "serving the given engine $model as is (it must have been built for $gpu_name and TensorRT $trt_version)" ;;
+    *) log "the server builds (first start on this GPU: minutes) or reuses the $precision engine in $cache_dir/engines before it turns ready" ;;
     esac
+fi
 
-    gpu_slug="$(printf '%s' "$gpu_name" | tr -cs 'A-Za-z0-9' '_' | sed 's/^_*//; s/_*$//')"
-    hw="${gpu_slug}-sm${compute_cap}-trt${trt_version}"
-    plan="$engine_cache/$(sha256 "$onnx")-${hw}-${precision}-b${max_batch}.plan"
-    ensure_dir "$engine_cache"
-    lock "$plan.lock"
-    if [[ -f "$plan" && -f "$plan.ok" ]]; then
-        log "reusing cached engine $plan"
-    else
-        rm -f "$plan.ok"
-        flags=(--max-batch "$max_batch" --timing-cache "$engine_cache/timing-${hw}.cache")
-        if [[ "$precision" == fp16 ]]; then flags+=(--fp16); fi
-        log "building the TensorRT engine for $gpu_name ($precision, max batch $max_batch); this takes minutes the first time: $plan"
-        maskrt export engine --onnx "$onnx" --out "$plan" "${flags[@]}" >&2 ||
-            die "building the TensorRT engine from $onnx failed (see above)"
-        touch "$plan.ok"
-    fi
-    unlock
-    # The engine is built for this batch size: serve with the same one.
-    export MASKRT_MAX_BATCH="$max_batch"
-    serve --model "$plan" "$@"
-    ;;
-esac
+args=(serve --backend "$backend")
+if [[ -n "$model" ]]; then args+=(--model "$model"); fi
+log "exec maskrt ${args[*]} $*"
+exec maskrt "${args[@]}" "$@"

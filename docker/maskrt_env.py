@@ -9,8 +9,6 @@ Installed in the images as ``maskrt-env`` (docker/entrypoint.sh calls it):
 ``maskrt-env backend``
     What ``MASKRT_BACKEND=auto`` resolves to: ``tensorrt`` on a GPU with TensorRT, else
     ``onnxruntime`` (DESIGN.md, Settings).
-``maskrt-env default-model``
-    Path of the checkpoint bundled with the package.
 """
 
 from __future__ import annotations
@@ -53,20 +51,11 @@ def backend() -> int:
     return 0
 
 
-def default_model() -> int:
-    from maskrt.model.checkpoint import default_checkpoint
-
-    print(default_checkpoint())
-    return 0
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["gpu"] and len(argv) <= 2:
         return gpu(int(argv[1]) if len(argv) == 2 else 0)
     if argv == ["backend"]:
         return backend()
-    if argv == ["default-model"]:
-        return default_model()
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -49,6 +49,12 @@ def import_tensorrt():
     return tensorrt
 
 
+def weak_typing() -> bool:
+    """Whether this TensorRT still has the fp16 builder flag (10.x; 11 removed it: fp16 engines
+    then come from an fp16 ONNX)."""
+    return hasattr(import_tensorrt().BuilderFlag, "FP16")
+
+
 def sidecar_path(engine: str | os.PathLike) -> Path:
     return Path(f"{engine}.json")
 
@@ -144,13 +150,13 @@ def build_engine(
         raise MaskrtError("building a TensorRT engine needs a CUDA GPU (torch sees none)")
     trt = import_tensorrt()
     plugins.load()
-    weak_typing = hasattr(trt.BuilderFlag, "FP16")  # gone in TensorRT 11
-    if fp16 and not weak_typing and not fp16_onnx:
+    weak = weak_typing()
+    if fp16 and not weak and not fp16_onnx:
         raise MaskrtError(
             f"TensorRT {trt.__version__} builds strongly typed networks only: the engine keeps the "
             f"ONNX's precision, and {onnx_path} is fp32. Build without --fp16, or from "
             f"`maskrt export onnx --target tensorrt --fp16`")
-    strongly_typed = fp16_onnx or not weak_typing
+    strongly_typed = fp16_onnx or not weak
     started = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
@@ -166,7 +172,7 @@ def build_engine(
             raise MaskrtError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[:2000]}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-        if fp16 and weak_typing and not strongly_typed:
+        if fp16 and weak and not strongly_typed:
             config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
         shape = lambda b: (b, 3, canvas, canvas)  # noqa: E731
@@ -179,7 +185,6 @@ def build_engine(
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise MaskrtError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-        _atomic_write(Path(out), bytes(plan))
         if cache_file is not None:
             _atomic_write(cache_file, bytes(config.get_timing_cache().serialize()))
         sidecar = {
@@ -188,7 +193,9 @@ def build_engine(
             "precision": "fp16" if (fp16 or fp16_onnx) else "fp32",
             "strongly_typed": strongly_typed, "build_seconds": round(time.perf_counter() - started, 1),
         }
+    # sidecar first: a plan on disk always has its sidecar (caches test for the plan)
     _atomic_write(sidecar_path(out), json.dumps(sidecar, indent=2).encode())
+    _atomic_write(Path(out), bytes(plan))
     log.info("built %s: %.1f MB, %s, batch 1..%d, TensorRT %s on %s (sm %s), %.0f s", out,
              Path(out).stat().st_size / 1e6, sidecar["precision"], max_batch, trt.__version__,
              sidecar["gpu_name"], sidecar["compute_capability"], sidecar["build_seconds"])

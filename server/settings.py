@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
-        description="where exported ONNX files are cached (default ~/.cache/maskrt)")
+        description="where ONNX exports and TensorRT engines are cached (default ~/.cache/maskrt)")
+    engine_precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

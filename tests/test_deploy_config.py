@@ -351,7 +351,6 @@ def test_compose_services_ports_and_scrape_target():
     # The server's cache (ONNX exports, engines) is a named volume at MASKRT_CACHE_DIR.
     cache = _env(maskrt)["MASKRT_CACHE_DIR"]
     assert _mounts(maskrt).get(cache) in compose["volumes"]
-    assert _env(maskrt)["MASKRT_ENGINE_CACHE"].startswith(cache + "/")
 
     # Grafana's provisioning and dashboards.
     gmounts = _mounts(grafana)
@@ -707,15 +706,9 @@ def test_scripts_are_executable_and_valid():
 # docker/entrypoint.sh with stand-ins for `maskrt` and `maskrt-env`
 
 FAKE_MASKRT = r"""#!/usr/bin/env bash
-# stand-in for the maskrt CLI: logs its arguments; `export` writes its --out file
+# stand-in for the maskrt CLI: logs its arguments and the cache environment it was given
 echo "$*" >> "$FAKE_LOG"
-if [[ "$1" == export ]]; then
-    [[ -n "${FAKE_EXPORT_FAIL:-}" && "$2" == "$FAKE_EXPORT_FAIL" ]] && { echo "boom" >&2; exit 1; }
-    out=""; prev=""
-    for a in "$@"; do [[ "$prev" == --out ]] && out="$a"; prev="$a"; done
-    echo "$2 of $*" > "$out"
-fi
-if [[ "$1" == serve ]]; then echo "SERVE $*"; fi
+echo "env MASKRT_CACHE_DIR=${MASKRT_CACHE_DIR:-} MASKRT_BUILD_ID=${MASKRT_BUILD_ID:-}" >> "$FAKE_LOG"
 """
 
 FAKE_ENV = r"""#!/usr/bin/env bash
@@ -725,7 +718,6 @@ gpu) [[ -n "${FAKE_GPU:-}" ]] || { echo "no gpu" >&2; exit 3; }
      [[ -z "${FAKE_NO_TRT:-}" ]] || exit 4
      printf '%s\t%s\t%s\n' "$FAKE_GPU" "${FAKE_CC:-90}" "${FAKE_TRT:-10.14.1}" ;;
 backend) if [[ -n "${FAKE_GPU:-}" ]]; then echo tensorrt; else echo onnxruntime; fi ;;
-default-model) echo "$FAKE_DEFAULT_MODEL" ;;
 *) exit 2 ;;
 esac
 """
@@ -740,19 +732,20 @@ def entry(tmp_path):
         (bin_dir / name).chmod(0o755)
     ckpt = tmp_path / "shapes.pt"
     ckpt.write_bytes(b"checkpoint bytes")
+    (tmp_path / "build-id").write_text("abc123\n")
     log = tmp_path / "calls.log"
     base_env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
-        "FAKE_LOG": str(log), "FAKE_DEFAULT_MODEL": str(ckpt),
-        "MASKRT_CACHE_DIR": str(tmp_path / "cache"), "MASKRT_BUILD_ID_FILE": str(tmp_path / "no-build-id"),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(log),
+        "MASKRT_CACHE_DIR": str(tmp_path / "cache"), "MASKRT_BUILD_ID_FILE": str(tmp_path / "build-id"),
     }
 
     def run(*args, **env):
         log.write_text("")
         proc = subprocess.run(["bash", str(ENTRYPOINT), *args], env={**base_env, **env},
                               capture_output=True, text=True, timeout=60)
-        calls = [line for line in log.read_text().splitlines() if line]
-        return proc, calls
+        lines = [line for line in log.read_text().splitlines() if line]
+        run.env = [line for line in lines if line.startswith("env ")]
+        return proc, [line for line in lines if not line.startswith("env ")]
 
     run.tmp = tmp_path
     run.ckpt = ckpt
@@ -768,84 +761,30 @@ def _real_cli_accepts(calls: list[str]) -> None:
         assert callable(args.func), call
 
 
-def test_entrypoint_builds_then_reuses_the_engine(entry):
+def test_entrypoint_tensorrt_hands_the_model_to_the_server(entry):
+    """The server exports and builds (cached in MASKRT_CACHE_DIR); the entrypoint checks the GPU,
+    says what will happen and passes the cache directory and the image's build id on."""
     gpu = {"MASKRT_BACKEND": "tensorrt", "FAKE_GPU": "NVIDIA H100 80GB HBM3", "FAKE_CC": "90"}
     proc, calls = entry(**gpu)
     assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
-                                              ["serve", "--backend"]]
-    assert f"--model {entry.ckpt}" in calls[0] and "--target tensorrt" in calls[0]
-    assert "--max-batch 8" in calls[0] and "--fp16" not in calls[0]  # TensorRT 10: builder flag
-    onnx = re.search(r"--out (\S+)", calls[0]).group(1)
-    assert f"--onnx {onnx}" in calls[1]
-    assert "--fp16" in calls[1] and "--max-batch 8" in calls[1] and "--timing-cache" in calls[1]
-    plan = re.search(r"--out (\S+)", calls[1]).group(1)
-    assert "NVIDIA_H100_80GB_HBM3-sm90-trt10.14.1-fp16-b8.plan" in plan
-    assert plan.startswith(str(entry.tmp / "cache" / "engines"))
-    assert calls[2] == f"serve --backend tensorrt --model {plan}"
-    assert "building the TensorRT engine" in proc.stderr
+    assert calls == ["serve --backend tensorrt"]
+    assert entry.env == [f"env MASKRT_CACHE_DIR={entry.tmp / 'cache'} MASKRT_BUILD_ID=abc123"]
+    assert "NVIDIA H100 80GB HBM3 (sm_90), TensorRT 10.14.1" in proc.stderr
+    assert "builds (first start on this GPU: minutes) or reuses the fp16 engine" in proc.stderr
+    assert (entry.tmp / "cache").is_dir()
     _real_cli_accepts(calls)
 
-    # a restart reuses both the ONNX and the engine
-    proc, calls = entry(**gpu)
-    assert proc.returncode == 0, proc.stderr
-    assert calls == [f"serve --backend tensorrt --model {plan}"]
-    assert "reusing cached engine" in proc.stderr
-
-    # another GPU (or TensorRT, or precision) gets its own engine from the same ONNX
-    proc, calls = entry(**{**gpu, "FAKE_GPU": "NVIDIA L4", "FAKE_CC": "89"})
-    assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["export", "engine"], ["serve", "--backend"]]
-    assert f"--onnx {onnx}" in calls[0] and "NVIDIA_L4-sm89-trt10.14.1-fp16-b8.plan" in calls[0]
-
-    # another max batch needs an ONNX that takes it, then its own engine
-    proc, calls = entry(**{**gpu, "MASKRT_MAX_BATCH": "16"})
-    assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
-                                              ["serve", "--backend"]]
-    onnx16 = re.search(r"--out (\S+)", calls[0]).group(1)
-    assert "--max-batch 16" in calls[0] and onnx16 != onnx and "-b16" in onnx16
-    assert "-fp16-b16.plan" in calls[1] and "--max-batch 16" in calls[1]
+    proc, calls = entry("--log-format", "text", MASKRT_MODEL=str(entry.ckpt),
+                        MASKRT_ENGINE_PRECISION="fp32", **gpu)
+    assert calls == [f"serve --backend tensorrt --model {entry.ckpt} --log-format text"]
+    assert "reuses the fp32 engine" in proc.stderr
     _real_cli_accepts(calls)
 
-
-def test_entrypoint_tensorrt_11_gets_an_fp16_onnx(entry):
-    gpu = {"MASKRT_BACKEND": "tensorrt", "FAKE_GPU": "NVIDIA H200", "FAKE_TRT": "11.1.0"}
-    proc, calls = entry(**gpu)
-    assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["export", "onnx"], ["export", "engine"],
-                                              ["serve", "--backend"]]
-    assert "--fp16" in calls[0] and "-tensorrt-fp16-b8" in re.search(r"--out (\S+)", calls[0]).group(1)
-    assert "--fp16" in calls[1] and "trt11.1.0-fp16-b8.plan" in calls[1]
-    _real_cli_accepts(calls)
-    proc, calls = entry(**gpu, MASKRT_ENGINE_PRECISION="fp32")  # fp32: the plain ONNX
-    assert "--fp16" not in calls[0] and "-tensorrt-b8" in calls[0]
-
-
-def test_entrypoint_rebuilds_after_a_failed_build(entry):
-    gpu = {"MASKRT_BACKEND": "tensorrt", "FAKE_GPU": "NVIDIA A10G"}
-    proc, calls = entry(**gpu, FAKE_EXPORT_FAIL="engine")
-    assert proc.returncode != 0
-    assert "building the TensorRT engine" in proc.stderr and "failed" in proc.stderr
-    assert not any(c.startswith("serve") for c in calls)
-    proc, calls = entry(**gpu)
-    assert proc.returncode == 0, proc.stderr
-    assert [c.split()[:2] for c in calls] == [["export", "engine"], ["serve", "--backend"]]
-
-
-def test_entrypoint_given_onnx_and_engine_and_fp32(entry):
-    onnx = entry.tmp / "mine.onnx"
-    onnx.write_bytes(b"onnx")
-    proc, calls = entry(MASKRT_BACKEND="tensorrt", FAKE_GPU="NVIDIA A100-SXM4-40GB", FAKE_CC="80",
-                        MASKRT_MODEL=str(onnx), MASKRT_ENGINE_PRECISION="fp32")
-    assert proc.returncode == 0, proc.stderr
-    assert calls[0].startswith(f"export engine --onnx {onnx} ") and "--fp16" not in calls[0]
-    assert "-fp32-b8.plan" in calls[0]
-    _real_cli_accepts(calls)
     plan = entry.tmp / "given.plan"
     plan.write_bytes(b"plan")
-    proc, calls = entry(MASKRT_BACKEND="tensorrt", FAKE_GPU="NVIDIA A100", MASKRT_MODEL=str(plan))
+    proc, calls = entry(MASKRT_MODEL=str(plan), **gpu)
     assert calls == [f"serve --backend tensorrt --model {plan}"]
+    assert "serving the given engine" in proc.stderr
 
 
 def test_entrypoint_explains_a_missing_gpu(entry):
@@ -859,36 +798,32 @@ def test_entrypoint_explains_a_missing_gpu(entry):
     assert proc.returncode == 1 and "CUDA device" in proc.stderr
 
 
-def test_entrypoint_onnxruntime_exports_once(entry):
-    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="4")
+def test_entrypoint_onnxruntime_and_torch(entry):
+    proc, calls = entry("--log-format", "text", MASKRT_BACKEND="onnxruntime")
     assert proc.returncode == 0, proc.stderr
-    assert calls[0].startswith(f"export onnx --model {entry.ckpt} ") and "--target onnxruntime" in calls[0]
-    onnx = re.search(r"--out (\S+)", calls[0]).group(1)
-    assert calls[1] == f"serve --backend onnxruntime --model {onnx}"
-    assert "--max-batch 4" in calls[0]
-    _real_cli_accepts(calls)
-    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="4")
-    assert calls == [f"serve --backend onnxruntime --model {onnx}"]
-    # extra flags go to `maskrt serve`
-    proc, calls = entry("--log-format", "text", MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="4")
-    assert calls == [f"serve --backend onnxruntime --model {onnx} --log-format text"]
-
-
-def test_entrypoint_auto_torch_and_errors(entry):
-    proc, calls = entry(MASKRT_BACKEND="auto")
-    assert proc.returncode == 0 and calls[-1].startswith("serve --backend onnxruntime")
+    assert calls == ["serve --backend onnxruntime --log-format text"]
+    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MODEL=str(entry.ckpt))
+    assert calls == [f"serve --backend onnxruntime --model {entry.ckpt}"]
     proc, calls = entry(MASKRT_BACKEND="torch")
     assert calls == ["serve --backend torch"]
-    proc, calls = entry(MASKRT_BACKEND="torch", MASKRT_MODEL="/m/x.pt")
-    assert calls == ["serve --backend torch --model /m/x.pt"]
-    proc, _ = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MODEL=str(entry.tmp / "missing.pt"))
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
-    proc, _ = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="/x/model.plan")
-    assert proc.returncode == 1 and "TensorRT engine" in proc.stderr
-    proc, _ = entry(MASKRT_BACKEND="tpu")
-    assert proc.returncode == 1 and "MASKRT_BACKEND must be" in proc.stderr
-    proc, _ = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MAX_BATCH="0")
-    assert proc.returncode == 1 and "MASKRT_MAX_BATCH" in proc.stderr
+    proc, calls = entry(MASKRT_BACKEND="auto")  # no GPU here
+    assert calls == ["serve --backend onnxruntime"] and "resolved to onnxruntime" in proc.stderr
+    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="MaskRCNN_ResNet50_FPN_Weights.COCO_V1")
+    assert calls == ["serve --backend onnxruntime --model MaskRCNN_ResNet50_FPN_Weights.COCO_V1"]
+    _real_cli_accepts(calls)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/x/model.plan"}, "is a TensorRT engine"),
+    ({"MASKRT_BACKEND": "torch", "MASKRT_MODEL": "/x/model.plan"}, "is a TensorRT engine"),
+    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/nope/m.pt"}, "does not exist"),
+    ({"MASKRT_BACKEND": "tpu"}, "MASKRT_BACKEND must be"),
+    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MAX_BATCH": "0"}, "MASKRT_MAX_BATCH"),
+    ({"MASKRT_BACKEND": "tensorrt", "MASKRT_ENGINE_PRECISION": "int8"}, "MASKRT_ENGINE_PRECISION"),
+])
+def test_entrypoint_errors(entry, env, message):
+    proc, calls = entry(**env)
+    assert proc.returncode == 1 and message in proc.stderr and calls == []
 
 
 def test_entrypoint_runs_a_command_instead(entry):

@@ -33,9 +33,9 @@ def test_config_is_for_eager_only(capsys):
     assert "--config applies to --backend eager only" in capsys.readouterr().err
 
 
-def test_engine_backend_needs_an_engine(capsys):
-    assert main(["evaluate", "--backend", "tensorrt", "--data", "shapes:1:2"]) == 2
-    assert "cannot serve a checkpoint" in capsys.readouterr().err
+def test_tensorrt_backend_needs_a_gpu(capsys):
+    assert main(["evaluate", "--backend", "tensorrt", "--device", "cpu", "--data", "shapes:1:2"]) == 2
+    assert "the tensorrt backend runs on a CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

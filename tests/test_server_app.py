@@ -146,7 +146,8 @@ def test_cors_off_unless_configured(checkpoint):  # noqa: F811
 @pytest.mark.parametrize("argv,message", [
     (["--model", "/nonexistent/model.pt"], "no such model file"),
     (["--model", "model.bin"], "unknown model file type"),
-    (["--backend", "tensorrt", "--device", "cpu"], "cannot serve a checkpoint"),
+    (["--backend", "tensorrt", "--device", "cpu"], "runs on a CUDA device"),
+    (["--backend", "torch", "--model", "m.plan"], "cannot serve an engine"),
     (["--max-batch", "0"], "--max-batch"),
 ])
 def test_serve_refuses_bad_settings_before_starting(argv, message):

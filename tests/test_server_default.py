@@ -69,7 +69,8 @@ def test_the_cached_onnx_serves_the_same_answers(server):
     """The server exported the checkpoint once into the cache; that ONNX file, opened in this
     process with backend=auto, gives exactly what the server answered (same graph, same batch)."""
     from maskrt.model.checkpoint import default_checkpoint
-    from maskrt.server.backends import cached_onnx, open_backend
+    from maskrt.export.cache import cached_onnx
+    from maskrt.server.backends import open_backend
     from maskrt.server.pipeline import Pipeline
     from maskrt.server.settings import Settings, default_cache_dir
 

@@ -147,7 +147,9 @@ def test_backend_resolution():
     assert resolve_backend("auto", "checkpoint", "cpu") == "onnxruntime"
     assert resolve_backend("auto", "onnx", "cpu") == "onnxruntime"
     assert resolve_backend("torch", "checkpoint", "cpu") == "torch"
-    for backend, kind in [("torch", "onnx"), ("onnxruntime", "engine"), ("tensorrt", "checkpoint")]:
+    for kind in ("checkpoint", "onnx", "engine"):  # tensorrt builds what it needs, cached
+        assert resolve_backend("tensorrt", kind, "cuda") == "tensorrt"
+    for backend, kind in [("torch", "onnx"), ("torch", "engine"), ("onnxruntime", "engine")]:
         with pytest.raises(MaskrtError, match=f"backend '{backend}' cannot serve"):
             resolve_backend(backend, kind, "cuda")
 

@@ -1,24 +1,20 @@
 """Backends that run the deploy graph, and :func:`open_backend`, which picks and opens one.
 
-The model file decides what can serve it:
+The model file decides what each backend does with it:
 
 | model | torch | onnxruntime | tensorrt |
 | --- | --- | --- | --- |
-| checkpoint (``.pt``/``.pth``, or torchvision weights by name) | yes | exported to ONNX once, cached | no: build an engine (``maskrt export``; the Docker entrypoint does it) |
-| ``.onnx`` | no | yes | no: build an engine |
-| ``.plan`` / ``.engine`` | no | no | yes |
+| checkpoint (``.pt``/``.pth``, or torchvision weights by name) | serves it | exports it to ONNX once (cached) | exports a tensorrt-target ONNX and builds an engine for this GPU once (cached) |
+| ``.onnx`` | no | serves it | builds an engine once (cached); a tensorrt-target ONNX |
+| ``.plan`` / ``.engine`` | no | no | serves it (built for this GPU and TensorRT) |
 
-``backend=auto`` picks ``tensorrt`` on a GPU where the ``tensorrt`` package imports, else
-``onnxruntime``; a model that TensorRT cannot take as it is (a checkpoint or an ONNX) then runs on
-ONNX Runtime (CUDA execution provider on a GPU) with a log line saying so. Nothing of TensorRT is
-imported unless the TensorRT backend is opened.
+The caches live under ``MASKRT_CACHE_DIR`` (:mod:`maskrt.export.cache`). ``backend=auto`` picks
+``tensorrt`` for an engine, or on a CUDA device where the ``tensorrt`` package is installed, else
+``onnxruntime``. Nothing of TensorRT is imported unless the TensorRT backend is opened.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import logging
 import os
@@ -74,23 +70,18 @@ def tensorrt_available() -> bool:
 def resolve_backend(backend: str, kind: str, device: str) -> str:
     """The backend that will serve a model of ``kind`` on ``device`` when ``backend`` is asked."""
     if backend == "auto":
-        if kind == "engine":
+        if kind == "engine" or (device.startswith("cuda") and tensorrt_available()):
             return "tensorrt"
-        if device.startswith("cuda") and tensorrt_available():
-            log.warning("backend=auto: TensorRT is available but the model is a %s, not an engine; "
-                        "serving it with ONNX Runtime (build an engine with `maskrt export` to "
-                        "serve it with TensorRT)", kind)
         return "onnxruntime"
     allowed = {"torch": ("checkpoint",), "onnxruntime": ("checkpoint", "onnx"),
-               "tensorrt": ("engine",)}[backend]
+               "tensorrt": ("checkpoint", "onnx", "engine")}[backend]
     if kind not in allowed:
         hint = {
             "torch": "the torch backend serves a checkpoint (.pt)",
             "onnxruntime": "the onnxruntime backend serves a checkpoint or an ONNX file",
-            "tensorrt": "the tensorrt backend serves an engine (.plan); build one from a checkpoint "
-                        "or ONNX with `maskrt export` (docker/entrypoint.sh does it)",
         }[backend]
-        raise MaskrtError(f"backend {backend!r} cannot serve a {kind}: {hint}")
+        what = {"checkpoint": "a checkpoint", "onnx": "an ONNX file", "engine": "an engine"}[kind]
+        raise MaskrtError(f"backend {backend!r} cannot serve {what}: {hint}")
     return backend
 
 
@@ -117,6 +108,10 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError("the tensorrt backend runs on a CUDA device (device is "
                           f"{device!r})")
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        from maskrt.export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # raises the error that says where TensorRT comes from
     return model, kind, backend
 
 
@@ -135,58 +130,21 @@ def open_backend(settings: "Settings") -> "Backend":
         from maskrt.server.backends.torch import TorchBackend
 
         return TorchBackend(load_checkpoint(model), device=device, max_batch=max_batch)
+    cache_dir = Path(settings.cache_dir)
     if backend == "onnxruntime":
+        from maskrt.export.cache import cached_onnx
         from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
 
-        onnx = model if kind == "onnx" else str(
-            cached_onnx(model, Path(settings.cache_dir), max_batch))
+        onnx = model if kind == "onnx" else str(cached_onnx(model, cache_dir, max_batch))
         return OnnxRuntimeBackend(onnx, device=device, max_batch=max_batch)
-    from maskrt.server.backends.tensorrt import TensorRTBackend  # imported only here
+    from maskrt.server.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 
+    if kind != "engine":
+        from maskrt.export.cache import cached_engine, cached_onnx
+        from maskrt.export.tensorrt import weak_typing
+
+        fp16 = settings.engine_precision == "fp16"
+        onnx = model if kind == "onnx" else str(cached_onnx(
+            model, cache_dir, max_batch, "tensorrt", fp16=fp16 and not weak_typing()))
+        model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def cached_onnx(checkpoint: str, cache_dir: Path, max_batch: int) -> Path:
-    """The onnxruntime-target ONNX of ``checkpoint`` for batches up to ``max_batch``:
-    ``<cache_dir>/onnx/<sha256>-b<max_batch>.onnx``, exported on first use under a file lock (the
-    export writes a temporary file and renames it, so concurrent servers and interrupted exports
-    never see half a file)."""
-    from maskrt import __version__
-    from maskrt.model.checkpoint import load_checkpoint
-
-    src = Path(checkpoint)
-    sha = _sha256(src) if src.is_file() else hashlib.sha256(checkpoint.encode()).hexdigest()
-    out = cache_dir / "onnx" / f"{sha}-b{max_batch}-maskrt{__version__}.onnx"
-    try:
-        with _locked(out.with_suffix(".lock")):
-            if out.is_file():
-                log.info("reusing cached ONNX", extra={"fields": {"onnx": str(out)}})
-                return out
-            from maskrt.export.onnx import export_onnx
-
-            log.info("exporting the checkpoint to ONNX (once; cached)",
-                     extra={"fields": {"checkpoint": checkpoint, "onnx": str(out)}})
-            export_onnx(load_checkpoint(checkpoint), out, "onnxruntime", max_batch=max_batch)
-    except OSError as exc:
-        raise MaskrtError(f"cannot write the ONNX cache under {cache_dir}: {exc} "
-                          f"(set MASKRT_CACHE_DIR to a writable directory)") from None
-    return out

@@ -1,0 +1,116 @@
+"""Artefacts made once and reused: ONNX exports of checkpoints and TensorRT engines.
+
+One cache directory (``MASKRT_CACHE_DIR``, default ``~/.cache/maskrt``; a volume in
+docker-compose.yml) holds::
+
+    onnx/<checkpoint sha256>-<target>[-fp16]-b<max batch>-maskrt<version>[-<build id>].onnx
+    engines/<ONNX sha256, 16>-<GPU>-sm<compute capability>-trt<version>-<fp16|fp32>-b<max batch>.plan
+    engines/<same>.plan.json                        the engine's sidecar
+    engines/timing-<GPU>-sm<cc>-trt<version>.cache  TensorRT's timing cache, shared by builds
+
+so a restart, or another server on the same directory and the same kind of GPU, reuses what was
+made, and another GPU, TensorRT version, precision or batch gets its own. ``MASKRT_BUILD_ID`` (set
+by the Docker entrypoint from the image) is part of the ONNX name, so a new image never reuses an
+export made by other code of the same version. Each file is made under an exclusive lock and
+renamed into place: servers sharing the directory make it once and never read half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from maskrt.errors import MaskrtError
+
+log = logging.getLogger("maskrt.cache")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached(path: Path, make: Callable[[Path], object], what: str) -> Path:
+    """``path``, made by ``make(path)`` unless it exists. ``make`` must write ``path`` atomically
+    (a temporary name, then a rename); it runs under an exclusive lock on ``<path>.lock``, so
+    concurrent callers wait for one maker instead of making the file twice."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path.with_name(path.name + ".lock")):
+            if path.is_file():
+                log.info("reusing cached %s", what, extra={"fields": {"path": str(path)}})
+                return path
+            log.info("making %s (once; cached)", what, extra={"fields": {"path": str(path)}})
+            make(path)
+    except OSError as exc:
+        raise MaskrtError(f"cannot write the cache under {path.parent}: {exc} (set MASKRT_CACHE_DIR "
+                          f"to a writable directory)") from None
+    if not path.is_file():
+        raise MaskrtError(f"making {what} did not write {path}")
+    return path
+
+
+def _source_sha256(model: str) -> str:
+    """sha256 of a checkpoint file, or of the name of torchvision weights."""
+    from maskrt.model.checkpoint import file_sha256
+
+    path = Path(model)
+    return file_sha256(path) if path.is_file() else hashlib.sha256(model.encode()).hexdigest()
+
+
+def onnx_name(checkpoint_sha256: str, target: str, max_batch: int, fp16: bool) -> str:
+    from maskrt import __version__
+
+    build = os.environ.get("MASKRT_BUILD_ID", "")
+    return (f"{checkpoint_sha256}-{target}{'-fp16' if fp16 else ''}-b{max_batch}"
+            f"-maskrt{__version__}{'-' + build if build else ''}.onnx")
+
+
+def cached_onnx(checkpoint: str, cache_dir: Path, max_batch: int, target: str = "onnxruntime",
+                fp16: bool = False) -> Path:
+    """The ``target`` ONNX export of ``checkpoint`` (a file, or torchvision weights by name) for
+    batches up to ``max_batch``."""
+    from maskrt.export.onnx import export_onnx
+    from maskrt.model.checkpoint import load_checkpoint
+
+    path = Path(cache_dir) / "onnx" / onnx_name(_source_sha256(checkpoint), target, max_batch, fp16)
+    return cached(path, lambda out: export_onnx(load_checkpoint(checkpoint), out, target,
+                                                max_batch=max_batch, fp16=fp16),
+                  f"{target} ONNX of {checkpoint}")
+
+
+def hardware_tag(gpu_name: str, compute_capability: str, tensorrt_version: str) -> str:
+    """``NVIDIA_H100_80GB_HBM3-sm90-trt10.14.1``: what an engine is only valid for."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_")
+    return f"{gpu}-sm{compute_capability.replace('.', '')}-trt{tensorrt_version}"
+
+
+def cached_engine(onnx: str | os.PathLike, cache_dir: Path, *, max_batch: int, fp16: bool,
+                  device: torch.device) -> Path:
+    """A TensorRT engine of a tensorrt-target ONNX for this GPU and TensorRT (builds it the first
+    time: minutes), with the shared timing cache."""
+    from maskrt.export.tensorrt import build_engine, gpu_description, import_tensorrt
+    from maskrt.model.checkpoint import file_sha256
+
+    gpu = gpu_description(device)
+    hardware = hardware_tag(gpu["gpu_name"], gpu["compute_capability"], import_tensorrt().__version__)
+    engines = Path(cache_dir) / "engines"
+    sha = file_sha256(Path(onnx))[:16]
+    path = engines / f"{sha}-{hardware}-{'fp16' if fp16 else 'fp32'}-b{max_batch}.plan"
+    return cached(path, lambda out: build_engine(onnx, out, fp16=fp16, max_batch=max_batch,
+                                                 timing_cache=engines / f"timing-{hardware}.cache",
+                                                 device=device),
+                  f"TensorRT engine of {onnx} for {gpu['gpu_name']} (minutes, the first time)")
