@@ -116,8 +116,9 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
 
 
 def open_backend(settings: "Settings") -> "Backend":
-    """Open the backend ``settings`` ask for (see the module docstring); slow (loads weights,
-    may export ONNX), so the server calls it after it starts listening."""
+    """Open the backend ``settings`` ask for (see the module docstring); slow (loads weights, may
+    export an ONNX or build a TensorRT engine the first time), so the server calls it after it
+    starts listening."""
     import torch
 
     model, kind, backend = check_model(settings)
