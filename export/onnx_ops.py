@@ -198,7 +198,7 @@ def translation_table() -> dict:
 
 def add_functions(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """Give ``model`` the local function body of every ``MultiLevelRoIAlign`` arity it uses."""
-    arities = sorted({len(n.input) - 1 for n in _all_nodes(model.graph)
+    arities = sorted({len(n.input) - 1 for n in all_nodes(model.graph)
                       if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP})
     if len(arities) > 1:
         raise ValueError(f"{ROI_ALIGN_OP} is called with different numbers of levels: {arities}")
@@ -210,14 +210,15 @@ def add_functions(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return model
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto | onnx.FunctionProto):
+    """Every node of a graph or function body, those of its subgraphs (If/Loop branches) included."""
     for n in graph.node:
         yield n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
+                yield from all_nodes(a.g)
             for g in a.graphs:
-                yield from _all_nodes(g)
+                yield from all_nodes(g)
 
 
 def roi_align_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

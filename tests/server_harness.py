@@ -10,9 +10,11 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -210,3 +212,15 @@ def wait_for(server: Server, what: str, check, timeout: float = 20.0) -> dict[st
     pytest.fail(f"timed out waiting for {what}; metrics: "
                 f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
                 f"{server.log()}")
+
+
+def big_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of ``width x height`` zeros (small on disk, fast to make)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -17,21 +17,19 @@ from deploy_helpers import assert_outputs_match, exported, images, loaded
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
 from maskrt.export.onnx import export_onnx, read_metadata
-from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_OP, multilevel_roi_align_function, roi_align_nodes
+from maskrt.export.onnx_ops import (
+    DOMAIN,
+    ROI_ALIGN_OP,
+    all_nodes,
+    multilevel_roi_align_function,
+    roi_align_nodes,
+)
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
 from maskrt.model.deploy import Detections, DeployGraph
 
 
 def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _subgraph_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _subgraph_nodes(attr.g)
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +91,10 @@ def test_roi_align_is_one_local_function_node_per_call():
     # standard ONNX ops only: the graph (but for the function calls) and the function body
     others = [n for n in model.graph.node if n not in nodes]
     assert {n.domain for n in others} <= {"", "ai.onnx"}
-    body = [n for f in model.functions for g in [f] for n in _function_nodes(g)]
+    body = [n for f in model.functions for n in all_nodes(f)]
     assert {n.domain for n in body} <= {"", "ai.onnx"}
     assert "RoiAlign" in {n.op_type for n in body}
     assert {o.domain for o in model.opset_import} == {"", DOMAIN}
-
-
-def _function_nodes(function):
-    for node in function.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _subgraph_nodes(attr.g)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -4,14 +4,13 @@ pixel guard (checked from the header, before any pixel is decoded) and nvJPEG on
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from server_harness import big_png
 
 from maskrt.server.decode import apply_orientation, decode_image
 from maskrt.server.errors import ApiError
@@ -39,18 +38,6 @@ def decode(data: bytes, **kwargs):
 
 def as_hwc(tensor: torch.Tensor) -> np.ndarray:
     return tensor.permute(1, 2, 0).cpu().numpy()
-
-
-def big_png(width: int, height: int) -> bytes:
-    """A valid 1-bit grayscale PNG of ``width x height`` zeros (small on disk, fast to make)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_rgb_png_is_exact():

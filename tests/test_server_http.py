@@ -12,9 +12,7 @@ import concurrent.futures
 import io
 import json
 import socket
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from server_harness import (
     HOST,
+    big_png,
     checkpoint,  # noqa: F401 (fixture)
     jpeg,
     metric,
@@ -233,17 +232,6 @@ def test_concurrent_requests_are_batched(server, client):
 
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: a clear 4xx JSON error each, and the server healthy afterwards
-
-
-def big_png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def truncated_jpeg() -> bytes:
