@@ -5,7 +5,7 @@
 #   gpu (default)  TensorRT backend on an NVIDIA GPU:  docker build --target gpu -t maskrt:gpu .
 #   cpu            ONNX Runtime backend, any machine:  docker build --target cpu -t maskrt:cpu .
 #
-# docker-compose.yml builds `gpu`, docker-compose.cpu.yml switches to `cpu`. docs/deploy.md says
+# docker-compose.yml builds `gpu`, docker-compose.cpu.yml switches to `cpu`. README.md ("Deploy with Docker") says
 # what the host needs and which of these steps were run outside Docker.
 #
 # GPU base: NVIDIA's TensorRT NGC image 25.12 = Ubuntu 24.04, Python 3.12, TensorRT 10.14.1 with

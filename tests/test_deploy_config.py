@@ -686,7 +686,7 @@ def test_dockerignore_lets_every_copy_source_through():
 def test_dockerignore_keeps_the_context_small():
     for path in (".git/HEAD", ".venv/bin/python", "runs/x/last.pt", "data/coco/x.jpg", "tests/test_x.py",
                  "model/weights/x.onnx", "server/__pycache__/app.cpython-312.pyc", "plugins/build/lib.so",
-                 "x.plan", "docs/deploy.md"):
+                 "x.plan", "docs/benchmarks.md"):
         assert dockerignored(path), f"{path} should not be sent to the Docker daemon"
     for path in ("model/weights/shapes.pt", "plugins/CMakeLists.txt", "docker/entrypoint.sh",
                  "pyproject.toml"):
