@@ -167,6 +167,15 @@ def raw_request(path: str, body: bytes, content_type: str, headers: dict[str, st
     return head + body[: len(body) if send_body is None else send_body]
 
 
+def send_predict(server: Server, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+                 send_body: int | None = None) -> socket.socket:
+    """A connection that has sent ``POST /predict``; with ``send_body``, only that many body bytes:
+    an upload in progress, whose rest can follow on the returned socket (or never)."""
+    sock = socket.create_connection((HOST, server.port), timeout=60)
+    sock.sendall(raw_request("/predict", body, content_type, headers, send_body))
+    return sock
+
+
 def read_response(sock: socket.socket, timeout: float = 60) -> tuple[int, bytes]:
     """Status and body of one response (Content-Length framed) read from ``sock``."""
     sock.settimeout(timeout)

@@ -46,6 +46,18 @@ NO_TRT_REASON = ("TensorRT headers (NvInfer.h) not found: set TENSORRT_ROOT or T
                  "/opt/tensorrt/include")
 
 
+@pytest.fixture
+def trt_toolchain() -> tuple[Path, str]:
+    """TensorRT's include directory and a host C++ compiler, or a skip naming the missing one."""
+    include = tensorrt_include_dir()
+    if include is None:
+        pytest.skip(NO_TRT_REASON)
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++ / c++)")
+    return include, cxx
+
+
 def test_there_are_kernel_translation_units():
     assert SRC / "roi_align_kernel.cu" in CU_FILES
 
@@ -77,13 +89,8 @@ def test_kernel_translation_units_do_not_need_tensorrt(source):
         assert "NvInfer" not in (SRC / header).read_text(), f"{header} (included by {source.name}) pulls in TensorRT"
 
 
-def test_tensorrt_plugin_compiles_against_tensorrt_headers(tmp_path):
-    include = tensorrt_include_dir()
-    if include is None:
-        pytest.skip(NO_TRT_REASON)
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++ / c++)")
+def test_tensorrt_plugin_compiles_against_tensorrt_headers(tmp_path, trt_toolchain):
+    include, cxx = trt_toolchain
     cmd = [cxx, "-c", "-std=c++17", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations",
            f"-isystem{include}", f"-isystem{CUDA_HOME / 'include'}", f"-I{SRC}", str(SRC / "roi_align_plugin.cpp"),
            "-o", str(tmp_path / "roi_align_plugin.o")]
@@ -91,16 +98,11 @@ def test_tensorrt_plugin_compiles_against_tensorrt_headers(tmp_path):
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
 
 
-def test_tensorrt_plugin_behaviour_on_host(tmp_path):
+def test_tensorrt_plugin_behaviour_on_host(tmp_path, trt_toolchain):
     """plugins/testing/trt_plugin_check.cpp drives the plugin through getCreators() as TensorRT
     would (fields, formats, types, shapes, serialization round trip, clone, enqueue with the kernel
     emulated on the CPU); it needs TensorRT's headers, not its libraries."""
-    include = tensorrt_include_dir()
-    if include is None:
-        pytest.skip(NO_TRT_REASON)
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++ / c++)")
+    include, cxx = trt_toolchain
     cudart_dir = next((d for d in (CUDA_HOME / "lib64", CUDA_HOME / "lib", CUDA_HOME / "targets/x86_64-linux/lib")
                        if any(d.glob("libcudart.so*"))), None)
     if cudart_dir is None:

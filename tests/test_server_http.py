@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import socket
 import time
 
 import numpy as np
@@ -21,16 +20,16 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from server_harness import (
-    HOST,
     big_png,
     checkpoint,  # noqa: F401 (fixture)
     jpeg,
     metric,
     multipart,
     png,
-    raw_request,
+    send_predict,
     shapes_image,
     start_server,
+    wait_for,
 )
 
 KEY = "test-key-0123456789"
@@ -345,18 +344,11 @@ def test_missing_or_wrong_image_field(client):
 def test_client_gone_mid_upload(server):
     body, ctype = multipart("image", "x.png", png(shapes_image(0)))
     before = server.metrics()
-    with socket.create_connection((HOST, server.port), timeout=10) as s:
-        s.sendall(raw_request("/predict", body, ctype, AUTH, send_body=len(body) // 2))
+    with send_predict(server, body, ctype, AUTH, send_body=len(body) // 2):
         time.sleep(0.3)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        m = server.metrics()
-        if (metric(m, "maskrt_requests_total", endpoint="/predict", status="499")
-                > metric(before, "maskrt_requests_total", endpoint="/predict", status="499")):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("no 499 recorded for a client gone mid-upload")
+    m = wait_for(server, "a 499 for the client gone mid-upload", lambda m: (
+        metric(m, "maskrt_requests_total", endpoint="/predict", status="499")
+        > metric(before, "maskrt_requests_total", endpoint="/predict", status="499")), timeout=10)
     assert metric(m, "maskrt_inflight_requests") == 0
     assert "unhandled error" not in server.log(tail=10**6)
     assert_healthy(server)

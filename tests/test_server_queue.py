@@ -11,19 +11,16 @@ relying on timing.
 from __future__ import annotations
 
 import concurrent.futures
-import socket
-import time
 
 import pytest
 
 from server_harness import (
-    HOST,
     checkpoint,  # noqa: F401 (fixture)
     metric,
     multipart,
     png,
-    raw_request,
     read_response,
+    send_predict,
     shapes_image,
     start_server,
     wait_for,
@@ -42,22 +39,16 @@ def server(tmp_path_factory, checkpoint):  # noqa: F811
     srv.stop()
 
 
-def connect(server) -> socket.socket:
-    return socket.create_connection((HOST, server.port), timeout=60)
-
-
 def test_queue_full_and_disconnect_while_queued(server):
     body, ctype = multipart("image", "x.png", png(shapes_image(0)))
     before = server.metrics()
     depth = lambda n: lambda m: metric(m, "maskrt_queue_depth") == n  # noqa: E731
 
     # S: half a body; the worker now waits for S's image before running what is queued
-    slow = connect(server)
-    slow.sendall(raw_request("/predict", body, ctype, send_body=len(body) // 2))
+    slow = send_predict(server, body, ctype, send_body=len(body) // 2)
     wait_for(server, "S in flight", lambda m: metric(m, "maskrt_inflight_requests") == 1)
 
-    a = connect(server)  # A: queued (1 of 2)
-    a.sendall(raw_request("/predict", body, ctype))
+    a = send_predict(server, body, ctype)  # A: queued (1 of 2)
     wait_for(server, "A queued", depth(1))
 
     with server.client() as client:
@@ -69,8 +60,7 @@ def test_queue_full_and_disconnect_while_queued(server):
         assert r.json()["error"]["code"] == "queue_full"
         assert int(r.headers["retry-after"]) >= 1
 
-        c = connect(server)  # C: queued (2 of 2)
-        c.sendall(raw_request("/predict", body, ctype))
+        c = send_predict(server, body, ctype)  # C: queued (2 of 2)
         wait_for(server, "C queued", depth(2))
 
         r = client.post("/predict", files={"image": ("d.png", png(shapes_image(3)), "image/png")})

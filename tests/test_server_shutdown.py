@@ -16,10 +16,11 @@ from server_harness import (
     metric,
     multipart,
     png,
-    raw_request,
     read_response,
+    send_predict,
     shapes_image,
     start_server,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.slow,
@@ -33,8 +34,7 @@ def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
     try:
         body, ctype = multipart("image", "x.png", png(shapes_image(0)))
         # an upload in progress keeps the worker waiting, so the others stay queued
-        slow = socket.create_connection((HOST, server.port), timeout=60)
-        slow.sendall(raw_request("/predict", body, ctype, send_body=len(body) // 2))
+        slow = send_predict(server, body, ctype, send_body=len(body) // 2)
 
         images = [png(shapes_image(i)) for i in range(6)]
 
@@ -45,10 +45,7 @@ def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
 
         pool = concurrent.futures.ThreadPoolExecutor(6)
         futures = [pool.submit(one, d) for d in images]
-        deadline = time.monotonic() + 30
-        while metric(server.metrics(), "maskrt_queue_depth") < 6:
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.05)
+        wait_for(server, "6 images queued", lambda m: metric(m, "maskrt_queue_depth") >= 6, timeout=30)
 
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)

@@ -16,13 +16,12 @@ import time
 import pytest
 
 from server_harness import (
-    HOST,
     checkpoint,  # noqa: F401 (fixture)
     metric,
     multipart,
     png,
-    raw_request,
     read_response,
+    send_predict,
     shapes_image,
     start_server,
     wait_for,
@@ -44,9 +43,7 @@ def server(tmp_path_factory, checkpoint):  # noqa: F811
 
 def stall(server, body: bytes, ctype: str) -> socket.socket:
     """A /predict whose upload stops half-way."""
-    s = socket.create_connection((HOST, server.port), timeout=30)
-    s.sendall(raw_request("/predict", body, ctype, send_body=len(body) // 2))
-    return s
+    return send_predict(server, body, ctype, send_body=len(body) // 2)
 
 
 def test_a_stalled_upload_gets_504(server):
