@@ -47,10 +47,24 @@ def fill_colour(image_mean: tuple[float, float, float]) -> tuple[int, int, int]:
 
 def letterbox(image: Tensor, canvas: int, fill: tuple[int, int, int]) -> tuple[Tensor, Letterbox]:
     """One uint8 ``[3, H, W]`` image (any device) onto a uint8 ``[3, S, S]`` canvas."""
-    _, height, width = image.shape
-    box = Letterbox.fit(width, height, canvas)
     out = torch.empty((3, canvas, canvas), dtype=torch.uint8, device=image.device)
-    out[:] = torch.tensor(fill, dtype=torch.uint8, device=image.device).view(3, 1, 1)
+    return out, _place(image, out, fill)
+
+
+def letterbox_batch(
+    images: list[Tensor], canvas: int, fill: tuple[int, int, int]
+) -> tuple[Tensor, list[Letterbox]]:
+    """Several uint8 ``[3, H, W]`` images (one device) into a uint8 ``[B, 3, S, S]`` batch."""
+    out = torch.empty((len(images), 3, canvas, canvas), dtype=torch.uint8, device=images[0].device)
+    return out, [_place(image, slot, fill) for image, slot in zip(images, out)]
+
+
+def _place(image: Tensor, out: Tensor, fill: tuple[int, int, int]) -> Letterbox:
+    """Resize ``image`` into the top left of the ``[3, S, S]`` canvas ``out`` and pad the rest."""
+    _, height, width = image.shape
+    box = Letterbox.fit(width, height, out.shape[-1])
+    for channel, value in zip(out, fill):  # scalar fills: no host->device copy, no sync on CUDA
+        channel.fill_(value)
     if (box.resized_height, box.resized_width) == (height, width):
         resized = image
     else:
@@ -62,15 +76,7 @@ def letterbox(image: Tensor, canvas: int, fill: tuple[int, int, int]) -> tuple[T
         )[0]
         resized = resized.round_().clamp_(0, 255).to(torch.uint8)
     out[:, : box.resized_height, : box.resized_width] = resized
-    return out, box
-
-
-def letterbox_batch(
-    images: list[Tensor], canvas: int, fill: tuple[int, int, int]
-) -> tuple[Tensor, list[Letterbox]]:
-    """Several uint8 ``[3, H, W]`` images (one device) into a uint8 ``[B, 3, S, S]`` batch."""
-    placed = [letterbox(image, canvas, fill) for image in images]
-    return torch.stack([p[0] for p in placed]), [p[1] for p in placed]
+    return box
 
 
 def boxes_to_original(boxes: Tensor, box: Letterbox) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from starlette.requests import ClientDisconnect
 from maskrt import __version__
 from maskrt.errors import MaskrtError
 from maskrt.server.batcher import BatchFailed, Batcher, BatcherClosed, Job, QueueFull
-from maskrt.server.decode import DecodedImage, decode_image
+from maskrt.server.decode import DecodedImage
 from maskrt.server.errors import ApiError, BodyTooLarge
 from maskrt.server.logging import request_id_var
 from maskrt.server.metrics import Metrics
@@ -60,7 +61,6 @@ from maskrt.server.settings import Settings
 log = logging.getLogger("maskrt.server")
 access_log = logging.getLogger("maskrt.access")
 
-PREDICT_PATHS = ("/predict", "/predict/batch")
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # access-logged at debug level
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _RAW_TYPES = ("application/octet-stream",)
@@ -346,14 +346,12 @@ async def read_images(request: Request, kind: str, batch: bool, max_images: int
                       ) -> tuple[list[bytes], list[tuple[str, str]]]:
     """The image bodies and the form's other fields."""
     if kind == "raw":
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
+        body = b"".join([chunk async for chunk in request.stream()])
         if not body:
             raise ApiError(400, "empty_body", "the request body is empty: send the image as the "
                                               "body (Content-Type image/...) or as the multipart "
                                               "field 'image'")
-        return [bytes(body)], []
+        return [body], []
     names = ("images", "image") if batch else ("image",)
     try:
         form = await request.form(max_files=max_images + 1, max_fields=64,
@@ -523,9 +521,9 @@ def create_app(settings: Settings | None = None, *,
                     datas, fields = await read_images(request, kind, batch, settings.max_queue)
                     params = parse_params(list(request.query_params.multi_items()) + fields)
                     decoded = await asyncio.gather(*(
-                        loop.run_in_executor(state.decode_executor, _decode, data,
-                                             settings.max_image_pixels, pipeline.device,
-                                             f"images[{i}]" if batch else "image")
+                        loop.run_in_executor(state.decode_executor, functools.partial(
+                            pipeline.decode, data, max_pixels=settings.max_image_pixels,
+                            name=f"images[{i}]" if batch else "image"))
                         for i, data in enumerate(datas)))
                 for d in decoded:
                     state.metrics.decode.observe(d.seconds)
@@ -604,10 +602,6 @@ def create_app(settings: Settings | None = None, *,
 
     app.add_middleware(RequestMiddleware, state=state, known_paths=known_paths)
     return app
-
-
-def _decode(data: bytes, max_pixels: int, device, name: str) -> DecodedImage:
-    return decode_image(data, max_pixels=max_pixels, device=device, name=name)
 
 
 def _ms(seconds: float) -> float:

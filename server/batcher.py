@@ -76,13 +76,10 @@ class Job:
 
 @dataclass
 class BatcherStats:
-    batches: int = 0
-    jobs: int = 0
     dropped: int = 0
     failed_batches: int = 0
     batch_seconds_ema: float = 0.0
     running_since: float | None = None  # monotonic time the current batch started
-    sizes: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Batcher:
@@ -127,14 +124,14 @@ class Batcher:
         return self._closing
 
     @contextlib.contextmanager
-    def expecting(self, count: int = 1) -> Iterator[None]:
-        """Announce ``count`` images on their way (body being read, image being decoded): the
+    def expecting(self) -> Iterator[None]:
+        """Announce a request's images on their way (body being read, images being decoded): the
         worker may wait (up to ``max_delay``) for them to join the batch it is forming."""
-        self._expected += count
+        self._expected += 1
         try:
             yield
         finally:
-            self._expected -= count
+            self._expected -= 1
             self._wakeup.set()
 
     def submit(self, payloads: Sequence[Any], request_id: str = "") -> list[Job]:
@@ -258,8 +255,5 @@ class Batcher:
         finally:
             seconds = time.perf_counter() - started
             self.stats.running_since = None
-            self.stats.batches += 1
-            self.stats.jobs += len(jobs)
-            self.stats.sizes[len(jobs)] += 1
             ema = self.stats.batch_seconds_ema
             self.stats.batch_seconds_ema = seconds if ema == 0 else 0.8 * ema + 0.2 * seconds

@@ -219,6 +219,6 @@ def apply_orientation(image: Tensor, orientation: int) -> Tensor:
 def _decode_nvjpeg(data: bytes, img: Image.Image, device: torch.device) -> Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    raw = torch.from_numpy(np.frombuffer(data, dtype=np.uint8))  # read only, no copy
     out = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
     return apply_orientation(out, exif_orientation(img)).contiguous()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrt.model.letterbox import Letterbox, fill_colour
+from maskrt.model.letterbox import fill_colour
 from maskrt.server.backends.base import Backend
 from maskrt.server.decode import DecodedImage, decode_image
 from maskrt.server.postprocess import postprocess_batch
@@ -50,7 +50,6 @@ class BatchOutput:
     """Detections of each image of a batch and the batch's stage times (seconds)."""
 
     detections: list[list[dict]]
-    letterboxes: list[Letterbox]
     preprocess_s: float
     inference_s: float
     postprocess_s: float
@@ -103,7 +102,7 @@ class Pipeline:
             labels=self.labels,
         )
         t3 = time.perf_counter()
-        return BatchOutput(detections, letterboxes, t1 - t0, t2 - t1, t3 - t2)
+        return BatchOutput(detections, t1 - t0, t2 - t1, t3 - t2)
 
     # -- whole images ----------------------------------------------------------------------------
 

@@ -83,9 +83,6 @@ class PasteGeometry:
     def __len__(self) -> int:
         return len(self.bx0)
 
-    def take(self, idx: np.ndarray) -> "PasteGeometry":
-        return PasteGeometry(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
-
 
 def expand_boxes_int(boxes: np.ndarray, mask_size: int, padding: int = 1) -> np.ndarray:
     """torchvision's ``expand_boxes(boxes, (M + 2p) / M).to(int64)``, same float32 operations."""
@@ -404,13 +401,12 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
     per_box = live
     if strategy == "vectorized":
         recipes = recipes_for(device, m_size)
-        small = (geom.bh + geom.bw) <= SMALL_SUM
-        regime = np.where(small[live], "small", "large")
-        has_recipe = np.array([recipes[r] is not None for r in regime], dtype=bool)
+        small = ((geom.bh + geom.bw) <= SMALL_SUM)[live]
+        has_recipe = np.where(small, recipes["small"] is not None, recipes["large"] is not None)
         per_box = live[~has_recipe]
         overhead = _BUCKET_OVERHEAD.get(device.type, _BUCKET_OVERHEAD["cuda"])
-        for name in ("small", "large"):
-            members = live[has_recipe & (regime == name)]
+        for name, in_regime in (("small", small), ("large", ~small)):
+            members = live[has_recipe & in_regime]
             if len(members) == 0:
                 continue
             hr = geom.wh[members] + 1  # one zero row past each column closes its last run
@@ -424,7 +420,7 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
     offsets = np.zeros(len(plans) + 1, dtype=np.int64)
     np.cumsum(vols, out=offsets[1:])
     d_all = torch.empty(int(offsets[-1]), dtype=torch.bool, device=device)
-    masks32 = masks.to(torch.float32)
+    padded_masks = F.pad(masks.to(torch.float32), (1, 1, 1, 1))  # [N, s, s]
 
     # One host->device copy of the tables of every vectorised bucket.
     ints: list[np.ndarray] = []
@@ -449,7 +445,7 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
         if recipe is None:
             i = int(idx[0])
             oy, ox, wh = int(geom.wy0[i] - geom.by0[i]), int(geom.wx0[i] - geom.bx0[i]), hr - 1
-            full = F.interpolate(F.pad(masks32[i], (1, 1, 1, 1))[None, None],
+            full = F.interpolate(padded_masks[i][None, None],
                                  size=(int(geom.bh[i]), int(geom.bw[i])),
                                  mode="bilinear", align_corners=False)[0, 0]
             if scratch is None or scratch.numel() < wh * wc:
@@ -470,8 +466,7 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
         b0, b1 = take(flt_dev, fo, n, wc)
         a0, a1 = take(flt_dev, fo + 2 * n * wc, n, hr)
         fo += 2 * n * wc + 2 * n * hr
-        padded = F.pad(masks32.index_select(0, sel), (1, 1, 1, 1))
-        b = _emulate(padded, (x0, x1, b0, b1), (y0, y1, a0, a1), recipe) > 0.5
+        b = _emulate(padded_masks.index_select(0, sel), (x0, x1, b0, b1), (y0, y1, a0, a1), recipe) > 0.5
         _column_boundaries(b, d_all[off:off + n * wc * hr].view(n, wc, hr))
 
     if device.type == "cpu":

@@ -20,7 +20,11 @@ def to_device(image: Tensor, device: torch.device) -> Tensor:
     if image.device == device:
         return image
     if device.type == "cuda" and image.device.type == "cpu":
-        # One contiguous host buffer per image: a single copy, asynchronous from pinned memory.
+        # One pinned host buffer per image, copied asynchronously. Pillow's pixels are an HWC
+        # buffer seen as CHW: pin that buffer as it is and transpose on the device, not the host.
+        hwc = image.permute(1, 2, 0)
+        if hwc.is_contiguous():
+            return hwc.pin_memory().to(device, non_blocking=True).permute(2, 0, 1).contiguous()
         return image.contiguous().pin_memory().to(device, non_blocking=True)
     return image.to(device)
 
