@@ -179,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 def _stock_onnx(tv, tv_input, tmp: Path, threads: int, args, ort, np, torch) -> dict:
     """torchvision's model through torch.onnx.export as it is: the dynamo exporter, then the
     TorchScript one; timed in ONNX Runtime if one of them works."""
-    import warnings
-
     import contextlib
     import io
     import logging
+    import warnings
+
+    from maskrt.server.backends.onnxruntime import session_options
 
     attempts = []
     path = tmp / "torchvision.onnx"
@@ -209,11 +210,7 @@ def _stock_onnx(tv, tv_input, tmp: Path, threads: int, args, ort, np, torch) -> 
     if not path.is_file():
         result["status"] = "both exporters failed"
         return result
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = session_options(threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: tv_input[0].numpy()}

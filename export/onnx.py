@@ -73,9 +73,9 @@ def build_onnx(
         **({"canvas": canvas} if canvas else {}),
         **({"max_detections": max_detections} if max_detections else {}),
     )
-    model = loaded.model.float().cpu().eval()
+    model = copy.deepcopy(loaded.model).float().cpu().eval()  # Module.float/cpu/half work in place
     if fp16:
-        model = copy.deepcopy(model).half()
+        model = model.half()
     graph = DeployGraph(model, config).eval()
     example_batch = 2 if max_batch >= 2 else 1
     example = torch.randint(0, 256, (example_batch, 3, config.canvas, config.canvas), dtype=torch.uint8,
@@ -126,7 +126,7 @@ def export_onnx(
 ) -> Path:
     """Export ``loaded`` to ``out`` for ``target``; returns the path. Written to a temporary name
     beside ``out`` and renamed, so a reader never sees half a file."""
-    import onnx
+    from maskrt.export.cache import atomic_write
 
     if target not in TARGETS:
         raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
@@ -138,15 +138,7 @@ def export_onnx(
         from maskrt.export.tensorrt_onnx import rewrite
 
         proto = rewrite(proto)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save_model(proto, str(tmp))
-        tmp.replace(out)
-    except OSError as exc:
-        raise MaskrtError(f"cannot write {out}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, proto.SerializeToString())
     size = out.stat().st_size
     log.info("wrote %s: %.1f MB, target %s, %s, checkpoint sha256 %s, max batch %d, %.1f s",
              out, size / 1e6, target, "fp16" if fp16 else "fp32", loaded.sha256, max_batch,
@@ -188,8 +180,12 @@ def read_metadata(proto_or_path) -> dict[str, str]:
 
     if isinstance(proto_or_path, (str, os.PathLike)):
         proto_or_path = onnx.load_model(str(proto_or_path), load_external_data=False)
-    return {p.key[len(METADATA_PREFIX):]: p.value for p in proto_or_path.metadata_props
-            if p.key.startswith(METADATA_PREFIX)}
+    return maskrt_entries({p.key: p.value for p in proto_or_path.metadata_props})
+
+
+def maskrt_entries(metadata: dict[str, str]) -> dict[str, str]:
+    """The ``maskrt.*`` entries of ONNX metadata, keys without the prefix."""
+    return {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
 
 
 def check(proto) -> None:

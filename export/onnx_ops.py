@@ -58,9 +58,7 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
         count[0] += 1
         out = f"attr_{name}_{count[0]}"
         constant = helper.make_node("Constant", [], [out])
-        ref = onnx.AttributeProto()
-        ref.name, ref.ref_attr_name, ref.type = "value_int", name, onnx.AttributeProto.INT
-        constant.attribute.append(ref)
+        constant.attribute.append(ref_attr("value_int", name))
         nodes.append(constant)
         return one("Cast", out, to=TensorProto.FLOAT)
 

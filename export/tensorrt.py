@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from maskrt.errors import MaskrtError
+from maskrt.export.cache import atomic_write
 
 log = logging.getLogger("maskrt.export.tensorrt")
 
@@ -78,18 +79,6 @@ def gpu_description(device: torch.device) -> dict[str, str]:
     """Name and compute capability (``"9.0"``) of a CUDA device, as the sidecar records them."""
     major, minor = torch.cuda.get_device_capability(device)
     return {"gpu_name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        raise MaskrtError(f"cannot write {path}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], bool, int, str]:
@@ -186,7 +175,7 @@ def build_engine(
         if plan is None:
             raise MaskrtError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
         if cache_file is not None:
-            _atomic_write(cache_file, bytes(config.get_timing_cache().serialize()))
+            atomic_write(cache_file, bytes(config.get_timing_cache().serialize()))
         sidecar = {
             **meta, "max_batch": str(max_batch), "onnx_sha256": sha,
             "tensorrt_version": trt.__version__, **gpu_description(device),
@@ -194,8 +183,8 @@ def build_engine(
             "strongly_typed": strongly_typed, "build_seconds": round(time.perf_counter() - started, 1),
         }
     # sidecar first: a plan on disk always has its sidecar (caches test for the plan)
-    _atomic_write(sidecar_path(out), json.dumps(sidecar, indent=2).encode())
-    _atomic_write(Path(out), bytes(plan))
+    atomic_write(sidecar_path(out), json.dumps(sidecar, indent=2).encode())
+    atomic_write(Path(out), bytes(plan))
     log.info("built %s: %.1f MB, %s, batch 1..%d, TensorRT %s on %s (sm %s), %.0f s", out,
              Path(out).stat().st_size / 1e6, sidecar["precision"], max_batch, trt.__version__,
              sidecar["gpu_name"], sidecar["compute_capability"], sidecar["build_seconds"])

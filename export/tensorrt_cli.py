@@ -31,10 +31,9 @@ def register(kinds: argparse._SubParsersAction) -> None:
 
 def _engine(args: argparse.Namespace) -> int:
     from maskrt.export.cli import _console_logging
-    from maskrt.export.tensorrt import build_engine, check_build_request
+    from maskrt.export.tensorrt import build_engine
 
     _console_logging()
-    check_build_request(args.onnx, args.max_batch, args.workspace)  # before TensorRT loads
     sidecar = build_engine(args.onnx, args.out, fp16=args.fp16, max_batch=args.max_batch,
                            workspace_gib=args.workspace, timing_cache=args.timing_cache,
                            device=args.device)

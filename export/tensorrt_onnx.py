@@ -23,10 +23,9 @@ import onnx
 
 from maskrt.errors import MaskrtError
 from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES, ROI_ALIGN_OP
+from maskrt.plugins import PLUGIN_NAME as PLUGIN_OP
+from maskrt.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-PLUGIN_OP = "MaskrtMultiLevelRoIAlign"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = ""
 PLUGIN_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain; TensorRT ignores the domain
 # node inputs TensorRT's ONNX parser accepts only as initializers: op type -> input indices
 INITIALIZER_INPUTS = {"TopK": (1,), "NonMaxSuppression": (2, 3, 4)}

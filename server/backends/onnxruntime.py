@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import read_metadata
+from maskrt.export.onnx import maskrt_entries, read_metadata
 from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
 
 log = logging.getLogger("maskrt.backends.onnxruntime")
@@ -48,9 +48,25 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def model_info_from_metadata(meta: dict[str, str], source: str) -> tuple[ModelInfo, dict]:
-    """(:class:`ModelInfo`, the ``maskrt.*`` metadata without prefix) of a maskrt ONNX file."""
-    meta = {k[len("maskrt."):]: v for k, v in meta.items() if k.startswith("maskrt.")}
+def session_options(threads: int | None = None):
+    """The server's ONNX Runtime session options: full graph optimisation, sequential execution,
+    ``threads`` intra-op threads (default: the usable cores), errors-only logging."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int(threads or usable_cores())
+    options.inter_op_num_threads = 1
+    options.enable_mem_pattern = True
+    options.enable_cpu_mem_arena = True
+    options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
+    return options
+
+
+def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a maskrt ONNX file's metadata (``maskrt.*`` keys, prefix
+    removed)."""
     missing = [k for k in ("classes", "canvas", "mask_size", "max_detections", "config",
                            "checkpoint_sha256", "target") if k not in meta]
     if missing:
@@ -66,7 +82,7 @@ def model_info_from_metadata(meta: dict[str, str], source: str) -> tuple[ModelIn
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None
-    return info, meta
+    return info
 
 
 def _load(path: Path):
@@ -123,14 +139,7 @@ class OnnxRuntimeBackend(Backend):
                 device = torch.device("cpu")
         self.device = device
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = int(threads or usable_cores())
-        options.inter_op_num_threads = 1
-        options.enable_mem_pattern = True
-        options.enable_cpu_mem_arena = True
-        options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
+        options = session_options(threads)
         proto = _load(path)
         if proto is not None and read_metadata(proto).get("target") == "tensorrt":
             from maskrt.export.tensorrt_onnx import register_python_ops
@@ -144,8 +153,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / ... types
             raise MaskrtError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:300]})") from None
 
-        self.info, self.metadata = model_info_from_metadata(
-            self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.metadata = maskrt_entries(self.session.get_modelmeta().custom_metadata_map)
+        self.info = model_info_from_metadata(self.metadata, str(path))
         if self.metadata["target"] not in ("onnxruntime", "tensorrt"):
             raise MaskrtError(f"{path}: exported for target {self.metadata['target']!r}; the onnxruntime "
                               f"backend serves the onnxruntime target (`maskrt export onnx --target "

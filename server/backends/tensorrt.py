@@ -46,8 +46,8 @@ class TensorRTBackend(Backend):
         self.device = torch.device("cuda", device.index if device.index is not None
                                    else torch.cuda.current_device())
         sidecar = read_sidecar(path)
-        self.info, self.metadata = model_info_from_metadata(
-            {f"maskrt.{k}": str(v) for k, v in sidecar.items()}, str(path))
+        self.metadata = {k: str(v) for k, v in sidecar.items()}
+        self.info = model_info_from_metadata(self.metadata, str(path))
         here = gpu_description(self.device)
         if sidecar.get("compute_capability") != here["compute_capability"]:
             raise MaskrtError(
