@@ -17,16 +17,11 @@ from torchvision.models.detection import MaskRCNN
 
 from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
-from maskrt.model.config import ModelConfig, get_config
+from maskrt.model.config import ModelConfig, get_config, torchvision_weights_config
 
 FORMAT = "maskrt-checkpoint"
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "shapes.pt"
-# torchvision weight enums by the config that reproduces their layout
-TORCHVISION_WEIGHTS = {
-    "MaskRCNN_ResNet50_FPN_Weights": "resnet50_fpn",
-    "MaskRCNN_ResNet50_FPN_V2_Weights": "resnet50_fpn_v2",
-}
 
 
 @dataclass
@@ -128,8 +123,9 @@ def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None)
     """Load a maskrt checkpoint, a bare torchvision state dict (``config`` names its layout), or
     torchvision's published weights by name (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``)."""
     name = str(source)
-    if name.split(".")[0] in TORCHVISION_WEIGHTS and not Path(name).exists():
-        return _load_torchvision_weights(name)
+    weights_config = torchvision_weights_config(name)
+    if weights_config is not None:
+        return _load_torchvision_weights(name, weights_config)
     path = Path(source)
     payload = read_file(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
@@ -158,14 +154,14 @@ def _resolve(config: str | ModelConfig) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else get_config(config)
 
 
-def _load_torchvision_weights(name: str) -> LoadedModel:
+def _load_torchvision_weights(name: str, config: str) -> LoadedModel:
     from torchvision.models import get_weight
 
     try:
         weights = get_weight(name)
     except (ValueError, KeyError, AttributeError):
         raise MaskrtError(f"{name}: not a torchvision weights name") from None
-    cfg = get_config(TORCHVISION_WEIGHTS[name.split(".")[0]])
+    cfg = get_config(config)
     try:
         state = weights.get_state_dict(progress=True)
     except OSError as exc:

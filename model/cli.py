@@ -76,7 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                               if args.device == "auto" else args.device)
         loaded = load_checkpoint(args.model or default_checkpoint(), args.config)
         predict = eager_predictor(loaded, device)
-        classes, source, version = loaded.config.classes, loaded.source, loaded.sha256[:12]
+        classes, source, version = loaded.config.classes, loaded.source, loaded.version
     else:
         from maskrt.server.backends import model_path, open_backend
         from maskrt.server.pipeline import Pipeline

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from maskrt.errors import MaskrtError
 
@@ -120,6 +121,20 @@ CONFIGS: dict[str, ModelConfig] = {
         box_batch_size_per_image=128,
     ),
 }
+
+
+# torchvision's published weight enums, by the config that reproduces their layout
+TORCHVISION_WEIGHTS = {
+    "MaskRCNN_ResNet50_FPN_Weights": "resnet50_fpn",
+    "MaskRCNN_ResNet50_FPN_V2_Weights": "resnet50_fpn_v2",
+}
+
+
+def torchvision_weights_config(name: str) -> str | None:
+    """The config of torchvision weights named like ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``;
+    ``None`` for any other name, or for an existing file of that name."""
+    config = TORCHVISION_WEIGHTS.get(name.split(".")[0])
+    return None if config is None or Path(name).exists() else config
 
 
 def get_config(name: str) -> ModelConfig:

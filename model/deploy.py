@@ -172,7 +172,7 @@ class DeployGraph(nn.Module):
     def __init__(
         self,
         model: MaskRCNN,
-        config: ModelConfig | None = None,
+        config: ModelConfig,
         *,
         canvas: int | None = None,
         max_detections: int | None = None,
@@ -182,25 +182,16 @@ class DeployGraph(nn.Module):
         if not heads.has_mask():
             raise ValueError("the deploy graph needs a Mask R-CNN (the model has no mask head)")
         self.model = model  # shared, not copied: the graph's parameters are the model's
-        self.canvas = int(canvas or (config.canvas if config else model.transform.min_size[-1]))
+        self.canvas = int(canvas or config.canvas)
         if self.canvas % 32:
             raise ValueError(f"the canvas side must be a multiple of 32, got {self.canvas}")
-        if config is not None:
-            self.score_threshold = float(config.score_threshold)
-            self.nms_threshold = float(config.nms_threshold)
-            self.max_detections = int(max_detections or config.max_detections)
-            self.pre_nms_top_n = int(config.rpn_pre_nms_top_n)
-            self.post_nms_top_n = int(config.rpn_post_nms_top_n)
-            self.rpn_nms_threshold = float(config.rpn_nms_threshold)
-            mean, std = config.image_mean, config.image_std
-        else:
-            self.score_threshold = float(heads.score_thresh)
-            self.nms_threshold = float(heads.nms_thresh)
-            self.max_detections = int(max_detections or heads.detections_per_img)
-            self.pre_nms_top_n = int(rpn._pre_nms_top_n["testing"])
-            self.post_nms_top_n = int(rpn._post_nms_top_n["testing"])
-            self.rpn_nms_threshold = float(rpn.nms_thresh)
-            mean, std = model.transform.image_mean, model.transform.image_std
+        self.score_threshold = float(config.score_threshold)
+        self.nms_threshold = float(config.nms_threshold)
+        self.max_detections = int(max_detections or config.max_detections)
+        self.pre_nms_top_n = int(config.rpn_pre_nms_top_n)
+        self.post_nms_top_n = int(config.rpn_post_nms_top_n)
+        self.rpn_nms_threshold = float(config.rpn_nms_threshold)
+        mean, std = config.image_mean, config.image_std
         self.rpn_score_threshold = float(rpn.score_thresh)
         self.rpn_weights = tuple(float(w) for w in rpn.box_coder.weights)
         self.rpn_clip = float(rpn.box_coder.bbox_xform_clip)
@@ -346,6 +337,6 @@ class DeployGraph(nn.Module):
         return torch.where(ok.reshape(batch, k, 1, 1), masks, torch.zeros_like(masks))
 
 
-def deploy_graph(loaded, *, canvas: int | None = None, max_detections: int | None = None) -> DeployGraph:
+def deploy_graph(loaded, *, max_detections: int | None = None) -> DeployGraph:
     """The deploy graph of a ``LoadedModel`` (``.model``, ``.config``), in eval mode."""
-    return DeployGraph(loaded.model.eval(), loaded.config, canvas=canvas, max_detections=max_detections).eval()
+    return DeployGraph(loaded.model.eval(), loaded.config, max_detections=max_detections).eval()

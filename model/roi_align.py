@@ -35,8 +35,7 @@ def roi_levels(
         return torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
     area = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
     s = torch.sqrt(area)
-    k = torch.floor(canonical_level + torch.log2(s / canonical_scale)
-                    + torch.tensor(EPS, dtype=s.dtype, device=s.device))
+    k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + EPS)
     k = torch.clamp(k, min=first_level, max=first_level + num_levels - 1)
     k = torch.nan_to_num(k, nan=float(first_level + num_levels))
     return k.to(torch.int64) - first_level

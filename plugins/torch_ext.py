@@ -11,8 +11,6 @@ import functools
 import os
 from pathlib import Path
 
-from torch import Tensor
-
 from maskrt.errors import MaskrtError
 
 SRC = Path(__file__).resolve().parent / "src"
@@ -54,18 +52,3 @@ def load_extension(build_directory: str | None = None, verbose: bool = False):
         verbose=verbose,
     )
 
-
-def multilevel_roi_align(
-    rois: Tensor,
-    features: list[Tensor],
-    output_size: int,
-    sampling_ratio: int,
-    aligned: bool,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
-    first_level: int = 2,
-) -> Tensor:
-    """The contract's op on CUDA tensors: ``rois`` float32 [B, R, 4], ``features`` [B, C, H_l, W_l]
-    (float32 or float16) -> [B, R, C, output_size, output_size], one kernel launch."""
-    return load_extension().multilevel_roi_align(
-        rois, list(features), output_size, sampling_ratio, aligned, canonical_scale, canonical_level, first_level)

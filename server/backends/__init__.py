@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskrt.errors import MaskrtError
+from maskrt.model.config import torchvision_weights_config
 
 if TYPE_CHECKING:
     from maskrt.server.backends.base import Backend
@@ -32,7 +33,6 @@ log = logging.getLogger("maskrt.backends")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
-TORCHVISION_WEIGHTS_PREFIXES = ("MaskRCNN_ResNet50_FPN_Weights", "MaskRCNN_ResNet50_FPN_V2_Weights")
 
 
 def model_path(settings: "Settings") -> str:
@@ -46,7 +46,7 @@ def model_path(settings: "Settings") -> str:
 
 def model_kind(model: str) -> str:
     """``checkpoint``, ``onnx`` or ``engine``, from the name; errors name the accepted kinds."""
-    if model.split(".")[0] in TORCHVISION_WEIGHTS_PREFIXES and not Path(model).exists():
+    if torchvision_weights_config(model) is not None:
         return "checkpoint"
     suffix = Path(model).suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
@@ -92,7 +92,7 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
     kind = model_kind(model)
     device = settings.resolved_device()
     backend = resolve_backend(settings.backend, kind, device)
-    if not (kind == "checkpoint" and model.split(".")[0] in TORCHVISION_WEIGHTS_PREFIXES):
+    if torchvision_weights_config(model) is None:
         path = Path(model)
         if not path.is_file():
             raise MaskrtError(f"{model}: no such model file" + (

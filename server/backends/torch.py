@@ -25,7 +25,7 @@ def model_info(loaded, graph) -> ModelInfo:
     """:class:`ModelInfo` of a ``LoadedModel`` served through ``graph`` (a ``DeployGraph``)."""
     cfg = loaded.config
     return ModelInfo(
-        name=cfg.name, version=loaded.sha256[:12], classes=tuple(cfg.classes), canvas=graph.canvas,
+        name=cfg.name, version=loaded.version, classes=tuple(cfg.classes), canvas=graph.canvas,
         mask_size=graph.mask_size, max_detections=graph.max_detections,
         image_mean=tuple(cfg.image_mean),
     )
