@@ -12,13 +12,19 @@ import importlib
 
 # name -> (module, help); each module has main(argv: list[str] | None) -> int
 SCRIPTS: dict[str, tuple[str, str]] = {
-    "postprocess": ("maskrt.bench.postprocess",
-                    "post-processing of 100 masks, ours against torchvision"),
+    "postprocess": (
+        "maskrt.bench.postprocess",
+        "post-processing of 100 masks, ours against torchvision",
+    ),
     "roi-align-gpu": ("maskrt.bench.roi_align_gpu", "the RoIAlign plugin kernel on the GPU"),
-    "parity": ("maskrt.bench.parity",
-               "per-detection parity of two backends through the serving pipeline"),
-    "onnx-cpu": ("maskrt.bench.onnx_cpu",
-                 "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX"),
+    "parity": (
+        "maskrt.bench.parity",
+        "per-detection parity of two backends through the serving pipeline",
+    ),
+    "onnx-cpu": (
+        "maskrt.bench.onnx_cpu",
+        "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",
+    ),
 }
 
 
@@ -29,9 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from maskrt.bench.load import __doc__ as load_doc
     from maskrt.bench.load import add_arguments
 
-    load = kinds.add_parser("load", help="HTTP load against a running `maskrt serve` (loopback)",
-                            description=load_doc.split("\n\n")[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    load = kinds.add_parser(
+        "load",
+        help="HTTP load against a running `maskrt serve` (loopback)",
+        description=load_doc.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_arguments(load)
     load.set_defaults(func=_load)
 

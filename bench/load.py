@@ -51,11 +51,14 @@ def require_loopback(url: str) -> None:
     except socket.gaierror as exc:
         raise MaskrtError(f"--url {url!r}: cannot resolve {parts.hostname!r} ({exc})") from None
     addresses = {info[4][0] for info in infos}
-    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback
-                                for a in addresses):
-        raise MaskrtError(f"--url {url!r}: the load generator only targets this machine's "
-                          f"loopback (127.0.0.1, ::1, localhost); {parts.hostname} is "
-                          f"{', '.join(sorted(addresses))}")
+    if not addresses or not all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    ):
+        raise MaskrtError(
+            f"--url {url!r}: the load generator only targets this machine's "
+            f"loopback (127.0.0.1, ::1, localhost); {parts.hostname} is "
+            f"{', '.join(sorted(addresses))}"
+        )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,6 +102,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, object]:
     """Batches formed between two scrapes: count, mean size, and how many of each size
     (from the cumulative ``le`` buckets)."""
+
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
@@ -106,19 +110,31 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     total = delta("maskrt_batch_size_sum")
     buckets = sorted(
         (float(k.split('le="')[1].split('"')[0]), delta(k))
-        for k in after if k.startswith("maskrt_batch_size_bucket{"))
+        for k in after
+        if k.startswith("maskrt_batch_size_bucket{")
+    )
     sizes: dict[str, int] = {}
     previous_le, previous_cum = 0.0, 0.0
     for le, cum in buckets:
         n = int(round(cum - previous_cum))
         if n:
-            label = (f"{int(le)}" if le - previous_le <= 1 or math.isinf(le)
-                     else f"{int(previous_le) + 1}-{int(le)}") if not math.isinf(le) else \
-                f">{int(previous_le)}"
+            label = (
+                (
+                    f"{int(le)}"
+                    if le - previous_le <= 1 or math.isinf(le)
+                    else f"{int(previous_le) + 1}-{int(le)}"
+                )
+                if not math.isinf(le)
+                else f">{int(previous_le)}"
+            )
             sizes[label] = n
         previous_le, previous_cum = le, cum
-    return {"batches": int(count), "images": int(total),
-            "mean": (total / count) if count else math.nan, "sizes": sizes}
+    return {
+        "batches": int(count),
+        "images": int(total),
+        "mean": (total / count) if count else math.nan,
+        "sizes": sizes,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,18 +158,29 @@ class LevelResult:
     def row(self) -> str:
         sizes = " ".join(f"{k}:{v}" for k, v in self.batch["sizes"].items()) or "-"
         errors = sum(self.errors.values())
-        return (f"{self.concurrency:>5} {self.requests:>8} {errors:>6} {self.throughput:>9.1f} "
-                f"{self.p50_ms:>9.1f} {self.p95_ms:>9.1f} {self.p99_ms:>9.1f} "
-                f"{self.batch['mean']:>6.2f}  {sizes}")
+        return (
+            f"{self.concurrency:>5} {self.requests:>8} {errors:>6} {self.throughput:>9.1f} "
+            f"{self.p50_ms:>9.1f} {self.p95_ms:>9.1f} {self.p99_ms:>9.1f} "
+            f"{self.batch['mean']:>6.2f}  {sizes}"
+        )
 
 
-HEADER = (f"{'conc':>5} {'requests':>8} {'errors':>6} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9} "
-          f"{'p99 ms':>9} {'batch':>6}  batch sizes (size:count)")
+HEADER = (
+    f"{'conc':>5} {'requests':>8} {'errors':>6} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9} "
+    f"{'p99 ms':>9} {'batch':>6}  batch sizes (size:count)"
+)
 
 
 class LoadClient:
-    def __init__(self, url: str, image: bytes, content_type: str, params: dict, headers: dict,
-                 timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        image: bytes,
+        content_type: str,
+        params: dict,
+        headers: dict,
+        timeout_s: float,
+    ) -> None:
         self.url = url.rstrip("/")
         self.image = image
         self.content_type = content_type
@@ -163,8 +190,13 @@ class LoadClient:
 
     def client(self, connections: int) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits,
-                                 headers=self.headers, trust_env=False)
+        return httpx.AsyncClient(
+            base_url=self.url,
+            timeout=self.timeout_s,
+            limits=limits,
+            headers=self.headers,
+            trust_env=False,
+        )
 
     async def one(self, client: httpx.AsyncClient) -> tuple[float, int | str]:
         files = {"image": ("image", self.image, self.content_type)}
@@ -198,13 +230,22 @@ class LoadClient:
                 errors[str(s)] = errors.get(str(s), 0) + 1
         ms = [t * 1000 for t in latencies]
         return LevelResult(
-            concurrency, seconds, len(samples), len(latencies), errors,
+            concurrency,
+            seconds,
+            len(samples),
+            len(latencies),
+            errors,
             len(latencies) / seconds if seconds > 0 else math.nan,
-            percentile(ms, 50), percentile(ms, 95), percentile(ms, 99),
-            statistics.fmean(ms) if ms else math.nan, batch_sizes(before, after))
+            percentile(ms, 50),
+            percentile(ms, 95),
+            percentile(ms, 99),
+            statistics.fmean(ms) if ms else math.nan,
+            batch_sizes(before, after),
+        )
 
-    async def _closed_loop(self, client: httpx.AsyncClient, concurrency: int, duration_s: float
-                           ) -> list[tuple[float, int | str]]:
+    async def _closed_loop(
+        self, client: httpx.AsyncClient, concurrency: int, duration_s: float
+    ) -> list[tuple[float, int | str]]:
         deadline = time.perf_counter() + duration_s
         samples: list[tuple[float, int | str]] = []
 
@@ -227,7 +268,9 @@ def wait_ready(url: str, headers: dict, timeout_s: float) -> dict:
                 if r.status_code == 200:
                     info = client.get("/v1/model")
                     if info.status_code != 200:
-                        raise MaskrtError(f"GET /v1/model: HTTP {info.status_code} {info.text[:200]}")
+                        raise MaskrtError(
+                            f"GET /v1/model: HTTP {info.status_code} {info.text[:200]}"
+                        )
                     return info.json()
                 last = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
@@ -256,8 +299,9 @@ class OverheadResult:
     version: str
 
 
-def overhead(client: LoadClient, image: bytes, settings, score_threshold: float, pairs: int,
-             warmup: int = 3) -> OverheadResult:
+def overhead(
+    client: LoadClient, image: bytes, settings, score_threshold: float, pairs: int, warmup: int = 3
+) -> OverheadResult:
     """The server's overhead at concurrency 1 against the same pipeline without HTTP.
 
     The same backend is opened in this process; then each pair runs one HTTP request (the server
@@ -294,10 +338,18 @@ def overhead(client: LoadClient, image: bytes, settings, score_threshold: float,
     direct_ms = [d for _, d in samples]
     h50, d50 = percentile(http_ms, 50), percentile(direct_ms, 50)
     paired = statistics.median((h - d) / d for h, d in samples)
-    return OverheadResult(len(samples), h50, percentile(http_ms, 95), d50,
-                          percentile(direct_ms, 95), (h50 - d50) / d50, paired,
-                          pipeline.backend.name, str(pipeline.backend.device),
-                          pipeline.backend.info.version)
+    return OverheadResult(
+        len(samples),
+        h50,
+        percentile(http_ms, 95),
+        d50,
+        percentile(direct_ms, 95),
+        (h50 - d50) / d50,
+        paired,
+        pipeline.backend.name,
+        str(pipeline.backend.device),
+        pipeline.backend.info.version,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,16 +368,20 @@ def run(args) -> int:
             raise MaskrtError(f"--image {path}: no such file")
         image = path.read_bytes()
         content_type = {".png": "image/png", ".webp": "image/webp"}.get(
-            path.suffix.lower(), "image/jpeg")
+            path.suffix.lower(), "image/jpeg"
+        )
     else:
         image, content_type = default_image()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     params = {"score_threshold": str(args.score_threshold)}
 
     model = wait_ready(url, headers, args.ready_timeout)
-    print(f"server {url}: model {model['name']} {model['version']} on {model['backend']}/"
-          f"{model['device']}, max batch {model['max_batch']}; image {len(image)} bytes; "
-          f"{args.duration:g} s per level", flush=True)
+    print(
+        f"server {url}: model {model['name']} {model['version']} on {model['backend']}/"
+        f"{model['device']}, max batch {model['max_batch']}; image {len(image)} bytes; "
+        f"{args.duration:g} s per level",
+        flush=True,
+    )
     client = LoadClient(url, image, content_type, params, headers, args.request_timeout)
     results: list[LevelResult] = []
     print(HEADER, flush=True)
@@ -340,25 +396,41 @@ def run(args) -> int:
     if args.direct:
         from maskrt.server.settings import Settings
 
-        overrides = {k: v for k, v in {"model": args.model, "backend": args.backend or
-                     model["backend"], "device": args.device or model["device"]}.items() if v}
+        overrides = {
+            k: v
+            for k, v in {
+                "model": args.model,
+                "backend": args.backend or model["backend"],
+                "device": args.device or model["device"],
+            }.items()
+            if v
+        }
         settings = Settings(**overrides, max_batch=max(1, int(model["max_batch"])))
-        print(f"overhead at concurrency 1: opening {settings.backend} on {settings.device} in this "
-              f"process, then {args.direct_runs} interleaved pairs (one request over HTTP, the "
-              f"same pipeline call here) ...", flush=True)
+        print(
+            f"overhead at concurrency 1: opening {settings.backend} on {settings.device} in this "
+            f"process, then {args.direct_runs} interleaved pairs (one request over HTTP, the "
+            f"same pipeline call here) ...",
+            flush=True,
+        )
         o = overhead(client, image, settings, args.score_threshold, args.direct_runs)
         same = (o.backend, o.version) == (model["backend"], model["version"])
         verdict = "met" if o.overhead <= OVERHEAD_GOAL else "NOT met"
         print(f"  over HTTP: p50 {o.http_p50_ms:.1f} ms, p95 {o.http_p95_ms:.1f} ms")
-        print(f"  direct ({o.backend}/{o.device}): p50 {o.direct_p50_ms:.1f} ms, "
-              f"p95 {o.direct_p95_ms:.1f} ms")
-        print(f"  server overhead: {o.overhead * 100:+.1f} % of the direct p50 "
-              f"({o.http_p50_ms - o.direct_p50_ms:+.1f} ms; median of the pairs "
-              f"{o.paired_overhead * 100:+.1f} %); goal <= {OVERHEAD_GOAL * 100:.0f} %: {verdict}")
+        print(
+            f"  direct ({o.backend}/{o.device}): p50 {o.direct_p50_ms:.1f} ms, "
+            f"p95 {o.direct_p95_ms:.1f} ms"
+        )
+        print(
+            f"  server overhead: {o.overhead * 100:+.1f} % of the direct p50 "
+            f"({o.http_p50_ms - o.direct_p50_ms:+.1f} ms; median of the pairs "
+            f"{o.paired_overhead * 100:+.1f} %); goal <= {OVERHEAD_GOAL * 100:.0f} %: {verdict}"
+        )
         if not same:
-            print(f"warning: the server runs {model['backend']} {model['version']}, this process "
-                  f"{o.backend} {o.version}: pass --model/--backend/--device to match it",
-                  file=sys.stderr)
+            print(
+                f"warning: the server runs {model['backend']} {model['version']}, this process "
+                f"{o.backend} {o.version}: pass --model/--backend/--device to match it",
+                file=sys.stderr,
+            )
         report["overhead_c1"] = dataclasses.asdict(o)
         report["same_model"] = same
     if args.json:
@@ -373,18 +445,31 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
     p.add_argument("--image", help="image file to send (default: a shapes sample as JPEG)")
-    p.add_argument("--score-threshold", type=float, default=0.5,
-                   help="sent with every request and used by the direct run")
-    p.add_argument("--api-key", default=os.environ.get("MASKRT_API_KEY"),
-                   help="API key (env MASKRT_API_KEY)")
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="sent with every request and used by the direct run",
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("MASKRT_API_KEY"), help="API key (env MASKRT_API_KEY)"
+    )
     p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="wait this long for /readyz")
-    p.add_argument("--no-direct", dest="direct", action="store_false",
-                   help="skip the in-process comparison")
-    p.add_argument("--direct-runs", type=int, default=30,
-                   help="interleaved HTTP/direct pairs of the overhead measurement")
-    p.add_argument("--model", help="model of the direct run (default: the server's default, i.e. "
-                                   "MASKRT_MODEL or the bundled one)")
+    p.add_argument(
+        "--no-direct", dest="direct", action="store_false", help="skip the in-process comparison"
+    )
+    p.add_argument(
+        "--direct-runs",
+        type=int,
+        default=30,
+        help="interleaved HTTP/direct pairs of the overhead measurement",
+    )
+    p.add_argument(
+        "--model",
+        help="model of the direct run (default: the server's default, i.e. "
+        "MASKRT_MODEL or the bundled one)",
+    )
     p.add_argument("--backend", help="backend of the direct run (default: the server's)")
     p.add_argument("--device", help="device of the direct run (default: the server's)")
     p.add_argument("--json", help="also write the results as JSON to this file")

@@ -51,8 +51,11 @@ def _timed(fn, runs: int, warmup: int) -> dict:
         started = time.perf_counter()
         fn()
         times.append((time.perf_counter() - started) * 1000.0)
-    return {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
-            "runs_ms": [round(t, 1) for t in times]}
+    return {
+        "median_ms": round(statistics.median(times), 1),
+        "min_ms": round(min(times), 1),
+        "runs_ms": [round(t, 1) for t in times],
+    }
 
 
 def _error(exc: BaseException) -> str:
@@ -78,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canvas", type=int, default=800, help="image side (default 800)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, help="threads for torch and ONNX Runtime "
-                                                   "(default: the cores this process may use)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads for torch and ONNX Runtime (default: the cores this process may use)",
+    )
     parser.add_argument("--detections", type=int, default=100, help="K (default 100)")
-    parser.add_argument("--skip-stock", action="store_true", help="skip torchvision's own ONNX export")
+    parser.add_argument(
+        "--skip-stock", action="store_true", help="skip torchvision's own ONNX export"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -108,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     # torchvision's own builder (without weights it uses BatchNorm2d, the faster eager kernel), with
     # our random weights; the same inference settings
     tv = maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=cfg.num_classes, min_size=size, max_size=size,
-        box_score_thresh=0.0, box_detections_per_img=k, rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n, box_nms_thresh=cfg.nms_threshold,
+        weights=None,
+        weights_backbone=None,
+        num_classes=cfg.num_classes,
+        min_size=size,
+        max_size=size,
+        box_score_thresh=0.0,
+        box_detections_per_img=k,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
+        box_nms_thresh=cfg.nms_threshold,
         rpn_nms_thresh=cfg.rpn_nms_threshold,
     ).eval()
     g = torch.Generator().manual_seed(args.seed)
@@ -118,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         # random R50 features are large: scale the class logits so the scores spread (no ties)
         seen = []
-        hook = ours_model.roi_heads.box_predictor.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        hook = ours_model.roi_heads.box_predictor.register_forward_pre_hook(
+            lambda m, a: seen.append(a[0])
+        )
         ours_model([image[0].float() / 255.0])
         hook.remove()
         norm = float(seen[0].norm(dim=1).mean())
@@ -128,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     loaded = SimpleNamespace(model=ours_model, config=cfg, sha256="0" * 64)
 
     result: dict = {
-        "bench": "onnx_cpu", "machine": f"{_cpu_name()}, {usable_cores()} cores", "threads": threads,
-        "torch": torch.__version__, "torchvision_version": torchvision.__version__,
-        "onnxruntime": ort.__version__, "python": platform.python_version(),
-        "model": "maskrcnn_resnet50_fpn, random weights, score threshold 0", "canvas": size,
-        "detections": k, "runs": args.runs,
+        "bench": "onnx_cpu",
+        "machine": f"{_cpu_name()}, {usable_cores()} cores",
+        "threads": threads,
+        "torch": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "model": "maskrcnn_resnet50_fpn, random weights, score threshold 0",
+        "canvas": size,
+        "detections": k,
+        "runs": args.runs,
     }
     with tempfile.TemporaryDirectory(prefix="maskrt-bench-") as tmp:
         started = time.perf_counter()
@@ -160,19 +183,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_stock:
             result["torchvision_onnx"] = {"status": "skipped"}
         else:
-            result["torchvision_onnx"] = _stock_onnx(tv, tv_input, Path(tmp), threads, args, ort, np, torch)
+            result["torchvision_onnx"] = _stock_onnx(
+                tv, tv_input, Path(tmp), threads, args, ort, np, torch
+            )
 
     base = result["torchvision"]["median_ms"]
     result["speedup_vs_torchvision"] = round(base / result["ours"]["median_ms"], 2)
     result["speedup_with_paste_vs_torchvision"] = round(base / result["ours_paste"]["median_ms"], 2)
     stock = result["torchvision_onnx"]
     if "median_ms" in stock:
-        result["speedup_vs_torchvision_onnx"] = round(stock["median_ms"] / result["ours"]["median_ms"], 2)
+        result["speedup_vs_torchvision_onnx"] = round(
+            stock["median_ms"] / result["ours"]["median_ms"], 2
+        )
     print(json.dumps(result))
-    stock_cell = f"{stock['median_ms']:.0f} ms" if "median_ms" in stock else f"not exportable ({stock.get('status')})"
-    print(f"| `python -m maskrt.bench.onnx_cpu --canvas {size} --runs {args.runs}` ({threads} threads) "
-          f"| {result['ours']['median_ms']:.0f} ms | {result['ours_paste']['median_ms']:.0f} ms "
-          f"| {base:.0f} ms | {stock_cell} | {result['speedup_vs_torchvision']}x |")
+    stock_cell = (
+        f"{stock['median_ms']:.0f} ms"
+        if "median_ms" in stock
+        else f"not exportable ({stock.get('status')})"
+    )
+    print(
+        f"| `python -m maskrt.bench.onnx_cpu --canvas {size} --runs {args.runs}` ({threads} threads) "
+        f"| {result['ours']['median_ms']:.0f} ms | {result['ours_paste']['median_ms']:.0f} ms "
+        f"| {base:.0f} ms | {stock_cell} | {result['speedup_vs_torchvision']}x |"
+    )
     return 0
 
 
@@ -191,20 +224,42 @@ def _stock_onnx(tv, tv_input, tmp: Path, threads: int, args, ort, np, torch) -> 
     for name in ("torch", "torch.export", "torch._export", "torch.onnx", "torch.fx"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the exporter dumps whole graphs
     for dynamo in (True, False):
-        name = "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False) (TorchScript)"
+        name = (
+            "torch.onnx.export(dynamo=True)"
+            if dynamo
+            else "torch.onnx.export(dynamo=False) (TorchScript)"
+        )
         started = time.perf_counter()
         try:
-            with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            with (
+                warnings.catch_warnings(),
+                torch.no_grad(),
+                contextlib.redirect_stdout(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
                 kwargs = {"dynamo": dynamo, "opset_version": 18 if dynamo else 17}
                 if not dynamo:
                     kwargs["do_constant_folding"] = True
                 torch.onnx.export(tv, (tv_input,), str(path), input_names=["image"], **kwargs)
-            attempts.append({"exporter": name, "status": "ok", "export_s": round(time.perf_counter() - started, 1)})
+            attempts.append(
+                {
+                    "exporter": name,
+                    "status": "ok",
+                    "export_s": round(time.perf_counter() - started, 1),
+                }
+            )
             break
         except Exception as exc:  # report precisely why this torch cannot export it
-            attempts.append({"exporter": name, "status": "failed", "error": _error(exc),
-                             "where": traceback.extract_tb(exc.__traceback__)[-1].filename.split("site-packages/")[-1]})
+            attempts.append(
+                {
+                    "exporter": name,
+                    "status": "failed",
+                    "error": _error(exc),
+                    "where": traceback.extract_tb(exc.__traceback__)[-1].filename.split(
+                        "site-packages/"
+                    )[-1],
+                }
+            )
             path.unlink(missing_ok=True)
     result: dict = {"attempts": attempts}
     if not path.is_file():
@@ -212,7 +267,9 @@ def _stock_onnx(tv, tv_input, tmp: Path, threads: int, args, ort, np, torch) -> 
         return result
     options = session_options(threads)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         feed = {session.get_inputs()[0].name: tv_input[0].numpy()}
         outputs = session.run(None, feed)
     except Exception as exc:

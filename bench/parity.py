@@ -44,7 +44,10 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _rle(mask: dict) -> dict:
     counts = mask["counts"]
-    return {"size": list(mask["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    return {
+        "size": list(mask["size"]),
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }
 
 
 def _mask_iou(a: dict, b: dict) -> float:
@@ -103,7 +106,9 @@ class Parity:
     @property
     def matched_fraction(self) -> float:
         """Share of ``a``'s detections matched (1.0 when neither side detects anything)."""
-        return self.matched / self.detections_a if self.detections_a else float(self.detections_b == 0)
+        return (
+            self.matched / self.detections_a if self.detections_a else float(self.detections_b == 0)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     from maskrt.server.pipeline import Pipeline
     from maskrt.server.settings import Settings
 
-    parser = argparse.ArgumentParser(prog="maskrt bench parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="maskrt bench parity", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--a", default="onnxruntime", help="backend whose detections are matched")
     parser.add_argument("--b", default="torch", help="reference backend")
     parser.add_argument("--model", help="checkpoint for both (default: the shipped shapes model)")
@@ -125,27 +132,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def pipeline(backend: str, model: str | None) -> Pipeline:
-        return Pipeline(open_backend(Settings(model=model or args.model, backend=backend,
-                                              device=args.device, max_batch=args.batch_size)))
+        return Pipeline(
+            open_backend(
+                Settings(
+                    model=model or args.model,
+                    backend=backend,
+                    device=args.device,
+                    max_batch=args.batch_size,
+                )
+            )
+        )
 
     data = open_dataset(args.data)
     a, b = pipeline(args.a, args.a_model), pipeline(args.b, args.b_model)
     parity = Parity()
     started = time.perf_counter()
     for start in range(0, len(data), args.batch_size):
-        images = [data.load_image(i) for i in data.image_ids[start:start + args.batch_size]]
+        images = [data.load_image(i) for i in data.image_ids[start : start + args.batch_size]]
         opts = {"score_threshold": args.score_threshold}
         for dets_a, dets_b in zip(a.predict(images, **opts), b.predict(images, **opts)):
             parity.add(dets_a, dets_b)
-    print(json.dumps({
-        "a": args.a, "b": args.b, "data": args.data, "images": len(data),
-        "detections_a": parity.detections_a, "detections_b": parity.detections_b,
-        "matched": parity.matched, "matched_fraction": round(parity.matched_fraction, 4),
-        "box_iou_min": BOX_IOU_MIN, "mask_iou_min": MASK_IOU_MIN,
-        "worst_pair_box_iou": round(parity.worst_box_iou, 4),
-        "worst_pair_mask_iou": round(parity.worst_mask_iou, 4),
-        "seconds": round(time.perf_counter() - started, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "a": args.a,
+                "b": args.b,
+                "data": args.data,
+                "images": len(data),
+                "detections_a": parity.detections_a,
+                "detections_b": parity.detections_b,
+                "matched": parity.matched,
+                "matched_fraction": round(parity.matched_fraction, 4),
+                "box_iou_min": BOX_IOU_MIN,
+                "mask_iou_min": MASK_IOU_MIN,
+                "worst_pair_box_iou": round(parity.worst_box_iou, 4),
+                "worst_pair_mask_iou": round(parity.worst_mask_iou, 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
     return 0
 
 

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 
-def make_inputs(num: int, width: int, height: int, canvas: int, mask_size: int, seed: int,
-                device: torch.device):
+def make_inputs(
+    num: int, width: int, height: int, canvas: int, mask_size: int, seed: int, device: torch.device
+):
     """Random detections: box sides log-uniform from 8 px to 90% of the image side, centres
     uniform (boxes may cross the border: they are clipped like real ones), smooth mask-like
     probabilities (sigmoid of upsampled noise, as a mask head gives)."""
@@ -46,8 +47,9 @@ def make_inputs(num: int, width: int, height: int, canvas: int, mask_size: int, 
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, lb.resized_width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, lb.resized_height)
     noise = torch.randn(num, 1, 6, 6, generator=g) * 3 + 1
-    masks = torch.sigmoid(F.interpolate(noise, size=(mask_size, mask_size), mode="bilinear",
-                                        align_corners=False))[:, 0]
+    masks = torch.sigmoid(
+        F.interpolate(noise, size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+    )[:, 0]
     scores = torch.sort(torch.rand(num, generator=g), descending=True).values
     classes = torch.randint(1, 4, (num,), generator=g, dtype=torch.int32)
     return (boxes.to(device), scores.to(device), classes.to(device), masks.to(device), lb)
@@ -73,8 +75,17 @@ def reference(boxes, masks, lb) -> list[dict]:
 def ours(boxes, scores, classes, masks, lb, strategy: str) -> list[dict]:
     from maskrt.server.postprocess import postprocess_image
 
-    dets = postprocess_image(boxes, scores, classes, masks, len(scores), lb,
-                             score_threshold=0.0, want_masks=True, strategy=strategy)
+    dets = postprocess_image(
+        boxes,
+        scores,
+        classes,
+        masks,
+        len(scores),
+        lb,
+        score_threshold=0.0,
+        want_masks=True,
+        strategy=strategy,
+    )
     return [d["mask"] for d in dets]
 
 
@@ -89,8 +100,9 @@ def _timed(fn, device: torch.device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m maskrt.bench.postprocess",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m maskrt.bench.postprocess", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--masks", type=int, default=100)
     p.add_argument("--width", type=int, default=1920)
@@ -101,21 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--half", action="store_true", help="float16 masks")
     p.add_argument("--strategy", default="auto", choices=("auto", "vectorized", "interpolate"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op CPU threads for both sides (0: leave torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op CPU threads for both sides (0: leave torch's default)",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     boxes, scores, classes, masks, lb = make_inputs(
-        args.masks, args.width, args.height, args.canvas, args.mask_size, args.seed, device)
+        args.masks, args.width, args.height, args.canvas, args.mask_size, args.seed, device
+    )
     if args.half:
         masks = masks.half()
 
     # Warm-up (allocators, recipe calibration on a GPU, lazy imports), checked too.
-    identical = (ours(boxes, scores, classes, masks, lb, args.strategy)
-                 == reference(boxes, masks, lb))
+    identical = ours(boxes, scores, classes, masks, lb, args.strategy) == reference(
+        boxes, masks, lb
+    )
     t_ours, t_ref = [], []
     for _ in range(args.runs):
         a, dt = _timed(lambda: ours(boxes, scores, classes, masks, lb, args.strategy), device)
@@ -127,21 +145,27 @@ def main(argv: list[str] | None = None) -> int:
 
     ours_ms = statistics.median(t_ours) * 1e3
     ref_ms = statistics.median(t_ref) * 1e3
-    print(json.dumps({
-        "bench": "postprocess",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "image": [args.height, args.width],
-        "masks": args.masks,
-        "mask_dtype": str(masks.dtype).replace("torch.", ""),
-        "strategy": paste_strategy(device) if args.strategy == "auto" else args.strategy,
-        "runs": args.runs,
-        "ours_ms": round(ours_ms, 3),
-        "reference_ms": round(ref_ms, 3),
-        "speedup": round(ref_ms / ours_ms, 2),
-        "identical": bool(identical),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "postprocess",
+                "device": str(device),
+                "device_name": torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "image": [args.height, args.width],
+                "masks": args.masks,
+                "mask_dtype": str(masks.dtype).replace("torch.", ""),
+                "strategy": paste_strategy(device) if args.strategy == "auto" else args.strategy,
+                "runs": args.runs,
+                "ours_ms": round(ours_ms, 3),
+                "reference_ms": round(ref_ms, 3),
+                "speedup": round(ref_ms / ours_ms, 2),
+                "identical": bool(identical),
+            }
+        )
+    )
     return 0 if identical else 1
 
 

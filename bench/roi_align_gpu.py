@@ -35,8 +35,12 @@ def _proposals(torch, boxes: int, batch: int, seed: int):
     aspect ratios in [1/3, 3], clipped to the canvas (as torchvision's RPN does)."""
     gen = torch.Generator().manual_seed(seed)
     centre = torch.rand(batch, boxes, 2, generator=gen) * CANVAS
-    side = torch.exp(torch.empty(batch, boxes, 1).uniform_(math.log(16), math.log(CANVAS), generator=gen))
-    aspect = torch.exp(torch.empty(batch, boxes, 1).uniform_(-math.log(3), math.log(3), generator=gen))
+    side = torch.exp(
+        torch.empty(batch, boxes, 1).uniform_(math.log(16), math.log(CANVAS), generator=gen)
+    )
+    aspect = torch.exp(
+        torch.empty(batch, boxes, 1).uniform_(-math.log(3), math.log(3), generator=gen)
+    )
     wh = torch.cat([side * aspect.sqrt(), side / aspect.sqrt()], dim=-1)
     xyxy = torch.cat([centre - wh / 2, centre + wh / 2], dim=-1).clamp(0, CANVAS)
     return xyxy.cuda()
@@ -65,7 +69,10 @@ def run(boxes: int = 1000, batch: int = 1, iters: int = 50, warmup: int = 10) ->
     from maskrt.plugins.torch_ext import load_extension
 
     if not torch.cuda.is_available():
-        return {"bench": "roi_align_gpu", "skipped": "no CUDA device (torch.cuda.is_available() is False)"}
+        return {
+            "bench": "roi_align_gpu",
+            "skipped": "no CUDA device (torch.cuda.is_available() is False)",
+        }
     major, minor = torch.cuda.get_device_capability()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
     ext = load_extension()
@@ -76,7 +83,10 @@ def run(boxes: int = 1000, batch: int = 1, iters: int = 50, warmup: int = 10) ->
     image = torch.arange(batch, device="cuda", dtype=torch.float32).repeat_interleave(boxes)
     rois5 = torch.cat([image[:, None], flat], dim=1)
     gen = torch.Generator(device="cuda").manual_seed(1)
-    feats32 = [torch.randn(batch, CHANNELS, CANVAS // s, CANVAS // s, generator=gen, device="cuda") for s in STRIDES]
+    feats32 = [
+        torch.randn(batch, CHANNELS, CANVAS // s, CANVAS // s, generator=gen, device="cuda")
+        for s in STRIDES
+    ]
 
     results = []
     for dtype in (torch.float32, torch.float16):
@@ -95,26 +105,42 @@ def run(boxes: int = 1000, batch: int = 1, iters: int = 50, warmup: int = 10) ->
                 return pooler(fmap, boxes_list, shapes)
 
             def their_kernels():
-                return [roi_align(f, r, output_size, 1.0 / s, 2, False)
-                        for f, r, s in zip(feats, per_level, STRIDES)]
+                return [
+                    roi_align(f, r, output_size, 1.0 / s, 2, False)
+                    for f, r, s in zip(feats, per_level, STRIDES)
+                ]
 
             exact = MultiScaleRoIAlign(NAMES, output_size=output_size, sampling_ratio=2)(
-                OrderedDict(zip(NAMES, [f.float() for f in feats])), list(rois), shapes)
+                OrderedDict(zip(NAMES, [f.float() for f in feats])), list(rois), shapes
+            )
             err = (ours().float().flatten(0, 1) - exact).abs().max().item()
             t_ours = _time(torch, ours, warmup, iters)
             t_pooler = _time(torch, theirs, warmup, iters)
             t_kernels = _time(torch, their_kernels, warmup, iters)
-            results.append({
-                "dtype": str(dtype).replace("torch.", ""), "output_size": output_size,
-                "maskrt_ms": round(t_ours, 4), "torchvision_pooler_ms": round(t_pooler, 4),
-                "torchvision_kernels_ms": round(t_kernels, 4),
-                "speedup_vs_pooler": round(t_pooler / t_ours, 2), "speedup_vs_kernels": round(t_kernels / t_ours, 2),
-                "max_abs_err": err,
-            })
+            results.append(
+                {
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "output_size": output_size,
+                    "maskrt_ms": round(t_ours, 4),
+                    "torchvision_pooler_ms": round(t_pooler, 4),
+                    "torchvision_kernels_ms": round(t_kernels, 4),
+                    "speedup_vs_pooler": round(t_pooler / t_ours, 2),
+                    "speedup_vs_kernels": round(t_kernels / t_ours, 2),
+                    "max_abs_err": err,
+                }
+            )
     return {
-        "bench": "roi_align_gpu", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "canvas": CANVAS, "channels": CHANNELS, "maps": [CANVAS // s for s in STRIDES], "boxes": boxes,
-        "batch": batch, "sampling_ratio": 2, "aligned": False, "iters": iters,
+        "bench": "roi_align_gpu",
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "canvas": CANVAS,
+        "channels": CHANNELS,
+        "maps": [CANVAS // s for s in STRIDES],
+        "boxes": boxes,
+        "batch": batch,
+        "sampling_ratio": 2,
+        "aligned": False,
+        "iters": iters,
         "rois_per_level": torch.bincount(levels, minlength=len(STRIDES)).tolist(),
         "results": results,
     }

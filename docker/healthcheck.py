@@ -19,7 +19,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/readyz"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=float(os.environ.get("MASKRT_HEALTHCHECK_TIMEOUT_S", "4"))) as r:
+        with opener.open(
+            url, timeout=float(os.environ.get("MASKRT_HEALTHCHECK_TIMEOUT_S", "4"))
+        ) as r:
             if r.status == 200:
                 return 0
             print(f"{url}: HTTP {r.status}")

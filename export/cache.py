@@ -70,8 +70,10 @@ def cached(path: Path, make: Callable[[Path], object], what: str) -> Path:
             log.info("making %s (once; cached)", what, extra={"fields": {"path": str(path)}})
             make(path)
     except OSError as exc:
-        raise MaskrtError(f"cannot write the cache under {path.parent}: {exc} (set MASKRT_CACHE_DIR "
-                          f"to a writable directory)") from None
+        raise MaskrtError(
+            f"cannot write the cache under {path.parent}: {exc} (set MASKRT_CACHE_DIR "
+            f"to a writable directory)"
+        ) from None
     if not path.is_file():
         raise MaskrtError(f"making {what} did not write {path}")
     return path
@@ -89,21 +91,32 @@ def onnx_name(checkpoint_sha256: str, target: str, max_batch: int, fp16: bool) -
     from maskrt import __version__
 
     build = os.environ.get("MASKRT_BUILD_ID", "")
-    return (f"{checkpoint_sha256}-{target}{'-fp16' if fp16 else ''}-b{max_batch}"
-            f"-maskrt{__version__}{'-' + build if build else ''}.onnx")
+    return (
+        f"{checkpoint_sha256}-{target}{'-fp16' if fp16 else ''}-b{max_batch}"
+        f"-maskrt{__version__}{'-' + build if build else ''}.onnx"
+    )
 
 
-def cached_onnx(checkpoint: str, cache_dir: Path, max_batch: int, target: str = "onnxruntime",
-                fp16: bool = False) -> Path:
+def cached_onnx(
+    checkpoint: str,
+    cache_dir: Path,
+    max_batch: int,
+    target: str = "onnxruntime",
+    fp16: bool = False,
+) -> Path:
     """The ``target`` ONNX export of ``checkpoint`` (a file, or torchvision weights by name) for
     batches up to ``max_batch``."""
     from maskrt.export.onnx import export_onnx
     from maskrt.model.checkpoint import load_checkpoint
 
     path = Path(cache_dir) / "onnx" / onnx_name(_source_sha256(checkpoint), target, max_batch, fp16)
-    return cached(path, lambda out: export_onnx(load_checkpoint(checkpoint), out, target,
-                                                max_batch=max_batch, fp16=fp16),
-                  f"{target} ONNX of {checkpoint}")
+    return cached(
+        path,
+        lambda out: export_onnx(
+            load_checkpoint(checkpoint), out, target, max_batch=max_batch, fp16=fp16
+        ),
+        f"{target} ONNX of {checkpoint}",
+    )
 
 
 def hardware_tag(gpu_name: str, compute_capability: str, tensorrt_version: str) -> str:
@@ -112,19 +125,30 @@ def hardware_tag(gpu_name: str, compute_capability: str, tensorrt_version: str) 
     return f"{gpu}-sm{compute_capability.replace('.', '')}-trt{tensorrt_version}"
 
 
-def cached_engine(onnx: str | os.PathLike, cache_dir: Path, *, max_batch: int, fp16: bool,
-                  device: torch.device) -> Path:
+def cached_engine(
+    onnx: str | os.PathLike, cache_dir: Path, *, max_batch: int, fp16: bool, device: torch.device
+) -> Path:
     """A TensorRT engine of a tensorrt-target ONNX for this GPU and TensorRT (builds it the first
     time: minutes), with the shared timing cache."""
     from maskrt.export.tensorrt import build_engine, gpu_description, import_tensorrt
     from maskrt.model.checkpoint import file_sha256
 
     gpu = gpu_description(device)
-    hardware = hardware_tag(gpu["gpu_name"], gpu["compute_capability"], import_tensorrt().__version__)
+    hardware = hardware_tag(
+        gpu["gpu_name"], gpu["compute_capability"], import_tensorrt().__version__
+    )
     engines = Path(cache_dir) / "engines"
     sha = file_sha256(Path(onnx))[:16]
     path = engines / f"{sha}-{hardware}-{'fp16' if fp16 else 'fp32'}-b{max_batch}.plan"
-    return cached(path, lambda out: build_engine(onnx, out, fp16=fp16, max_batch=max_batch,
-                                                 timing_cache=engines / f"timing-{hardware}.cache",
-                                                 device=device),
-                  f"TensorRT engine of {onnx} for {gpu['gpu_name']} (minutes, the first time)")
+    return cached(
+        path,
+        lambda out: build_engine(
+            onnx,
+            out,
+            fp16=fp16,
+            max_batch=max_batch,
+            timing_cache=engines / f"timing-{hardware}.cache",
+            device=device,
+        ),
+        f"TensorRT engine of {onnx} for {gpu['gpu_name']} (minutes, the first time)",
+    )

@@ -12,8 +12,11 @@ from maskrt.export import tensorrt_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("export", help="export a checkpoint to ONNX (and build TensorRT engines)",
-                            description="Export a model for deployment.")
+    parser = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (and build TensorRT engines)",
+        description="Export a model for deployment.",
+    )
     kinds = parser.add_subparsers(dest="export_command", required=True, metavar="ARTEFACT")
     register_onnx(kinds)
     tensorrt_cli.register(kinds)
@@ -23,26 +26,48 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
     from maskrt.export.onnx import DEFAULT_MAX_BATCH, DEFAULT_OPSET, TARGETS
 
     p = kinds.add_parser(
-        "onnx", help="the static-shape deploy graph as ONNX (dynamic batch)",
+        "onnx",
+        help="the static-shape deploy graph as ONNX (dynamic batch)",
         description="Export the deploy graph of a checkpoint to ONNX: uint8 images [B, 3, S, S] in, "
-                    "fixed-size detections out, B from 1 to --max-batch. The file passes "
-                    "onnx.checker (full check) and carries maskrt.* metadata.")
-    p.add_argument("--model", default=None,
-                   help="checkpoint (.pt), bare torchvision state dict (with --config), or torchvision "
-                        "weights by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1); default: the bundled "
-                        "shapes model")
+        "fixed-size detections out, B from 1 to --max-batch. The file passes "
+        "onnx.checker (full check) and carries maskrt.* metadata.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint (.pt), bare torchvision state dict (with --config), or torchvision "
+        "weights by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1); default: the bundled "
+        "shapes model",
+    )
     p.add_argument("--config", help="layout of a bare torchvision state dict (e.g. resnet50_fpn)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
-                   help="onnxruntime: standard ONNX ops only; tensorrt: RoIAlign as the maskrt plugin")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"largest batch the graph takes (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--canvas", type=int, help="canvas side S, a multiple of 32 (default: the config's)")
-    p.add_argument("--max-detections", type=int, help="K, detections per image (default: the config's)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--fp16", action="store_true",
-                   help="backbone and heads in float16, boxes and NMS in float32 (for TensorRT 11, "
-                        "whose engines keep the ONNX's precision)")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="onnxruntime",
+        help="onnxruntime: standard ONNX ops only; tensorrt: RoIAlign as the maskrt plugin",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"largest batch the graph takes (default {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--canvas", type=int, help="canvas side S, a multiple of 32 (default: the config's)"
+    )
+    p.add_argument(
+        "--max-detections", type=int, help="K, detections per image (default: the config's)"
+    )
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="backbone and heads in float16, boxes and NMS in float32 (for TensorRT 11, "
+        "whose engines keep the ONNX's precision)",
+    )
     p.set_defaults(func=_onnx)
 
 
@@ -53,8 +78,16 @@ def _onnx(args: argparse.Namespace) -> int:
     _console_logging()
     model = args.model or str(default_checkpoint())
     loaded = load_checkpoint(model, args.config)
-    out = export_onnx(loaded, args.out, args.target, max_batch=args.max_batch, canvas=args.canvas,
-                      max_detections=args.max_detections, opset=args.opset, fp16=args.fp16)
+    out = export_onnx(
+        loaded,
+        args.out,
+        args.target,
+        max_batch=args.max_batch,
+        canvas=args.canvas,
+        max_detections=args.max_detections,
+        opset=args.opset,
+        fp16=args.fp16,
+    )
     print(out)
     return 0
 

@@ -78,8 +78,13 @@ def build_onnx(
         model = model.half()
     graph = DeployGraph(model, config).eval()
     example_batch = 2 if max_batch >= 2 else 1
-    example = torch.randint(0, 256, (example_batch, 3, config.canvas, config.canvas), dtype=torch.uint8,
-                            generator=torch.Generator().manual_seed(0))
+    example = torch.randint(
+        0,
+        256,
+        (example_batch, 3, config.canvas, config.canvas),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0),
+    )
     dynamic = None
     if max_batch >= 2:
         dynamic = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=max_batch)}}
@@ -88,9 +93,17 @@ def build_onnx(
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         program = torch.onnx.export(
-            graph, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic, opset_version=opset, custom_translation_table=translation_table(),
-            optimize=True, verbose=False, report=False,
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            custom_translation_table=translation_table(),
+            optimize=True,
+            verbose=False,
+            report=False,
         )
     proto = add_functions(program.model_proto, opset)
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
@@ -132,32 +145,48 @@ def export_onnx(
         raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
     out = Path(out)
     started = time.perf_counter()
-    proto = build_onnx(loaded, max_batch=max_batch, canvas=canvas, max_detections=max_detections, opset=opset,
-                       fp16=fp16)
+    proto = build_onnx(
+        loaded,
+        max_batch=max_batch,
+        canvas=canvas,
+        max_detections=max_detections,
+        opset=opset,
+        fp16=fp16,
+    )
     if target == "tensorrt":
         from maskrt.export.tensorrt_onnx import rewrite
 
         proto = rewrite(proto)
     atomic_write(out, proto.SerializeToString())
     size = out.stat().st_size
-    log.info("wrote %s: %.1f MB, target %s, %s, checkpoint sha256 %s, max batch %d, %.1f s",
-             out, size / 1e6, target, "fp16" if fp16 else "fp32", loaded.sha256, max_batch,
-             time.perf_counter() - started)
+    log.info(
+        "wrote %s: %.1f MB, target %s, %s, checkpoint sha256 %s, max batch %d, %.1f s",
+        out,
+        size / 1e6,
+        target,
+        "fp16" if fp16 else "fp32",
+        loaded.sha256,
+        max_batch,
+        time.perf_counter() - started,
+    )
     return out
 
 
 def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precision: str) -> None:
-    set_metadata_props(proto, {
-        "classes": json.dumps(list(config.classes)),
-        "canvas": str(config.canvas),
-        "mask_size": str(config.mask_size),
-        "max_detections": str(config.max_detections),
-        "config": config.to_json(),
-        "checkpoint_sha256": sha256,
-        "target": target,
-        "precision": precision,
-        "max_batch": str(max_batch),
-    })
+    set_metadata_props(
+        proto,
+        {
+            "classes": json.dumps(list(config.classes)),
+            "canvas": str(config.canvas),
+            "mask_size": str(config.mask_size),
+            "max_detections": str(config.max_detections),
+            "config": config.to_json(),
+            "checkpoint_sha256": sha256,
+            "target": target,
+            "precision": precision,
+            "max_batch": str(max_batch),
+        },
+    )
     proto.producer_name = "maskrt"
     from maskrt import __version__ as version
 
@@ -185,7 +214,9 @@ def read_metadata(proto_or_path) -> dict[str, str]:
 
 def maskrt_entries(metadata: dict[str, str]) -> dict[str, str]:
     """The ``maskrt.*`` entries of ONNX metadata, keys without the prefix."""
-    return {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
+    return {
+        k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)
+    }
 
 
 def check(proto) -> None:

@@ -23,8 +23,14 @@ from onnx import TensorProto, helper
 DOMAIN = "com.maskrt"
 DOMAIN_VERSION = 1
 ROI_ALIGN_OP = "MultiLevelRoIAlign"
-ROI_ALIGN_ATTRIBUTES = ("output_size", "sampling_ratio", "aligned", "canonical_scale",
-                        "canonical_level", "first_level")
+ROI_ALIGN_ATTRIBUTES = (
+    "output_size",
+    "sampling_ratio",
+    "aligned",
+    "canonical_scale",
+    "canonical_level",
+    "first_level",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +41,9 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
     """``com.maskrt::MultiLevelRoIAlign(rois, features_0 .. features_{L-1}) -> pooled`` as a
     FunctionProto over the default domain at ``opset`` (>= 16, for RoiAlign's coordinate modes)."""
     if opset < 16:
-        raise ValueError(f"MultiLevelRoIAlign needs opset >= 16 (RoiAlign coordinate modes), got {opset}")
+        raise ValueError(
+            f"MultiLevelRoIAlign needs opset >= 16 (RoiAlign coordinate modes), got {opset}"
+        )
     nodes: list[onnx.NodeProto] = []
     count = [0]
 
@@ -50,7 +58,9 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
 
     def const(value, dtype=TensorProto.FLOAT) -> str:
         values = value if isinstance(value, list) else [value]
-        tensor = helper.make_tensor(f"c{count[0] + 1}", dtype, [len(values)] if isinstance(value, list) else [], values)
+        tensor = helper.make_tensor(
+            f"c{count[0] + 1}", dtype, [len(values)] if isinstance(value, list) else [], values
+        )
         return one("Constant", value=tensor)
 
     def attr_const(name: str) -> str:
@@ -70,13 +80,22 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
     features = [f"features_{i}" for i in range(num_levels)]
     rois_shape = one("Shape", "rois")
     batch = one("Slice", rois_shape, const([0], TensorProto.INT64), const([1], TensorProto.INT64))
-    per_image = one("Slice", rois_shape, const([1], TensorProto.INT64), const([2], TensorProto.INT64))
+    per_image = one(
+        "Slice", rois_shape, const([1], TensorProto.INT64), const([2], TensorProto.INT64)
+    )
     flat = one("Reshape", "rois", const([-1, 4], TensorProto.INT64))
-    total = one("Slice", one("Shape", flat), const([0], TensorProto.INT64), const([1], TensorProto.INT64))
+    total = one(
+        "Slice", one("Shape", flat), const([0], TensorProto.INT64), const([1], TensorProto.INT64)
+    )
     # image index of every RoI: arange(B) repeated R times
-    images = one("Range", const(0, TensorProto.INT64), one("Squeeze", batch), const(1, TensorProto.INT64))
-    images = one("Expand", one("Unsqueeze", images, const([1], TensorProto.INT64)),
-                 one("Concat", batch, per_image, axis=0))
+    images = one(
+        "Range", const(0, TensorProto.INT64), one("Squeeze", batch), const(1, TensorProto.INT64)
+    )
+    images = one(
+        "Expand",
+        one("Unsqueeze", images, const([1], TensorProto.INT64)),
+        one("Concat", batch, per_image, axis=0),
+    )
     images = one("Reshape", images, const([-1], TensorProto.INT64))
 
     # torchvision LevelMapper, float32 in its order: floor(lvl0 + log2(sqrt(area) / s0) + eps)
@@ -86,8 +105,11 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
     else:
         x1, y1, x2, y2 = node("Split", [flat, const([1, 1, 1, 1], TensorProto.INT64)], 4, axis=1)
         area = one("Mul", one("Sub", x2, x1), one("Sub", y2, y1))
-        scaled = one("Div", one("Sqrt", one("Squeeze", area, const([1], TensorProto.INT64))),
-                     attr_const("canonical_scale"))
+        scaled = one(
+            "Div",
+            one("Sqrt", one("Squeeze", area, const([1], TensorProto.INT64))),
+            attr_const("canonical_scale"),
+        )
         log2 = one("Div", one("Log", scaled), const(math.log(2.0)))
         k = one("Floor", one("Add", one("Add", attr_const("canonical_level"), log2), const(1e-6)))
         last = one("Add", first, const(float(num_levels - 1)))
@@ -111,35 +133,68 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
         branches = {}
         for flag, mode in (("then_branch", "half_pixel"), ("else_branch", "output_half_pixel")):
             out = f"pooled_{index}_{mode}"
-            roi_align = helper.make_node("RoiAlign", [feature, rois_l, images_l], [out], mode="avg",
-                                         coordinate_transformation_mode=mode, spatial_scale=1.0)
-            roi_align.attribute.extend([ref_attr("output_height", "output_size"),
-                                        ref_attr("output_width", "output_size"),
-                                        ref_attr("sampling_ratio", "sampling_ratio")])
+            roi_align = helper.make_node(
+                "RoiAlign",
+                [feature, rois_l, images_l],
+                [out],
+                mode="avg",
+                coordinate_transformation_mode=mode,
+                spatial_scale=1.0,
+            )
+            roi_align.attribute.extend(
+                [
+                    ref_attr("output_height", "output_size"),
+                    ref_attr("output_width", "output_size"),
+                    ref_attr("sampling_ratio", "sampling_ratio"),
+                ]
+            )
             branches[flag] = helper.make_graph(
-                [roi_align], f"roi_align_{index}_{mode}", [],
-                [onnx.ValueInfoProto(name=out)])
+                [roi_align], f"roi_align_{index}_{mode}", [], [onnx.ValueInfoProto(name=out)]
+            )
         pooled.append(one("If", aligned, **branches))
         start = end
     # back to RoI order: NaN-area RoIs (sorted last, past every level) get zero rows, then one
     # Gather by the inverse permutation
-    tail = one("Slice", one("Shape", pooled[0]), const([1], TensorProto.INT64), const([4], TensorProto.INT64))
+    tail = one(
+        "Slice",
+        one("Shape", pooled[0]),
+        const([1], TensorProto.INT64),
+        const([4], TensorProto.INT64),
+    )
     missing = one("Sub", total, start)
     zeros = one("CastLike", one("ConstantOfShape", one("Concat", missing, tail, axis=0)), pooled[0])
     merged = one("Concat", *pooled, zeros, axis=0)  # [N, C, P, P] in level order
-    positions = one("Range", const(0, TensorProto.INT64), one("Squeeze", total), const(1, TensorProto.INT64))
-    inverse = one("ScatterElements", one("ConstantOfShape", total, value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
-                  order, positions, axis=0)
+    positions = one(
+        "Range", const(0, TensorProto.INT64), one("Squeeze", total), const(1, TensorProto.INT64)
+    )
+    inverse = one(
+        "ScatterElements",
+        one("ConstantOfShape", total, value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+        order,
+        positions,
+        axis=0,
+    )
     gathered = one("Gather", merged, inverse, axis=0)
-    nodes.append(helper.make_node("Reshape", [gathered, one("Concat", batch, per_image, tail, axis=0)], ["pooled"],
-                                  allowzero=1))  # R may be 0
+    nodes.append(
+        helper.make_node(
+            "Reshape",
+            [gathered, one("Concat", batch, per_image, tail, axis=0)],
+            ["pooled"],
+            allowzero=1,
+        )
+    )  # R may be 0
 
     function = helper.make_function(
-        DOMAIN, ROI_ALIGN_OP, ["rois", *features], ["pooled"], nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=list(ROI_ALIGN_ATTRIBUTES),
+        DOMAIN,
+        ROI_ALIGN_OP,
+        ["rois", *features],
+        ["pooled"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(ROI_ALIGN_ATTRIBUTES),
         doc_string="Multi-level RoIAlign (.notes/CONTRACT-roialign.md): torchvision's FPN level of "
-                   "each RoI, then torchvision's roi_align on that level. rois [B, R, 4] float32 "
-                   "canvas pixels; features_l [B, C, H_l, W_l]; pooled [B, R, C, P, P].",
+        "each RoI, then torchvision's roi_align on that level. rois [B, R, 4] float32 "
+        "canvas pixels; features_l [B, C, H_l, W_l]; pooled [B, R, C, P, P].",
     )
     return function
 
@@ -153,13 +208,19 @@ def _roi_align_schema(num_levels: int) -> onnx.defs.OpSchema:
     # the inputs before the variadic parameter (torch 2.14)
     param = onnx.defs.OpSchema.FormalParameter
     return onnx.defs.OpSchema(
-        ROI_ALIGN_OP, DOMAIN, DOMAIN_VERSION,
+        ROI_ALIGN_OP,
+        DOMAIN,
+        DOMAIN_VERSION,
         inputs=[param("rois", "T1"), *(param(f"features_{i}", "T") for i in range(num_levels))],
         outputs=[param("pooled", "T")],
-        type_constraints=[("T1", ["tensor(float)"], "RoIs"),
-                          ("T", ["tensor(float)", "tensor(float16)"], "features")],
-        attributes=[onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType.INT, "")
-                    for name in ROI_ALIGN_ATTRIBUTES],
+        type_constraints=[
+            ("T1", ["tensor(float)"], "RoIs"),
+            ("T", ["tensor(float)", "tensor(float16)"], "features"),
+        ],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType.INT, "")
+            for name in ROI_ALIGN_ATTRIBUTES
+        ],
     )
 
 
@@ -169,20 +230,43 @@ def translation_table() -> dict:
     from onnxscript import opset18 as op
     from onnxscript.values import Op, Opset
 
-    import maskrt.model.deploy  # noqa: F401  (registers maskrt::grouped_nms)
+    import maskrt.model.deploy
     import maskrt.model.roi_align  # noqa: F401
 
-    def multilevel_roi_align(rois, features, output_size: int, sampling_ratio: int, aligned: bool,
-                             canonical_scale: int = 224, canonical_level: int = 4, first_level: int = 2):
-        roi_align_op = Op(Opset(DOMAIN, DOMAIN_VERSION), ROI_ALIGN_OP, _roi_align_schema(len(features)))
-        return roi_align_op(rois, *features, output_size=int(output_size), sampling_ratio=int(sampling_ratio),
-                            aligned=int(bool(aligned)), canonical_scale=int(canonical_scale),
-                            canonical_level=int(canonical_level), first_level=int(first_level))
+    def multilevel_roi_align(
+        rois,
+        features,
+        output_size: int,
+        sampling_ratio: int,
+        aligned: bool,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        first_level: int = 2,
+    ):
+        roi_align_op = Op(
+            Opset(DOMAIN, DOMAIN_VERSION), ROI_ALIGN_OP, _roi_align_schema(len(features))
+        )
+        return roi_align_op(
+            rois,
+            *features,
+            output_size=int(output_size),
+            sampling_ratio=int(sampling_ratio),
+            aligned=int(bool(aligned)),
+            canonical_scale=int(canonical_scale),
+            canonical_level=int(canonical_level),
+            first_level=int(first_level),
+        )
 
-    def grouped_nms(boxes, scores, iou_threshold: float, score_threshold: float, max_per_group: int):
+    def grouped_nms(
+        boxes, scores, iou_threshold: float, score_threshold: float, max_per_group: int
+    ):
         selected = op.NonMaxSuppression(
-            boxes, op.Unsqueeze(scores, [1]), op.Constant(value_ints=[int(max_per_group)]),
-            op.Constant(value_floats=[float(iou_threshold)]), op.Constant(value_floats=[float(score_threshold)]))
+            boxes,
+            op.Unsqueeze(scores, [1]),
+            op.Constant(value_ints=[int(max_per_group)]),
+            op.Constant(value_floats=[float(iou_threshold)]),
+            op.Constant(value_floats=[float(score_threshold)]),
+        )
         index = op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)  # (group, box)
         ones = op.Expand(op.Constant(value_float=1.0), op.Shape(selected, start=0, end=1))
         keep = op.ScatterND(op.ConstantOfShape(op.Shape(scores)), index, ones)
@@ -196,8 +280,13 @@ def translation_table() -> dict:
 
 def add_functions(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """Give ``model`` the local function body of every ``MultiLevelRoIAlign`` arity it uses."""
-    arities = sorted({len(n.input) - 1 for n in all_nodes(model.graph)
-                      if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP})
+    arities = sorted(
+        {
+            len(n.input) - 1
+            for n in all_nodes(model.graph)
+            if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP
+        }
+    )
     if len(arities) > 1:
         raise ValueError(f"{ROI_ALIGN_OP} is called with different numbers of levels: {arities}")
     existing = {(f.domain, f.name) for f in model.functions}

@@ -46,7 +46,8 @@ def import_tensorrt():
         raise MaskrtError(
             f"TensorRT is not installed here ({exc}); it ships in the GPU Docker image "
             f"(`docker compose up`), or install NVIDIA's tensorrt wheel (pip install "
-            f"'maskrt[tensorrt]' with https://pypi.nvidia.com reachable)") from None
+            f"'maskrt[tensorrt]' with https://pypi.nvidia.com reachable)"
+        ) from None
     return tensorrt
 
 
@@ -66,8 +67,10 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MaskrtError(f"{engine}: no sidecar {path.name} beside it; build engines with "
-                          f"`maskrt export engine`, which writes one") from None
+        raise MaskrtError(
+            f"{engine}: no sidecar {path.name} beside it; build engines with "
+            f"`maskrt export engine`, which writes one"
+        ) from None
     except (OSError, ValueError) as exc:
         raise MaskrtError(f"{path}: unreadable engine sidecar ({exc})") from None
     if not isinstance(data, dict):
@@ -78,7 +81,10 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
 def gpu_description(device: torch.device) -> dict[str, str]:
     """Name and compute capability (``"9.0"``) of a CUDA device, as the sidecar records them."""
     major, minor = torch.cuda.get_device_capability(device)
-    return {"gpu_name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+    return {
+        "gpu_name": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+    }
 
 
 def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], bool, int, str]:
@@ -93,27 +99,35 @@ def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], bool, int, str]:
     try:
         proto = onnx.load_model(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise MaskrtError(f"{onnx_path}: not an ONNX file ({str(exc).splitlines()[0][:200]})") from None
+        raise MaskrtError(
+            f"{onnx_path}: not an ONNX file ({str(exc).splitlines()[0][:200]})"
+        ) from None
     meta = read_metadata(proto)
     if meta.get("target") != "tensorrt":
-        raise MaskrtError(f"{onnx_path}: exported for target {meta.get('target', 'unknown')!r}; "
-                          f"TensorRT needs `maskrt export onnx --target tensorrt`")
+        raise MaskrtError(
+            f"{onnx_path}: exported for target {meta.get('target', 'unknown')!r}; "
+            f"TensorRT needs `maskrt export onnx --target tensorrt`"
+        )
     half = onnx.TensorProto.FLOAT16
     fp16 = any(t.data_type == half for t in proto.graph.initializer) or any(
-        v.type.tensor_type.elem_type == half for v in [*proto.graph.value_info, *proto.graph.output])
+        v.type.tensor_type.elem_type == half for v in [*proto.graph.value_info, *proto.graph.output]
+    )
     return meta, fp16, int(meta["canvas"]), file_sha256(onnx_path)
 
 
-def check_build_request(onnx_path: str | os.PathLike, max_batch: int | None, workspace_gib: float
-                        ) -> tuple[dict[str, str], bool, int, str, int]:
+def check_build_request(
+    onnx_path: str | os.PathLike, max_batch: int | None, workspace_gib: float
+) -> tuple[dict[str, str], bool, int, str, int]:
     """What can be checked before TensorRT is imported: (metadata, fp16 ONNX, canvas, sha256,
     max batch)."""
     meta, fp16_onnx, canvas, sha = _onnx_facts(Path(onnx_path))
     onnx_max = int(meta.get("max_batch", 1))
     max_batch = onnx_max if max_batch is None else max_batch
     if not 1 <= max_batch <= onnx_max:
-        raise MaskrtError(f"--max-batch {max_batch}: {onnx_path} takes batches of 1 to {onnx_max} "
-                          f"(export it with a larger --max-batch)")
+        raise MaskrtError(
+            f"--max-batch {max_batch}: {onnx_path} takes batches of 1 to {onnx_max} "
+            f"(export it with a larger --max-batch)"
+        )
     if not workspace_gib > 0:
         raise MaskrtError(f"--workspace must be positive (GiB), got {workspace_gib}")
     return meta, fp16_onnx, canvas, sha, max_batch
@@ -133,7 +147,9 @@ def build_engine(
     returns the sidecar's content. ``max_batch`` defaults to the ONNX's."""
     from maskrt import plugins
 
-    meta, fp16_onnx, canvas, sha, max_batch = check_build_request(onnx_path, max_batch, workspace_gib)
+    meta, fp16_onnx, canvas, sha, max_batch = check_build_request(
+        onnx_path, max_batch, workspace_gib
+    )
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise MaskrtError("building a TensorRT engine needs a CUDA GPU (torch sees none)")
@@ -144,7 +160,8 @@ def build_engine(
         raise MaskrtError(
             f"TensorRT {trt.__version__} builds strongly typed networks only: the engine keeps the "
             f"ONNX's precision, and {onnx_path} is fp32. Build without --fp16, or from "
-            f"`maskrt export onnx --target tensorrt --fp16`")
+            f"`maskrt export onnx --target tensorrt --fp16`"
+        )
     strongly_typed = fp16_onnx or not weak
     started = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -169,31 +186,54 @@ def build_engine(
         config.add_optimization_profile(profile)
         cache_file = Path(timing_cache) if timing_cache else None
         if cache_file is not None:
-            cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+            cache = config.create_timing_cache(
+                cache_file.read_bytes() if cache_file.is_file() else b""
+            )
             config.set_timing_cache(cache, False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise MaskrtError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+            raise MaskrtError(
+                f"{onnx_path}: TensorRT could not build an engine (see its log above)"
+            )
         if cache_file is not None:
             atomic_write(cache_file, bytes(config.get_timing_cache().serialize()))
         sidecar = {
-            **meta, "max_batch": str(max_batch), "onnx_sha256": sha,
-            "tensorrt_version": trt.__version__, **gpu_description(device),
+            **meta,
+            "max_batch": str(max_batch),
+            "onnx_sha256": sha,
+            "tensorrt_version": trt.__version__,
+            **gpu_description(device),
             "precision": "fp16" if (fp16 or fp16_onnx) else "fp32",
-            "strongly_typed": strongly_typed, "build_seconds": round(time.perf_counter() - started, 1),
+            "strongly_typed": strongly_typed,
+            "build_seconds": round(time.perf_counter() - started, 1),
         }
     # sidecar first: a plan on disk always has its sidecar (caches test for the plan)
     atomic_write(sidecar_path(out), json.dumps(sidecar, indent=2).encode())
     atomic_write(Path(out), bytes(plan))
-    log.info("built %s: %.1f MB, %s, batch 1..%d, TensorRT %s on %s (sm %s), %.0f s", out,
-             Path(out).stat().st_size / 1e6, sidecar["precision"], max_batch, trt.__version__,
-             sidecar["gpu_name"], sidecar["compute_capability"], sidecar["build_seconds"])
+    log.info(
+        "built %s: %.1f MB, %s, batch 1..%d, TensorRT %s on %s (sm %s), %.0f s",
+        out,
+        Path(out).stat().st_size / 1e6,
+        sidecar["precision"],
+        max_batch,
+        trt.__version__,
+        sidecar["gpu_name"],
+        sidecar["compute_capability"],
+        sidecar["build_seconds"],
+    )
     return sidecar
 
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
-                 "INT32": torch.int32, "INT64": torch.int64, "INT8": torch.int8,
-                 "UINT8": torch.uint8, "BOOL": torch.bool}
+_TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class Engine:
@@ -212,8 +252,10 @@ class Engine:
             self._runtime = trt.Runtime(self._logger)
             self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
             if self.engine is None:
-                raise MaskrtError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine "
-                                  f"(built by another TensorRT version, or for another GPU?)")
+                raise MaskrtError(
+                    f"{path}: TensorRT {trt.__version__} cannot deserialize this engine "
+                    f"(built by another TensorRT version, or for another GPU?)"
+                )
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -231,8 +273,9 @@ class Engine:
         context.set_tensor_address(INPUT, images.data_ptr())
         outputs = {}
         for name in self.outputs:
-            out = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self.dtypes[name],
-                              device=self.device)
+            out = torch.empty(
+                tuple(context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device
+            )
             context.set_tensor_address(name, out.data_ptr())
             outputs[name] = out
         if not context.execute_async_v3(stream.cuda_stream):

@@ -47,12 +47,16 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
             if missing:
                 raise MaskrtError(f"{node.name}: {ROI_ALIGN_OP} without attribute {missing[0]!r}")
             node.op, node.domain = PLUGIN_OP, PLUGIN_DOMAIN
-            node.attrs = {**{a: int(node.attrs[a]) for a in ROI_ALIGN_ATTRIBUTES},
-                          "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+            node.attrs = {
+                **{a: int(node.attrs[a]) for a in ROI_ALIGN_ATTRIBUTES},
+                "plugin_version": PLUGIN_VERSION,
+                "plugin_namespace": PLUGIN_NAMESPACE,
+            }
             replaced += 1
     if not replaced:
-        raise MaskrtError(f"no {DOMAIN}::{ROI_ALIGN_OP} node to rewrite: not an onnxruntime-target "
-                          f"maskrt graph")
+        raise MaskrtError(
+            f"no {DOMAIN}::{ROI_ALIGN_OP} node to rewrite: not an onnxruntime-target maskrt graph"
+        )
     graph.functions = [f for f in graph.functions if (f.domain, f.name) != (DOMAIN, ROI_ALIGN_OP)]
     graph.fold_constants().cleanup().toposort()
     out = gs.export_onnx(graph, do_type_check=True)
@@ -69,7 +73,9 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
     set_metadata_props(out, {"target": "tensorrt"})
     problems = tensorrt_problems(out)
     if problems:
-        raise MaskrtError("the tensorrt-target graph breaks TensorRT parser rules: " + "; ".join(problems))
+        raise MaskrtError(
+            "the tensorrt-target graph breaks TensorRT parser rules: " + "; ".join(problems)
+        )
     return out
 
 
@@ -89,14 +95,22 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
         if node.op_type == "RoiAlign":
             problems.append(f"{node.name}: ONNX RoiAlign maps to TensorRT's single-level layer")
         for index in INITIALIZER_INPUTS.get(node.op_type, ()):
-            if index < len(node.input) and node.input[index] and node.input[index] not in initializers:
-                problems.append(f"{node.name}: {node.op_type} input {index} ({node.input[index]}) "
-                                f"must be an initializer")
+            if (
+                index < len(node.input)
+                and node.input[index]
+                and node.input[index] not in initializers
+            ):
+                problems.append(
+                    f"{node.name}: {node.op_type} input {index} ({node.input[index]}) "
+                    f"must be an initializer"
+                )
         if node.op_type == PLUGIN_OP:
             rois = types.get(node.input[0])
             if rois != onnx.TensorProto.FLOAT:
-                problems.append(f"{node.name}: RoIs must be float32, got "
-                                f"{onnx.TensorProto.DataType.Name(rois) if rois else 'unknown type'}")
+                problems.append(
+                    f"{node.name}: RoIs must be float32, got "
+                    f"{onnx.TensorProto.DataType.Name(rois) if rois else 'unknown type'}"
+                )
             kinds = {types.get(name) for name in node.input[1:]}
             if not kinds <= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}:
                 problems.append(f"{node.name}: features must be float32 or float16")
@@ -108,8 +122,10 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor of the main graph (ONNX shape inference)."""
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
     types.update({t.name: t.data_type for t in model.graph.initializer})
     return types
 
@@ -128,26 +144,36 @@ def register_python_ops(model: onnx.ModelProto) -> str:
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
     except ModuleNotFoundError:
-        raise MaskrtError("running a tensorrt-target ONNX in ONNX Runtime needs onnxruntime-extensions "
-                          "(pip install onnxruntime-extensions); serve it with TensorRT instead, "
-                          "or export --target onnxruntime") from None
+        raise MaskrtError(
+            "running a tensorrt-target ONNX in ONNX Runtime needs onnxruntime-extensions "
+            "(pip install onnxruntime-extensions); serve it with TensorRT instead, "
+            "or export --target onnxruntime"
+        ) from None
     levels = {len(n.input) - 1 for n in plugin_nodes(model)}
     if len(levels) != 1:
-        raise MaskrtError(f"expected {PLUGIN_OP} nodes with one number of levels, got {sorted(levels)}")
+        raise MaskrtError(
+            f"expected {PLUGIN_OP} nodes with one number of levels, got {sorted(levels)}"
+        )
     (num_levels,) = levels
     types = _tensor_types(model)
-    if any(types.get(name) == onnx.TensorProto.FLOAT16 for n in plugin_nodes(model) for name in n.input):
+    if any(
+        types.get(name) == onnx.TensorProto.FLOAT16 for n in plugin_nodes(model) for name in n.input
+    ):
         # onnxruntime-extensions' Python ops have no float16 (and abort the process on it)
-        raise MaskrtError("this tensorrt-target graph feeds float16 features to the plugin; ONNX "
-                          "Runtime's Python custom ops take float32 only: check the fp32 export "
-                          "in ONNX Runtime, build this one with TensorRT")
+        raise MaskrtError(
+            "this tensorrt-target graph feeds float16 features to the plugin; ONNX "
+            "Runtime's Python custom ops take float32 only: check the fp32 export "
+            "in ONNX Runtime, build this one with TensorRT"
+        )
     known = _REGISTERED.get(PLUGIN_OP)
     if known is None:
         _define_op(onnx_op, PyCustomOpDef, num_levels)
         _REGISTERED[PLUGIN_OP] = num_levels
     elif known != num_levels:
-        raise MaskrtError(f"{PLUGIN_OP} is registered for {known} levels in this process; this model "
-                          f"has {num_levels}")
+        raise MaskrtError(
+            f"{PLUGIN_OP} is registered for {known} levels in this process; this model "
+            f"has {num_levels}"
+        )
     return get_library_path()
 
 
@@ -157,14 +183,31 @@ def _define_op(onnx_op, defs, num_levels: int) -> None:
 
     import maskrt.model.roi_align  # noqa: F401  (registers torch.ops.maskrt.multilevel_roi_align)
 
-    @onnx_op(op_type=PLUGIN_OP, inputs=[defs.dt_float] * (1 + num_levels), outputs=[defs.dt_float],
-             attrs={name: defs.dt_int64 for name in ROI_ALIGN_ATTRIBUTES})
-    def multilevel_roi_align(rois, *features, output_size, sampling_ratio, aligned, canonical_scale,
-                             canonical_level, first_level):
+    @onnx_op(
+        op_type=PLUGIN_OP,
+        inputs=[defs.dt_float] * (1 + num_levels),
+        outputs=[defs.dt_float],
+        attrs={name: defs.dt_int64 for name in ROI_ALIGN_ATTRIBUTES},
+    )
+    def multilevel_roi_align(
+        rois,
+        *features,
+        output_size,
+        sampling_ratio,
+        aligned,
+        canonical_scale,
+        canonical_level,
+        first_level,
+    ):
         with torch.inference_mode():
             pooled = torch.ops.maskrt.multilevel_roi_align(
                 torch.from_numpy(np.ascontiguousarray(rois)),
                 [torch.from_numpy(np.ascontiguousarray(f)) for f in features],
-                output_size, sampling_ratio, bool(aligned), canonical_scale, canonical_level,
-                first_level)
+                output_size,
+                sampling_ratio,
+                bool(aligned),
+                canonical_scale,
+                canonical_level,
+                first_level,
+            )
         return pooled.numpy()

@@ -11,7 +11,11 @@ from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import misc as misc_nn_ops
@@ -43,7 +47,10 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     if cfg.fpn_v2:
         rpn_head = RPNHead(channels, num_anchors, conv_depth=2)
         box_head = FastRCNNConvFCHead(
-            (channels, 7, 7), [256, 256, 256, 256], [cfg.box_representation], norm_layer=nn.BatchNorm2d
+            (channels, 7, 7),
+            [256, 256, 256, 256],
+            [cfg.box_representation],
+            norm_layer=nn.BatchNorm2d,
         )
         mask_head = MaskRCNNHeads(channels, list(cfg.mask_layers), 1, norm_layer=nn.BatchNorm2d)
     else:

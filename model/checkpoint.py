@@ -66,10 +66,18 @@ def save_checkpoint(
         k: v.detach().to("cpu", torch.float16 if half and v.is_floating_point() else v.dtype)
         for k, v in model.state_dict().items()
     }
-    provenance = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                  "torch": str(torch.__version__), **provenance}
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
-               "state_dict": state, "provenance": provenance}
+    provenance = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": str(torch.__version__),
+        **provenance,
+    }
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "state_dict": state,
+        "provenance": provenance,
+    }
     if training is not None:
         payload["training"] = training
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +112,8 @@ def load_state_dict(model: MaskRCNN, state: dict, source: str) -> None:
     unexpected = [k for k in incoming if k not in expected]
     wrong_shape = [
         f"{k} {tuple(incoming[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in incoming if k in expected and incoming[k].shape != expected[k].shape
+        for k in incoming
+        if k in expected and incoming[k].shape != expected[k].shape
     ]
     problems = []
     if missing:
@@ -112,7 +121,9 @@ def load_state_dict(model: MaskRCNN, state: dict, source: str) -> None:
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
     if wrong_shape:
-        problems.append(f"{len(wrong_shape)} shape mismatches (first: {'; '.join(wrong_shape[:3])})")
+        problems.append(
+            f"{len(wrong_shape)} shape mismatches (first: {'; '.join(wrong_shape[:3])})"
+        )
     if problems:
         raise MaskrtError(f"{source}: weights do not fit the model config: " + "; ".join(problems))
     cast = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in incoming.items()}
@@ -130,8 +141,10 @@ def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None)
     payload = read_file(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         if payload.get("version") != FORMAT_VERSION:
-            raise MaskrtError(f"{path}: checkpoint format version {payload.get('version')} "
-                              f"is not supported (this maskrt reads {FORMAT_VERSION})")
+            raise MaskrtError(
+                f"{path}: checkpoint format version {payload.get('version')} "
+                f"is not supported (this maskrt reads {FORMAT_VERSION})"
+            )
         cfg = ModelConfig.from_dict(payload["config"])
         if config is not None:
             cfg = _resolve(config)
@@ -169,6 +182,10 @@ def _load_torchvision_weights(name: str, config: str) -> LoadedModel:
     model = build_model(cfg)
     load_state_dict(model, state, name)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
-    digest = file_sha256(cached) if cached.is_file() else hashlib.sha256(weights.url.encode()).hexdigest()
+    digest = (
+        file_sha256(cached)
+        if cached.is_file()
+        else hashlib.sha256(weights.url.encode()).hexdigest()
+    )
     meta = {"dataset": "COCO 2017", "source": weights.url, "metrics": weights.meta.get("_metrics")}
     return LoadedModel(model.eval(), cfg, digest, name, meta)

@@ -12,7 +12,9 @@ from maskrt.errors import MaskrtError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a Mask R-CNN from a config on a COCO-format data set")
     p.add_argument("--config", default="shapes", help="model config name (default: shapes)")
-    p.add_argument("--data", required=True, help="COCO dir / annotations JSON, or shapes:COUNT:SEED")
+    p.add_argument(
+        "--data", required=True, help="COCO dir / annotations JSON, or shapes:COUNT:SEED"
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
@@ -32,16 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="COCO bbox and segm AP of a model on a data set")
     p.add_argument("--model", help="checkpoint (default: the shipped shapes model)")
     p.add_argument("--config", help="config of a bare torchvision state dict")
-    p.add_argument("--data", default="shapes:500:2",
-                   help="COCO dir / annotations JSON, or shapes:COUNT:SEED (default: shapes:500:2, "
-                        "held out from the shipped model's training seed 1)")
-    p.add_argument("--backend", choices=("eager", "torch", "onnxruntime", "tensorrt"),
-                   default="eager",
-                   help="eager: torchvision's own forward; the others run the serving pipeline "
-                        "(letterbox, deploy graph, post-processing) exactly as the server does")
+    p.add_argument(
+        "--data",
+        default="shapes:500:2",
+        help="COCO dir / annotations JSON, or shapes:COUNT:SEED (default: shapes:500:2, "
+        "held out from the shipped model's training seed 1)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("eager", "torch", "onnxruntime", "tensorrt"),
+        default="eager",
+        help="eager: torchvision's own forward; the others run the serving pipeline "
+        "(letterbox, deploy graph, post-processing) exactly as the server does",
+    )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--cache-dir", type=Path,
-                   help="where a checkpoint's ONNX export is cached (default: MASKRT_CACHE_DIR)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where a checkpoint's ONNX export is cached (default: MASKRT_CACHE_DIR)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=_evaluate)
 
@@ -72,8 +83,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     data = open_dataset(args.data)
     if args.backend == "eager":
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                              if args.device == "auto" else args.device)
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if args.device == "auto"
+            else args.device
+        )
         loaded = load_checkpoint(args.model or default_checkpoint(), args.config)
         predict = eager_predictor(loaded, device)
         classes, source, version = loaded.config.classes, loaded.source, loaded.version
@@ -83,19 +97,36 @@ def _evaluate(args: argparse.Namespace) -> int:
         from maskrt.server.settings import Settings
 
         if args.config:
-            raise MaskrtError("--config applies to --backend eager only; export a bare state dict "
-                              "to a maskrt checkpoint first")
+            raise MaskrtError(
+                "--config applies to --backend eager only; export a bare state dict "
+                "to a maskrt checkpoint first"
+            )
         fields = {"cache_dir": args.cache_dir} if args.cache_dir else {}
-        settings = Settings(model=args.model, backend=args.backend, device=args.device,
-                            max_batch=args.batch_size, **fields)
+        settings = Settings(
+            model=args.model,
+            backend=args.backend,
+            device=args.device,
+            max_batch=args.batch_size,
+            **fields,
+        )
         pipeline = Pipeline(open_backend(settings))
         predict = pipeline.predictor(score_threshold=0.0)
         info = pipeline.backend.info
         classes, source, version = info.classes, model_path(settings), info.version
         device = pipeline.device
     metrics = evaluate(data, predict, classes, args.batch_size)
-    print(json.dumps({"model": source, "sha256": version, "data": args.data,
-                      "backend": args.backend, "device": str(device), **metrics}))
+    print(
+        json.dumps(
+            {
+                "model": source,
+                "sha256": version,
+                "data": args.data,
+                "backend": args.backend,
+                "device": str(device),
+                **metrics,
+            }
+        )
+    )
     return 0
 
 

@@ -69,7 +69,8 @@ class CocoInstances(torch.utils.data.Dataset):
         image = self.load_image(image_id)
         height, width = image.shape[:2]
         anns = [
-            a for a in self.coco.imgToAnns.get(image_id, [])
+            a
+            for a in self.coco.imgToAnns.get(image_id, [])
             if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1
         ]
         masks = np.zeros((len(anns), height, width), np.uint8)

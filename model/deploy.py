@@ -117,7 +117,9 @@ def _grouped_nms_fake(boxes, scores, iou_threshold, score_threshold, max_per_gro
 # torchvision's box arithmetic, elementwise on [..., 4] tensors (the same float32 operations)
 
 
-def decode_boxes(codes: Tensor, reference: Tensor, weights: tuple[float, ...], clip: float) -> Tensor:
+def decode_boxes(
+    codes: Tensor, reference: Tensor, weights: tuple[float, ...], clip: float
+) -> Tensor:
     """torchvision ``BoxCoder.decode_single``: ``codes`` [..., 4] relative to ``reference`` [..., 4]."""
     widths = reference[..., 2] - reference[..., 0]
     heights = reference[..., 3] - reference[..., 1]
@@ -134,7 +136,9 @@ def decode_boxes(codes: Tensor, reference: Tensor, weights: tuple[float, ...], c
     pred_h = torch.exp(dh) * heights
     half_w = 0.5 * pred_w
     half_h = 0.5 * pred_h
-    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), -1)
+    return torch.stack(
+        (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), -1
+    )
 
 
 def clip_boxes(boxes: Tensor, size: int) -> Tensor:
@@ -144,7 +148,9 @@ def clip_boxes(boxes: Tensor, size: int) -> Tensor:
 
 def big_enough(boxes: Tensor, min_size: float) -> Tensor:
     """torchvision ``remove_small_boxes`` as a mask."""
-    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & (
+        (boxes[..., 3] - boxes[..., 1]) >= min_size
+    )
 
 
 def _gather_rows(values: Tensor, index: Tensor) -> Tensor:
@@ -204,8 +210,12 @@ class DeployGraph(nn.Module):
             raise ValueError("box and mask poolers must read the same feature maps")
         self.num_classes = int(heads.box_predictor.cls_score.out_features)
         self.mask_size = 2 * self.mask_pool["output_size"]  # MaskRCNNPredictor's 2x upsampling
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
         # anchors depend only on the canvas: computed once, with torchvision's own generator
         generator = rpn.anchor_generator
@@ -216,7 +226,9 @@ class DeployGraph(nn.Module):
         counts = [s * s * a for s, a in zip(sizes, generator.num_anchors_per_location())]
         self.num_anchor_maps = num_maps
         for index, level_anchors in enumerate(anchors.split(counts)):
-            self.register_buffer(f"anchors_{index}", level_anchors.float().contiguous(), persistent=False)
+            self.register_buffer(
+                f"anchors_{index}", level_anchors.float().contiguous(), persistent=False
+            )
         self.level_top_n = [min(self.pre_nms_top_n, c) for c in counts]
         self.num_proposals = min(self.post_nms_top_n, sum(self.level_top_n))
 
@@ -229,7 +241,9 @@ class DeployGraph(nn.Module):
         features = self.model.backbone(x.to(next(self.model.backbone.parameters()).dtype))
         maps = list(features.values())
         if len(maps) != self.num_anchor_maps:
-            raise ValueError(f"backbone gives {len(maps)} maps, the anchor generator {self.num_anchor_maps}")
+            raise ValueError(
+                f"backbone gives {len(maps)} maps, the anchor generator {self.num_anchor_maps}"
+            )
         roi_maps = [features[name] for name in self.roi_maps]
         proposals, proposal_ok = self._proposals(batch, maps)
         boxes, scores, labels, ok = self._detect(batch, roi_maps, proposals, proposal_ok)
@@ -252,9 +266,16 @@ class DeployGraph(nn.Module):
             a, h, w = obj.shape[1], obj.shape[2], obj.shape[3]
             # torchvision's permute_and_flatten: [B, A*C, H, W] -> [B, H*W*A, C]
             obj = obj.float().permute(0, 2, 3, 1).reshape(batch, h * w * a)
-            delta = delta.float().view(batch, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(batch, h * w * a, 4)
+            delta = (
+                delta.float()
+                .view(batch, a, 4, h, w)
+                .permute(0, 3, 4, 1, 2)
+                .reshape(batch, h * w * a, 4)
+            )
             top, index_ = obj.topk(self.level_top_n[index], dim=1)
-            boxes = decode_boxes(_gather_rows(delta, index_), anchors[index_], self.rpn_weights, self.rpn_clip)
+            boxes = decode_boxes(
+                _gather_rows(delta, index_), anchors[index_], self.rpn_weights, self.rpn_clip
+            )
             boxes = clip_boxes(boxes, self.canvas)
             prob = torch.sigmoid(top)
             ok = big_enough(boxes, RPN_MIN_SIZE) & (prob >= self.rpn_score_threshold)
@@ -268,9 +289,16 @@ class DeployGraph(nn.Module):
         levels = len(per_level_boxes)
         boxes = torch.stack(per_level_boxes, 1)  # [B, L, W, 4]
         scores = torch.stack(per_level_scores, 1)  # [B, L, W]
-        keep = grouped_nms(boxes.reshape(batch * levels, width, 4), scores.reshape(batch * levels, width),
-                           self.rpn_nms_threshold, NMS_CANDIDATE, self.num_proposals)
-        scores = torch.where(keep.reshape(batch, levels, width), scores, torch.full_like(scores, INVALID))
+        keep = grouped_nms(
+            boxes.reshape(batch * levels, width, 4),
+            scores.reshape(batch * levels, width),
+            self.rpn_nms_threshold,
+            NMS_CANDIDATE,
+            self.num_proposals,
+        )
+        scores = torch.where(
+            keep.reshape(batch, levels, width), scores, torch.full_like(scores, INVALID)
+        )
         top, index = scores.reshape(batch, levels * width).topk(self.num_proposals, dim=1)
         ok = top > NMS_CANDIDATE
         proposals = _gather_rows(boxes.reshape(batch, levels * width, 4), index)
@@ -288,15 +316,26 @@ class DeployGraph(nn.Module):
         boxes = decode_boxes(codes, proposals.unsqueeze(2), self.box_weights, self.box_clip)
         boxes = clip_boxes(boxes, self.canvas)[:, :, 1:]  # [B, P, C-1, 4], background dropped
         scores = torch.softmax(class_logits.float(), -1).reshape(batch, n, classes)[:, :, 1:]
-        ok = (scores > self.score_threshold) & big_enough(boxes, BOX_MIN_SIZE) & proposal_ok.unsqueeze(-1)
+        ok = (
+            (scores > self.score_threshold)
+            & big_enough(boxes, BOX_MIN_SIZE)
+            & proposal_ok.unsqueeze(-1)
+        )
         scores = torch.where(ok, scores, torch.full_like(scores, INVALID))
         # one NMS group per (image, class), boxes in their own coordinates
         boxes = boxes.permute(0, 2, 1, 3)  # [B, C-1, P, 4]
         scores = scores.permute(0, 2, 1)  # [B, C-1, P]
         k = min(self.max_detections, (classes - 1) * n)
-        keep = grouped_nms(boxes.reshape(batch * (classes - 1), n, 4), scores.reshape(batch * (classes - 1), n),
-                           self.nms_threshold, NMS_CANDIDATE, k)
-        scores = torch.where(keep.reshape(batch, classes - 1, n), scores, torch.full_like(scores, INVALID))
+        keep = grouped_nms(
+            boxes.reshape(batch * (classes - 1), n, 4),
+            scores.reshape(batch * (classes - 1), n),
+            self.nms_threshold,
+            NMS_CANDIDATE,
+            k,
+        )
+        scores = torch.where(
+            keep.reshape(batch, classes - 1, n), scores, torch.full_like(scores, INVALID)
+        )
         top, index = scores.reshape(batch, (classes - 1) * n).topk(k, dim=1)
         ok = top > NMS_CANDIDATE
         boxes = _gather_rows(boxes.reshape(batch, (classes - 1) * n, 4), index)
@@ -312,7 +351,9 @@ class DeployGraph(nn.Module):
             ok = nn.functional.pad(ok, (0, pad))
         return boxes, top, labels, ok
 
-    def _masks(self, batch: int, roi_maps: list[Tensor], boxes: Tensor, labels: Tensor, ok: Tensor) -> Tensor:
+    def _masks(
+        self, batch: int, roi_maps: list[Tensor], boxes: Tensor, labels: Tensor, ok: Tensor
+    ) -> Tensor:
         """Mask head on the K kept boxes: sigmoid of the detected class's logits, [B, K, M, M]."""
         heads = self.model.roi_heads
         k = boxes.shape[1]
@@ -324,14 +365,18 @@ class DeployGraph(nn.Module):
             # only the detected class's 1x1 logits conv: C times less work than all classes
             x = predictor.relu(predictor.conv5_mask(x))
             conv = predictor.mask_fcn_logits
-            weight = conv.weight.reshape(conv.out_channels, conv.in_channels)[flat_labels]  # [BK, Cin]
+            weight = conv.weight.reshape(conv.out_channels, conv.in_channels)[
+                flat_labels
+            ]  # [BK, Cin]
             m = x.shape[-1]
             logits = torch.bmm(weight.unsqueeze(1), x.reshape(x.shape[0], x.shape[1], m * m))
             logits = logits.reshape(batch, k, m, m) + conv.bias[flat_labels].reshape(batch, k, 1, 1)
         else:
             all_logits = predictor(x)
             m = all_logits.shape[-1]
-            logits = torch.gather(all_logits, 1, flat_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+            logits = torch.gather(
+                all_logits, 1, flat_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+            )
             logits = logits.reshape(batch, k, m, m)
         masks = torch.sigmoid(logits.float())
         return torch.where(ok.reshape(batch, k, 1, 1), masks, torch.zeros_like(masks))

@@ -32,13 +32,21 @@ def eager_predictor(loaded: LoadedModel, device: torch.device) -> Predictor:
 
     @torch.inference_mode()
     def predict(images: list[np.ndarray]) -> Predictions:
-        batch = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+        batch = [
+            torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images
+        ]
         results = []
         for out in model(batch):
             masks = (out["masks"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
-            results.append((out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
-                            out["labels"].cpu().numpy(), rles))
+            results.append(
+                (
+                    out["boxes"].cpu().numpy(),
+                    out["scores"].cpu().numpy(),
+                    out["labels"].cpu().numpy(),
+                    rles,
+                )
+            )
         return results
 
     return predict
@@ -46,7 +54,7 @@ def eager_predictor(loaded: LoadedModel, device: torch.device) -> Predictor:
 
 def _batches(data: CocoInstances, batch_size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     for start in range(0, len(data), batch_size):
-        ids = data.image_ids[start:start + batch_size]
+        ids = data.image_ids[start : start + batch_size]
         yield ids, [data.load_image(i) for i in ids]
 
 
@@ -68,12 +76,20 @@ def coco_results(
                     continue
                 x1, y1, x2, y2 = (float(v) for v in box)
                 counts = rle["counts"]
-                results.append({
-                    "image_id": image_id, "category_id": category[int(label)],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-                    "segmentation": {"size": list(rle["size"]), "counts":
-                                     counts.decode("ascii") if isinstance(counts, bytes) else counts},
-                })
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category[int(label)],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": float(score),
+                        "segmentation": {
+                            "size": list(rle["size"]),
+                            "counts": counts.decode("ascii")
+                            if isinstance(counts, bytes)
+                            else counts,
+                        },
+                    }
+                )
     return results
 
 
@@ -90,7 +106,9 @@ def coco_metrics(data: CocoInstances, results: list[dict]) -> dict:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics[iou_type] = {k: round(float(ev.stats[i]), 4) for i, k in enumerate(("AP", "AP50", "AP75"))}
+        metrics[iou_type] = {
+            k: round(float(ev.stats[i]), 4) for i, k in enumerate(("AP", "AP50", "AP75"))
+        }
     return metrics
 
 
@@ -101,5 +119,9 @@ def evaluate(
     started = time.perf_counter()
     results = coco_results(data, predict, classes, batch_size)
     seconds = time.perf_counter() - started
-    return {**coco_metrics(data, results), "images": len(data), "detections": len(results),
-            "seconds": round(seconds, 2)}
+    return {
+        **coco_metrics(data, results),
+        "images": len(data),
+        "detections": len(results),
+        "seconds": round(seconds, 2),
+    }

@@ -27,7 +27,7 @@ class Letterbox:
     resized_height: int
 
     @classmethod
-    def fit(cls, width: int, height: int, canvas: int) -> "Letterbox":
+    def fit(cls, width: int, height: int, canvas: int) -> Letterbox:
         scale = canvas / max(width, height)
         # floor(side * scale), as F.interpolate(scale_factor=..., recompute_scale_factor=True)
         resized_w = min(canvas, max(1, math.floor(width * scale)))

@@ -26,7 +26,10 @@ EPS = 1e-6  # torchvision's LevelMapper eps
 
 
 def roi_levels(
-    rois: Tensor, num_levels: int, canonical_scale: int = 224, canonical_level: int = 4,
+    rois: Tensor,
+    num_levels: int,
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
     first_level: int = 2,
 ) -> Tensor:
     """0-based map index of each RoI (``rois`` [N, 4]), torchvision's ``LevelMapper`` in the same
@@ -63,14 +66,19 @@ def multilevel_roi_align(
     image = torch.arange(batch, device=device, dtype=torch.float32).repeat_interleave(num_rois)
     rois5 = torch.cat([image[:, None], flat], dim=1)
     levels = roi_levels(flat, len(features), canonical_scale, canonical_level, first_level)
-    out = torch.zeros((flat.shape[0], channels, output_size, output_size), dtype=dtype, device=device)
+    out = torch.zeros(
+        (flat.shape[0], channels, output_size, output_size), dtype=dtype, device=device
+    )
     for index, feature in enumerate(features):
         chosen = torch.nonzero(levels == index).squeeze(1)
         if chosen.numel() == 0:
             continue
         pooled = roi_align(
-            feature.float(), rois5.index_select(0, chosen), output_size=output_size,
-            spatial_scale=2.0 ** -(first_level + index), sampling_ratio=sampling_ratio,
+            feature.float(),
+            rois5.index_select(0, chosen),
+            output_size=output_size,
+            spatial_scale=2.0 ** -(first_level + index),
+            sampling_ratio=sampling_ratio,
             aligned=bool(aligned),
         )
         out.index_copy_(0, chosen, pooled.to(dtype))
@@ -78,15 +86,26 @@ def multilevel_roi_align(
 
 
 @multilevel_roi_align.register_fake
-def _multilevel_roi_align_fake(rois, features, output_size, sampling_ratio, aligned,
-                               canonical_scale=224, canonical_level=4, first_level=2):
+def _multilevel_roi_align_fake(
+    rois,
+    features,
+    output_size,
+    sampling_ratio,
+    aligned,
+    canonical_scale=224,
+    canonical_level=4,
+    first_level=2,
+):
     _check(rois, features)
     batch, num_rois = rois.shape[:2]
     return features[0].new_empty((batch, num_rois, features[0].shape[1], output_size, output_size))
 
 
 def _check(rois: Tensor, features: list[Tensor]) -> None:
-    torch._check(rois.dim() == 3 and rois.shape[-1] == 4, lambda: f"rois must be [B, R, 4], got {tuple(rois.shape)}")
+    torch._check(
+        rois.dim() == 3 and rois.shape[-1] == 4,
+        lambda: f"rois must be [B, R, 4], got {tuple(rois.shape)}",
+    )
     torch._check(len(features) >= 1, lambda: "at least one feature map is needed")
     for f in features:
         torch._check(f.dim() == 4, lambda: "features must be [B, C, H, W]")

@@ -64,12 +64,16 @@ def _draw(kind: int, rng: np.random.Generator, height: int, width: int) -> np.nd
         draw.ellipse([cx - size, cy - size, cx + size, cy + size], fill=1)
     else:
         sides = 4 if name == "square" else 3
-        rotation = rng.uniform(0, 2 * math.pi) if rng.random() < 0.5 else -math.pi / 2 + (
-            math.pi / 4 if sides == 4 else 0.0
+        rotation = (
+            rng.uniform(0, 2 * math.pi)
+            if rng.random() < 0.5
+            else -math.pi / 2 + (math.pi / 4 if sides == 4 else 0.0)
         )
         points = [
-            (cx + size * math.cos(rotation + 2 * math.pi * k / sides),
-             cy + size * math.sin(rotation + 2 * math.pi * k / sides))
+            (
+                cx + size * math.cos(rotation + 2 * math.pi * k / sides),
+                cy + size * math.sin(rotation + 2 * math.pi * k / sides),
+            )
             for k in range(sides)
         ]
         draw.polygon(points, fill=1)
@@ -89,7 +93,9 @@ def generate(seed: int, index: int) -> ShapesSample:
         if shape.sum() < MIN_VISIBLE_PIXELS:
             continue
         colour = rng.integers(0, 256, size=3).astype(np.float32)
-        texture = rng.normal(0, rng.uniform(0, 12), size=(height, width, 1)) if rng.random() < 0.3 else 0
+        texture = (
+            rng.normal(0, rng.uniform(0, 12), size=(height, width, 1)) if rng.random() < 0.3 else 0
+        )
         image = np.where(shape[..., None].astype(bool), colour + texture, image)
         for m in visible:
             m &= ~shape.astype(bool)
@@ -97,11 +103,14 @@ def generate(seed: int, index: int) -> ShapesSample:
         visible.append(shape.astype(bool).copy())
         labels.append(kind)
     keep = [
-        i for i, (full, vis) in enumerate(zip(full_masks, visible))
+        i
+        for i, (full, vis) in enumerate(zip(full_masks, visible))
         if vis.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * full.sum())
     ]
-    masks = np.stack([visible[i] for i in keep]).astype(np.uint8) if keep else np.zeros(
-        (0, height, width), np.uint8
+    masks = (
+        np.stack([visible[i] for i in keep]).astype(np.uint8)
+        if keep
+        else np.zeros((0, height, width), np.uint8)
     )
     return ShapesSample(
         image=np.clip(image, 0, 255).round().astype(np.uint8),
@@ -111,7 +120,9 @@ def generate(seed: int, index: int) -> ShapesSample:
 
 
 def coco_categories() -> list[dict]:
-    return [{"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES) if i]
+    return [
+        {"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES) if i
+    ]
 
 
 def coco_annotations(sample: ShapesSample, image_id: int, first_ann_id: int) -> list[dict]:
@@ -120,11 +131,17 @@ def coco_annotations(sample: ShapesSample, image_id: int, first_ann_id: int) -> 
     for k, (mask, label) in enumerate(zip(sample.masks, sample.labels)):
         rle = mask_utils.encode(np.asfortranarray(mask))
         x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-        anns.append({
-            "id": first_ann_id + k, "image_id": image_id, "category_id": int(label),
-            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-            "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h], "iscrowd": 0,
-        })
+        anns.append(
+            {
+                "id": first_ann_id + k,
+                "image_id": image_id,
+                "category_id": int(label),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                "area": float(mask_utils.area(rle)),
+                "bbox": [x, y, w, h],
+                "iscrowd": 0,
+            }
+        )
     return anns
 
 
@@ -137,8 +154,12 @@ def coco_dataset(count: int, seed: int) -> tuple[dict, list[np.ndarray]]:
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": w, "height": h})
         annotations += coco_annotations(sample, i + 1, len(annotations) + 1)
         pixels.append(sample.image)
-    coco = {"images": images, "annotations": annotations, "categories": coco_categories(),
-            "info": {"description": f"maskrt shapes, seed {seed}, {count} images"}}
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": coco_categories(),
+        "info": {"description": f"maskrt shapes, seed {seed}, {count} images"},
+    }
     return coco, pixels
 
 

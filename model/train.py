@@ -84,17 +84,25 @@ def train(opts: TrainOptions) -> Path:
         cfg = cfg.replace(classes=data.classes)  # fine-tuning on another label set
     model = build_model(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum,
-                                weight_decay=opts.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay
+    )
     dataset = _Augmented(data, opts.seed)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=opts.batch_size, shuffle=True, drop_last=True,
-        num_workers=opts.workers, collate_fn=lambda batch: tuple(zip(*batch)),
-        generator=torch.Generator().manual_seed(opts.seed), persistent_workers=False,
+        dataset,
+        batch_size=opts.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=opts.workers,
+        collate_fn=lambda batch: tuple(zip(*batch)),
+        generator=torch.Generator().manual_seed(opts.seed),
+        persistent_workers=False,
     )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise MaskrtError(f"{opts.data}: fewer images ({len(data)}) than one batch ({opts.batch_size})")
+        raise MaskrtError(
+            f"{opts.data}: fewer images ({len(data)}) than one batch ({opts.batch_size})"
+        )
     total = opts.steps or opts.epochs * steps_per_epoch
     epochs = math.ceil(total / steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -105,15 +113,23 @@ def train(opts: TrainOptions) -> Path:
     if opts.resume:
         state = read_file(opts.resume)
         if not (isinstance(state, dict) and state.get("format") == FORMAT and "training" in state):
-            raise MaskrtError(f"{opts.resume}: not a maskrt training checkpoint (no optimizer state)")
+            raise MaskrtError(
+                f"{opts.resume}: not a maskrt training checkpoint (no optimizer state)"
+            )
         load_state_dict(model, state["state_dict"], str(opts.resume))
         optimizer.load_state_dict(state["training"]["optimizer"])
         scheduler.load_state_dict(state["training"]["scheduler"])
         step, first_epoch = state["training"]["step"], state["training"]["epoch"]
 
     opts.out.mkdir(parents=True, exist_ok=True)
-    provenance = {"dataset": opts.data, "config": opts.config, "batch_size": opts.batch_size,
-                  "lr": opts.lr, "schedule": opts.schedule, "total_steps": total}
+    provenance = {
+        "dataset": opts.data,
+        "config": opts.config,
+        "batch_size": opts.batch_size,
+        "lr": opts.lr,
+        "schedule": opts.schedule,
+        "total_steps": total,
+    }
     started = time.monotonic()
     model.train()
     for epoch in range(first_epoch, epochs):
@@ -138,15 +154,31 @@ def train(opts: TrainOptions) -> Path:
             scaler.update()
             scheduler.step()
             step += 1
-            bar.set_postfix_str(f"loss {loss.item():.3f} {_fmt(losses)} lr {scheduler.get_last_lr()[0]:.4f}")
-        training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "step": step, "epoch": epoch + 1}
-        path = save_checkpoint(opts.out / "last.pt", model, cfg,
-                               {**provenance, "steps": step, "epoch": epoch + 1}, training=training)
-        tqdm.write(f"epoch {epoch + 1}: step {step}/{total}, {time.monotonic() - started:.0f} s, {path}")
+            bar.set_postfix_str(
+                f"loss {loss.item():.3f} {_fmt(losses)} lr {scheduler.get_last_lr()[0]:.4f}"
+            )
+        training = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch + 1,
+        }
+        path = save_checkpoint(
+            opts.out / "last.pt",
+            model,
+            cfg,
+            {**provenance, "steps": step, "epoch": epoch + 1},
+            training=training,
+        )
+        tqdm.write(
+            f"epoch {epoch + 1}: step {step}/{total}, {time.monotonic() - started:.0f} s, {path}"
+        )
     final = save_checkpoint(
-        opts.out / "model.pt", model, cfg,
-        {**provenance, "steps": step, "seconds": round(time.monotonic() - started)}, half=True,
+        opts.out / "model.pt",
+        model,
+        cfg,
+        {**provenance, "steps": step, "seconds": round(time.monotonic() - started)},
+        half=True,
     )
     return final
 

@@ -44,10 +44,15 @@ def find_library() -> Path:
         if path.is_file():
             return path.resolve()
     where = ", ".join(str(p) for p in searched)
-    hint = (f"{ENV_VAR} is set but names no file" if os.environ.get(ENV_VAR)
-            else f"build it with: cmake -S plugins -B plugins/build -DTENSORRT_ROOT=<TensorRT dir> && "
-                 f"cmake --build plugins/build -j, or set {ENV_VAR}")
-    raise MaskrtError(f"TensorRT plugin library {LIBRARY_NAME} not found (searched: {where}); {hint}")
+    hint = (
+        f"{ENV_VAR} is set but names no file"
+        if os.environ.get(ENV_VAR)
+        else f"build it with: cmake -S plugins -B plugins/build -DTENSORRT_ROOT=<TensorRT dir> && "
+        f"cmake --build plugins/build -j, or set {ENV_VAR}"
+    )
+    raise MaskrtError(
+        f"TensorRT plugin library {LIBRARY_NAME} not found (searched: {where}); {hint}"
+    )
 
 
 def load() -> Path:
@@ -71,11 +76,15 @@ def load() -> Path:
         try:
             init = lib.initMaskrtPlugins
         except AttributeError as exc:
-            raise MaskrtError(f"{path} is not maskrt's plugin library (no initMaskrtPlugins entry point)") from exc
+            raise MaskrtError(
+                f"{path} is not maskrt's plugin library (no initMaskrtPlugins entry point)"
+            ) from exc
         init.restype = ctypes.c_bool
         init.argtypes = [ctypes.c_void_p]
         if not init(None):
-            raise MaskrtError(f"{path}: registering the {PLUGIN_NAME} plugin creator with TensorRT failed "
-                              "(see TensorRT's log)")
+            raise MaskrtError(
+                f"{path}: registering the {PLUGIN_NAME} plugin creator with TensorRT failed "
+                "(see TensorRT's log)"
+            )
         _loaded[path] = lib
     return path

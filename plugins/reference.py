@@ -38,17 +38,27 @@ def multilevel_roi_align_reference(
     if num_levels == 1:  # torchvision skips the mapper for one level
         levels = torch.zeros(len(flat), dtype=torch.int64, device=rois.device)
     else:
-        mapper = LevelMapper(first_level, first_level + num_levels - 1,
-                             canonical_scale=canonical_scale, canonical_level=canonical_level)
+        mapper = LevelMapper(
+            first_level,
+            first_level + num_levels - 1,
+            canonical_scale=canonical_scale,
+            canonical_level=canonical_level,
+        )
         levels = mapper([flat])
     dtype = features[0].dtype
-    result = torch.zeros((len(flat), channels, output_size, output_size), dtype=dtype, device=rois.device)
+    result = torch.zeros(
+        (len(flat), channels, output_size, output_size), dtype=dtype, device=rois.device
+    )
     for index, feature in enumerate(features):
         chosen = torch.where(levels == index)[0]
         if len(chosen) == 0:
             continue
         result[chosen] = roi_align(
-            feature, rois5[chosen].to(dtype), output_size=output_size,
-            spatial_scale=2.0 ** -(first_level + index), sampling_ratio=sampling_ratio, aligned=aligned,
+            feature,
+            rois5[chosen].to(dtype),
+            output_size=output_size,
+            spatial_scale=2.0 ** -(first_level + index),
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
         )
     return result.reshape(batch, num_rois, channels, output_size, output_size)

@@ -20,15 +20,23 @@ SOURCES = [SRC / "roi_align_kernel.cu", SRC / "roi_align_torch.cpp"]
 def _cuda_root(detected: str | None) -> Path | None:
     """The CUDA toolkit root with the runtime headers. torch infers CUDA_HOME from nvcc's location,
     which is wrong when ``nvcc`` on PATH is a wrapper script (e.g. /usr/local/bin/nvcc)."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), detected, "/usr/local/cuda"]
+    candidates = [
+        os.environ.get("CUDA_HOME"),
+        os.environ.get("CUDA_PATH"),
+        detected,
+        "/usr/local/cuda",
+    ]
     for candidate in candidates:
-        if candidate and (Path(candidate) / "include" / "cuda_runtime_api.h").is_file() \
-                and (Path(candidate) / "bin" / "nvcc").is_file():
+        if (
+            candidate
+            and (Path(candidate) / "include" / "cuda_runtime_api.h").is_file()
+            and (Path(candidate) / "bin" / "nvcc").is_file()
+        ):
             return Path(candidate)
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension(build_directory: str | None = None, verbose: bool = False):
     """Build (once per process and build directory; torch caches across processes) and import the
     extension module. ``build_directory`` defaults to torch's extension cache. Set
@@ -37,8 +45,10 @@ def load_extension(build_directory: str | None = None, verbose: bool = False):
 
     root = _cuda_root(cpp_extension.CUDA_HOME)
     if root is None:
-        raise MaskrtError("building the RoIAlign CUDA extension needs the CUDA toolkit (bin/nvcc, include/"
-                          "cuda_runtime_api.h); set CUDA_HOME to its directory")
+        raise MaskrtError(
+            "building the RoIAlign CUDA extension needs the CUDA toolkit (bin/nvcc, include/"
+            "cuda_runtime_api.h); set CUDA_HOME to its directory"
+        )
     cpp_extension.CUDA_HOME = str(root)  # what torch's build reads for nvcc, include and lib paths
     if build_directory is not None:
         os.makedirs(build_directory, exist_ok=True)
@@ -51,4 +61,3 @@ def load_extension(build_directory: str | None = None, verbose: bool = False):
         build_directory=build_directory,
         verbose=verbose,
     )
-

@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect
 
 from maskrt import __version__
 from maskrt.errors import MaskrtError
-from maskrt.server.batcher import BatchFailed, Batcher, BatcherClosed, Job, QueueFull
+from maskrt.server.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
 from maskrt.server.decode import DecodedImage
 from maskrt.server.errors import ApiError, BodyTooLarge
 from maskrt.server.logging import request_id_var
@@ -102,14 +102,19 @@ def error_response(exc: ApiError) -> Response:
 class ServerState:
     """Everything one app owns. ``status``: loading -> ready -> draining, or loading -> failed."""
 
-    def __init__(self, settings: Settings, opener: Callable[[Settings], Any],
-                 on_fatal: Callable[[BaseException], None] | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        opener: Callable[[Settings], Any],
+        on_fatal: Callable[[BaseException], None] | None,
+    ) -> None:
         self.settings = settings
         self.opener = opener
         self.on_fatal = on_fatal
         device = settings.resolved_device()
-        self.metrics = Metrics(max_batch=settings.max_batch,
-                               gpu_device=device if device.startswith("cuda") else None)
+        self.metrics = Metrics(
+            max_batch=settings.max_batch, gpu_device=device if device.startswith("cuda") else None
+        )
         self.keys = ApiKeys(settings.api_keys)
         self.status = "loading"
         self.error: str | None = None
@@ -120,8 +125,9 @@ class ServerState:
         self.model_info: dict[str, Any] = {}
         self.warmup_seconds: dict[int, float] = {}  # batch size -> seconds of its warm-up run
         self.infer_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
-        self.decode_executor = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
-                                                  thread_name_prefix="maskrt-decode")
+        self.decode_executor = ThreadPoolExecutor(
+            max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="maskrt-decode"
+        )
         self.load_task: asyncio.Task | None = None
         # a batch running longer than this marks the process unhealthy (GET /healthz 503)
         self.stuck_after_s = max(120.0, 4 * settings.request_timeout_s)
@@ -139,9 +145,14 @@ class ServerState:
             warm = await loop.run_in_executor(self.infer_executor, pipeline.warmup, sizes)
         except Exception as exc:
             self.status = "failed"
-            self.error = str(exc) if isinstance(exc, MaskrtError) else f"{type(exc).__name__}: {exc}"
-            log.error("the model failed to load: %s", self.error,
-                      exc_info=None if isinstance(exc, MaskrtError) else exc)
+            self.error = (
+                str(exc) if isinstance(exc, MaskrtError) else f"{type(exc).__name__}: {exc}"
+            )
+            log.error(
+                "the model failed to load: %s",
+                self.error,
+                exc_info=None if isinstance(exc, MaskrtError) else exc,
+            )
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             return
@@ -149,23 +160,45 @@ class ServerState:
         self.warmup_seconds = warm
         info = backend.info
         device = str(backend.device)
-        self.model_ref = {"name": info.name, "version": info.version, "backend": backend.name,
-                          "device": device}
+        self.model_ref = {
+            "name": info.name,
+            "version": info.version,
+            "backend": backend.name,
+            "device": device,
+        }
         max_batch = min(self.settings.max_batch, backend.max_batch)
-        self.model_info = {**self.model_ref, "classes": list(info.classes), "canvas": info.canvas,
-                           "mask_size": info.mask_size, "max_detections": info.max_detections,
-                           "max_batch": max_batch}
+        self.model_info = {
+            **self.model_ref,
+            "classes": list(info.classes),
+            "canvas": info.canvas,
+            "mask_size": info.mask_size,
+            "max_detections": info.max_detections,
+            "max_batch": max_batch,
+        }
         self.metrics.set_model(info.name, backend.name, device)
         self.batcher = Batcher(
-            self._process, max_batch=max_batch, max_delay_s=self.settings.max_delay_ms / 1000,
-            max_queue=self.settings.max_queue, executor=self.infer_executor,
-            on_queue_depth=self.metrics.queue_depth.set, on_batch_start=self._batch_started)
+            self._process,
+            max_batch=max_batch,
+            max_delay_s=self.settings.max_delay_ms / 1000,
+            max_queue=self.settings.max_queue,
+            executor=self.infer_executor,
+            on_queue_depth=self.metrics.queue_depth.set,
+            on_batch_start=self._batch_started,
+        )
         self.batcher.start()
         if self.status == "loading":
             self.status = "ready"
-        log.info("model ready", extra={"fields": {
-            **self.model_ref, "max_batch": max_batch, "load_s": round(loaded - started, 3),
-            "warmup_s": {str(k): round(v, 3) for k, v in warm.items()}}})
+        log.info(
+            "model ready",
+            extra={
+                "fields": {
+                    **self.model_ref,
+                    "max_batch": max_batch,
+                    "load_s": round(loaded - started, 3),
+                    "warmup_s": {str(k): round(v, 3) for k, v in warm.items()},
+                }
+            },
+        )
 
     async def shutdown(self) -> None:
         self.begin_drain()
@@ -190,8 +223,9 @@ class ServerState:
             self.metrics.queue_wait.observe(job.queue_wait_s)
 
     def _process(self, jobs: list[Job]) -> list[JobResult]:
-        out = self.pipeline.run_batch([j.payload.image for j in jobs],
-                                      [j.payload.options for j in jobs])
+        out = self.pipeline.run_batch(
+            [j.payload.image for j in jobs], [j.payload.options for j in jobs]
+        )
         m = self.metrics
         m.batch_size.observe(len(jobs))
         m.images.inc(len(jobs))
@@ -199,8 +233,10 @@ class ServerState:
         m.inference.labels(self.model_ref["backend"]).observe(out.inference_s)
         m.postprocess.observe(out.postprocess_s)
         m.detections.inc(sum(len(d) for d in out.detections))
-        return [JobResult(d, out.preprocess_s, out.inference_s, out.postprocess_s)
-                for d in out.detections]
+        return [
+            JobResult(d, out.preprocess_s, out.inference_s, out.postprocess_s)
+            for d in out.detections
+        ]
 
     # -- request side --------------------------------------------------------------------------
 
@@ -213,13 +249,16 @@ class ServerState:
 
     def not_ready(self) -> ApiError:
         if self.status == "failed":
-            return ApiError(503, "not_ready", f"the model failed to load: {self.error}",
-                            {"Retry-After": "30"})
+            return ApiError(
+                503, "not_ready", f"the model failed to load: {self.error}", {"Retry-After": "30"}
+            )
         if self.status == "draining":
-            return ApiError(503, "shutting_down", "the server is shutting down",
-                            {"Retry-After": "5"})
-        return ApiError(503, "not_ready", "the model is loading and warming up",
-                        {"Retry-After": "5"})
+            return ApiError(
+                503, "shutting_down", "the server is shutting down", {"Retry-After": "5"}
+            )
+        return ApiError(
+            503, "not_ready", "the model is loading and warming up", {"Retry-After": "5"}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +321,9 @@ class RequestMiddleware:
         except Exception as exc:
             log.error("unhandled error", exc_info=exc)
             if not started:
-                await error_response(ApiError(
-                    500, "internal_error",
-                    f"internal server error; request id {rid}"))(scope, receive, send_wrapper)
+                await error_response(
+                    ApiError(500, "internal_error", f"internal server error; request id {rid}")
+                )(scope, receive, send_wrapper)
         finally:
             duration = time.perf_counter() - start
             path = scope.get("path", "")
@@ -293,10 +332,23 @@ class RequestMiddleware:
             self.state.metrics.request_duration.labels(*labels).observe(duration)
             self.state.metrics.requests.labels(*labels).inc()
             level = logging.DEBUG if path in QUIET_PATHS and status < 500 else logging.INFO
-            access_log.log(level, "%s %s %d", scope.get("method"), path, status, extra={"fields": {
-                "method": scope.get("method"), "path": path, "status": status,
-                "duration_ms": round(duration * 1000, 3), "bytes_in": received,
-                "client": (scope.get("client") or ("", 0))[0]}})
+            access_log.log(
+                level,
+                "%s %s %d",
+                scope.get("method"),
+                path,
+                status,
+                extra={
+                    "fields": {
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                        "bytes_in": received,
+                        "client": (scope.get("client") or ("", 0))[0],
+                    }
+                },
+            )
             request_id_var.reset(token)
 
 
@@ -335,27 +387,37 @@ def classify_content_type(content_type: str, batch: bool) -> str:
         return "multipart"
     if not batch and (media.startswith("image/") or media in _RAW_TYPES):
         return "raw"
-    expected = ("multipart/form-data with one or more files in the field 'images'" if batch else
-                "multipart/form-data with a file in the field 'image', or the image itself as "
-                "the body with Content-Type image/*")
-    raise ApiError(415, "unsupported_media_type",
-                   f"unsupported Content-Type {media or '(none)'!r}: send {expected}")
+    expected = (
+        "multipart/form-data with one or more files in the field 'images'"
+        if batch
+        else "multipart/form-data with a file in the field 'image', or the image itself as "
+        "the body with Content-Type image/*"
+    )
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"unsupported Content-Type {media or '(none)'!r}: send {expected}",
+    )
 
 
-async def read_images(request: Request, kind: str, batch: bool, max_images: int
-                      ) -> tuple[list[bytes], list[tuple[str, str]]]:
+async def read_images(
+    request: Request, kind: str, batch: bool, max_images: int
+) -> tuple[list[bytes], list[tuple[str, str]]]:
     """The image bodies and the form's other fields."""
     if kind == "raw":
         body = b"".join([chunk async for chunk in request.stream()])
         if not body:
-            raise ApiError(400, "empty_body", "the request body is empty: send the image as the "
-                                              "body (Content-Type image/...) or as the multipart "
-                                              "field 'image'")
+            raise ApiError(
+                400,
+                "empty_body",
+                "the request body is empty: send the image as the "
+                "body (Content-Type image/...) or as the multipart "
+                "field 'image'",
+            )
         return [body], []
     names = ("images", "image") if batch else ("image",)
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=64,
-                                  max_part_size=64 * 1024)
+        form = await request.form(max_files=max_images + 1, max_fields=64, max_part_size=64 * 1024)
     except StarletteHTTPException as exc:  # the multipart parser's complaints
         raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.detail}") from None
     try:
@@ -364,23 +426,36 @@ async def read_images(request: Request, kind: str, batch: bool, max_images: int
         for key, value in form.multi_items():
             if key in names:
                 if not isinstance(value, UploadFile):
-                    raise ApiError(422, "invalid_field",
-                                   f"multipart field {key!r} must be a file (filename set)")
+                    raise ApiError(
+                        422,
+                        "invalid_field",
+                        f"multipart field {key!r} must be a file (filename set)",
+                    )
                 files.append(value)
             elif isinstance(value, UploadFile):
-                raise ApiError(422, "invalid_field",
-                               f"unexpected file field {key!r}; images go in {names[0]!r}")
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"unexpected file field {key!r}; images go in {names[0]!r}",
+                )
             else:
                 fields.append((key, value))
         if not files:
-            raise ApiError(422, "missing_field", f"the multipart field {names[0]!r} (a file) is "
-                                                 f"required")
+            raise ApiError(
+                422, "missing_field", f"the multipart field {names[0]!r} (a file) is required"
+            )
         if not batch and len(files) > 1:
-            raise ApiError(422, "invalid_field", "one image per /predict request; send several to "
-                                                 "/predict/batch as 'images' fields")
+            raise ApiError(
+                422,
+                "invalid_field",
+                "one image per /predict request; send several to /predict/batch as 'images' fields",
+            )
         if len(files) > max_images:
-            raise ApiError(413, "too_many_images",
-                           f"{len(files)} images in one request; the limit is {max_images}")
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"{len(files)} images in one request; the limit is {max_images}",
+            )
         return [await f.read() for f in files], fields
     finally:
         await form.close()
@@ -398,30 +473,64 @@ async def _wait_disconnect(receive) -> None:
 
 
 def _request_body_doc(batch: bool) -> dict:
-    params = {name: {k: v for k, v in schema.items() if k != "default"}
-              for name, schema in PredictParams.model_json_schema()["properties"].items()}
+    params = {
+        name: {k: v for k, v in schema.items() if k != "default"}
+        for name, schema in PredictParams.model_json_schema()["properties"].items()
+    }
     if batch:
-        files = {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                            "description": "the images (JPEG, PNG, WebP, BMP, GIF, TIFF)"}}
-        content = {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["images"], "properties": {**files, **params}}}}
-    else:
-        files = {"image": {"type": "string", "format": "binary",
-                           "description": "the image (JPEG, PNG, WebP, BMP, GIF, TIFF)"}}
+        files = {
+            "images": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "the images (JPEG, PNG, WebP, BMP, GIF, TIFF)",
+            }
+        }
         content = {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"], "properties": {**files, **params}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {**files, **params},
+                }
+            }
+        }
+    else:
+        files = {
+            "image": {
+                "type": "string",
+                "format": "binary",
+                "description": "the image (JPEG, PNG, WebP, BMP, GIF, TIFF)",
+            }
+        }
+        content = {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {**files, **params},
+                }
+            },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         }
-    query = [{"name": name, "in": "query", "required": False, "schema": schema,
-              "description": schema.get("description", "")}
-             for name, schema in params.items()]
+    query = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": schema.get("description", ""),
+        }
+        for name, schema in params.items()
+    ]
     return {"parameters": query, "requestBody": {"required": True, "content": content}}
 
 
-def create_app(settings: Settings | None = None, *,
-               opener: Callable[[Settings], Any] | None = None,
-               on_fatal: Callable[[BaseException], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    opener: Callable[[Settings], Any] | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
     """The app for ``settings`` (default: from the environment). ``opener(settings) -> Backend``
     defaults to :func:`maskrt.server.backends.open_backend`; ``on_fatal(exc)`` is called when the
     model cannot be loaded (``maskrt serve`` then exits)."""
@@ -439,7 +548,9 @@ def create_app(settings: Settings | None = None, *,
             await state.shutdown()
 
     app = FastAPI(
-        title="maskrt", version=__version__, lifespan=lifespan,
+        title="maskrt",
+        version=__version__,
+        lifespan=lifespan,
         description="Mask R-CNN instance segmentation: boxes, classes, scores and COCO RLE masks.",
     )
     app.state.maskrt = state
@@ -463,42 +574,68 @@ def create_app(settings: Settings | None = None, *,
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = (f"no route {request.method} {request.url.path}" if exc.status_code == 404
-                   else str(exc.detail))
-        return _json({"error": {"code": code, "message": message}}, exc.status_code,
-                     dict(exc.headers or {}))
+        message = (
+            f"no route {request.method} {request.url.path}"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        return _json(
+            {"error": {"code": code, "message": message}}, exc.status_code, dict(exc.headers or {})
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return _json({"error": {"code": "invalid_parameter", "message": _validation_message(exc)}},
-                     422)
+        return _json(
+            {"error": {"code": "invalid_parameter", "message": _validation_message(exc)}}, 422
+        )
 
     # -- probes and metadata -------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorResponse}},
-             summary="the process is alive")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": ErrorResponse}},
+        summary="the process is alive",
+    )
     async def healthz() -> Response:
         if state.batcher is not None and state.batcher.running_for() > state.stuck_after_s:
-            return error_response(ApiError(
-                503, "stuck", f"a batch has been running for {state.batcher.running_for():.0f} s"))
+            return error_response(
+                ApiError(
+                    503,
+                    "stuck",
+                    f"a batch has been running for {state.batcher.running_for():.0f} s",
+                )
+            )
         return _json({"status": "ok"})
 
-    @app.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}},
-             summary="the model is loaded and warmed up")
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: {"model": ErrorResponse}},
+        summary="the model is loaded and warmed up",
+    )
     async def readyz() -> Response:
         if state.status != "ready":
             return error_response(state.not_ready())
         return _json({"status": "ready"})
 
-    @app.get("/v1/model", response_model=ModelInfoResponse, dependencies=auth,
-             responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
-             summary="the served model")
+    @app.get(
+        "/v1/model",
+        response_model=ModelInfoResponse,
+        dependencies=auth,
+        responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
+        summary="the served model",
+    )
     async def model_info() -> Response:
         if not state.model_info:
             raise state.not_ready()
         return _json(state.model_info)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
@@ -520,35 +657,56 @@ def create_app(settings: Settings | None = None, *,
                 with batcher.expecting():
                     datas, fields = await read_images(request, kind, batch, settings.max_queue)
                     params = parse_params(list(request.query_params.multi_items()) + fields)
-                    decoded = await asyncio.gather(*(
-                        loop.run_in_executor(state.decode_executor, functools.partial(
-                            pipeline.decode, data, max_pixels=settings.max_image_pixels,
-                            name=f"images[{i}]" if batch else "image"))
-                        for i, data in enumerate(datas)))
+                    decoded = await asyncio.gather(
+                        *(
+                            loop.run_in_executor(
+                                state.decode_executor,
+                                functools.partial(
+                                    pipeline.decode,
+                                    data,
+                                    max_pixels=settings.max_image_pixels,
+                                    name=f"images[{i}]" if batch else "image",
+                                ),
+                            )
+                            for i, data in enumerate(datas)
+                        )
+                    )
                 for d in decoded:
                     state.metrics.decode.observe(d.seconds)
                 options = PostOptions(
-                    settings.score_threshold if params.score_threshold is None
+                    settings.score_threshold
+                    if params.score_threshold is None
                     else params.score_threshold,
-                    params.max_detections, params.masks == "rle")
+                    params.max_detections,
+                    params.masks == "rle",
+                )
                 try:
                     jobs = batcher.submit([Work(d.tensor, options) for d in decoded], rid)
                 except QueueFull as exc:
-                    raise ApiError(503, "queue_full",
-                                   f"the server is busy ({batcher.depth} images queued); retry "
-                                   f"in {exc.retry_after_s} s",
-                                   {"Retry-After": str(exc.retry_after_s)}) from None
+                    raise ApiError(
+                        503,
+                        "queue_full",
+                        f"the server is busy ({batcher.depth} images queued); retry "
+                        f"in {exc.retry_after_s} s",
+                        {"Retry-After": str(exc.retry_after_s)},
+                    ) from None
                 except BatcherClosed:
                     raise state.not_ready() from None
                 results = await _wait_jobs(request, jobs)
         except TimeoutError:
             for job in jobs:
                 job.drop("timeout")
-            raise ApiError(504, "timeout", f"no answer within the request timeout of "
-                                           f"{settings.request_timeout_s:g} s") from None
+            raise ApiError(
+                504,
+                "timeout",
+                f"no answer within the request timeout of {settings.request_timeout_s:g} s",
+            ) from None
         except BatchFailed:
-            raise ApiError(500, "inference_failed",
-                           f"inference failed for this request's batch; request id {rid}") from None
+            raise ApiError(
+                500,
+                "inference_failed",
+                f"inference failed for this request's batch; request id {rid}",
+            ) from None
         finally:
             state.metrics.inflight.dec()
         answers = [_answer(state.model_ref, d, job, r) for d, job, r in zip(decoded, jobs, results)]
@@ -569,19 +727,25 @@ def create_app(settings: Settings | None = None, *,
             if not gathered.done():
                 gathered.cancel()
 
-    predict_doc = dict(response_model=PredictResponse, dependencies=auth,
-                       responses={k: v for k, v in ERROR_RESPONSES.items()},
-                       openapi_extra=_request_body_doc(False),
-                       summary="detect and segment the objects of one image")
+    predict_doc = dict(
+        response_model=PredictResponse,
+        dependencies=auth,
+        responses={k: v for k, v in ERROR_RESPONSES.items()},
+        openapi_extra=_request_body_doc(False),
+        summary="detect and segment the objects of one image",
+    )
 
     @app.post("/predict", **predict_doc)
     async def predict(request: Request) -> Response:
         return await handle(request, batch=False)
 
-    batch_doc = dict(response_model=BatchPredictResponse, dependencies=auth,
-                     responses={k: v for k, v in ERROR_RESPONSES.items()},
-                     openapi_extra=_request_body_doc(True),
-                     summary="several images in one request; results in order")
+    batch_doc = dict(
+        response_model=BatchPredictResponse,
+        dependencies=auth,
+        responses={k: v for k, v in ERROR_RESPONSES.items()},
+        openapi_extra=_request_body_doc(True),
+        summary="several images in one request; results in order",
+    )
 
     @app.post("/predict/batch", **batch_doc)
     async def predict_batch(request: Request) -> Response:
@@ -590,9 +754,13 @@ def create_app(settings: Settings | None = None, *,
     # -- middleware ----------------------------------------------------------------------------
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     paths: set[str] = set()
 
     def known_paths() -> set[str]:
@@ -614,8 +782,11 @@ def _answer(model_ref: dict, decoded: DecodedImage, job: Job, result: JobResult)
         "width": decoded.width,
         "height": decoded.height,
         "detections": result.detections,
-        "timings_ms": {"decode": _ms(decoded.seconds), "queue": _ms(job.queue_wait_s),
-                       "preprocess": _ms(result.preprocess_s),
-                       "inference": _ms(result.inference_s),
-                       "postprocess": _ms(result.postprocess_s)},
+        "timings_ms": {
+            "decode": _ms(decoded.seconds),
+            "queue": _ms(job.queue_wait_s),
+            "preprocess": _ms(result.preprocess_s),
+            "inference": _ms(result.inference_s),
+            "postprocess": _ms(result.postprocess_s),
+        },
     }

@@ -61,7 +61,7 @@ class Job:
     enqueued: float = 0.0  # loop time
     queue_wait_s: float = 0.0  # set when the job's batch starts
     dropped: str | None = None  # why the job will not run ("timeout", "client disconnected")
-    batcher: "Batcher | None" = field(default=None, repr=False)
+    batcher: Batcher | None = field(default=None, repr=False)
 
     def drop(self, reason: str) -> None:
         """The request gave up: leave the queue at once (freeing its slot) and never run; a job
@@ -155,8 +155,9 @@ class Batcher:
             return
         self.stats.dropped += 1
         self._on_queue_depth(len(self._queue))
-        log.info("job dropped before inference: %s", job.dropped,
-                 extra={"request_id": job.request_id})
+        log.info(
+            "job dropped before inference: %s", job.dropped, extra={"request_id": job.request_id}
+        )
         self._wakeup.set()
 
     def retry_after_s(self) -> int:
@@ -168,7 +169,9 @@ class Batcher:
 
     def start(self) -> None:
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="maskrt-batcher")
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name="maskrt-batcher"
+            )
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Take no new jobs, run the queued ones, stop the worker (cancelled after ``timeout_s``)."""
@@ -177,9 +180,10 @@ class Batcher:
         if self._worker is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout_s)
-            except asyncio.TimeoutError:
-                log.error("batcher did not drain in %.1f s; %d jobs dropped", timeout_s,
-                          len(self._queue))
+            except TimeoutError:
+                log.error(
+                    "batcher did not drain in %.1f s; %d jobs dropped", timeout_s, len(self._queue)
+                )
                 self._worker.cancel()
             for job in self._queue:
                 job.drop("server stopping")
@@ -202,15 +206,16 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             deadline = self._queue[0].enqueued + self.max_delay_s
-            while (0 < len(self._queue) < self.max_batch and self._expected > 0
-                   and not self._closing):
+            while (
+                0 < len(self._queue) < self.max_batch and self._expected > 0 and not self._closing
+            ):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._on_queue_depth(len(self._queue))
@@ -218,8 +223,11 @@ class Batcher:
             for job in batch:
                 if job.dropped is not None or job.future.done():
                     self.stats.dropped += 1
-                    log.info("job dropped before inference: %s", job.dropped or "cancelled",
-                             extra={"request_id": job.request_id})
+                    log.info(
+                        "job dropped before inference: %s",
+                        job.dropped or "cancelled",
+                        extra={"request_id": job.request_id},
+                    )
                 else:
                     live.append(job)
             if not live:
@@ -243,8 +251,12 @@ class Batcher:
             raise
         except Exception as exc:
             self.stats.failed_batches += 1
-            log.error("batch of %d failed", len(jobs), exc_info=exc,
-                      extra={"fields": {"request_ids": sorted({j.request_id for j in jobs})}})
+            log.error(
+                "batch of %d failed",
+                len(jobs),
+                exc_info=exc,
+                extra={"fields": {"request_ids": sorted({j.request_id for j in jobs})}},
+            )
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(BatchFailed(exc))

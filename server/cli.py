@@ -17,12 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     from maskrt.server.settings import Settings, flag_name
 
     p = sub.add_parser(
-        "serve", help="serve a model over HTTP (FastAPI + dynamic batching)",
+        "serve",
+        help="serve a model over HTTP (FastAPI + dynamic batching)",
         description="Serve a model over HTTP. Every flag is also an environment variable "
-                    "MASKRT_<NAME> (flags win).")
+        "MASKRT_<NAME> (flags win).",
+    )
     for name, field in Settings.model_fields.items():
-        kwargs: dict = {"dest": name, "default": None,
-                        "help": f"{field.description or ''} (env MASKRT_{name.upper()})"}
+        kwargs: dict = {
+            "dest": name,
+            "default": None,
+            "help": f"{field.description or ''} (env MASKRT_{name.upper()})",
+        }
         annotation = field.annotation
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is typing.Literal:
@@ -88,9 +93,15 @@ def _serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        server_header=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
-        lifespan="on")
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
+        lifespan="on",
+    )
     server = Server(config)
 
     def exit_cleanly(sig, frame) -> None:  # uvicorn re-raises the signal once it has shut down

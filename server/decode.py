@@ -32,8 +32,9 @@ from maskrt.server.errors import ApiError
 
 # What the server accepts (Pillow format names). MPO is what many cameras write for JPEG.
 Image.init()  # register every plugin now (Pillow loads most lazily)
-FORMATS: tuple[str, ...] = tuple(f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-                                 if f in Image.OPEN)
+FORMATS: tuple[str, ...] = tuple(
+    f for f in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN
+)
 _EXIF_ORIENTATION = 0x0112
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
@@ -41,8 +42,9 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 # torchvision >= 0.29 warns on every decode_jpeg call that its decoders are deprecated.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
 # Pillow hands out read-only pixel buffers; the decoded tensor is never written in place.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
-                        category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", category=UserWarning
+)
 
 
 @dataclass
@@ -63,8 +65,9 @@ class DecodedImage:
         return int(self.tensor.shape[1])
 
 
-def decode_image(data: bytes, *, max_pixels: int, device: torch.device | str | None = None,
-                 name: str = "image") -> DecodedImage:
+def decode_image(
+    data: bytes, *, max_pixels: int, device: torch.device | str | None = None, name: str = "image"
+) -> DecodedImage:
     """Decode ``data``; ``device`` is the backend's (nvJPEG is used when it is a CUDA device).
 
     Raises :class:`ApiError`: 400 ``empty_image`` / ``invalid_image``, 413 ``image_too_large``.
@@ -95,21 +98,29 @@ def open_image(data: bytes, *, max_pixels: int, name: str = "image") -> Image.Im
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large",
-                       f"{name}: the image has more pixels than the limit of {max_pixels}") from None
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{name}: the image has more pixels than the limit of {max_pixels}",
+        ) from None
     except UnidentifiedImageError:
-        raise ApiError(400, "invalid_image",
-                       f"{name}: not an image in a supported format ({supported})") from None
+        raise ApiError(
+            400, "invalid_image", f"{name}: not an image in a supported format ({supported})"
+        ) from None
     except Exception as exc:  # broken headers make plugins raise all sorts of errors
-        raise ApiError(400, "invalid_image",
-                       f"{name}: the image header is corrupt ({_reason(exc)})") from None
+        raise ApiError(
+            400, "invalid_image", f"{name}: the image header is corrupt ({_reason(exc)})"
+        ) from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ApiError(400, "invalid_image", f"{name}: the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ApiError(413, "image_too_large",
-                       f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
-                       f"{max_pixels} pixels")
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
+            f"{max_pixels} pixels",
+        )
     return img
 
 
@@ -134,8 +145,9 @@ def _decode_pillow(img: Image.Image, name: str) -> Tensor:
     except ApiError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(400, "invalid_image",
-                       f"{name}: the image data is truncated or corrupt ({_reason(exc)})") from None
+        raise ApiError(
+            400, "invalid_image", f"{name}: the image data is truncated or corrupt ({_reason(exc)})"
+        ) from None
     except Image.DecompressionBombError:
         raise ApiError(413, "image_too_large", f"{name}: the image has too many pixels") from None
     return torch.from_numpy(array).permute(2, 0, 1)

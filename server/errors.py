@@ -9,8 +9,9 @@ class ApiError(Exception):
     ``headers`` are added to the answer (``Retry-After``, ``WWW-Authenticate``).
     """
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -25,5 +26,6 @@ class BodyTooLarge(ApiError):
     """The body grew past ``max_upload_bytes`` while it was being read."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "body_too_large",
-                         f"the request body is larger than the limit of {limit} bytes")
+        super().__init__(
+            413, "body_too_large", f"the request body is larger than the limit of {limit} bytes"
+        )

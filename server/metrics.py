@@ -21,13 +21,31 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    gc_collector,
     generate_latest,
+    platform_collector,
+    process_collector,
 )
-from prometheus_client import gc_collector, platform_collector, process_collector
 
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    60.0,
 )
 
 
@@ -49,8 +67,13 @@ class Metrics:
     (memory in use on that GPU as the driver reports it, all processes and allocators included).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, max_batch: int = 8,
-                 gpu_device: str | None = None, process: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        max_batch: int = 8,
+        gpu_device: str | None = None,
+        process: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process:
@@ -59,41 +82,74 @@ class Metrics:
             gc_collector.GCCollector(registry=r)
 
         self.request_duration = Histogram(
-            "maskrt_request_duration_seconds", "HTTP request latency, arrival to response",
-            ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_request_duration_seconds",
+            "HTTP request latency, arrival to response",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
-            "maskrt_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+            "maskrt_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
         self.queue_wait = Histogram(
-            "maskrt_queue_wait_seconds", "time an image waits in the batch queue",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_queue_wait_seconds",
+            "time an image waits in the batch queue",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.preprocess = Histogram(
-            "maskrt_preprocess_duration_seconds", "batch letterboxing on the backend's device",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_preprocess_duration_seconds",
+            "batch letterboxing on the backend's device",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference = Histogram(
-            "maskrt_inference_duration_seconds", "deploy graph run of one batch", ["backend"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_inference_duration_seconds",
+            "deploy graph run of one batch",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.postprocess = Histogram(
-            "maskrt_postprocess_duration_seconds", "post-processing (paste, RLE) of one batch",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_postprocess_duration_seconds",
+            "post-processing (paste, RLE) of one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.decode = Histogram(
-            "maskrt_decode_duration_seconds", "decoding of one uploaded image",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "maskrt_decode_duration_seconds",
+            "decoding of one uploaded image",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "maskrt_batch_size", "images per inference batch",
-            buckets=batch_size_buckets(max_batch), registry=r)
+            "maskrt_batch_size",
+            "images per inference batch",
+            buckets=batch_size_buckets(max_batch),
+            registry=r,
+        )
         self.images = Counter("maskrt_images", "images inferred", registry=r)
         self.detections = Counter("maskrt_detections", "detections returned", registry=r)
-        self.queue_depth = Gauge("maskrt_queue_depth", "images waiting in the batch queue",
-                                 registry=r)
-        self.inflight = Gauge("maskrt_inflight_requests", "inference requests being handled",
-                              registry=r)
-        self.model_info = Gauge("maskrt_model_info", "the served model (value 1)",
-                                ["name", "backend", "device"], registry=r)
+        self.queue_depth = Gauge(
+            "maskrt_queue_depth", "images waiting in the batch queue", registry=r
+        )
+        self.inflight = Gauge(
+            "maskrt_inflight_requests", "inference requests being handled", registry=r
+        )
+        self.model_info = Gauge(
+            "maskrt_model_info",
+            "the served model (value 1)",
+            ["name", "backend", "device"],
+            registry=r,
+        )
         self.gpu_memory: Gauge | None = None
         if gpu_device is not None and gpu_device.startswith("cuda"):
-            self.gpu_memory = Gauge("maskrt_gpu_memory_used_bytes",
-                                    "memory in use on the GPU (driver view, all processes)",
-                                    ["device"], registry=r)
+            self.gpu_memory = Gauge(
+                "maskrt_gpu_memory_used_bytes",
+                "memory in use on the GPU (driver view, all processes)",
+                ["device"],
+                registry=r,
+            )
             self.gpu_memory.labels(gpu_device).set_function(_gpu_used(gpu_device))
 
     def render(self) -> tuple[bytes, str]:

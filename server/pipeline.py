@@ -69,8 +69,9 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------
 
-    def decode(self, data: bytes, *, max_pixels: int = 40_000_000, name: str = "image"
-               ) -> DecodedImage:
+    def decode(
+        self, data: bytes, *, max_pixels: int = 40_000_000, name: str = "image"
+    ) -> DecodedImage:
         """Bytes of an uploaded image to an upright uint8 RGB ``[3, H, W]`` tensor (nvJPEG on a
         CUDA backend's device, else Pillow on the host)."""
         return decode_image(data, max_pixels=max_pixels, device=self.device, name=name)
@@ -80,8 +81,9 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def run_batch(self, images: Sequence[Tensor], options: Sequence[PostOptions] | PostOptions
-                  ) -> BatchOutput:
+    def run_batch(
+        self, images: Sequence[Tensor], options: Sequence[PostOptions] | PostOptions
+    ) -> BatchOutput:
         """One batch (``1 <= len(images) <= max_batch``) of uint8 ``[3, H, W]`` images."""
         if not 1 <= len(images) <= self.max_batch:
             raise ValueError(f"a batch holds 1 to {self.max_batch} images, got {len(images)}")
@@ -95,7 +97,8 @@ class Pipeline:
         self._sync()
         t2 = time.perf_counter()
         detections = postprocess_batch(
-            outputs, letterboxes,
+            outputs,
+            letterboxes,
             score_threshold=[o.score_threshold for o in options],
             max_detections=[o.max_detections for o in options],
             want_masks=[o.want_masks for o in options],
@@ -118,26 +121,34 @@ class Pipeline:
             return image
         raise TypeError(f"cannot make an image of {type(image).__name__}")
 
-    def predict(self, images: Sequence[np.ndarray | Tensor | bytes], *,
-                score_threshold: float = 0.0, max_detections: int | None = None,
-                want_masks: bool = True, batch_size: int | None = None) -> list[list[dict]]:
+    def predict(
+        self,
+        images: Sequence[np.ndarray | Tensor | bytes],
+        *,
+        score_threshold: float = 0.0,
+        max_detections: int | None = None,
+        want_masks: bool = True,
+        batch_size: int | None = None,
+    ) -> list[list[dict]]:
         """Detections of each image, in batches of ``batch_size`` (default ``max_batch``)."""
         size = min(batch_size or self.max_batch, self.max_batch)
         opts = PostOptions(score_threshold, max_detections, want_masks)
         out: list[list[dict]] = []
         for start in range(0, len(images), size):
-            chunk = [self.as_tensor(im) for im in images[start:start + size]]
+            chunk = [self.as_tensor(im) for im in images[start : start + size]]
             out.extend(self.run_batch(chunk, opts).detections)
         return out
 
-    def predictor(self, score_threshold: float = 0.0, batch_size: int | None = None
-                  ) -> Callable[[list[np.ndarray]], Predictions]:
+    def predictor(
+        self, score_threshold: float = 0.0, batch_size: int | None = None
+    ) -> Callable[[list[np.ndarray]], Predictions]:
         """A ``maskrt.model.evaluate.Predictor`` over this pipeline (HxWx3 uint8 images in)."""
 
         def predict(images: list[np.ndarray]) -> Predictions:
             results = []
-            for dets in self.predict(images, score_threshold=score_threshold,
-                                     batch_size=batch_size):
+            for dets in self.predict(
+                images, score_threshold=score_threshold, batch_size=batch_size
+            ):
                 boxes = np.array([d["box"] for d in dets], dtype=np.float32).reshape(-1, 4)
                 scores = np.array([d["score"] for d in dets], dtype=np.float32)
                 classes = np.array([d["class_id"] for d in dets], dtype=np.int64)

@@ -38,8 +38,9 @@ one and is the default there (see :func:`paste_strategy`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +98,9 @@ def expand_boxes_int(boxes: np.ndarray, mask_size: int, padding: int = 1) -> np.
     return out.astype(np.int64)  # truncation toward zero, as Tensor.to(torch.int64)
 
 
-def paste_geometry(boxes: np.ndarray, img_h: np.ndarray, img_w: np.ndarray,
-                   mask_size: int) -> PasteGeometry:
+def paste_geometry(
+    boxes: np.ndarray, img_h: np.ndarray, img_w: np.ndarray, mask_size: int
+) -> PasteGeometry:
     """Geometry of pasting ``M x M`` masks into ``[N, 4]`` float32 boxes (image pixels)."""
     e = expand_boxes_int(boxes, mask_size)
     img_h = np.broadcast_to(np.asarray(img_h, dtype=np.int64), (len(e),))
@@ -113,12 +115,17 @@ def paste_geometry(boxes: np.ndarray, img_h: np.ndarray, img_w: np.ndarray,
     wh = np.clip(np.minimum(e[:, 3] + 1, img_h) - wy0, 0, None)
     ww = np.minimum(ww, np.maximum(bw - (wx0 - e[:, 0]), 0))
     wh = np.minimum(wh, np.maximum(bh - (wy0 - e[:, 1]), 0))
-    return PasteGeometry(e[:, 0], e[:, 1], bw, bh, wx0, wy0, ww, wh,
-                         img_h.copy(), img_w.copy())
+    return PasteGeometry(e[:, 0], e[:, 1], bw, bh, wx0, wy0, ww, wh, img_h.copy(), img_w.copy())
 
 
-def axis_tables(n_in: int, out_size: np.ndarray, first: np.ndarray, length: np.ndarray,
-                count: int, src_fma: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def axis_tables(
+    n_in: int,
+    out_size: np.ndarray,
+    first: np.ndarray,
+    length: np.ndarray,
+    count: int,
+    src_fma: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear (``align_corners=False``) source indices and weights along one axis.
 
     Row ``j`` covers output positions ``first[j] + [0, count)`` of an axis resized from ``n_in``
@@ -183,7 +190,9 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("chain", False, "plain", "plain"),  # CPU baseline build, h + w <= 128
 ) + tuple(
     Recipe("separable", s, h, v)
-    for s in (True, False) for h in _SEPARABLE_MODES for v in _SEPARABLE_MODES
+    for s in (True, False)
+    for h in _SEPARABLE_MODES
+    for v in _SEPARABLE_MODES
     if not (h == v and (h, s) in (("fma0", True), ("plain", False)))
 )
 
@@ -209,8 +218,9 @@ def _combine(p: Tensor, wp: Tensor, q: Tensor, wq: Tensor, mode: str) -> Tensor:
     raise ValueError(f"unknown combine mode {mode!r}")
 
 
-def _emulate(padded: Tensor, cols: tuple[Tensor, ...], rows: tuple[Tensor, ...],
-             recipe: Recipe) -> Tensor:
+def _emulate(
+    padded: Tensor, cols: tuple[Tensor, ...], rows: tuple[Tensor, ...], recipe: Recipe
+) -> Tensor:
     """Bilinear values ``[n, Wc, Hr]`` (column-major windows) of padded masks ``[n, S, S]``.
 
     ``cols = (x0, x1, b0, b1)`` are ``[n, Wc]``, ``rows = (y0, y1, a0, a1)`` are ``[n, Hr]``
@@ -256,12 +266,42 @@ _CALIBRATION_LOCK = threading.Lock()
 
 def _probe_sizes() -> dict[str, list[tuple[int, int]]]:
     rng = np.random.default_rng(12345)
-    small = [(1, 1), (1, 2), (2, 1), (3, 5), (7, 29), (29, 7), (30, 30), (31, 30), (30, 31),
-             (28, 28), (33, 47), (60, 68), (64, 64), (100, 28), (127, 1), (1, 127), (13, 115)]
-    small += [(int(h), int(rng.integers(1, SMALL_SUM - h + 1)))
-              for h in rng.integers(1, SMALL_SUM, 12)]
-    large = [(64, 65), (65, 64), (1, 128), (128, 1), (100, 100), (129, 30), (31, 400), (400, 31),
-             (300, 200), (1, 700), (700, 2), (257, 513)]
+    small = [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (3, 5),
+        (7, 29),
+        (29, 7),
+        (30, 30),
+        (31, 30),
+        (30, 31),
+        (28, 28),
+        (33, 47),
+        (60, 68),
+        (64, 64),
+        (100, 28),
+        (127, 1),
+        (1, 127),
+        (13, 115),
+    ]
+    small += [
+        (int(h), int(rng.integers(1, SMALL_SUM - h + 1))) for h in rng.integers(1, SMALL_SUM, 12)
+    ]
+    large = [
+        (64, 65),
+        (65, 64),
+        (1, 128),
+        (128, 1),
+        (100, 100),
+        (129, 30),
+        (31, 400),
+        (400, 31),
+        (300, 200),
+        (1, 700),
+        (700, 2),
+        (257, 513),
+    ]
     large += [(int(h), int(w)) for h, w in rng.integers(30, 600, (8, 2))]
     return {"small": small, "large": large}
 
@@ -270,8 +310,9 @@ def _probe_masks(n: int, size: int, device: torch.device) -> Tensor:
     g = torch.Generator().manual_seed(777)
     m = torch.rand(n, size, size, generator=g)
     noise = torch.randn(n, 1, 5, 5, generator=g) * 4
-    smooth = torch.sigmoid(F.interpolate(noise, size=(size, size), mode="bilinear",
-                                         align_corners=False)[:, 0])
+    smooth = torch.sigmoid(
+        F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    )
     m[1::2] = smooth[1::2]
     m[2::5] = (m[2::5] > 0.5).float()
     return F.pad(m, (1, 1, 1, 1)).to(device)
@@ -280,7 +321,7 @@ def _probe_masks(n: int, size: int, device: torch.device) -> Tensor:
 def _recipe_exact(recipe: Recipe, padded: Tensor, sizes: list[tuple[int, int]]) -> bool:
     s = padded.shape[-1]
     for j, (h, w) in enumerate(sizes):
-        m = padded[j:j + 1]
+        m = padded[j : j + 1]
         ref = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         one = np.zeros(1, np.int64)
         cols = axis_tables(s, one + w, one, one + w, w, recipe.src_fma)
@@ -371,8 +412,9 @@ def _row_major_boundaries(b: Tensor, d: Tensor) -> None:
 _KEY_SHIFT = 40  # sort key = mask id << 40 | linear index (images below 2^40 pixels)
 
 
-def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "auto"
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def mask_transitions(
+    masks: Tensor, geom: PasteGeometry, *, strategy: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste ``masks [N, M, M]`` (probabilities, any float dtype, any device) by ``geom`` and
     threshold ``> 0.5``; returns the host int64 arrays ``(transitions, mask_ids)``: column-major
     linear indices in each mask's image where its value changes (see :mod:`maskrt.server.rle`),
@@ -429,10 +471,12 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
         if recipe is None:
             continue
         # Columns past a window's width and rows from its height on are padding, weight 0.
-        cols = axis_tables(s, geom.bw[idx], geom.wx0[idx] - geom.bx0[idx], geom.ww[idx], wc,
-                           recipe.src_fma)
-        rows = axis_tables(s, geom.bh[idx], geom.wy0[idx] - geom.by0[idx], geom.wh[idx], hr,
-                           recipe.src_fma)
+        cols = axis_tables(
+            s, geom.bw[idx], geom.wx0[idx] - geom.bx0[idx], geom.ww[idx], wc, recipe.src_fma
+        )
+        rows = axis_tables(
+            s, geom.bh[idx], geom.wy0[idx] - geom.by0[idx], geom.wh[idx], hr, recipe.src_fma
+        )
         ints += [idx, cols[0], cols[1], rows[0], rows[1]]
         floats += [cols[2], cols[3], rows[2], rows[3]]
     if ints:
@@ -445,29 +489,38 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
         if recipe is None:
             i = int(idx[0])
             oy, ox, wh = int(geom.wy0[i] - geom.by0[i]), int(geom.wx0[i] - geom.bx0[i]), hr - 1
-            full = F.interpolate(padded_masks[i][None, None],
-                                 size=(int(geom.bh[i]), int(geom.bw[i])),
-                                 mode="bilinear", align_corners=False)[0, 0]
+            full = F.interpolate(
+                padded_masks[i][None, None],
+                size=(int(geom.bh[i]), int(geom.bw[i])),
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0]
             if scratch is None or scratch.numel() < wh * wc:
-                scratch = torch.empty(int((geom.ww * geom.wh).max()), dtype=torch.bool,
-                                      device=device)
-            b = torch.gt(full[oy:oy + wh, ox:ox + wc], 0.5, out=scratch[:wh * wc].view(wh, wc))
-            _row_major_boundaries(b, d_all[off:off + hr * wc].view(hr, wc))
+                scratch = torch.empty(
+                    int((geom.ww * geom.wh).max()), dtype=torch.bool, device=device
+                )
+            b = torch.gt(full[oy : oy + wh, ox : ox + wc], 0.5, out=scratch[: wh * wc].view(wh, wc))
+            _row_major_boundaries(b, d_all[off : off + hr * wc].view(hr, wc))
             continue
 
         def take(src: Tensor, pos: int, count: int, width: int) -> tuple[Tensor, Tensor]:
-            return (src[pos:pos + count * width].view(count, width),
-                    src[pos + count * width:pos + 2 * count * width].view(count, width))
+            return (
+                src[pos : pos + count * width].view(count, width),
+                src[pos + count * width : pos + 2 * count * width].view(count, width),
+            )
 
-        sel = int_dev[io:io + n]
+        sel = int_dev[io : io + n]
         x0, x1 = take(int_dev, io + n, n, wc)
         y0, y1 = take(int_dev, io + n + 2 * n * wc, n, hr)
         io += n + 2 * n * wc + 2 * n * hr
         b0, b1 = take(flt_dev, fo, n, wc)
         a0, a1 = take(flt_dev, fo + 2 * n * wc, n, hr)
         fo += 2 * n * wc + 2 * n * hr
-        b = _emulate(padded_masks.index_select(0, sel), (x0, x1, b0, b1), (y0, y1, a0, a1), recipe) > 0.5
-        _column_boundaries(b, d_all[off:off + n * wc * hr].view(n, wc, hr))
+        b = (
+            _emulate(padded_masks.index_select(0, sel), (x0, x1, b0, b1), (y0, y1, a0, a1), recipe)
+            > 0.5
+        )
+        _column_boundaries(b, d_all[off : off + n * wc * hr].view(n, wc, hr))
 
     if device.type == "cpu":
         flat = np.flatnonzero(d_all.numpy())  # numpy's bool scan is ~4x torch.nonzero's
@@ -492,8 +545,9 @@ def mask_transitions(masks: Tensor, geom: PasteGeometry, *, strategy: str = "aut
     return key & ((1 << _KEY_SHIFT) - 1), key >> _KEY_SHIFT
 
 
-def paste_masks_binary(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *,
-                       strategy: str = "auto") -> Tensor:
+def paste_masks_binary(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *, strategy: str = "auto"
+) -> Tensor:
     """Full ``[N, H, W]`` bool masks (host); for tests and debugging only, the server never
     builds them. Equals ``paste_masks_in_image(masks[:, None], boxes, image_size)[:, 0] > 0.5``
     for boxes that touch the image."""
@@ -532,7 +586,7 @@ def postprocess_batch(
     letterboxes: Sequence[Letterbox],
     *,
     score_threshold: float | Sequence[float] = 0.0,
-    max_detections: int | None | Sequence[int | None] = None,
+    max_detections: int | Sequence[int | None] | None = None,
     want_masks: bool | Sequence[bool] = True,
     labels: Sequence[str] | None = None,
     strategy: str = "auto",
@@ -551,21 +605,33 @@ def postprocess_batch(
     copy brings back the run boundaries of all masks of the batch.
     """
     num_detections, boxes, scores, classes, masks = (
-        outputs.num_detections, outputs.boxes, outputs.scores, outputs.classes, outputs.masks)
+        outputs.num_detections,
+        outputs.boxes,
+        outputs.scores,
+        outputs.classes,
+        outputs.masks,
+    )
     bsz = len(letterboxes)
     k = boxes.shape[1]
     thresholds = _per_image(score_threshold, bsz, "score_threshold")
     limits = _per_image(max_detections, bsz, "max_detections")
     wants = _per_image(want_masks, bsz, "want_masks")
-    small = torch.cat([
-        boxes.reshape(bsz, k * 4).to(torch.float32),
-        scores.reshape(bsz, k).to(torch.float32),
-        classes.reshape(bsz, k).to(torch.int32).view(torch.float32),
-        num_detections.reshape(bsz, 1).to(torch.int32).view(torch.float32),
-    ], dim=1).cpu().numpy()
-    host_boxes = small[:, :4 * k].reshape(bsz, k, 4)
-    host_scores = small[:, 4 * k:5 * k]
-    host_classes = small[:, 5 * k:6 * k].view(np.int32)
+    small = (
+        torch.cat(
+            [
+                boxes.reshape(bsz, k * 4).to(torch.float32),
+                scores.reshape(bsz, k).to(torch.float32),
+                classes.reshape(bsz, k).to(torch.int32).view(torch.float32),
+                num_detections.reshape(bsz, 1).to(torch.int32).view(torch.float32),
+            ],
+            dim=1,
+        )
+        .cpu()
+        .numpy()
+    )
+    host_boxes = small[:, : 4 * k].reshape(bsz, k, 4)
+    host_scores = small[:, 4 * k : 5 * k]
+    host_classes = small[:, 5 * k : 6 * k].view(np.int32)
     host_num = small[:, 6 * k].view(np.int32)
 
     records: list[list[dict]] = []
@@ -577,8 +643,9 @@ def postprocess_batch(
             keep = keep[: max(int(limits[b]), 0)]
         orig = boxes_to_original(torch.from_numpy(host_boxes[b, keep]), lb).numpy()
         recs = []
-        for box, score, cls in zip(orig.tolist(), host_scores[b, keep].tolist(),
-                                   host_classes[b, keep].tolist()):
+        for box, score, cls in zip(
+            orig.tolist(), host_scores[b, keep].tolist(), host_classes[b, keep].tolist()
+        ):
             rec = {"box": box, "score": score, "class_id": cls}
             if labels is not None:
                 rec["label"] = labels[cls] if 0 <= cls < len(labels) else str(cls)
@@ -621,8 +688,15 @@ def postprocess_image(
     """One image's slice of the outputs (``[K, 4]``, ``[K]``, ``[K]``, ``[K, M, M]``); see
     :func:`postprocess_batch`."""
     num = torch.as_tensor(num_detections, dtype=torch.int32, device=boxes.device).reshape(1)
-    outputs = DeployOutputs(num, boxes[None], scores[None], classes[None],
-                            None if masks is None else masks[None])
+    outputs = DeployOutputs(
+        num, boxes[None], scores[None], classes[None], None if masks is None else masks[None]
+    )
     return postprocess_batch(
-        outputs, [letterbox], score_threshold=score_threshold, max_detections=max_detections,
-        want_masks=want_masks, labels=labels, strategy=strategy)[0]
+        outputs,
+        [letterbox],
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        want_masks=want_masks,
+        labels=labels,
+        strategy=strategy,
+    )[0]

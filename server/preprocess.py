@@ -16,7 +16,9 @@ from maskrt.model.letterbox import Letterbox, letterbox_batch
 def to_device(image: Tensor, device: torch.device) -> Tensor:
     """A uint8 ``[3, H, W]`` image on ``device`` (a no-op when it is there already)."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 [3, H, W] image, got {image.dtype} {tuple(image.shape)}")
+        raise ValueError(
+            f"expected a uint8 [3, H, W] image, got {image.dtype} {tuple(image.shape)}"
+        )
     if image.device == device:
         return image
     if device.type == "cuda" and image.device.type == "cpu":
@@ -29,8 +31,9 @@ def to_device(image: Tensor, device: torch.device) -> Tensor:
     return image.to(device)
 
 
-def preprocess(images: Sequence[Tensor], canvas: int, fill: tuple[int, int, int],
-               device: torch.device) -> tuple[Tensor, list[Letterbox]]:
+def preprocess(
+    images: Sequence[Tensor], canvas: int, fill: tuple[int, int, int], device: torch.device
+) -> tuple[Tensor, list[Letterbox]]:
     """Letterbox ``images`` (uint8 ``[3, H, W]``, any device) into one batch on ``device``."""
     if not images:
         raise ValueError("preprocess needs at least one image")

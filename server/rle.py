@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def counts_to_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
     """COCO compressed strings of several RLEs whose counts are concatenated in ``counts``.
 
@@ -57,7 +58,7 @@ def counts_to_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
         chars = chars[np.arange(g, dtype=np.uint8) < nchar[:, None]]
     text = chars.tobytes().decode("ascii")
     bounds = np.concatenate(([0], np.cumsum(nchar, dtype=np.int64)[ends - 1])).tolist()
-    return [text[bounds[j]:bounds[j + 1]] for j in range(n)]
+    return [text[bounds[j] : bounds[j + 1]] for j in range(n)]
 
 
 def transitions_to_counts(
@@ -96,7 +97,8 @@ def transitions_to_counts(
     bounds[last] = areas
     if len(transitions):
         within = np.arange(len(transitions), dtype=np.int64) - np.repeat(
-            np.cumsum(per_mask) - per_mask, per_mask)
+            np.cumsum(per_mask) - per_mask, per_mask
+        )
         bounds[np.repeat(ext_start, per_mask) + within] = transitions
     prev = np.empty_like(bounds)
     prev[1:] = bounds[:-1]

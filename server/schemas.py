@@ -17,13 +17,16 @@ class ModelRef(BaseModel):
 
 class Mask(BaseModel):
     size: tuple[int, int] = Field(description="[height, width] of the image")
-    counts: str = Field(description="COCO compressed RLE (column-major), as pycocotools.mask.encode "
-                                    "gives it, decoded to text")
+    counts: str = Field(
+        description="COCO compressed RLE (column-major), as pycocotools.mask.encode "
+        "gives it, decoded to text"
+    )
 
 
 class Detection(BaseModel):
     box: tuple[float, float, float, float] = Field(
-        description="x1, y1, x2, y2 in original-image pixels")
+        description="x1, y1, x2, y2 in original-image pixels"
+    )
     score: float = Field(ge=0, le=1)
     class_id: int = Field(ge=1, description="1-based contiguous class id")
     label: str
@@ -85,12 +88,21 @@ class PredictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     score_threshold: float | None = Field(
-        None, ge=0, le=1, description="keep detections scoring at least this (default: the "
-                                      "server's score_threshold setting)")
+        None,
+        ge=0,
+        le=1,
+        description="keep detections scoring at least this (default: the "
+        "server's score_threshold setting)",
+    )
     max_detections: int | None = Field(
-        None, ge=0, description="keep at most this many detections (default: all the model "
-                                "returns, at most its max_detections)")
-    masks: Literal["rle", "none"] = Field("rle", description="rle: COCO RLE masks; none: boxes only")
+        None,
+        ge=0,
+        description="keep at most this many detections (default: all the model "
+        "returns, at most its max_detections)",
+    )
+    masks: Literal["rle", "none"] = Field(
+        "rle", description="rle: COCO RLE masks; none: boxes only"
+    )
 
 
 ERROR_RESPONSES: dict[int | str, dict] = {

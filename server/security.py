@@ -48,9 +48,16 @@ class ApiKeys:
             return
         key = self.presented(authorization, x_api_key)
         if key is None:
-            raise ApiError(401, "unauthorized",
-                           "an API key is required: send 'Authorization: Bearer <key>' or "
-                           "'X-API-Key: <key>'", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not self.valid(key):
-            raise ApiError(401, "unauthorized", "the API key is not valid",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the API key is not valid",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )

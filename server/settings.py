@@ -30,39 +30,53 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MASKRT_", extra="ignore", frozen=True)
 
     model: str | None = Field(
-        None, description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
-                          "path; default: the bundled shapes model")
+        None,
+        description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
+        "path; default: the bundled shapes model",
+    )
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
-        "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime")
+        "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime"
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (auto: cuda when present)")
     max_batch: int = Field(8, ge=1, le=1024, description="largest batch the worker forms")
     max_delay_ms: float = Field(
-        5.0, ge=0, le=60_000,
+        5.0,
+        ge=0,
+        le=60_000,
         description="longest wait for more images after the first of a batch (only while more "
-                    "requests are on their way)")
+        "requests are on their way)",
+    )
     max_queue: int = Field(64, ge=1, description="images waiting for a batch; more get 503")
     request_timeout_s: float = Field(
-        30.0, gt=0, description="a request not answered within this many seconds gets 504")
+        30.0, gt=0, description="a request not answered within this many seconds gets 504"
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="request body size limit")
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="width x height limit, checked before decoding")
+        40_000_000, ge=1, description="width x height limit, checked before decoding"
+    )
     score_threshold: float = Field(
-        0.5, ge=0, le=1, description="default of the score_threshold request parameter")
+        0.5, ge=0, le=1, description="default of the score_threshold request parameter"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, repr=False,
+        default_factory=list,
+        repr=False,
         description="comma-separated API keys; when set, /predict* and /v1/model need one "
-                    "(Authorization: Bearer KEY or X-API-Key: KEY)")
+        "(Authorization: Bearer KEY or X-API-Key: KEY)",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated allowed CORS origins (off when empty)")
+        default_factory=list, description="comma-separated allowed CORS origins (off when empty)"
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
-        description="where ONNX exports and TensorRT engines are cached (default ~/.cache/maskrt)")
+        description="where ONNX exports and TensorRT engines are cached (default ~/.cache/maskrt)",
+    )
     engine_precision: Literal["fp16", "fp32"] = Field(
-        "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX")
+        "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX"
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -10,8 +10,10 @@ import torch
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
-    no_trt = pytest.mark.skip(reason="needs TensorRT: the 'tensorrt' Python package is not installed "
-                                     "(it runs in the GPU Docker image)")
+    no_trt = pytest.mark.skip(
+        reason="needs TensorRT: the 'tensorrt' Python package is not installed "
+        "(it runs in the GPU Docker image)"
+    )
     has_gpu = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:

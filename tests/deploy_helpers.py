@@ -75,11 +75,15 @@ def match(out, b: int, ref: dict, box_iou_min: float = 0.99) -> list[tuple[int, 
     return pairs
 
 
-def loaded(name: str = "shapes", seed: int = 0, calibrate: bool = True, **changes) -> SimpleNamespace:
+def loaded(
+    name: str = "shapes", seed: int = 0, calibrate: bool = True, **changes
+) -> SimpleNamespace:
     """A ``LoadedModel``-like object (``.model``, ``.config``, ``.sha256``, ``.version``)."""
     model, cfg = make_model(name, seed, calibrate, **changes)
     sha = f"{seed:02d}" + "ab" * 31
-    return SimpleNamespace(model=model, config=cfg, sha256=sha, version=sha[:12], source="test", meta={})
+    return SimpleNamespace(
+        model=model, config=cfg, sha256=sha, version=sha[:12], source="test", meta={}
+    )
 
 
 _TMP = Path(tempfile.mkdtemp(prefix="maskrt-onnx-tests-"))
@@ -91,7 +95,7 @@ def exported(name: str = "shapes", max_batch: int = 3, **changes) -> tuple[Path,
     return _exported(name, max_batch, tuple(sorted(changes.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exported(name: str, max_batch: int, changes: tuple) -> tuple[Path, SimpleNamespace]:
     from maskrt.export.onnx import export_onnx
 
@@ -110,11 +114,17 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
 def as_reference(out, b: int) -> dict:
     """Row ``b`` of deploy-graph outputs in torchvision's detection-dict form (for :func:`match`)."""
     n = int(out.num_detections[b])
-    return {"boxes": torch.as_tensor(out.boxes[b, :n]).float(), "labels": torch.as_tensor(out.classes[b, :n]).long(),
-            "scores": torch.as_tensor(out.scores[b, :n]).float(), "masks": torch.as_tensor(out.masks[b, :n]).float()}
+    return {
+        "boxes": torch.as_tensor(out.boxes[b, :n]).float(),
+        "labels": torch.as_tensor(out.classes[b, :n]).long(),
+        "scores": torch.as_tensor(out.scores[b, :n]).float(),
+        "masks": torch.as_tensor(out.masks[b, :n]).float(),
+    }
 
 
-def assert_outputs_match(actual, expected, box_iou_min: float = 0.99, mask_iou_min: float = 0.98) -> int:
+def assert_outputs_match(
+    actual, expected, box_iou_min: float = 0.99, mask_iou_min: float = 0.98
+) -> int:
     """Deploy-graph outputs of two backends agree: same counts, every detection paired with one of
     the same class, box IoU >= ``box_iou_min``, mask IoU (at 0.5) >= ``mask_iou_min``; padding zero.
     Returns the number of pairs."""

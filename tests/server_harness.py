@@ -76,15 +76,20 @@ class Server:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*maskrt_command(), "serve", "--host", HOST, "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=log_dir)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log_dir,
+        )
 
     def log(self, tail: int = 6000) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, trust_env=False, timeout=kwargs.pop("timeout", 60),
-                            **kwargs)
+        return httpx.Client(
+            base_url=self.url, trust_env=False, timeout=kwargs.pop("timeout", 60), **kwargs
+        )
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -157,18 +162,32 @@ def metric(values: dict[str, float], sample: str, **labels: str) -> float:
     return values.get(key, 0.0)
 
 
-def raw_request(path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None,
-                send_body: int | None = None) -> bytes:
+def raw_request(
+    path: str,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+    send_body: int | None = None,
+) -> bytes:
     """An HTTP/1.1 request as bytes; ``send_body`` cuts the body (to send the rest later)."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {HOST}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}"]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {HOST}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
     return head + body[: len(body) if send_body is None else send_body]
 
 
-def send_predict(server: Server, body: bytes, content_type: str, headers: dict[str, str] | None = None,
-                 send_body: int | None = None) -> socket.socket:
+def send_predict(
+    server: Server,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+    send_body: int | None = None,
+) -> socket.socket:
     """A connection that has sent ``POST /predict``; with ``send_body``, only that many body bytes:
     an upload in progress, whose rest can follow on the returned socket (or never)."""
     sock = socket.create_connection((HOST, server.port), timeout=60)
@@ -200,11 +219,14 @@ def read_response(sock: socket.socket, timeout: float = 60) -> tuple[int, bytes]
     return status, body
 
 
-def multipart(field: str, filename: str, data: bytes, content_type: str = "image/png"
-              ) -> tuple[bytes, str]:
+def multipart(
+    field: str, filename: str, data: bytes, content_type: str = "image/png"
+) -> tuple[bytes, str]:
     boundary = "maskrt-test-boundary-7f3a"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+    ).encode()
     body += data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -218,15 +240,20 @@ def wait_for(server: Server, what: str, check, timeout: float = 20.0) -> dict[st
         if check(m):
             return m
         time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}; metrics: "
-                f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
-                f"{server.log()}")
+    pytest.fail(
+        f"timed out waiting for {what}; metrics: "
+        f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
+        f"{server.log()}"
+    )
 
 
 def big_png(width: int, height: int) -> bytes:
     """A valid 1-bit grayscale PNG of ``width x height`` zeros (small on disk, fast to make)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     row = b"\x00" * (1 + (width + 7) // 8)
     z = zlib.compressobj(9)

@@ -67,7 +67,9 @@ def test_onnxruntime_backend_equals_torch_backend(torch_backend, batch):
     path, _ = exported("shapes", max_batch=3)
     backend = OnnxRuntimeBackend(path, device="cpu", max_batch=3)
     assert backend.info == torch_backend.info
-    assert backend.device == torch.device("cpu") and backend.session.get_providers() == ["CPUExecutionProvider"]
+    assert backend.device == torch.device("cpu") and backend.session.get_providers() == [
+        "CPUExecutionProvider"
+    ]
     imgs = images(batch, 192, seed=20 + batch)
     assert assert_outputs_match(backend.infer(imgs), torch_backend.infer(imgs)) == 100 * batch
 
@@ -103,7 +105,9 @@ def test_onnxruntime_cuda_io_binding_equals_cpu():
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("this ONNX Runtime has no CUDAExecutionProvider (onnxruntime-gpu not installed)")
+        pytest.skip(
+            "this ONNX Runtime has no CUDAExecutionProvider (onnxruntime-gpu not installed)"
+        )
     path, _ = exported("shapes", max_batch=3)
     cpu = OnnxRuntimeBackend(path, device="cpu", max_batch=3)
     gpu = OnnxRuntimeBackend(path, device="cuda", max_batch=3)

@@ -46,8 +46,10 @@ def test_made_once_then_reused(tmp_path):
 def test_concurrent_callers_make_it_once(tmp_path):
     counter = tmp_path / "count"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_slow_make, args=(str(tmp_path / "b.bin"), str(counter)))
-             for _ in range(3)]
+    procs = [
+        ctx.Process(target=_slow_make, args=(str(tmp_path / "b.bin"), str(counter)))
+        for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -79,11 +81,23 @@ def test_names(monkeypatch):
     from maskrt import __version__
 
     monkeypatch.delenv("MASKRT_BUILD_ID", raising=False)
-    assert onnx_name("ab" * 32, "onnxruntime", 8, False) == f"{'ab' * 32}-onnxruntime-b8-maskrt{__version__}.onnx"
+    assert (
+        onnx_name("ab" * 32, "onnxruntime", 8, False)
+        == f"{'ab' * 32}-onnxruntime-b8-maskrt{__version__}.onnx"
+    )
     monkeypatch.setenv("MASKRT_BUILD_ID", "img42")
-    assert onnx_name("cd", "tensorrt", 4, True) == f"cd-tensorrt-fp16-b4-maskrt{__version__}-img42.onnx"
-    assert hardware_tag("NVIDIA H100 80GB HBM3", "9.0", "10.14.1") == "NVIDIA_H100_80GB_HBM3-sm90-trt10.14.1"
-    assert hardware_tag("NVIDIA A100-SXM4-40GB", "8.0", "11.1.0") == "NVIDIA_A100_SXM4_40GB-sm80-trt11.1.0"
+    assert (
+        onnx_name("cd", "tensorrt", 4, True)
+        == f"cd-tensorrt-fp16-b4-maskrt{__version__}-img42.onnx"
+    )
+    assert (
+        hardware_tag("NVIDIA H100 80GB HBM3", "9.0", "10.14.1")
+        == "NVIDIA_H100_80GB_HBM3-sm90-trt10.14.1"
+    )
+    assert (
+        hardware_tag("NVIDIA A100-SXM4-40GB", "8.0", "11.1.0")
+        == "NVIDIA_A100_SXM4_40GB-sm80-trt11.1.0"
+    )
 
 
 def test_cached_onnx_per_target(tmp_path, monkeypatch):
@@ -110,11 +124,18 @@ def test_tensorrt_backend_from_a_checkpoint(tmp_path):
 
     model = loaded("shapes", seed=6)
     ckpt = save_checkpoint(tmp_path / "m.pt", model.model, model.config, {})
-    settings = Settings(model=str(ckpt), backend="tensorrt", device="cuda", max_batch=2,
-                        cache_dir=tmp_path / "cache")
+    settings = Settings(
+        model=str(ckpt),
+        backend="tensorrt",
+        device="cuda",
+        max_batch=2,
+        cache_dir=tmp_path / "cache",
+    )
     backend = open_backend(settings)
     plans = list((tmp_path / "cache" / "engines").glob("*.plan"))
-    assert backend.name == "tensorrt" and len(plans) == 1 and plans[0].name.endswith("-fp16-b2.plan")
+    assert (
+        backend.name == "tensorrt" and len(plans) == 1 and plans[0].name.endswith("-fp16-b2.plan")
+    )
     assert list((tmp_path / "cache" / "engines").glob("timing-*.cache"))
     stamp = plans[0].stat().st_mtime_ns
     open_backend(settings)  # a restart reuses the engine

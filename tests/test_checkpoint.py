@@ -79,10 +79,14 @@ def test_partial_state_dict_is_refused(tmp_path):
     torch.save(state, path)
     with pytest.raises(MaskrtError) as info:
         load_checkpoint(path, config="shapes")
-    assert "1 missing keys (first: roi_heads.mask_predictor.mask_fcn_logits.weight)" in str(info.value)
+    assert "1 missing keys (first: roi_heads.mask_predictor.mask_fcn_logits.weight)" in str(
+        info.value
+    )
     assert "1 unexpected keys (first: extra.weight)" in str(info.value)
 
 
 def test_unknown_config_lists_known_ones(shapes_checkpoint):
-    with pytest.raises(MaskrtError, match="unknown model config 'r101'; known configs: resnet50_fpn"):
+    with pytest.raises(
+        MaskrtError, match="unknown model config 'r101'; known configs: resnet50_fpn"
+    ):
         load_checkpoint(shapes_checkpoint[0], config="r101")

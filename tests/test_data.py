@@ -32,8 +32,23 @@ def test_instance_masks_are_disjoint_visible_pixels():
 
 def test_cli_writes_coco_that_loads_back_exactly(tmp_path):
     out = tmp_path / "shapes"
-    subprocess.run([sys.executable, "-m", "maskrt", "datasets", "shapes", "--out", str(out),
-                    "--count", "6", "--seed", "4"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maskrt",
+            "datasets",
+            "shapes",
+            "--out",
+            str(out),
+            "--count",
+            "6",
+            "--seed",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
     data = open_dataset(str(out))
     assert len(data) == 6 and data.classes == ("__background__", "square", "circle", "triangle")
     for index in range(6):
@@ -45,43 +60,87 @@ def test_cli_writes_coco_that_loads_back_exactly(tmp_path):
 
 def _write(tmp_path, annotations, categories=None, images=None):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
-    data = {"images": images or [{"id": 1, "file_name": "a.png", "width": 30, "height": 20},
-                                 {"id": 2, "file_name": "a.png", "width": 30, "height": 20}],
-            "annotations": annotations,
-            "categories": categories or [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]}
+    data = {
+        "images": images
+        or [
+            {"id": 1, "file_name": "a.png", "width": 30, "height": 20},
+            {"id": 2, "file_name": "a.png", "width": 30, "height": 20},
+        ],
+        "annotations": annotations,
+        "categories": categories or [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}],
+    }
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(data))
     return path
 
 
 def test_polygons_rle_crowds_and_empty_images(tmp_path):
-    rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((5, 5), np.uint8), ((2, 13), (3, 22)))))
+    rle = mask_utils.encode(
+        np.asfortranarray(np.pad(np.ones((5, 5), np.uint8), ((2, 13), (3, 22))))
+    )
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 9, "bbox": [10, 2, 10, 8], "iscrowd": 0, "area": 80,
-         "segmentation": [[10, 2, 20, 2, 20, 10, 10, 10]]},
-        {"id": 2, "image_id": 1, "category_id": 5, "bbox": [3, 2, 5, 5], "iscrowd": 0, "area": 25,
-         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}},
-        {"id": 3, "image_id": 1, "category_id": 5, "bbox": [0, 0, 30, 20], "iscrowd": 1,
-         "area": 600, "segmentation": {"size": [20, 30], "counts": [0, 600]}},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 9,
+            "bbox": [10, 2, 10, 8],
+            "iscrowd": 0,
+            "area": 80,
+            "segmentation": [[10, 2, 20, 2, 20, 10, 10, 10]],
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 5,
+            "bbox": [3, 2, 5, 5],
+            "iscrowd": 0,
+            "area": 25,
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 5,
+            "bbox": [0, 0, 30, 20],
+            "iscrowd": 1,
+            "area": 600,
+            "segmentation": {"size": [20, 30], "counts": [0, 600]},
+        },
     ]
     data = open_dataset(str(_write(tmp_path, anns)))
     first, empty = data[0], data[1]
-    assert list(first.labels) == [2, 1]  # dog -> 2, cat -> 1 (ascending category id); crowd left out
+    assert list(first.labels) == [
+        2,
+        1,
+    ]  # dog -> 2, cat -> 1 (ascending category id); crowd left out
     assert first.masks[1].sum() == 25 and first.masks[0][5, 15] == 1
     assert first.boxes.tolist()[1] == [3, 2, 8, 7]
     assert empty.masks.shape == (0, 20, 30) and empty.boxes.shape == (0, 4)
 
 
 def test_unknown_category_id_is_named(tmp_path):
-    anns = [{"id": 1, "image_id": 1, "category_id": 77, "bbox": [0, 0, 2, 2], "iscrowd": 0,
-             "area": 4, "segmentation": [[0, 0, 2, 0, 2, 2]]}]
-    with pytest.raises(MaskrtError, match=r"annotations\.json: annotations use category ids \[77\]"):
+    anns = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 77,
+            "bbox": [0, 0, 2, 2],
+            "iscrowd": 0,
+            "area": 4,
+            "segmentation": [[0, 0, 2, 0, 2, 2]],
+        }
+    ]
+    with pytest.raises(
+        MaskrtError, match=r"annotations\.json: annotations use category ids \[77\]"
+    ):
         open_dataset(str(_write(tmp_path, anns)))
 
 
 def test_missing_and_unreadable_images_are_named(tmp_path):
-    images = [{"id": 1, "file_name": "gone.png", "width": 30, "height": 20},
-              {"id": 2, "file_name": "broken.png", "width": 30, "height": 20}]
+    images = [
+        {"id": 1, "file_name": "gone.png", "width": 30, "height": 20},
+        {"id": 2, "file_name": "broken.png", "width": 30, "height": 20},
+    ]
     data = open_dataset(str(_write(tmp_path, [], images=images)))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(MaskrtError, match=r"gone\.png: image file missing"):
@@ -91,7 +150,7 @@ def test_missing_and_unreadable_images_are_named(tmp_path):
 
 
 def test_not_coco_json(tmp_path):
-    (tmp_path / "x.json").write_text("{\"images\": []}")
+    (tmp_path / "x.json").write_text('{"images": []}')
     with pytest.raises(MaskrtError, match=r"x\.json: not a COCO instances file"):
         open_dataset(str(tmp_path / "x.json"))
     with pytest.raises(MaskrtError, match="expected shapes:COUNT:SEED"):

@@ -59,14 +59,17 @@ def test_threshold_leaves_padded_rows():
     model.roi_heads.score_thresh = threshold
     graph = DeployGraph(model, cfg).eval()
     out, _ = assert_same_as_eager(graph, model, imgs)
-    assert int(out.num_detections[0]) <= 30 and 0 < int(out.num_detections.max()) < cfg.max_detections
+    assert (
+        int(out.num_detections[0]) <= 30 and 0 < int(out.num_detections.max()) < cfg.max_detections
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50_fpn", "resnet50_fpn_v2"])
 def test_resnet50_equals_eager(name):
-    model, cfg = make_model(name, canvas=256, max_detections=30, rpn_pre_nms_top_n=300,
-                            rpn_post_nms_top_n=200)
+    model, cfg = make_model(
+        name, canvas=256, max_detections=30, rpn_pre_nms_top_n=300, rpn_post_nms_top_n=200
+    )
     graph = DeployGraph(model, cfg).eval()
     _, total = assert_same_as_eager(graph, model, images(1, 256))
     assert total == 30
@@ -80,7 +83,9 @@ def test_batch_images_are_independent():
         together = graph(imgs)
         alone = graph(imgs[1:2])
     for a, b in zip(together, alone):
-        torch.testing.assert_close(a[1:2], b, rtol=1e-5, atol=1e-4)  # batched convs round differently
+        torch.testing.assert_close(
+            a[1:2], b, rtol=1e-5, atol=1e-4
+        )  # batched convs round differently
 
 
 def test_graph_shares_the_model_weights():

@@ -53,11 +53,19 @@ HEALTHCHECK = DOCKER / "healthcheck.py"
 
 # DESIGN.md, "Metrics": what the dashboard must show. Only gpu memory is GPU-only.
 DESIGN_METRICS = {
-    "maskrt_request_duration_seconds", "maskrt_queue_wait_seconds",
-    "maskrt_preprocess_duration_seconds", "maskrt_inference_duration_seconds",
-    "maskrt_postprocess_duration_seconds", "maskrt_batch_size", "maskrt_requests_total",
-    "maskrt_images_total", "maskrt_detections_total", "maskrt_queue_depth",
-    "maskrt_inflight_requests", "maskrt_model_info", "maskrt_gpu_memory_used_bytes",
+    "maskrt_request_duration_seconds",
+    "maskrt_queue_wait_seconds",
+    "maskrt_preprocess_duration_seconds",
+    "maskrt_inference_duration_seconds",
+    "maskrt_postprocess_duration_seconds",
+    "maskrt_batch_size",
+    "maskrt_requests_total",
+    "maskrt_images_total",
+    "maskrt_detections_total",
+    "maskrt_queue_depth",
+    "maskrt_inflight_requests",
+    "maskrt_model_info",
+    "maskrt_gpu_memory_used_bytes",
 }
 GPU_ONLY_METRICS = {"maskrt_gpu_memory_used_bytes"}
 # Series that Prometheus itself makes for every target.
@@ -86,8 +94,11 @@ class Override:
 ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
 ComposeLoader.add_constructor(
     "!override",
-    lambda loader, node: Override(loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode)
-                                  else loader.construct_object(node, deep=True)),
+    lambda loader, node: Override(
+        loader.construct_scalar(node)
+        if isinstance(node, yaml.ScalarNode)
+        else loader.construct_object(node, deep=True)
+    ),
 )
 
 
@@ -150,7 +161,9 @@ def dashboard_variable_queries(dashboard: dict | None = None) -> list[tuple[str,
     return out
 
 
-LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?P<selector>.+?)\s*,\s*(?P<label>[a-zA-Z_]\w*)\s*\)\s*$")
+LABEL_VALUES = re.compile(
+    r"^\s*label_values\(\s*(?P<selector>.+?)\s*,\s*(?P<label>[a-zA-Z_]\w*)\s*\)\s*$"
+)
 
 
 def rule_groups() -> list[tuple[Path, dict]]:
@@ -234,8 +247,11 @@ def server_metrics() -> dict[str, dict]:
     for value in vars(module).values():
         if isinstance(value, MetricWrapperBase):
             add_wrapper(value)
-        elif isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, MetricWrapperBase) for v in value):
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, MetricWrapperBase) for v in value)
+        ):
             for v in value:
                 add_wrapper(v)
     registries = [v for v in vars(module).values() if isinstance(v, CollectorRegistry)]
@@ -251,8 +267,13 @@ def server_metrics() -> dict[str, dict]:
                 continue
             if "registry" not in params:
                 continue
-            required = [p for p in params.values() if p.default is inspect.Parameter.empty
-                        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "registry"]
+            required = [
+                p
+                for p in params.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and p.name != "registry"
+            ]
             if required:
                 continue
             registry = CollectorRegistry()
@@ -323,8 +344,12 @@ def test_compose_services_ports_and_scrape_target():
     maskrt, prom, grafana = services["maskrt"], services["prometheus"], services["grafana"]
 
     port = int(_env(maskrt)["MASKRT_PORT"])
-    assert port in _container_ports(maskrt), "the server's MASKRT_PORT must be the published container port"
-    assert _env(maskrt)["MASKRT_HOST"] == "0.0.0.0", "in a container the server listens on all interfaces"
+    assert port in _container_ports(maskrt), (
+        "the server's MASKRT_PORT must be the published container port"
+    )
+    assert _env(maskrt)["MASKRT_HOST"] == "0.0.0.0", (
+        "in a container the server listens on all interfaces"
+    )
 
     config = load_yaml(PROMETHEUS_YML)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -332,7 +357,9 @@ def test_compose_services_ports_and_scrape_target():
     job = jobs["maskrt"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"maskrt:{port}"], "Prometheus scrapes the compose service `maskrt` on MASKRT_PORT"
+    assert targets == [f"maskrt:{port}"], (
+        "Prometheus scrapes the compose service `maskrt` on MASKRT_PORT"
+    )
     assert "maskrt" in services
 
     # Prometheus' config and rules are mounted where its command line and rule_files look.
@@ -355,7 +382,9 @@ def test_compose_services_ports_and_scrape_target():
     # Grafana's provisioning and dashboards.
     gmounts = _mounts(grafana)
     assert _host_path(gmounts["/etc/grafana/provisioning"]) == DOCKER / "grafana" / "provisioning"
-    providers = [p for f in sorted(DASHBOARD_PROVIDERS_DIR.glob("*.yml")) for p in load_yaml(f)["providers"]]
+    providers = [
+        p for f in sorted(DASHBOARD_PROVIDERS_DIR.glob("*.yml")) for p in load_yaml(f)["providers"]
+    ]
     assert providers
     for provider in providers:
         path = provider["options"]["path"]
@@ -368,7 +397,9 @@ def test_compose_services_ports_and_scrape_target():
 
 def test_compose_datasource_points_at_prometheus_service():
     compose = load_compose()
-    sources = [s for f in sorted(DATASOURCES_DIR.glob("*.yml")) for s in load_yaml(f)["datasources"]]
+    sources = [
+        s for f in sorted(DATASOURCES_DIR.glob("*.yml")) for s in load_yaml(f)["datasources"]
+    ]
     prom = [s for s in sources if s["type"] == "prometheus"]
     assert len(prom) == 1
     url = prom[0]["url"]
@@ -388,7 +419,9 @@ def test_compose_healthchecks_dependencies_gpu_and_images():
         assert service.get("healthcheck", {}).get("test"), f"service {name} has no healthcheck"
         if "image" in service and "build" not in service:
             image = service["image"]
-            assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag ({image})"
+            assert ":" in image and not image.endswith(":latest"), (
+                f"{name}: pin the image tag ({image})"
+            )
     assert services["maskrt"]["healthcheck"]["test"] == ["CMD", "maskrt-healthcheck"]
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     condition = services["prometheus"]["depends_on"]["maskrt"]["condition"]
@@ -425,8 +458,12 @@ def test_compose_config_with_docker():
         pytest.skip("the docker CLI here has no Compose v2 plugin (`docker compose version` fails)")
     for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]):
         args = [a for f in files for a in ("-f", f)]
-        run = subprocess.run([docker, "compose", *args, "config", "--quiet"], cwd=ROOT,
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [docker, "compose", *args, "config", "--quiet"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0, run.stderr
 
 
@@ -435,7 +472,9 @@ def test_compose_config_with_docker():
 
 
 def test_dashboard_uses_the_provisioned_datasource():
-    sources = [s for f in sorted(DATASOURCES_DIR.glob("*.yml")) for s in load_yaml(f)["datasources"]]
+    sources = [
+        s for f in sorted(DATASOURCES_DIR.glob("*.yml")) for s in load_yaml(f)["datasources"]
+    ]
     uid = next(s["uid"] for s in sources if s["type"] == "prometheus")
     dashboard = load_dashboard()
     refs = []
@@ -474,12 +513,25 @@ def test_dashboard_structure():
 
 def test_dashboard_shows_what_the_issue_asks():
     titles = " | ".join(p["title"].lower() for p in iter_panels(load_dashboard()["panels"]))
-    for words in ("request rate", "error", "request latency", "queue wait", "inference",
-                  "post-processing", "batch size distribution", "queue depth", "in-flight", "gpu memory"):
+    for words in (
+        "request rate",
+        "error",
+        "request latency",
+        "queue wait",
+        "inference",
+        "post-processing",
+        "batch size distribution",
+        "queue depth",
+        "in-flight",
+        "gpu memory",
+    ):
         assert words in titles, f"no panel about {words!r}"
     exprs = " ".join(e for _, e in dashboard_exprs())
     for q in ("0.5", "0.95", "0.99"):
-        assert f"histogram_quantile({q}, sum by (le) (rate(maskrt_request_duration_seconds_bucket" in exprs
+        assert (
+            f"histogram_quantile({q}, sum by (le) (rate(maskrt_request_duration_seconds_bucket"
+            in exprs
+        )
 
 
 def test_dashboard_covers_every_design_metric():
@@ -509,20 +561,30 @@ def test_dashboard_and_rules_use_metrics_the_server_exports():
             if name in GPU_ONLY_METRICS:
                 continue  # registered only when a GPU is present: test_gpu_only_metric_is_design_name
             problems.append(f"{where}: {name}")
-    assert not problems, ("metrics not registered by maskrt.server.metrics (nor recorded by the rules): "
-                          + "; ".join(problems))
+    assert not problems, (
+        "metrics not registered by maskrt.server.metrics (nor recorded by the rules): "
+        + "; ".join(problems)
+    )
 
 
 def test_label_names_the_dashboard_and_rules_group_by_exist():
     exported = server_metrics()
     problems = []
     for where, expr in dashboard_exprs() + rule_exprs():
-        names = [n for n in metric_names(expr) if n in exported and exported[n]["labels"] is not None]
+        names = [
+            n for n in metric_names(expr) if n in exported and exported[n]["labels"] is not None
+        ]
         if not names:
             continue
-        available = {"job", "instance", "le"} | {label for n in names for label in exported[n]["labels"]}
-        by_labels = {label.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
-                     for label in group.split(",") if label.strip()}
+        available = {"job", "instance", "le"} | {
+            label for n in names for label in exported[n]["labels"]
+        }
+        by_labels = {
+            label.strip()
+            for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+            for label in group.split(",")
+            if label.strip()
+        }
         matchers = " ".join(_MATCHERS.findall(expr))
         selector_labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", matchers))
         missing = (by_labels | selector_labels) - available
@@ -535,8 +597,11 @@ def test_gpu_only_metric_is_design_name():
     """The GPU memory metric may be absent from a CPU registry; it must then be exactly the name
     DESIGN.md fixes, and the panel must say it is GPU-only."""
     exported = server_metrics()
-    gpu_panels = [p for p in iter_panels(load_dashboard()["panels"])
-                  if any("maskrt_gpu_memory_used_bytes" in t.get("expr", "") for t in p.get("targets", []))]
+    gpu_panels = [
+        p
+        for p in iter_panels(load_dashboard()["panels"])
+        if any("maskrt_gpu_memory_used_bytes" in t.get("expr", "") for t in p.get("targets", []))
+    ]
     assert len(gpu_panels) == 1
     assert "gpu" in gpu_panels[0]["description"].lower()
     if "maskrt_gpu_memory_used_bytes" in exported:
@@ -643,7 +708,7 @@ def dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
                 i += 1
             elif pattern[i] == "[":
                 j = pattern.index("]", i)
-                regex += pattern[i:j + 1]
+                regex += pattern[i : j + 1]
                 i = j + 1
             else:
                 regex += re.escape(pattern[i])
@@ -684,12 +749,25 @@ def test_dockerignore_lets_every_copy_source_through():
 
 
 def test_dockerignore_keeps_the_context_small():
-    for path in (".git/HEAD", ".venv/bin/python", "runs/x/last.pt", "data/coco/x.jpg", "tests/test_x.py",
-                 "model/weights/x.onnx", "server/__pycache__/app.cpython-312.pyc", "plugins/build/lib.so",
-                 "x.plan", "docs/benchmarks.md"):
+    for path in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "runs/x/last.pt",
+        "data/coco/x.jpg",
+        "tests/test_x.py",
+        "model/weights/x.onnx",
+        "server/__pycache__/app.cpython-312.pyc",
+        "plugins/build/lib.so",
+        "x.plan",
+        "docs/benchmarks.md",
+    ):
         assert dockerignored(path), f"{path} should not be sent to the Docker daemon"
-    for path in ("model/weights/shapes.pt", "plugins/CMakeLists.txt", "docker/entrypoint.sh",
-                 "pyproject.toml"):
+    for path in (
+        "model/weights/shapes.pt",
+        "plugins/CMakeLists.txt",
+        "docker/entrypoint.sh",
+        "pyproject.toml",
+    ):
         assert not dockerignored(path), path
 
 
@@ -735,14 +813,22 @@ def entry(tmp_path):
     (tmp_path / "build-id").write_text("abc123\n")
     log = tmp_path / "calls.log"
     base_env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(log),
-        "MASKRT_CACHE_DIR": str(tmp_path / "cache"), "MASKRT_BUILD_ID_FILE": str(tmp_path / "build-id"),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "MASKRT_CACHE_DIR": str(tmp_path / "cache"),
+        "MASKRT_BUILD_ID_FILE": str(tmp_path / "build-id"),
     }
 
     def run(*args, **env):
         log.write_text("")
-        proc = subprocess.run(["bash", str(ENTRYPOINT), *args], env={**base_env, **env},
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", str(ENTRYPOINT), *args],
+            env={**base_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         lines = [line for line in log.read_text().splitlines() if line]
         run.env = [line for line in lines if line.startswith("env ")]
         return proc, [line for line in lines if not line.startswith("env ")]
@@ -774,8 +860,9 @@ def test_entrypoint_tensorrt_hands_the_model_to_the_server(entry):
     assert (entry.tmp / "cache").is_dir()
     _real_cli_accepts(calls)
 
-    proc, calls = entry("--log-format", "text", MASKRT_MODEL=str(entry.ckpt),
-                        MASKRT_ENGINE_PRECISION="fp32", **gpu)
+    proc, calls = entry(
+        "--log-format", "text", MASKRT_MODEL=str(entry.ckpt), MASKRT_ENGINE_PRECISION="fp32", **gpu
+    )
     assert calls == [f"serve --backend tensorrt --model {entry.ckpt} --log-format text"]
     assert "reuses the fp32 engine" in proc.stderr
     _real_cli_accepts(calls)
@@ -808,19 +895,30 @@ def test_entrypoint_onnxruntime_and_torch(entry):
     assert calls == ["serve --backend torch"]
     proc, calls = entry(MASKRT_BACKEND="auto")  # no GPU here
     assert calls == ["serve --backend onnxruntime"] and "resolved to onnxruntime" in proc.stderr
-    proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="MaskRCNN_ResNet50_FPN_Weights.COCO_V1")
+    proc, calls = entry(
+        MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
+    )
     assert calls == ["serve --backend onnxruntime --model MaskRCNN_ResNet50_FPN_Weights.COCO_V1"]
     _real_cli_accepts(calls)
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/x/model.plan"}, "is a TensorRT engine"),
-    ({"MASKRT_BACKEND": "torch", "MASKRT_MODEL": "/x/model.plan"}, "is a TensorRT engine"),
-    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/nope/m.pt"}, "does not exist"),
-    ({"MASKRT_BACKEND": "tpu"}, "MASKRT_BACKEND must be"),
-    ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MAX_BATCH": "0"}, "MASKRT_MAX_BATCH"),
-    ({"MASKRT_BACKEND": "tensorrt", "MASKRT_ENGINE_PRECISION": "int8"}, "MASKRT_ENGINE_PRECISION"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        (
+            {"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/x/model.plan"},
+            "is a TensorRT engine",
+        ),
+        ({"MASKRT_BACKEND": "torch", "MASKRT_MODEL": "/x/model.plan"}, "is a TensorRT engine"),
+        ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL": "/nope/m.pt"}, "does not exist"),
+        ({"MASKRT_BACKEND": "tpu"}, "MASKRT_BACKEND must be"),
+        ({"MASKRT_BACKEND": "onnxruntime", "MASKRT_MAX_BATCH": "0"}, "MASKRT_MAX_BATCH"),
+        (
+            {"MASKRT_BACKEND": "tensorrt", "MASKRT_ENGINE_PRECISION": "int8"},
+            "MASKRT_ENGINE_PRECISION",
+        ),
+    ],
+)
 def test_entrypoint_errors(entry, env, message):
     proc, calls = entry(**env)
     assert proc.returncode == 1 and message in proc.stderr and calls == []
@@ -857,8 +955,9 @@ def test_healthcheck_script(status, expected):
     port = _free_port()
     server = None
     if status is not None:
+
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self.send_response(status if self.path == "/readyz" else 404)
                 self.end_headers()
 
@@ -868,10 +967,15 @@ def test_healthcheck_script(status, expected):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {**os.environ, "MASKRT_PORT": str(port), "http_proxy": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9"}
-        run = subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True,
-                             text=True, timeout=30)
+        env = {
+            **os.environ,
+            "MASKRT_PORT": str(port),
+            "http_proxy": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+        }
+        run = subprocess.run(
+            [sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30
+        )
         assert run.returncode == expected, run.stdout + run.stderr
     finally:
         if server:

@@ -19,7 +19,11 @@ def test_backends_score_alike(capsys, tmp_path):
     eager = _evaluate(capsys, "--backend", "eager")
     deploy = _evaluate(capsys, "--backend", "torch")
     onnx = _evaluate(capsys, "--backend", "onnxruntime", "--cache-dir", str(tmp_path))
-    assert (eager["backend"], deploy["backend"], onnx["backend"]) == ("eager", "torch", "onnxruntime")
+    assert (eager["backend"], deploy["backend"], onnx["backend"]) == (
+        "eager",
+        "torch",
+        "onnxruntime",
+    )
     assert eager["sha256"] == deploy["sha256"] == onnx["sha256"]
     assert onnx["images"] == 8 and onnx["detections"] > 40
     assert eager["segm"]["AP"] > 0.6  # the shipped model is trained, not random
@@ -29,17 +33,24 @@ def test_backends_score_alike(capsys, tmp_path):
 
 
 def test_config_is_for_eager_only(capsys):
-    assert main(["evaluate", "--backend", "torch", "--config", "shapes", "--data", "shapes:1:2"]) == 2
+    assert (
+        main(["evaluate", "--backend", "torch", "--config", "shapes", "--data", "shapes:1:2"]) == 2
+    )
     assert "--config applies to --backend eager only" in capsys.readouterr().err
 
 
 def test_tensorrt_backend_needs_a_gpu(capsys):
-    assert main(["evaluate", "--backend", "tensorrt", "--device", "cpu", "--data", "shapes:1:2"]) == 2
+    assert (
+        main(["evaluate", "--backend", "tensorrt", "--device", "cpu", "--data", "shapes:1:2"]) == 2
+    )
     assert "the tensorrt backend runs on a CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_missing_model_file(capsys, tmp_path, backend):
     missing = tmp_path / "nope.pt"
-    assert main(["evaluate", "--backend", backend, "--model", str(missing), "--data", "shapes:1:2"]) == 2
+    assert (
+        main(["evaluate", "--backend", backend, "--model", str(missing), "--data", "shapes:1:2"])
+        == 2
+    )
     assert f"{missing}: no such model file" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from maskrt.export.onnx_ops import (
     roi_align_nodes,
 )
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
-from maskrt.model.deploy import Detections, DeployGraph
+from maskrt.model.deploy import DeployGraph, Detections
 
 
 def _session(path) -> ort.InferenceSession:
@@ -45,8 +45,25 @@ def cli_export(tmp_path_factory):
 def test_cli_export_checker_metadata(cli_export, caplog):
     ckpt, out = cli_export
     caplog.set_level(logging.INFO, logger="maskrt")
-    assert main(["export", "onnx", "--model", str(ckpt), "--out", str(out), "--target", "onnxruntime",
-                 "--max-batch", "2", "--max-detections", "50"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--target",
+                "onnxruntime",
+                "--max-batch",
+                "2",
+                "--max-detections",
+                "50",
+            ]
+        )
+        == 0
+    )
     sha = file_sha256(ckpt)
     lines = [r.getMessage() for r in caplog.records if r.name == "maskrt.export"]
     assert any(str(out) in line and "MB" in line and sha in line for line in lines), lines
@@ -58,16 +75,24 @@ def test_cli_export_checker_metadata(cli_export, caplog):
     assert json.loads(meta["classes"]) == ["__background__", "square", "circle", "triangle"]
     assert meta["canvas"] == "192" and meta["mask_size"] == "28" and meta["max_detections"] == "50"
     assert config["name"] == "shapes" and config["max_detections"] == 50 and config["canvas"] == 192
-    assert meta["checkpoint_sha256"] == sha and meta["target"] == "onnxruntime" and meta["max_batch"] == "2"
+    assert (
+        meta["checkpoint_sha256"] == sha
+        and meta["target"] == "onnxruntime"
+        and meta["max_batch"] == "2"
+    )
 
     # input and outputs: uint8 [batch, 3, S, S] -> fixed K, symbolic batch only
     (image,) = model.graph.input
     dims = image.type.tensor_type.shape.dim
     assert image.name == "images" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 192, 192]
-    expected = {"num_detections": (onnx.TensorProto.INT32, []), "boxes": (onnx.TensorProto.FLOAT, [50, 4]),
-                "scores": (onnx.TensorProto.FLOAT, [50]), "classes": (onnx.TensorProto.INT32, [50]),
-                "masks": (onnx.TensorProto.FLOAT, [50, 28, 28])}
+    expected = {
+        "num_detections": (onnx.TensorProto.INT32, []),
+        "boxes": (onnx.TensorProto.FLOAT, [50, 4]),
+        "scores": (onnx.TensorProto.FLOAT, [50]),
+        "classes": (onnx.TensorProto.INT32, [50]),
+        "masks": (onnx.TensorProto.FLOAT, [50, 28, 28]),
+    }
     assert [o.name for o in model.graph.output] == list(expected)
     for o in model.graph.output:
         dtype, rest = expected[o.name]
@@ -82,7 +107,13 @@ def test_roi_align_is_one_local_function_node_per_call():
     nodes = roi_align_nodes(model)
     assert len(nodes) == 2  # box head and mask head
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
-    common = {"sampling_ratio": 2, "aligned": 0, "canonical_scale": 224, "canonical_level": 4, "first_level": 2}
+    common = {
+        "sampling_ratio": 2,
+        "aligned": 0,
+        "canonical_scale": 224,
+        "canonical_level": 4,
+        "first_level": 2,
+    }
     assert sorted(a["output_size"] for a in attrs) == [7, 14]
     assert all({k: a[k] for k in common} == common for a in attrs)
     assert all(len(n.input) == 5 for n in nodes)  # rois + the 4 FPN maps
@@ -104,7 +135,9 @@ def test_onnxruntime_equals_pytorch_graph(batch):
     imgs = images(batch, model.config.canvas, seed=10 + batch)
     with torch.inference_mode():
         expected = graph(imgs)
-    actual = Detections(*(torch.from_numpy(a) for a in _session(path).run(None, {"images": imgs.numpy()})))
+    actual = Detections(
+        *(torch.from_numpy(a) for a in _session(path).run(None, {"images": imgs.numpy()}))
+    )
     pairs = assert_outputs_match(actual, expected)
     assert pairs == batch * model.config.max_detections  # forced detections
 
@@ -128,22 +161,45 @@ def test_function_body_equals_the_torch_op():
 
     for levels, aligned, sampling, size in [(4, 0, 2, 7), (4, 1, 0, 14), (1, 0, 2, 7)]:
         inputs = ["rois"] + [f"f{i}" for i in range(levels)]
-        node = helper.make_node(ROI_ALIGN_OP, inputs, ["y"], domain=DOMAIN, output_size=size,
-                                sampling_ratio=sampling, aligned=aligned, canonical_scale=224,
-                                canonical_level=4, first_level=2)
+        node = helper.make_node(
+            ROI_ALIGN_OP,
+            inputs,
+            ["y"],
+            domain=DOMAIN,
+            output_size=size,
+            sampling_ratio=sampling,
+            aligned=aligned,
+            canonical_scale=224,
+            canonical_level=4,
+            first_level=2,
+        )
         graph = helper.make_graph(
-            [node], "g", [helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["B", "R", 4])]
-            + [helper.make_tensor_value_info(f"f{i}", TensorProto.FLOAT, ["B", 8, None, None]) for i in range(levels)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "R", 8, size, size])])
-        model = helper.make_model(graph, ir_version=10, functions=[multilevel_roi_align_function(levels, 18)],
-                                  opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)])
+            [node],
+            "g",
+            [helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["B", "R", 4])]
+            + [
+                helper.make_tensor_value_info(f"f{i}", TensorProto.FLOAT, ["B", 8, None, None])
+                for i in range(levels)
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "R", 8, size, size])],
+        )
+        model = helper.make_model(
+            graph,
+            ir_version=10,
+            functions=[multilevel_roi_align_function(levels, 18)],
+            opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)],
+        )
         onnx.checker.check_model(model, full_check=True)
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         boxes, features = _boxes(3, 30), _features(3)[:levels]
         boxes[0, 0] = torch.tensor([10.0, 10.0, 5.0, 40.0])  # NaN area
         feed = {"rois": boxes.numpy(), **{f"f{i}": f.numpy() for i, f in enumerate(features)}}
         (y,) = session.run(None, feed)
-        expected = torch.ops.maskrt.multilevel_roi_align(boxes, features, size, sampling, bool(aligned))
+        expected = torch.ops.maskrt.multilevel_roi_align(
+            boxes, features, size, sampling, bool(aligned)
+        )
         assert np.abs(y - expected.numpy()).max() <= 1e-5
         empty = session.run(None, {**feed, "rois": np.zeros((3, 0, 4), np.float32)})[0]
         assert empty.shape == (3, 0, 8, size, size)

@@ -19,9 +19,14 @@ def test_torchvision_state_dict_gives_identical_outputs(name, tmp_path):
     canvas = 320
     cfg = get_config(name).replace(canvas=canvas, score_threshold=0.0, max_detections=50)
     reference = BUILDERS[name](
-        weights=None, weights_backbone=None, min_size=canvas, max_size=canvas,
-        box_score_thresh=0.0, box_detections_per_img=50,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
+        weights=None,
+        weights_backbone=None,
+        min_size=canvas,
+        max_size=canvas,
+        box_score_thresh=0.0,
+        box_detections_per_img=50,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
     ).eval()
     with torch.no_grad():
         # spread the class scores so no two detections tie (ties may order either way), and give

@@ -14,12 +14,20 @@ def _det(box, class_id=1, score=0.9, size=(64, 64)) -> dict:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     m[y1:y2, x1:x2] = 1
     rle = mask_utils.encode(np.asfortranarray(m))
-    return {"box": list(map(float, box)), "score": score, "class_id": class_id,
-            "mask": {"size": rle["size"], "counts": rle["counts"].decode()}}
+    return {
+        "box": list(map(float, box)),
+        "score": score,
+        "class_id": class_id,
+        "mask": {"size": rle["size"], "counts": rle["counts"].decode()},
+    }
 
 
 def test_identical_detections_all_match():
-    dets = [_det([2, 2, 30, 30], 1, 0.9), _det([10, 10, 50, 40], 2, 0.8), _det([5, 5, 5, 5], 1, 0.1)]
+    dets = [
+        _det([2, 2, 30, 30], 1, 0.9),
+        _det([10, 10, 50, 40], 2, 0.8),
+        _det([5, 5, 5, 5], 1, 0.1),
+    ]
     parity = Parity()
     parity.add(dets, list(reversed(dets)))
     assert (parity.detections_a, parity.matched, parity.matched_fraction) == (3, 3, 1.0)
@@ -27,9 +35,15 @@ def test_identical_detections_all_match():
 
 
 def test_class_shift_and_missing_detections_do_not_match():
-    a = [_det([2, 2, 30, 30], 1, 0.9), _det([10, 10, 50, 40], 2, 0.8), _det([40, 40, 60, 60], 3, 0.7)]
-    b = [_det([2, 2, 30, 30], 2, 0.9),  # other class: no partner for a[0]
-         _det([10, 10, 50, 42], 2, 0.8)]  # same class, box IoU 40*30/(40*32) = 0.9375 < 0.99
+    a = [
+        _det([2, 2, 30, 30], 1, 0.9),
+        _det([10, 10, 50, 40], 2, 0.8),
+        _det([40, 40, 60, 60], 3, 0.7),
+    ]
+    b = [
+        _det([2, 2, 30, 30], 2, 0.9),  # other class: no partner for a[0]
+        _det([10, 10, 50, 42], 2, 0.8),
+    ]  # same class, box IoU 40*30/(40*32) = 0.9375 < 0.99
     pairs = pair_detections(a, b)
     assert [(p.a, p.b) for p in pairs] == [(1, 1)]
     assert abs(pairs[0].box_iou - 30 / 32) < 1e-9 and abs(pairs[0].mask_iou - 30 / 32) < 1e-9

@@ -13,13 +13,17 @@ import maskrt.plugins as plugins
 from maskrt.errors import MaskrtError
 
 CXX = shutil.which("g++") or shutil.which("c++")
-needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler (g++ / c++) to build stand-in libraries")
+needs_cxx = pytest.mark.skipif(
+    CXX is None, reason="no host C++ compiler (g++ / c++) to build stand-in libraries"
+)
 
 
 def _shared_library(path: Path, source: str) -> Path:
     src = path.with_suffix(".cpp")
     src.write_text(source)
-    done = subprocess.run([CXX, "-shared", "-fPIC", str(src), "-o", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [CXX, "-shared", "-fPIC", str(src), "-o", str(path)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return path
 
@@ -32,7 +36,10 @@ def _fresh_loader(monkeypatch):
 
 def test_default_search_order():
     package = Path(plugins.__file__).resolve().parent
-    assert plugins.candidate_paths() == [package / "build" / "libmaskrt_plugins.so", package / "libmaskrt_plugins.so"]
+    assert plugins.candidate_paths() == [
+        package / "build" / "libmaskrt_plugins.so",
+        package / "libmaskrt_plugins.so",
+    ]
 
 
 def test_missing_library_names_every_searched_path(monkeypatch, tmp_path):
@@ -64,7 +71,9 @@ def test_not_a_shared_library(monkeypatch, tmp_path):
 
 @needs_cxx
 def test_library_without_the_entry_point(monkeypatch, tmp_path):
-    lib = _shared_library(tmp_path / "libother.so", 'extern "C" int something_else() { return 1; }\n')
+    lib = _shared_library(
+        tmp_path / "libother.so", 'extern "C" int something_else() { return 1; }\n'
+    )
     monkeypatch.setenv(plugins.ENV_VAR, str(lib))
     with pytest.raises(MaskrtError, match="not maskrt's plugin library"):
         plugins.load()
@@ -72,7 +81,9 @@ def test_library_without_the_entry_point(monkeypatch, tmp_path):
 
 @needs_cxx
 def test_registration_refused(monkeypatch, tmp_path):
-    lib = _shared_library(tmp_path / "librefuses.so", 'extern "C" bool initMaskrtPlugins(void*) { return false; }\n')
+    lib = _shared_library(
+        tmp_path / "librefuses.so", 'extern "C" bool initMaskrtPlugins(void*) { return false; }\n'
+    )
     monkeypatch.setenv(plugins.ENV_VAR, str(lib))
     with pytest.raises(MaskrtError, match="registering"):
         plugins.load()
@@ -80,10 +91,14 @@ def test_registration_refused(monkeypatch, tmp_path):
 
 @needs_cxx
 def test_loads_once_globally_and_returns_the_path(monkeypatch, tmp_path):
-    lib = _shared_library(tmp_path / "libmaskrt_plugins.so", (
-        'static int calls = 0;\n'
-        'extern "C" bool initMaskrtPlugins(void* logger) { ++calls; return logger == nullptr; }\n'
-        'extern "C" int init_calls() { return calls; }\n'))
+    lib = _shared_library(
+        tmp_path / "libmaskrt_plugins.so",
+        (
+            "static int calls = 0;\n"
+            'extern "C" bool initMaskrtPlugins(void* logger) { ++calls; return logger == nullptr; }\n'
+            'extern "C" int init_calls() { return calls; }\n'
+        ),
+    )
     monkeypatch.setattr(plugins, "_PACKAGE_DIR", tmp_path)  # found "next to the package"
     assert plugins.load() == lib.resolve()
     assert plugins.load() == lib.resolve()

@@ -48,12 +48,33 @@ def _compile(compiler: str, out: Path) -> Path:
         nvcc = _nvcc()
         if nvcc is None:
             pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin)")
-        cmd = [nvcc, "-std=c++17", "-O2", "-Xcompiler", "-fPIC", "-shared", f"-I{SRC}", str(source), "-o", str(out)]
+        cmd = [
+            nvcc,
+            "-std=c++17",
+            "-O2",
+            "-Xcompiler",
+            "-fPIC",
+            "-shared",
+            f"-I{SRC}",
+            str(source),
+            "-o",
+            str(out),
+        ]
     else:
         cxx = shutil.which("g++") or shutil.which("c++")
         if cxx is None:
             pytest.skip("no host C++ compiler (g++ / c++) found")
-        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", f"-I{SRC}", str(source), "-o", str(out)]
+        cmd = [
+            cxx,
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            f"-I{SRC}",
+            str(source),
+            "-o",
+            str(out),
+        ]
         if CUDA_INCLUDE.is_dir():
             cmd.insert(-3, f"-I{CUDA_INCLUDE}")  # float16 via cuda_fp16.h when the headers exist
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -69,33 +90,79 @@ class HostLib:
         lib = ctypes.CDLL(str(path))
         lib.maskrt_roi_align_host.restype = ctypes.c_int
         lib.maskrt_roi_align_host.argtypes = (
-            [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
-             ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
-            + [ctypes.c_int] * 9 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
+            [
+                ctypes.c_void_p,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.POINTER(ctypes.c_int),
+                ctypes.POINTER(ctypes.c_int),
+            ]
+            + [ctypes.c_int] * 9
+            + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
         )
         lib.maskrt_level_index.restype = ctypes.c_int
         lib.maskrt_level_index.argtypes = [ctypes.c_float] * 4 + [ctypes.c_int] * 4
         lib.maskrt_channels_per_block.restype = ctypes.c_int
-        lib.maskrt_channels_per_block.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int64]
+        lib.maskrt_channels_per_block.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int,
+            ctypes.c_int64,
+        ]
         self.lib = lib
         self.has_fp16 = bool(lib.maskrt_host_has_fp16())
 
-    def roi_align(self, rois, features, output_size, sampling_ratio, aligned, *, canonical_scale=224,
-                  canonical_level=4, first_level=FIRST_LEVEL, emulate=False, target_blocks=1, nthreads=256):
+    def roi_align(
+        self,
+        rois,
+        features,
+        output_size,
+        sampling_ratio,
+        aligned,
+        *,
+        canonical_scale=224,
+        canonical_level=4,
+        first_level=FIRST_LEVEL,
+        emulate=False,
+        target_blocks=1,
+        nthreads=256,
+    ):
         rois = rois.contiguous().float()
         features = [f.contiguous() for f in features]
         dtype = {torch.float32: 0, torch.float16: 1}[features[0].dtype]
         batch, num_rois = rois.shape[:2]
         channels = features[0].shape[1]
-        out = torch.full((batch, num_rois, channels, output_size, output_size), float("nan"), dtype=features[0].dtype)
+        out = torch.full(
+            (batch, num_rois, channels, output_size, output_size),
+            float("nan"),
+            dtype=features[0].dtype,
+        )
         n = len(features)
         ptrs = (ctypes.c_void_p * n)(*[f.data_ptr() for f in features])
         heights = (ctypes.c_int * n)(*[f.shape[2] for f in features])
         widths = (ctypes.c_int * n)(*[f.shape[3] for f in features])
         rc = self.lib.maskrt_roi_align_host(
-            rois.data_ptr(), batch, num_rois, ptrs, heights, widths, n, channels, dtype, output_size,
-            sampling_ratio, int(aligned), canonical_scale, canonical_level, first_level, out.data_ptr(),
-            int(emulate), target_blocks, nthreads)
+            rois.data_ptr(),
+            batch,
+            num_rois,
+            ptrs,
+            heights,
+            widths,
+            n,
+            channels,
+            dtype,
+            output_size,
+            sampling_ratio,
+            int(aligned),
+            canonical_scale,
+            canonical_level,
+            first_level,
+            out.data_ptr(),
+            int(emulate),
+            target_blocks,
+            nthreads,
+        )
         if rc != 0:
             raise ValueError(f"maskrt_roi_align_host rejected the call (code {rc})")
         return out
@@ -104,7 +171,9 @@ class HostLib:
 @pytest.fixture(scope="session")
 def host_lib(tmp_path_factory) -> HostLib:
     compiler = "nvcc" if _nvcc() else "g++"
-    return HostLib(_compile(compiler, tmp_path_factory.mktemp("roi_align_host") / "libroi_align_host.so"))
+    return HostLib(
+        _compile(compiler, tmp_path_factory.mktemp("roi_align_host") / "libroi_align_host.so")
+    )
 
 
 def _features(batch=2, channels=8, dtype=torch.float32, seed=0):
@@ -116,26 +185,54 @@ def _special_boxes() -> torch.Tensor:
     """Boxes that probe the boundary rules: level thresholds, degenerate, outside, huge, inverted."""
     boxes = [
         # sqrt(area) exactly on the level thresholds 112 / 224 / 448 (and 56, 896), squares and not
-        [10, 20, 122, 132], [0, 0, 224, 224], [-100, -50, 348, 398], [5, 5, 61, 61], [0, 0, 896, 896],
-        [30, 40, 86, 264], [0, 0, 28, 448], [17.5, 3.25, 129.5, 115.25],
+        [10, 20, 122, 132],
+        [0, 0, 224, 224],
+        [-100, -50, 348, 398],
+        [5, 5, 61, 61],
+        [0, 0, 896, 896],
+        [30, 40, 86, 264],
+        [0, 0, 28, 448],
+        [17.5, 3.25, 129.5, 115.25],
         # just under / over a threshold
-        [10, 20, 121.999, 132], [10, 20, 122.001, 132], [0, 0, 223.99, 224], [0, 0, 224.01, 224],
+        [10, 20, 121.999, 132],
+        [10, 20, 122.001, 132],
+        [0, 0, 223.99, 224],
+        [0, 0, 224.01, 224],
         # a hair under a threshold, where torchvision's +1e-6 decides the level
-        [0, 0, 111.99995, 112], [0, 0, 111.99986, 112], [0, 0, 223.99991, 224], [0, 0, 223.99965, 224],
-        [0, 0, 447.99963, 448], [0, 0, 447.99930, 448],
+        [0, 0, 111.99995, 112],
+        [0, 0, 111.99986, 112],
+        [0, 0, 223.99991, 224],
+        [0, 0, 223.99965, 224],
+        [0, 0, 447.99963, 448],
+        [0, 0, 447.99930, 448],
         # degenerate: zero width, zero height, a point, on the canvas edge
-        [50, 60, 50, 90], [50, 60, 80, 60], [100, 100, 100, 100], [0, 0, 0, 0], [256, 192, 256, 192],
+        [50, 60, 50, 90],
+        [50, 60, 80, 60],
+        [100, 100, 100, 100],
+        [0, 0, 0, 0],
+        [256, 192, 256, 192],
         [255.9, 10, 256, 12],
         # whole canvas, on and across its edges
-        [0, 0, 256, 192], [-1, -1, 257, 193], [0, 0, 192, 256], [200, 200, 300, 300], [-40, 100, 20, 140],
+        [0, 0, 256, 192],
+        [-1, -1, 257, 193],
+        [0, 0, 192, 256],
+        [200, 200, 300, 300],
+        [-40, 100, 20, 140],
         # outside the canvas (near and far)
-        [260, 10, 300, 50], [-80, -80, -10, -10], [1000, 1000, 1100, 1120], [-5000, 20, -4000, 60],
+        [260, 10, 300, 50],
+        [-80, -80, -10, -10],
+        [1000, 1000, 1100, 1120],
+        [-5000, 20, -4000, 60],
         # huge (clamped to the last level; adaptive grids past the kernel's shared tables)
-        [-5000, -5000, 5000, 5000], [-300, -200, 2000, 1800], [0, 0, 12000, 40],
+        [-5000, -5000, 5000, 5000],
+        [-300, -200, 2000, 1800],
+        [0, 0, 12000, 40],
         # tiny (clamped to the first level)
-        [100.2, 100.3, 100.7, 101.1], [3, 3, 4, 4],
+        [100.2, 100.3, 100.7, 101.1],
+        [3, 3, 4, 4],
         # inverted: one side (NaN area -> zero output, as torchvision) and both sides
-        [80, 80, 40, 120], [80, 80, 40, 40],
+        [80, 80, 40, 120],
+        [80, 80, 40, 40],
     ]
     return torch.tensor(boxes, dtype=torch.float32)
 
@@ -153,7 +250,9 @@ def _rois(batch=2, seed=0) -> torch.Tensor:
     return torch.stack(per_image)
 
 
-def _ieee_level(box, num_levels, canonical_scale=224, canonical_level=4, first_level=FIRST_LEVEL) -> int:
+def _ieee_level(
+    box, num_levels, canonical_scale=224, canonical_level=4, first_level=FIRST_LEVEL
+) -> int:
     """LevelMapper's formula in float32 with correctly rounded operations (sqrt / log2 evaluated in
     float64 and rounded once, which is correctly rounded for sqrt and for these arguments log2)."""
     f = np.float32
@@ -185,7 +284,10 @@ def test_level_index_matches_torchvision_level_mapper(host_lib):
         torchvision = mapper([boxes]).tolist() if num_levels > 1 else [0] * len(boxes)
         # torchvision's NaN level (an inverted box) is a garbage int64 that matches no level: ours is -1
         torchvision = [e if 0 <= e < num_levels else -1 for e in torchvision]
-        got = [host_lib.lib.maskrt_level_index(*map(float, b), 224, 4, FIRST_LEVEL, num_levels) for b in boxes.tolist()]
+        got = [
+            host_lib.lib.maskrt_level_index(*map(float, b), 224, 4, FIRST_LEVEL, num_levels)
+            for b in boxes.tolist()
+        ]
         assert got == [_ieee_level(b, num_levels) for b in boxes.tolist()], f"{num_levels} levels"
         # torch's CPU float32 sqrt / log2 are not always correctly rounded; where that moves a box a
         # hair under a threshold across it, torchvision (CPU) and IEEE float32 (CUDA, ours) differ
@@ -193,12 +295,16 @@ def test_level_index_matches_torchvision_level_mapper(host_lib):
             if ours != theirs:
                 area = torch.tensor(box[2] - box[0]) * torch.tensor(box[3] - box[1])
                 s = torch.sqrt(area)
-                explained = float(s) != float(np.float32(math.sqrt(float(area)))) or \
-                    float(torch.log2(s / 224)) != float(np.float32(math.log2(float(s / 224))))
+                explained = float(s) != float(np.float32(math.sqrt(float(area)))) or float(
+                    torch.log2(s / 224)
+                ) != float(np.float32(math.log2(float(s / 224))))
                 assert explained, f"box {box}: ours {ours}, torchvision {theirs}"
         assert sum(a != b for a, b in zip(got, torchvision)) <= 2
     # the thresholds themselves: sqrt(area) = 112 -> P3, 224 -> P4, 448 -> P5
-    idx = [host_lib.lib.maskrt_level_index(0.0, 0.0, s, s, 224, 4, 2, 4) for s in (111.9, 112.0, 223.9, 224.0, 447.9, 448.0)]
+    idx = [
+        host_lib.lib.maskrt_level_index(0.0, 0.0, s, s, 224, 4, 2, 4)
+        for s in (111.9, 112.0, 223.9, 224.0, 447.9, 448.0)
+    ]
     assert idx == [0, 1, 1, 2, 2, 3]
 
 
@@ -209,10 +315,21 @@ def test_matches_torchvision_multiscale_roi_align(host_lib, sampling_ratio, outp
     """aligned=False is torchvision's MultiScaleRoIAlign (what torchvision's Mask R-CNN runs)."""
     feats = _features()
     rois = _rois()
-    pooler = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], output_size=output_size, sampling_ratio=sampling_ratio)
-    expected = pooler(OrderedDict(zip(["p2", "p3", "p4", "p5"], feats)), list(rois), [(CANVAS_H, CANVAS_W)] * 2)
-    got = host_lib.roi_align(rois, feats, output_size, sampling_ratio, aligned=False, emulate=emulate,
-                             target_blocks=10**6)
+    pooler = MultiScaleRoIAlign(
+        ["p2", "p3", "p4", "p5"], output_size=output_size, sampling_ratio=sampling_ratio
+    )
+    expected = pooler(
+        OrderedDict(zip(["p2", "p3", "p4", "p5"], feats)), list(rois), [(CANVAS_H, CANVAS_W)] * 2
+    )
+    got = host_lib.roi_align(
+        rois,
+        feats,
+        output_size,
+        sampling_ratio,
+        aligned=False,
+        emulate=emulate,
+        target_blocks=10**6,
+    )
     torch.testing.assert_close(got.flatten(0, 1), expected, rtol=0, atol=1e-5)
 
 
@@ -220,11 +337,15 @@ def test_matches_torchvision_multiscale_roi_align(host_lib, sampling_ratio, outp
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 2, 3])
 @pytest.mark.parametrize("output_size", [7, 14])
 @pytest.mark.parametrize("emulate", [False, True], ids=["reference", "kernel-emulation"])
-def test_matches_torchvision_roi_align_per_level(host_lib, aligned, sampling_ratio, output_size, emulate):
+def test_matches_torchvision_roi_align_per_level(
+    host_lib, aligned, sampling_ratio, output_size, emulate
+):
     feats = _features(seed=1)
     rois = _rois(seed=3)
     expected = multilevel_roi_align_reference(rois, feats, output_size, sampling_ratio, aligned)
-    got = host_lib.roi_align(rois, feats, output_size, sampling_ratio, aligned, emulate=emulate, target_blocks=1)
+    got = host_lib.roi_align(
+        rois, feats, output_size, sampling_ratio, aligned, emulate=emulate, target_blocks=1
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
@@ -240,13 +361,23 @@ def test_reference_equals_multiscale_roi_align():
 
 @pytest.mark.parametrize("nthreads,target_blocks", [(256, 1), (256, 10**6), (32, 10**6), (97, 50)])
 @pytest.mark.parametrize("output_size", [7, 14])
-def test_kernel_emulation_is_independent_of_block_shape(host_lib, nthreads, target_blocks, output_size):
+def test_kernel_emulation_is_independent_of_block_shape(
+    host_lib, nthreads, target_blocks, output_size
+):
     """Channel chunks and thread counts change the work split, never the result."""
     feats = _features(channels=24, seed=6)
     rois = _rois(seed=8)
     reference = host_lib.roi_align(rois, feats, output_size, 2, True)
-    got = host_lib.roi_align(rois, feats, output_size, 2, True, emulate=True, target_blocks=target_blocks,
-                             nthreads=nthreads)
+    got = host_lib.roi_align(
+        rois,
+        feats,
+        output_size,
+        2,
+        True,
+        emulate=True,
+        target_blocks=target_blocks,
+        nthreads=nthreads,
+    )
     assert torch.equal(got, reference)
 
 
@@ -259,8 +390,12 @@ def test_float16_features_accumulate_in_float32(host_lib, emulate, aligned, samp
     feats16 = _features(seed=9, dtype=torch.float16)
     rois = _rois(seed=10)
     # the exact result on the same (float16-representable) values, rounded once to float16
-    expected = multilevel_roi_align_reference(rois, [f.float() for f in feats16], 7, sampling_ratio, aligned)
-    got = host_lib.roi_align(rois, feats16, 7, sampling_ratio, aligned, emulate=emulate, target_blocks=10**6)
+    expected = multilevel_roi_align_reference(
+        rois, [f.float() for f in feats16], 7, sampling_ratio, aligned
+    )
+    got = host_lib.roi_align(
+        rois, feats16, 7, sampling_ratio, aligned, emulate=emulate, target_blocks=10**6
+    )
     assert got.dtype == torch.float16
     torch.testing.assert_close(got.float(), expected, rtol=2.0**-11, atol=1e-5)
 
@@ -273,10 +408,20 @@ def test_single_level_and_other_level_parameters(host_lib):
     got = host_lib.roi_align(rois, feats[1:2], 7, 2, False, first_level=3, emulate=True)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # three maps starting at level 3, another canonical scale / level
-    expected = multilevel_roi_align_reference(rois, feats[1:], 7, 0, True, canonical_scale=160, canonical_level=3,
-                                              first_level=3)
-    got = host_lib.roi_align(rois, feats[1:], 7, 0, True, canonical_scale=160, canonical_level=3, first_level=3,
-                             emulate=True)
+    expected = multilevel_roi_align_reference(
+        rois, feats[1:], 7, 0, True, canonical_scale=160, canonical_level=3, first_level=3
+    )
+    got = host_lib.roi_align(
+        rois,
+        feats[1:],
+        7,
+        0,
+        True,
+        canonical_scale=160,
+        canonical_level=3,
+        first_level=3,
+        emulate=True,
+    )
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
@@ -293,10 +438,10 @@ def test_invalid_parameters_are_rejected(host_lib):
 
 def test_channels_per_block(host_lib):
     cpb = host_lib.lib.maskrt_channels_per_block
-    assert cpb(256, 1000, 7, 1056) == 64       # many RoIs: the largest chunk
-    assert cpb(256, 100, 14, 1056) == 24       # few RoIs: smaller chunks, more blocks
-    assert cpb(256, 1, 7, 10**6) == 6          # never fewer outputs than threads (256 / 49 -> 6)
-    assert cpb(3, 1000, 7, 1056) == 3          # never more than the channels
+    assert cpb(256, 1000, 7, 1056) == 64  # many RoIs: the largest chunk
+    assert cpb(256, 100, 14, 1056) == 24  # few RoIs: smaller chunks, more blocks
+    assert cpb(256, 1, 7, 10**6) == 6  # never fewer outputs than threads (256 / 49 -> 6)
+    assert cpb(3, 1000, 7, 1056) == 3  # never more than the channels
 
 
 def test_gpp_build_agrees_with_the_default_build(host_lib, tmp_path):

@@ -41,14 +41,20 @@ def random_boxes(rng: np.random.Generator, n: int, h: int, w: int) -> torch.Tens
     for i in range(n):
         kind = i % 7
         if kind == 0:  # inside, log-uniform size
-            bw, bh = np.exp(rng.uniform(np.log(0.5), np.log(max(w, 1.0)))), np.exp(
-                rng.uniform(np.log(0.5), np.log(max(h, 1.0))))
+            bw, bh = (
+                np.exp(rng.uniform(np.log(0.5), np.log(max(w, 1.0)))),
+                np.exp(rng.uniform(np.log(0.5), np.log(max(h, 1.0)))),
+            )
             x0, y0 = rng.uniform(0, max(w - bw, 0)), rng.uniform(0, max(h - bh, 0))
             box = [x0, y0, x0 + bw, y0 + bh]
         elif kind == 1:  # crossing the border
             x0, y0 = rng.uniform(-w / 2, w - 1), rng.uniform(-h / 2, h - 1)
-            box = [x0, y0, rng.uniform(max(x0, 0) + 0.1, 1.5 * w),
-                   rng.uniform(max(y0, 0) + 0.1, 1.5 * h)]
+            box = [
+                x0,
+                y0,
+                rng.uniform(max(x0, 0) + 0.1, 1.5 * w),
+                rng.uniform(max(y0, 0) + 0.1, 1.5 * h),
+            ]
         elif kind == 2:  # tiny, under a pixel
             x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
             box = [x0, y0, x0 + rng.uniform(0, 1), y0 + rng.uniform(0, 1)]
@@ -58,8 +64,12 @@ def random_boxes(rng: np.random.Generator, n: int, h: int, w: int) -> torch.Tens
             x0, y1 = rng.uniform(0, w), rng.uniform(0, h)
             box = [x0, 0, w, y1] if rng.random() < 0.5 else [0, y1 * 0.5, x0, h]
         elif kind == 5:  # larger than the image on all sides
-            box = [-rng.uniform(0, w), -rng.uniform(0, h),
-                   w + rng.uniform(0, w), h + rng.uniform(0, h)]
+            box = [
+                -rng.uniform(0, w),
+                -rng.uniform(0, h),
+                w + rng.uniform(0, w),
+                h + rng.uniform(0, h),
+            ]
         else:  # small boxes around the h + w <= 128 kernel switch
             s = rng.uniform(20, 70)
             x0, y0 = rng.uniform(-10, w), rng.uniform(-10, h)
@@ -80,8 +90,14 @@ def random_masks(gen: torch.Generator, n: int, m: int = 28) -> torch.Tensor:
     """Uniform noise, smooth mask-like maps, binary maps, constant 0.5, maps sprinkled with
     exact 0.5: everything that sits on or near the threshold."""
     masks = torch.rand(n, m, m, generator=gen)
-    smooth = torch.sigmoid(F.interpolate(torch.randn(n, 1, 5, 5, generator=gen) * 4, size=(m, m),
-                                         mode="bilinear", align_corners=False)[:, 0])
+    smooth = torch.sigmoid(
+        F.interpolate(
+            torch.randn(n, 1, 5, 5, generator=gen) * 4,
+            size=(m, m),
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+    )
     masks[1::5] = smooth[1::5]
     masks[2::5] = (masks[2::5] > 0.5).float()
     masks[3::5] = 0.5
@@ -111,7 +127,8 @@ def test_paste_matches_torchvision(strategy: str) -> None:
     rng = np.random.default_rng(1)
     gen = torch.Generator().manual_seed(1)
     sizes = [(1, 1), (1, 40), (40, 1), (3, 7)] + [
-        (int(a), int(b)) for a, b in rng.integers(2, 260, (26, 2))]
+        (int(a), int(b)) for a, b in rng.integers(2, 260, (26, 2))
+    ]
     for h, w in sizes:
         boxes = random_boxes(rng, 21, h, w)
         masks = random_masks(gen, len(boxes))
@@ -180,9 +197,10 @@ def test_calibrated_recipes_reproduce_interpolate_bit_for_bit() -> None:
             padded = F.pad(random_masks(gen, 5), (1, 1, 1, 1))
             cols, rows = whole_box_tables(h, w, recipe.src_fma)
             for j in range(5):
-                ref = F.interpolate(padded[j][None, None], size=(h, w), mode="bilinear",
-                                    align_corners=False)[0, 0]
-                got = pp._emulate(padded[j:j + 1], cols, rows, recipe)[0].t()
+                ref = F.interpolate(
+                    padded[j][None, None], size=(h, w), mode="bilinear", align_corners=False
+                )[0, 0]
+                got = pp._emulate(padded[j : j + 1], cols, rows, recipe)[0].t()
                 assert torch.equal(got, ref), (regime, recipe, h, w)
 
 
@@ -194,8 +212,9 @@ def test_every_candidate_recipe_is_bilinear(recipe: pp.Recipe) -> None:
     padded = F.pad(random_masks(gen, 4), (1, 1, 1, 1))
     for h, w in ((17, 45), (301, 77)):
         cols, rows = whole_box_tables(h, w, recipe.src_fma)
-        ref = F.interpolate(padded[:1, None], size=(h, w), mode="bilinear",
-                            align_corners=False)[0, 0]
+        ref = F.interpolate(padded[:1, None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         got = pp._emulate(padded[:1], cols, rows, recipe)[0].t()
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
@@ -213,9 +232,15 @@ def test_bucket_plan_covers_every_window_once() -> None:
 # ------------------------------------------------------------------- the postprocess API
 
 
-def fake_outputs(gen: torch.Generator, rng: np.random.Generator, letterboxes: list[Letterbox],
-                 k: int = 24, m: int = 28, valid: list[int] | None = None,
-                 dtype: torch.dtype = torch.float32) -> DeployOutputs:
+def fake_outputs(
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    letterboxes: list[Letterbox],
+    k: int = 24,
+    m: int = 28,
+    valid: list[int] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> DeployOutputs:
     """Deploy-graph-shaped outputs: boxes in canvas pixels inside each image's resized area,
     descending scores, garbage in the padded rows."""
     bsz = len(letterboxes)
@@ -235,8 +260,9 @@ def fake_outputs(gen: torch.Generator, rng: np.random.Generator, letterboxes: li
     return DeployOutputs(num, boxes, scores, classes, masks)
 
 
-def reference_records(out: DeployOutputs, b: int, lb: Letterbox, threshold: float,
-                      limit: int | None) -> list[dict]:
+def reference_records(
+    out: DeployOutputs, b: int, lb: Letterbox, threshold: float, limit: int | None
+) -> list[dict]:
     n = int(out.num_detections[b])
     scores = out.scores[b, :n]
     keep = torch.nonzero(scores.double() >= threshold).view(-1)
@@ -244,9 +270,12 @@ def reference_records(out: DeployOutputs, b: int, lb: Letterbox, threshold: floa
         keep = keep[:limit]
     boxes = boxes_to_original(out.boxes[b, keep], lb)
     full = reference_binary(out.masks[b, keep], boxes, lb.height, lb.width)
-    return [{"box": box, "score": s, "class_id": c, "mask": coco(mk)}
-            for box, s, c, mk in zip(boxes.tolist(), out.scores[b, keep].tolist(),
-                                     out.classes[b, keep].tolist(), full)]
+    return [
+        {"box": box, "score": s, "class_id": c, "mask": coco(mk)}
+        for box, s, c, mk in zip(
+            boxes.tolist(), out.scores[b, keep].tolist(), out.classes[b, keep].tolist(), full
+        )
+    ]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -257,8 +286,15 @@ def test_postprocess_image_matches_torchvision_and_pycocotools(strategy: str) ->
         lb = Letterbox.fit(width, height, 320)
         k = 24 if width < 1000 else 10
         out = fake_outputs(gen, rng, [lb], k=k, valid=[k - 5])
-        got = pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0],
-                                   int(out.num_detections[0]), lb, strategy=strategy)
+        got = pp.postprocess_image(
+            out.boxes[0],
+            out.scores[0],
+            out.classes[0],
+            out.masks[0],
+            int(out.num_detections[0]),
+            lb,
+            strategy=strategy,
+        )
         assert got == reference_records(out, 0, lb, 0.0, None), (width, height)
 
 
@@ -269,19 +305,43 @@ def test_score_threshold_and_max_detections() -> None:
     out = fake_outputs(gen, rng, [lb], k=20, valid=[15])
     out.scores[0, :15] = torch.linspace(0.95, 0.25, 15)
     t = float(out.scores[0, 6])  # a score exactly at the threshold is kept
-    got = pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0],
-                               out.num_detections[0], lb, score_threshold=t)
+    got = pp.postprocess_image(
+        out.boxes[0],
+        out.scores[0],
+        out.classes[0],
+        out.masks[0],
+        out.num_detections[0],
+        lb,
+        score_threshold=t,
+    )
     assert [d["score"] for d in got] == out.scores[0, :7].tolist()
     assert got == reference_records(out, 0, lb, t, None)
-    got = pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 15, lb,
-                               score_threshold=0.3, max_detections=4)
+    got = pp.postprocess_image(
+        out.boxes[0],
+        out.scores[0],
+        out.classes[0],
+        out.masks[0],
+        15,
+        lb,
+        score_threshold=0.3,
+        max_detections=4,
+    )
     assert got == reference_records(out, 0, lb, 0.3, 4) and len(got) == 4
-    assert pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 15, lb,
-                                max_detections=0) == []
-    assert pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 15, lb,
-                                score_threshold=0.99) == []
-    assert pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 0,
-                                lb) == []
+    assert (
+        pp.postprocess_image(
+            out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 15, lb, max_detections=0
+        )
+        == []
+    )
+    assert (
+        pp.postprocess_image(
+            out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 15, lb, score_threshold=0.99
+        )
+        == []
+    )
+    assert (
+        pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 0, lb) == []
+    )
 
 
 def test_without_masks_and_with_labels() -> None:
@@ -290,8 +350,16 @@ def test_without_masks_and_with_labels() -> None:
     lb = Letterbox.fit(64, 48, 128)
     out = fake_outputs(gen, rng, [lb], k=6)
     names = ["__background__", "square", "circle", "triangle"]
-    got = pp.postprocess_image(out.boxes[0], out.scores[0], out.classes[0], out.masks[0], 6, lb,
-                               want_masks=False, labels=names)
+    got = pp.postprocess_image(
+        out.boxes[0],
+        out.scores[0],
+        out.classes[0],
+        out.masks[0],
+        6,
+        lb,
+        want_masks=False,
+        labels=names,
+    )
     ref = reference_records(out, 0, lb, 0.0, None)
     assert [set(d) for d in got] == [{"box", "score", "class_id", "label"}] * 6
     for d, r in zip(got, ref):
@@ -307,9 +375,14 @@ def test_batch_equals_per_image_with_per_image_parameters(strategy: str) -> None
     gen = torch.Generator().manual_seed(13)
     lbs = [Letterbox.fit(640, 480, 320), Letterbox.fit(100, 300, 320), Letterbox.fit(50, 50, 320)]
     out = fake_outputs(gen, rng, lbs, k=16, valid=[16, 9, 0], dtype=torch.float16)
-    got = pp.postprocess_batch(out, lbs, score_threshold=[0.0, 0.4, 0.0],
-                               max_detections=[None, 3, 5], want_masks=[True, True, False],
-                               strategy=strategy)
+    got = pp.postprocess_batch(
+        out,
+        lbs,
+        score_threshold=[0.0, 0.4, 0.0],
+        max_detections=[None, 3, 5],
+        want_masks=[True, True, False],
+        strategy=strategy,
+    )
     assert got[0] == reference_records(out, 0, lbs[0], 0.0, None)
     assert got[1] == reference_records(out, 1, lbs[1], 0.4, 3)
     assert got[2] == []
@@ -320,12 +393,14 @@ def test_batch_equals_per_image_with_per_image_parameters(strategy: str) -> None
 def test_degenerate_boxes_give_valid_empty_masks() -> None:
     lb = Letterbox.fit(40, 30, 40)
     # Zero width at the right edge, zero height at the bottom, a sliver in the corner, a point.
-    boxes = torch.tensor([[40.0, 0, 40, 30], [0, 30, 40, 30], [39.9, 29.9, 40, 30],
-                          [10, 10, 10, 10]])
+    boxes = torch.tensor(
+        [[40.0, 0, 40, 30], [0, 30, 40, 30], [39.9, 29.9, 40, 30], [10, 10, 10, 10]]
+    )
     k = len(boxes)
     masks = torch.ones(k, 28, 28)
-    got = pp.postprocess_image(boxes, torch.full((k,), 0.9), torch.ones(k, dtype=torch.int32),
-                               masks, k, lb)
+    got = pp.postprocess_image(
+        boxes, torch.full((k,), 0.9), torch.ones(k, dtype=torch.int32), masks, k, lb
+    )
     orig = boxes_to_original(boxes, lb)
     ref = reference_binary(masks, orig, 30, 40)
     assert [d["mask"] for d in got] == [coco(m) for m in ref]
@@ -340,14 +415,19 @@ def test_paste_matches_torchvision_on_cuda(strategy: str) -> None:
     rng = np.random.default_rng(20)
     gen = torch.Generator().manual_seed(20)
     for h, w in [(1, 1), (1, 40), (97, 131), (480, 640), (1080, 1920)] + [
-            (int(a), int(b)) for a, b in rng.integers(2, 400, (10, 2))]:
+        (int(a), int(b)) for a, b in rng.integers(2, 400, (10, 2))
+    ]:
         boxes = random_boxes(rng, 21, h, w).cuda()
         masks = random_masks(gen, len(boxes)).cuda()
-        assert torch.equal(pp.paste_masks_binary(masks, boxes, (h, w), strategy=strategy),
-                           reference_binary(masks, boxes, h, w)), (h, w)
+        assert torch.equal(
+            pp.paste_masks_binary(masks, boxes, (h, w), strategy=strategy),
+            reference_binary(masks, boxes, h, w),
+        ), (h, w)
         half = masks.half()
-        assert torch.equal(pp.paste_masks_binary(half, boxes, (h, w), strategy=strategy),
-                           reference_binary(half, boxes, h, w)), (h, w, "float16")
+        assert torch.equal(
+            pp.paste_masks_binary(half, boxes, (h, w), strategy=strategy),
+            reference_binary(half, boxes, h, w),
+        ), (h, w, "float16")
 
 
 @pytest.mark.gpu

@@ -40,7 +40,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from test_deploy_config import (
     GPU_ONLY_METRICS,
     LABEL_VALUES,
@@ -74,14 +73,20 @@ def prometheus_tools() -> tuple[str, str]:
         return prom, promtool
     allowed = os.environ.get("CI") == "true" or os.environ.get("MASKRT_INSTALL_PROMETHEUS") == "1"
     if not allowed:
-        pytest.skip("Prometheus is not installed: `apt-get install prometheus` (Debian), or set "
-                    "MASKRT_INSTALL_PROMETHEUS=1 (as root) to let the test set-up install it")
+        pytest.skip(
+            "Prometheus is not installed: `apt-get install prometheus` (Debian), or set "
+            "MASKRT_INSTALL_PROMETHEUS=1 (as root) to let the test set-up install it"
+        )
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("Prometheus is not installed and cannot be: installing Debian's `prometheus` "
-                    "package needs root and apt-get")
+        pytest.skip(
+            "Prometheus is not installed and cannot be: installing Debian's `prometheus` "
+            "package needs root and apt-get"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd, limit in ((["apt-get", "update"], 300),
-                       (["apt-get", "install", "-y", "--no-install-recommends", "prometheus"], 600)):
+    for cmd, limit in (
+        (["apt-get", "update"], 300),
+        (["apt-get", "install", "-y", "--no-install-recommends", "prometheus"], 600),
+    ):
         try:
             run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
@@ -133,7 +138,9 @@ def test_promtool_check_config(prometheus_tools, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout + run.stderr
     # the untouched file too (its rule_files glob matches nothing outside the container)
-    run = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    run = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -148,8 +155,9 @@ def test_promtool_rule_unit_tests(prometheus_tools):
     _, promtool = prometheus_tools
     files = sorted(str(p) for p in RULES_TESTS.glob("*.yml"))
     assert files
-    run = subprocess.run([promtool, "test", "rules", *files], capture_output=True, text=True,
-                         cwd=RULES_TESTS)
+    run = subprocess.run(
+        [promtool, "test", "rules", *files], capture_output=True, text=True, cwd=RULES_TESTS
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -163,8 +171,9 @@ class Proc:
     def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None):
         self.name, self.log = name, log
         self.file = log.open("wb")
-        self.popen = subprocess.Popen(cmd, stdout=self.file, stderr=subprocess.STDOUT, env=env,
-                                      cwd=log.parent)
+        self.popen = subprocess.Popen(
+            cmd, stdout=self.file, stderr=subprocess.STDOUT, env=env, cwd=log.parent
+        )
 
     def output(self, tail: int = 4000) -> str:
         self.file.flush()
@@ -197,8 +206,10 @@ def wait_until(what: str, check, timeout: float, procs: list[Proc], every: float
         if value:
             return value
         time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                + "\n".join(f"--- {p.name}:\n{p.output()}" for p in procs))
+    pytest.fail(
+        f"timed out after {timeout:.0f} s waiting for {what}\n"
+        + "\n".join(f"--- {p.name}:\n{p.output()}" for p in procs)
+    )
 
 
 def png_images(count: int) -> list[bytes]:
@@ -253,7 +264,9 @@ def send_load(base: str) -> list[int]:
                     bad = {"image": ("x.png", b"this is not a png", "image/png")}
                     r = client.post("/predict", files=bad)
                 else:
-                    r = client.post("/predict", content=b"hello", headers={"content-type": "text/plain"})
+                    r = client.post(
+                        "/predict", content=b"hello", headers={"content-type": "text/plain"}
+                    )
                 with lock:
                     statuses.append(r.status_code)
                 time.sleep(0.8)
@@ -290,7 +303,9 @@ def exported_names(text: str) -> set[str]:
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(maxsplit=3)
-            family = name[:-len("_total")] if kind == "counter" and name.endswith("_total") else name
+            family = (
+                name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+            )
             names |= sample_names(family, kind) | {name}
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
@@ -305,8 +320,11 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
     prom_bin, _ = prometheus_tools
     port, prom_port = _free_port(), _free_port()
     base, prom_base = f"http://{HOST}:{port}", f"http://{HOST}:{prom_port}"
-    job = next(j["job_name"] for j in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
-               if j["job_name"] == "maskrt")
+    job = next(
+        j["job_name"]
+        for j in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+        if j["job_name"] == "maskrt"
+    )
 
     env = {**os.environ, "MASKRT_MAX_BATCH": "4", "MASKRT_MAX_DELAY_MS": "20"}
     env.pop("MASKRT_API_KEYS", None)
@@ -316,13 +334,22 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
         server = Proc("maskrt serve", serve, tmp_path / "server.log", env=env)
         procs.append(server)
         http = httpx.Client(timeout=10, trust_env=False)
-        wait_until("GET /readyz = 200", lambda: http.get(f"{base}/readyz").status_code == 200, 600, procs)
+        wait_until(
+            "GET /readyz = 200", lambda: http.get(f"{base}/readyz").status_code == 200, 600, procs
+        )
 
         config = local_config(tmp_path, port, prom_port)
-        prom = Proc("prometheus", [prom_bin, f"--config.file={config}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address={HOST}:{prom_port}", "--log.level=warn"],
-                    tmp_path / "prometheus.log")
+        prom = Proc(
+            "prometheus",
+            [
+                prom_bin,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={HOST}:{prom_port}",
+                "--log.level=warn",
+            ],
+            tmp_path / "prometheus.log",
+        )
         procs.append(prom)
 
         def query(expr: str) -> list[dict]:
@@ -331,10 +358,18 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
             assert body["status"] == "success", f"{expr}: {body}"
             return body["data"]["result"]
 
-        wait_until("Prometheus ready", lambda: http.get(f"{prom_base}/-/ready").status_code == 200, 60,
-                   procs)
-        wait_until("a first successful scrape of maskrt",
-                   lambda: any(r["value"][1] == "1" for r in query(f'up{{job="{job}"}}')), 60, procs)
+        wait_until(
+            "Prometheus ready",
+            lambda: http.get(f"{prom_base}/-/ready").status_code == 200,
+            60,
+            procs,
+        )
+        wait_until(
+            "a first successful scrape of maskrt",
+            lambda: any(r["value"][1] == "1" for r in query(f'up{{job="{job}"}}')),
+            60,
+            procs,
+        )
 
         load_start = time.monotonic()
         statuses = send_load(base)
@@ -375,11 +410,18 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
                         continue
                     problems.append(f"{where}: {name} is not in GET /metrics")
         if not on_gpu:
-            gpu_samples = [line for line in exposition.splitlines() if line and not line.startswith("#")
-                           and re.split(r"[{\s]", line, maxsplit=1)[0] in GPU_ONLY_METRICS]
+            gpu_samples = [
+                line
+                for line in exposition.splitlines()
+                if line
+                and not line.startswith("#")
+                and re.split(r"[{\s]", line, maxsplit=1)[0] in GPU_ONLY_METRICS
+            ]
             assert not gpu_samples, f"GPU-only samples exported on the CPU: {gpu_samples}"
-            report.append(f"{sorted(GPU_ONLY_METRICS)}: no samples in GET /metrics on the CPU, "
-                          "as DESIGN.md says")
+            report.append(
+                f"{sorted(GPU_ONLY_METRICS)}: no samples in GET /metrics on the CPU, "
+                "as DESIGN.md says"
+            )
 
         for where, expr in dashboard_exprs():
             check(where, substitute(expr, job, window))
@@ -391,7 +433,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
             if not result or not all(label in r["metric"] for r in result):
                 problems.append(f"variable {name}: {selector} has no series with label {label}")
             else:
-                values = sorted({r['metric'][label] for r in result})
+                values = sorted({r["metric"][label] for r in result})
                 report.append(f"variable {name}: {values}")
 
         for rule in rules():
@@ -401,7 +443,9 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
             else:
                 where = f"alert {rule['alert']}"
                 query(rule["expr"])  # the condition evaluates (empty: not firing)
-                m = re.fullmatch(r"(?s)\s*(.+?)\s*(?:>|<|>=|<=|==|!=)\s*[-+\d.eE]+\s*", rule["expr"])
+                m = re.fullmatch(
+                    r"(?s)\s*(.+?)\s*(?:>|<|>=|<=|==|!=)\s*[-+\d.eE]+\s*", rule["expr"]
+                )
                 assert m, f"{where}: expected `<quantity> <op> <number>`"
                 check(f"{where} (quantity)", m.group(1))
 

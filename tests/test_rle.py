@@ -50,10 +50,10 @@ def random_masks(rng: np.random.Generator, count: int):
         elif kind == 3:  # a rectangle, possibly touching any border
             m = np.zeros((h, w), bool)
             y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            m[y0:rng.integers(y0, h + 1), x0:rng.integers(x0, w + 1)] = True
+            m[y0 : rng.integers(y0, h + 1), x0 : rng.integers(x0, w + 1)] = True
         elif kind == 4:  # full-height columns: runs continue across columns
             m = np.zeros((h, w), bool)
-            m[:, rng.integers(0, w):rng.integers(0, w + 1)] = True
+            m[:, rng.integers(0, w) : rng.integers(0, w + 1)] = True
         elif kind == 5:  # first and last pixel
             m = np.zeros((h, w), bool)
             m[0, 0] = m[-1, -1] = True
@@ -143,8 +143,9 @@ def test_large_counts_parse_back_in_pycocotools() -> None:
 
 
 def test_transitions_to_counts_shapes() -> None:
-    counts, lengths = transitions_to_counts(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                            np.array([12, 5]))
+    counts, lengths = transitions_to_counts(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([12, 5])
+    )
     assert counts.tolist() == [12, 5] and lengths.tolist() == [1, 1]
     counts, lengths = transitions_to_counts(np.array([0, 12]), np.array([0, 0]), np.array([12]))
     assert counts.tolist() == [0, 12] and lengths.tolist() == [2]

@@ -15,10 +15,16 @@ CANVAS = 256
 LEVELS = 4
 
 
-def _features(batch: int, channels: int = 8, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
+def _features(
+    batch: int, channels: int = 8, dtype=torch.float32, device="cpu"
+) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(batch, channels, CANVAS >> (2 + i), CANVAS >> (2 + i), generator=g).to(device, dtype)
-            for i in range(LEVELS)]
+    return [
+        torch.randn(batch, channels, CANVAS >> (2 + i), CANVAS >> (2 + i), generator=g).to(
+            device, dtype
+        )
+        for i in range(LEVELS)
+    ]
 
 
 def _boxes(batch: int, per_image: int) -> torch.Tensor:
@@ -64,8 +70,14 @@ def test_equals_multiscale_roi_align(output_size, sampling_ratio):
     boxes = _boxes(batch=3, per_image=40)
     expected, pool = _torchvision(features, boxes, output_size, sampling_ratio)
     params = pooler_params(pool)
-    assert params == {"output_size": output_size, "sampling_ratio": sampling_ratio, "aligned": False,
-                      "canonical_scale": 224, "canonical_level": 4, "first_level": 2}
+    assert params == {
+        "output_size": output_size,
+        "sampling_ratio": sampling_ratio,
+        "aligned": False,
+        "canonical_scale": 224,
+        "canonical_level": 4,
+        "first_level": 2,
+    }
     actual = torch.ops.maskrt.multilevel_roi_align(boxes, features, **params)
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max().item() <= 1e-5
@@ -79,8 +91,16 @@ def test_levels_equal_torchvision_level_mapper():
     expected = LevelMapper(2, 5)([boxes])
     assert torch.equal(roi_levels(boxes, LEVELS), expected)
     # on the thresholds: sqrt(area) = 112 is level 3 (index 1), a hair below is level 2 (index 0)
-    on = torch.tensor([[0.0, 0.0, 112.0, 112.0], [0.0, 0.0, 111.99, 112.0], [0.0, 0.0, 224.0, 224.0],
-                       [0.0, 0.0, 448.0, 448.0], [0.0, 0.0, 2000.0, 2000.0], [0.0, 0.0, 1.0, 1.0]])
+    on = torch.tensor(
+        [
+            [0.0, 0.0, 112.0, 112.0],
+            [0.0, 0.0, 111.99, 112.0],
+            [0.0, 0.0, 224.0, 224.0],
+            [0.0, 0.0, 448.0, 448.0],
+            [0.0, 0.0, 2000.0, 2000.0],
+            [0.0, 0.0, 1.0, 1.0],
+        ]
+    )
     assert roi_levels(on, LEVELS).tolist() == [1, 0, 2, 3, 3, 0]
 
 
@@ -104,7 +124,9 @@ def test_aligned_true(sampling_ratio):
 
 def test_nan_area_pools_to_zero_and_one_level():
     features = _features(batch=1)
-    boxes = torch.tensor([[[10.0, 10.0, 5.0, 40.0], [10.0, 10.0, 40.0, 40.0], [float("nan"), 0, 4, 4]]])
+    boxes = torch.tensor(
+        [[[10.0, 10.0, 5.0, 40.0], [10.0, 10.0, 40.0, 40.0], [float("nan"), 0, 4, 4]]]
+    )
     out = torch.ops.maskrt.multilevel_roi_align(boxes, features, 7, 2, False)
     assert out[0, 0].abs().max() == 0 and out[0, 2].abs().max() == 0 and out[0, 1].abs().max() > 0
     # one map: no level mapping, every RoI pools from it (as MultiScaleRoIAlign)
@@ -126,10 +148,14 @@ def test_fake_impl_gives_the_shape():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        out = torch.ops.maskrt.multilevel_roi_align(torch.empty(2, 5, 4), _features_meta(), 14, 2, False)
+        out = torch.ops.maskrt.multilevel_roi_align(
+            torch.empty(2, 5, 4), _features_meta(), 14, 2, False
+        )
     assert tuple(out.shape) == (2, 5, 8, 14, 14)
-    torch.library.opcheck(torch.ops.maskrt.multilevel_roi_align.default,
-                          (_boxes(2, 5), _features(2), 7, 2, False, 224, 4, 2))
+    torch.library.opcheck(
+        torch.ops.maskrt.multilevel_roi_align.default,
+        (_boxes(2, 5), _features(2), 7, 2, False, 224, 4, 2),
+    )
 
 
 def _features_meta():
@@ -142,6 +168,10 @@ def test_cuda_equals_cpu(dtype):
     features = _features(batch=2)
     boxes = _boxes(batch=2, per_image=50)
     cpu = torch.ops.maskrt.multilevel_roi_align(boxes, features, 7, 2, False)
-    gpu = torch.ops.maskrt.multilevel_roi_align(boxes.cuda(), [f.cuda().to(dtype) for f in features], 7, 2, False)
+    gpu = torch.ops.maskrt.multilevel_roi_align(
+        boxes.cuda(), [f.cuda().to(dtype) for f in features], 7, 2, False
+    )
     assert gpu.dtype == dtype and gpu.is_cuda
-    assert (gpu.float().cpu() - cpu).abs().max().item() <= (1e-5 if dtype == torch.float32 else 1e-2)
+    assert (gpu.float().cpu() - cpu).abs().max().item() <= (
+        1e-5 if dtype == torch.float32 else 1e-2
+    )

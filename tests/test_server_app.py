@@ -13,12 +13,12 @@ import threading
 
 import httpx
 import pytest
+from server_harness import checkpoint, maskrt_command, png, shapes_image  # noqa: F401
 
 from maskrt.errors import MaskrtError
 from maskrt.server.app import create_app
 from maskrt.server.backends import open_backend
 from maskrt.server.settings import Settings
-from server_harness import checkpoint, maskrt_command, png, shapes_image  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
@@ -78,8 +78,9 @@ def test_model_that_fails_to_load(tmp_path):
     fatal = []
 
     async def main():
-        app = create_app(Settings(model=str(bad), backend="torch", device="cpu"),
-                         on_fatal=fatal.append)
+        app = create_app(
+            Settings(model=str(bad), backend="torch", device="cpu"), on_fatal=fatal.append
+        )
         async with running(app) as client:
             for _ in range(200):
                 if fatal:
@@ -132,27 +133,38 @@ def test_backend_exception_fails_only_its_batch(checkpoint):  # noqa: F811
 
 def test_cors_off_unless_configured(checkpoint):  # noqa: F811
     async def main(origins):
-        app = create_app(settings(checkpoint, cors_origins=origins),
-                         opener=lambda s: (_ for _ in ()).throw(MaskrtError("no model needed")))
+        app = create_app(
+            settings(checkpoint, cors_origins=origins),
+            opener=lambda s: (_ for _ in ()).throw(MaskrtError("no model needed")),
+        )
         async with running(app) as client:
-            r = await client.options("/predict", headers={
-                "Origin": "https://ui.example", "Access-Control-Request-Method": "POST"})
+            r = await client.options(
+                "/predict",
+                headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"},
+            )
             return r.headers.get("access-control-allow-origin")
 
     assert asyncio.run(main("")) is None
     assert asyncio.run(main("https://ui.example")) == "https://ui.example"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model", "/nonexistent/model.pt"], "no such model file"),
-    (["--model", "model.bin"], "unknown model file type"),
-    (["--backend", "tensorrt", "--device", "cpu"], "runs on a CUDA device"),
-    (["--backend", "torch", "--model", "m.plan"], "cannot serve an engine"),
-    (["--max-batch", "0"], "--max-batch"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "/nonexistent/model.pt"], "no such model file"),
+        (["--model", "model.bin"], "unknown model file type"),
+        (["--backend", "tensorrt", "--device", "cpu"], "runs on a CUDA device"),
+        (["--backend", "torch", "--model", "m.plan"], "cannot serve an engine"),
+        (["--max-batch", "0"], "--max-batch"),
+    ],
+)
 def test_serve_refuses_bad_settings_before_starting(argv, message):
-    run = subprocess.run([*maskrt_command(), "serve", "--port", "1", *argv],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [*maskrt_command(), "serve", "--port", "1", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
 
@@ -168,8 +180,11 @@ def test_pipeline_without_http_is_what_the_server_answers(checkpoint):  # noqa: 
     images = [shapes_image(0), shapes_image(1), shapes_image(2)]
     records = pipeline.predict(images, score_threshold=0.0, batch_size=2)
     from_bytes = pipeline.predict([png(im) for im in images], score_threshold=0.0)
-    assert len(records) == 3 and records[0] and all(
-        {"box", "score", "class_id", "label", "mask"} <= set(d) for d in records[0])
+    assert (
+        len(records) == 3
+        and records[0]
+        and all({"box", "score", "class_id", "label", "mask"} <= set(d) for d in records[0])
+    )
     for a, b in zip(records, from_bytes):
         assert [d["mask"] for d in a] == [d["mask"] for d in b]
     # (same batch composition: a batch's numbers can differ in the last bits from another's)
@@ -183,8 +198,11 @@ def test_pipeline_without_http_is_what_the_server_answers(checkpoint):  # noqa: 
         app = create_app(settings(checkpoint))
         async with running(app) as client:
             await until_ready(client)
-            r = await client.post("/predict", params={"score_threshold": 0},
-                                  files={"image": ("x.png", png(images[0]), "image/png")})
+            r = await client.post(
+                "/predict",
+                params={"score_threshold": 0},
+                files={"image": ("x.png", png(images[0]), "image/png")},
+            )
             return r.json()["detections"]
 
     alone = pipeline.predict(images[:1], score_threshold=0.0)[0]  # a batch of 1, as served

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from maskrt.server.batcher import BatchFailed, Batcher, BatcherClosed, QueueFull
+from maskrt.server.batcher import Batcher, BatcherClosed, BatchFailed, QueueFull
 
 
 class Recorder:
@@ -54,6 +54,7 @@ def test_batches_up_to_max_batch_in_a_thread():
 
 def test_lone_request_is_not_held_back():
     """Nothing else on its way: the first image runs at once, not after max_delay."""
+
     async def main():
         b = Batcher(Recorder(), max_batch=8, max_delay_s=2.0, max_queue=10)
         b.start()

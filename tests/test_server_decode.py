@@ -51,7 +51,9 @@ def test_rgb_png_is_exact():
 def test_jpeg_matches_pillow():
     img = pattern(64, 48)
     data = encode(img, "JPEG", quality=90)
-    np.testing.assert_array_equal(as_hwc(decode(data).tensor), np.asarray(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(
+        as_hwc(decode(data).tensor), np.asarray(Image.open(io.BytesIO(data)))
+    )
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -93,8 +95,9 @@ def test_modes_to_rgb():
     assert (as_hwc(decode(encode(la, "PNG")).tensor) == 255).all()
 
     pal = pattern(8, 8).convert("P")
-    np.testing.assert_array_equal(as_hwc(decode(encode(pal, "PNG")).tensor),
-                                  np.asarray(pal.convert("RGB")))
+    np.testing.assert_array_equal(
+        as_hwc(decode(encode(pal, "PNG")).tensor), np.asarray(pal.convert("RGB"))
+    )
 
     bw = Image.new("1", (5, 5), 1)
     assert (as_hwc(decode(encode(bw, "PNG")).tensor) == 255).all()
@@ -133,11 +136,14 @@ def test_one_pixel_image_is_valid():
     assert tuple(out.tensor.shape) == (3, 1, 1) and out.tensor.flatten().tolist() == [1, 2, 3]
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"", "empty_image"),
-    (b"this is not an image at all", "invalid_image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "invalid_image"),  # a PNG signature, broken header
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", "empty_image"),
+        (b"this is not an image at all", "invalid_image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "invalid_image"),  # a PNG signature, broken header
+    ],
+)
 def test_bad_bytes_are_400(data, code):
     with pytest.raises(ApiError) as err:
         decode(data)

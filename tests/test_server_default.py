@@ -8,11 +8,12 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from server_harness import png, shapes_image, start_server
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
 
 
 def _skip_reason() -> str | None:
@@ -48,15 +49,21 @@ def test_serves_the_shipped_model_on_onnxruntime(server):
         assert info["version"] == loaded.version and info["name"] == loaded.config.name
         assert info["backend"] == "onnxruntime"  # a checkpoint: TensorRT serves engines only
         image = shapes_image(11)
-        r = c.post("/predict", files={"image": ("x.png", png(image), "image/png")},
-                   params={"score_threshold": 0.5})
+        r = c.post(
+            "/predict",
+            files={"image": ("x.png", png(image), "image/png")},
+            params={"score_threshold": 0.5},
+        )
         assert r.status_code == 200, r.text
         got = r.json()["detections"]
     assert got, "the shipped model finds the shapes of a shapes image"
     graph = deploy_graph(loaded)
     with torch.inference_mode():
-        canvas, box = letterbox(torch.from_numpy(image).permute(2, 0, 1), loaded.config.canvas,
-                                fill_colour(loaded.config.image_mean))
+        canvas, box = letterbox(
+            torch.from_numpy(image).permute(2, 0, 1),
+            loaded.config.canvas,
+            fill_colour(loaded.config.image_mean),
+        )
         out = graph(canvas[None])
         n = int(out.num_detections[0])
         keep = out.scores[0, :n] >= 0.5
@@ -68,8 +75,8 @@ def test_serves_the_shipped_model_on_onnxruntime(server):
 def test_the_cached_onnx_serves_the_same_answers(server):
     """The server exported the checkpoint once into the cache; that ONNX file, opened in this
     process with backend=auto, gives exactly what the server answered (same graph, same batch)."""
-    from maskrt.model.checkpoint import default_checkpoint
     from maskrt.export.cache import cached_onnx
+    from maskrt.model.checkpoint import default_checkpoint
     from maskrt.server.backends import open_backend
     from maskrt.server.pipeline import Pipeline
     from maskrt.server.settings import Settings, default_cache_dir
@@ -77,8 +84,11 @@ def test_the_cached_onnx_serves_the_same_answers(server):
     with server.client() as c:
         info = c.get("/v1/model").json()
         data = png(shapes_image(12))
-        served = c.post("/predict", files={"image": ("x.png", data, "image/png")},
-                        params={"score_threshold": 0.05}).json()["detections"]
+        served = c.post(
+            "/predict",
+            files={"image": ("x.png", data, "image/png")},
+            params={"score_threshold": 0.05},
+        ).json()["detections"]
     onnx = cached_onnx(str(default_checkpoint()), default_cache_dir(), info["max_batch"])
     assert onnx.is_file()
     backend = open_backend(Settings(model=str(onnx), device=info["device"]))

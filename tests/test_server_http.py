@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-
 from server_harness import (
     big_png,
     checkpoint,  # noqa: F401 (fixture)
@@ -35,16 +34,28 @@ from server_harness import (
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 UPLOAD_LIMIT = 2_000_000
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoint):  # noqa: F811
-    srv = start_server(tmp_path_factory, "http", {
-        "model": checkpoint, "backend": "torch", "max_batch": 8, "max_delay_ms": 50,
-        "max_queue": 64, "max_upload_bytes": UPLOAD_LIMIT, "api_keys": KEY,
-        "request_timeout_s": 60})
+    srv = start_server(
+        tmp_path_factory,
+        "http",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_batch": 8,
+            "max_delay_ms": 50,
+            "max_queue": 64,
+            "max_upload_bytes": UPLOAD_LIMIT,
+            "api_keys": KEY,
+            "request_timeout_s": 60,
+        },
+    )
     yield srv
     srv.stop()
 
@@ -85,19 +96,29 @@ def reference(checkpoint, model_info):  # noqa: F811
         n = int(out.num_detections[0])
         keep = out.scores[0, :n] >= score_threshold
         boxes = boxes_to_original(out.boxes[0, :n][keep].float(), box)
-        masks = paste_masks_in_image(out.masks[0, :n][keep][:, None].float(), boxes,
-                                     (box.height, box.width))[:, 0] > 0.5
-        return [{"box": b, "score": s, "class_id": c, "mask": m}
-                for b, s, c, m in zip(boxes.cpu().tolist(), out.scores[0, :n][keep].cpu().tolist(),
-                                      out.classes[0, :n][keep].cpu().tolist(),
-                                      masks.cpu().numpy())]
+        masks = (
+            paste_masks_in_image(
+                out.masks[0, :n][keep][:, None].float(), boxes, (box.height, box.width)
+            )[:, 0]
+            > 0.5
+        )
+        return [
+            {"box": b, "score": s, "class_id": c, "mask": m}
+            for b, s, c, m in zip(
+                boxes.cpu().tolist(),
+                out.scores[0, :n][keep].cpu().tolist(),
+                out.classes[0, :n][keep].cpu().tolist(),
+                masks.cpu().numpy(),
+            )
+        ]
 
     return predict
 
 
 def post_image(client, data: bytes, content_type: str = "image/png", params=None, **kwargs):
-    return client.post("/predict", files={"image": ("x", data, content_type)}, params=params,
-                       **kwargs)
+    return client.post(
+        "/predict", files={"image": ("x", data, content_type)}, params=params, **kwargs
+    )
 
 
 def assert_error(r, status: int, code: str | None = None) -> dict:
@@ -141,8 +162,9 @@ def test_prediction_equals_the_deploy_graph(client, reference, index):
         assert g["score"] == pytest.approx(e["score"], abs=1e-6)
         np.testing.assert_allclose(g["box"], e["box"], atol=1e-3)
         assert g["mask"]["size"] == [h, w]
-        decoded = mask_utils.decode({"size": g["mask"]["size"],
-                                     "counts": g["mask"]["counts"].encode()})
+        decoded = mask_utils.decode(
+            {"size": g["mask"]["size"], "counts": g["mask"]["counts"].encode()}
+        )
         np.testing.assert_array_equal(decoded.astype(bool), e["mask"])
         assert isinstance(g["label"], str)
 
@@ -150,8 +172,12 @@ def test_prediction_equals_the_deploy_graph(client, reference, index):
 def test_raw_body_equals_multipart(client):
     data = png(shapes_image(3))
     a = post_image(client, data, params={"score_threshold": 0.1})
-    b = client.post("/predict", content=data, headers={"Content-Type": "image/png"},
-                    params={"score_threshold": 0.1})
+    b = client.post(
+        "/predict",
+        content=data,
+        headers={"Content-Type": "image/png"},
+        params={"score_threshold": 0.1},
+    )
     assert a.status_code == b.status_code == 200
     assert a.json()["detections"] == b.json()["detections"]
 
@@ -169,8 +195,11 @@ def test_parameters(client, model_info):
     above = post_image(client, data, params={"score_threshold": cut}).json()["detections"]
     assert above == [d for d in full if d["score"] >= cut]
     # form fields work as well as query parameters
-    r = client.post("/predict", files={"image": ("x", data, "image/png")},
-                    data={"max_detections": "1", "score_threshold": "0"})
+    r = client.post(
+        "/predict",
+        files={"image": ("x", data, "image/png")},
+        data={"max_detections": "1", "score_threshold": "0"},
+    )
     assert r.status_code == 200 and r.json()["detections"] == full[:1]
     assert {d["label"] for d in full} <= set(model_info["classes"][1:])
 
@@ -188,7 +217,8 @@ def test_batch_endpoint_in_order(client):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [(x["width"], x["height"]) for x in results] == [
-        (im.shape[1], im.shape[0]) for im in images]
+        (im.shape[1], im.shape[0]) for im in images
+    ]
     for im, res in zip(images, results):
         single = post_image(client, png(im), params={"score_threshold": 0.2}).json()
         assert len(res["detections"]) == len(single["detections"])
@@ -222,8 +252,9 @@ def test_concurrent_requests_are_batched(server, client):
     assert statuses == [200] * 16
     batches = metric(after, "maskrt_batch_size_count") - metric(before, "maskrt_batch_size_count")
     images_in = metric(after, "maskrt_batch_size_sum") - metric(before, "maskrt_batch_size_sum")
-    singles = (metric(after, "maskrt_batch_size_bucket", le="1.0")
-               - metric(before, "maskrt_batch_size_bucket", le="1.0"))
+    singles = metric(after, "maskrt_batch_size_bucket", le="1.0") - metric(
+        before, "maskrt_batch_size_bucket", le="1.0"
+    )
     assert images_in == 16
     assert batches < 16 and singles < batches, (batches, singles)  # some batches larger than 1
     assert metric(after, "maskrt_images_total") - metric(before, "maskrt_images_total") == 16
@@ -240,7 +271,12 @@ def truncated_jpeg() -> bytes:
 
 BAD_UPLOADS = {
     "empty file": (b"", "image/png", 400, "empty_image"),
-    "not an image": (b"this is not an image, only some text " * 10, "image/gif", 400, "invalid_image"),
+    "not an image": (
+        b"this is not an image, only some text " * 10,
+        "image/gif",
+        400,
+        "invalid_image",
+    ),
     "text": (b"hello world", "text/plain", 400, "invalid_image"),
     "truncated jpeg": (truncated_jpeg(), "image/jpeg", 400, "invalid_image"),
     "20000x20000 png": (big_png(20000, 20000), "image/png", 413, "image_too_large"),
@@ -260,8 +296,9 @@ def test_bad_uploads(server, client, name):
 
 def test_one_pixel_image_is_valid(client):
     """A 1x1 image is a valid image: 200, width = height = 1, whatever the model finds."""
-    r = post_image(client, png(Image.new("RGB", (1, 1), (200, 30, 30))),
-                   params={"score_threshold": 0})
+    r = post_image(
+        client, png(Image.new("RGB", (1, 1), (200, 30, 30))), params={"score_threshold": 0}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["width"], body["height"]) == (1, 1)
@@ -279,13 +316,16 @@ def test_empty_raw_body(server, client):
 def test_body_over_the_limit(server, client):
     blob = np.random.default_rng(0).integers(0, 256, UPLOAD_LIMIT + 500_000, np.uint8).tobytes()
     # declared by Content-Length: refused before the body is read
-    assert_error(client.post("/predict", content=blob, headers={"Content-Type": "image/jpeg"}),
-                 413, "body_too_large")
+    assert_error(
+        client.post("/predict", content=blob, headers={"Content-Type": "image/jpeg"}),
+        413,
+        "body_too_large",
+    )
     # chunked (no Content-Length): counted while streaming
 
     def chunks():
         for i in range(0, len(blob), 65536):
-            yield blob[i:i + 65536]
+            yield blob[i : i + 65536]
 
     r = client.post("/predict", content=chunks(), headers={"Content-Type": "image/jpeg"})
     assert "content-length" not in r.request.headers
@@ -295,8 +335,9 @@ def test_body_over_the_limit(server, client):
     assert_healthy(server)
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/json",
-                                   "application/x-www-form-urlencoded", None])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/json", "application/x-www-form-urlencoded", None]
+)
 def test_wrong_content_type(server, client, ctype):
     headers = {"Content-Type": ctype} if ctype else {}
     r = client.post("/predict", content=png(shapes_image(0)), headers=headers)
@@ -307,16 +348,24 @@ def test_wrong_content_type(server, client, ctype):
 
 
 def test_batch_endpoint_wants_multipart(client):
-    r = client.post("/predict/batch", content=png(shapes_image(0)),
-                    headers={"Content-Type": "image/png"})
+    r = client.post(
+        "/predict/batch", content=png(shapes_image(0)), headers={"Content-Type": "image/png"}
+    )
     assert_error(r, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("params", [
-    {"masks": "polygon"}, {"score_threshold": "high"}, {"score_threshold": "1.5"},
-    {"score_threshold": "-0.1"}, {"max_detections": "-1"}, {"max_detections": "2.5"},
-    {"scoreThreshold": "0.3"},  # unknown name
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"masks": "polygon"},
+        {"score_threshold": "high"},
+        {"score_threshold": "1.5"},
+        {"score_threshold": "-0.1"},
+        {"max_detections": "-1"},
+        {"max_detections": "2.5"},
+        {"scoreThreshold": "0.3"},  # unknown name
+    ],
+)
 def test_bad_parameters(server, client, params):
     r = post_image(client, png(shapes_image(0)), params=params)
     body = assert_error(r, 422, "invalid_parameter")
@@ -327,16 +376,24 @@ def test_bad_form_parameter_and_repeats(client):
     data = png(shapes_image(0))
     r = client.post("/predict", files={"image": ("x", data, "image/png")}, data={"masks": "all"})
     assert_error(r, 422, "invalid_parameter")
-    r = client.post("/predict", files={"image": ("x", data, "image/png")},
-                    data={"masks": "rle"}, params={"masks": "none"})
+    r = client.post(
+        "/predict",
+        files={"image": ("x", data, "image/png")},
+        data={"masks": "rle"},
+        params={"masks": "none"},
+    )
     assert_error(r, 422, "invalid_parameter")
 
 
 def test_missing_or_wrong_image_field(client):
     data = png(shapes_image(0))
     assert_error(client.post("/predict", files={"picture": ("x", data, "image/png")}), 422)
-    assert_error(client.post("/predict", data={"image": "not a file"},
-                             files={"other": ("", b"", "text/plain")}), 422)
+    assert_error(
+        client.post(
+            "/predict", data={"image": "not a file"}, files={"other": ("", b"", "text/plain")}
+        ),
+        422,
+    )
     two = [("image", ("a", data, "image/png")), ("image", ("b", data, "image/png"))]
     assert_error(client.post("/predict", files=two), 422)
 
@@ -346,9 +403,15 @@ def test_client_gone_mid_upload(server):
     before = server.metrics()
     with send_predict(server, body, ctype, AUTH, send_body=len(body) // 2):
         time.sleep(0.3)
-    m = wait_for(server, "a 499 for the client gone mid-upload", lambda m: (
-        metric(m, "maskrt_requests_total", endpoint="/predict", status="499")
-        > metric(before, "maskrt_requests_total", endpoint="/predict", status="499")), timeout=10)
+    m = wait_for(
+        server,
+        "a 499 for the client gone mid-upload",
+        lambda m: (
+            metric(m, "maskrt_requests_total", endpoint="/predict", status="499")
+            > metric(before, "maskrt_requests_total", endpoint="/predict", status="499")
+        ),
+        timeout=10,
+    )
     assert metric(m, "maskrt_inflight_requests") == 0
     assert "unhandled error" not in server.log(tail=10**6)
     assert_healthy(server)
@@ -360,12 +423,19 @@ def test_api_keys(server):
         r = anon.post("/predict", files={"image": ("x", data, "image/png")})
         assert_error(r, 401, "unauthorized")
         assert r.headers["www-authenticate"].startswith("Bearer")
-        assert_error(anon.post("/predict", files={"image": ("x", data, "image/png")},
-                               headers={"Authorization": "Bearer wrong-key-000000"}), 401)
+        assert_error(
+            anon.post(
+                "/predict",
+                files={"image": ("x", data, "image/png")},
+                headers={"Authorization": "Bearer wrong-key-000000"},
+            ),
+            401,
+        )
         assert_error(anon.post("/predict/batch", files={"images": ("x", data, "image/png")}), 401)
         assert_error(anon.get("/v1/model"), 401)
-        ok = anon.post("/predict", files={"image": ("x", data, "image/png")},
-                       headers={"X-API-Key": KEY})
+        ok = anon.post(
+            "/predict", files={"image": ("x", data, "image/png")}, headers={"X-API-Key": KEY}
+        )
         assert ok.status_code == 200
         # probes, metrics and docs stay open
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
@@ -397,32 +467,50 @@ def test_metrics_exposition(server, client):
     client.post("/predict", files={"image": ("x", png(shapes_image(0)), "image/png")})
     client.post("/predict", content=b"hello", headers={"Content-Type": "text/plain"})
     text = client.get("/metrics").text
-    for name in ("maskrt_request_duration_seconds_bucket", "maskrt_queue_wait_seconds_bucket",
-                 "maskrt_preprocess_duration_seconds_bucket",
-                 "maskrt_inference_duration_seconds_bucket",
-                 "maskrt_postprocess_duration_seconds_bucket", "maskrt_batch_size_bucket",
-                 "maskrt_requests_total", "maskrt_images_total", "maskrt_detections_total",
-                 "maskrt_queue_depth", "maskrt_inflight_requests", "maskrt_model_info",
-                 "process_resident_memory_bytes", "process_cpu_seconds_total"):
+    for name in (
+        "maskrt_request_duration_seconds_bucket",
+        "maskrt_queue_wait_seconds_bucket",
+        "maskrt_preprocess_duration_seconds_bucket",
+        "maskrt_inference_duration_seconds_bucket",
+        "maskrt_postprocess_duration_seconds_bucket",
+        "maskrt_batch_size_bucket",
+        "maskrt_requests_total",
+        "maskrt_images_total",
+        "maskrt_detections_total",
+        "maskrt_queue_depth",
+        "maskrt_inflight_requests",
+        "maskrt_model_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
         assert name in text, name
     m = server.metrics()
     assert metric(m, "maskrt_requests_total", endpoint="/predict", status="200") > 0
     assert metric(m, "maskrt_requests_total", endpoint="/predict", status="415") > 0
     info = client.get("/v1/model").json()
-    assert m[f'maskrt_model_info{{backend="torch",device="{info["device"]}",'
-             f'name="{info["name"]}"}}'] == 1
+    assert (
+        m[f'maskrt_model_info{{backend="torch",device="{info["device"]}",name="{info["name"]}"}}']
+        == 1
+    )
     assert 'maskrt_inference_duration_seconds_bucket{backend="torch",le="0.0001"}' in text
 
 
 def test_openapi_has_the_real_schemas(client):
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
-    for name in ("PredictResponse", "BatchPredictResponse", "Detection", "Mask", "ErrorResponse",
-                 "ModelInfoResponse"):
+    for name in (
+        "PredictResponse",
+        "BatchPredictResponse",
+        "Detection",
+        "Mask",
+        "ErrorResponse",
+        "ModelInfoResponse",
+    ):
         assert name in schemas, name
     post = spec["paths"]["/predict"]["post"]
     assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/PredictResponse")
+        "/PredictResponse"
+    )
     assert {"multipart/form-data", "image/*"} <= set(post["requestBody"]["content"])
     assert {p["name"] for p in post["parameters"]} == {"score_threshold", "max_detections", "masks"}
     assert "413" in post["responses"] and "504" in post["responses"]
@@ -434,8 +522,9 @@ def test_responses_match_the_schema(client):
 
     data = png(shapes_image(2))
     PredictResponse.model_validate(post_image(client, data, params={"score_threshold": 0}).json())
-    BatchPredictResponse.model_validate(client.post(
-        "/predict/batch", files=[("images", ("a", data, "image/png"))]).json())
+    BatchPredictResponse.model_validate(
+        client.post("/predict/batch", files=[("images", ("a", data, "image/png"))]).json()
+    )
     ModelInfoResponse.model_validate(client.get("/v1/model").json())
 
 
@@ -471,10 +560,31 @@ def test_bench_load(server, checkpoint, tmp_path):  # noqa: F811
 
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [*maskrt_command(), "bench", "load", "--url", server.url, "--concurrency", "1,3",
-         "--duration", "3", "--warmup", "0.5", "--api-key", KEY, "--direct-runs", "4",
-         "--model", str(checkpoint), "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
+        [
+            *maskrt_command(),
+            "bench",
+            "load",
+            "--url",
+            server.url,
+            "--concurrency",
+            "1,3",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+            "--api-key",
+            KEY,
+            "--direct-runs",
+            "4",
+            "--model",
+            str(checkpoint),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     text = run.stdout
     assert "p50 ms" in text and "batch sizes" in text and "server overhead:" in text, text

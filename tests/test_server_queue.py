@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-
 from server_harness import (
     checkpoint,  # noqa: F401 (fixture)
     metric,
@@ -26,15 +25,26 @@ from server_harness import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoint):  # noqa: F811
-    srv = start_server(tmp_path_factory, "queue", {
-        "model": checkpoint, "backend": "torch", "max_batch": 4, "max_queue": 2,
-        "max_delay_ms": 10000, "request_timeout_s": 60})
+    srv = start_server(
+        tmp_path_factory,
+        "queue",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_batch": 4,
+            "max_queue": 2,
+            "max_delay_ms": 10000,
+            "request_timeout_s": 60,
+        },
+    )
     yield srv
     srv.stop()
 
@@ -53,8 +63,10 @@ def test_queue_full_and_disconnect_while_queued(server):
 
     with server.client() as client:
         # B brings two images: they do not both fit -> 503, all or nothing
-        files = [("images", ("b1.png", png(shapes_image(1)), "image/png")),
-                 ("images", ("b2.png", png(shapes_image(2)), "image/png"))]
+        files = [
+            ("images", ("b1.png", png(shapes_image(1)), "image/png")),
+            ("images", ("b2.png", png(shapes_image(2)), "image/png")),
+        ]
         r = client.post("/predict/batch", files=files)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "queue_full"
@@ -74,14 +86,15 @@ def test_queue_full_and_disconnect_while_queued(server):
         assert metric(m, "maskrt_images_total") == metric(before, "maskrt_images_total")
 
         # S's upload completes: S and C run together; A never reached inference
-        slow.sendall(body[len(body) // 2:])
+        slow.sendall(body[len(body) // 2 :])
         s_status, s_body = read_response(slow)
         c_status, _ = read_response(c)
         assert (s_status, c_status) == (200, 200), s_body[:300]
         after = server.metrics()
         assert metric(after, "maskrt_images_total") - metric(before, "maskrt_images_total") == 2
-        assert (metric(after, "maskrt_batch_size_count")
-                - metric(before, "maskrt_batch_size_count")) == 1
+        assert (
+            metric(after, "maskrt_batch_size_count") - metric(before, "maskrt_batch_size_count")
+        ) == 1
         assert metric(after, "maskrt_queue_depth") == 0
         assert client.get("/healthz").status_code == 200
     for s in (slow, c):

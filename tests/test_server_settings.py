@@ -18,15 +18,34 @@ from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
 
 DESIGN_NAMES = {
-    "histogram": ["maskrt_request_duration_seconds", "maskrt_queue_wait_seconds",
-                  "maskrt_preprocess_duration_seconds", "maskrt_inference_duration_seconds",
-                  "maskrt_postprocess_duration_seconds", "maskrt_batch_size"],
+    "histogram": [
+        "maskrt_request_duration_seconds",
+        "maskrt_queue_wait_seconds",
+        "maskrt_preprocess_duration_seconds",
+        "maskrt_inference_duration_seconds",
+        "maskrt_postprocess_duration_seconds",
+        "maskrt_batch_size",
+    ],
     "counter": ["maskrt_requests", "maskrt_images", "maskrt_detections"],
     "gauge": ["maskrt_queue_depth", "maskrt_inflight_requests", "maskrt_model_info"],
 }
-SETTING_NAMES = ["MODEL", "BACKEND", "DEVICE", "MAX_BATCH", "MAX_DELAY_MS", "MAX_QUEUE",
-                 "REQUEST_TIMEOUT_S", "MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "SCORE_THRESHOLD",
-                 "API_KEYS", "CORS_ORIGINS", "HOST", "PORT", "LOG_FORMAT"]
+SETTING_NAMES = [
+    "MODEL",
+    "BACKEND",
+    "DEVICE",
+    "MAX_BATCH",
+    "MAX_DELAY_MS",
+    "MAX_QUEUE",
+    "REQUEST_TIMEOUT_S",
+    "MAX_UPLOAD_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "SCORE_THRESHOLD",
+    "API_KEYS",
+    "CORS_ORIGINS",
+    "HOST",
+    "PORT",
+    "LOG_FORMAT",
+]
 
 
 @pytest.fixture
@@ -66,16 +85,24 @@ def test_environment_then_flags(clean_env):
 def test_defaults(clean_env):
     s = Settings()
     assert (s.backend, s.device, s.host, s.log_format, s.model) == (
-        "auto", "auto", "127.0.0.1", "json", None)
+        "auto",
+        "auto",
+        "127.0.0.1",
+        "json",
+        None,
+    )
     assert s.api_keys == [] and s.cors_origins == []
 
 
-@pytest.mark.parametrize("argv,where", [
-    (["--max-batch", "0"], "--max-batch"),
-    (["--score-threshold", "1.5"], "--score-threshold"),
-    (["--device", "tpu"], "--device"),
-    (["--api-keys", "short"], "--api-keys"),
-])
+@pytest.mark.parametrize(
+    "argv,where",
+    [
+        (["--max-batch", "0"], "--max-batch"),
+        (["--score-threshold", "1.5"], "--score-threshold"),
+        (["--device", "tpu"], "--device"),
+        (["--api-keys", "short"], "--api-keys"),
+    ],
+)
 def test_bad_flags_are_one_clear_error(clean_env, argv, where):
     with pytest.raises(MaskrtError, match=where):
         settings_from_args(parse(argv))
@@ -92,8 +119,13 @@ def test_api_keys():
     keys.check("Bearer alpha-123456", None)
     keys.check("bearer  beta-1234567 ", None)
     keys.check(None, "alpha-123456")
-    for auth, header in [(None, None), ("Bearer nope-nope-nope", None), ("Basic alpha-123456", None),
-                         (None, "alpha-12345"), (None, "alpha-123456x")]:
+    for auth, header in [
+        (None, None),
+        ("Bearer nope-nope-nope", None),
+        ("Basic alpha-123456", None),
+        (None, "alpha-12345"),
+        (None, "alpha-123456x"),
+    ]:
         with pytest.raises(ApiError) as err:
             keys.check(auth, header)
         assert err.value.status == 401 and "WWW-Authenticate" in err.value.headers
@@ -129,10 +161,17 @@ def test_buckets():
     assert LATENCY_BUCKETS[0] <= 0.0001 and LATENCY_BUCKETS[-1] >= 30
 
 
-@pytest.mark.parametrize("model,kind", [("a/b.pt", "checkpoint"), ("x.PTH", "checkpoint"),
-                                        ("m.onnx", "onnx"), ("e.plan", "engine"),
-                                        ("e.engine", "engine"),
-                                        ("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "checkpoint")])
+@pytest.mark.parametrize(
+    "model,kind",
+    [
+        ("a/b.pt", "checkpoint"),
+        ("x.PTH", "checkpoint"),
+        ("m.onnx", "onnx"),
+        ("e.plan", "engine"),
+        ("e.engine", "engine"),
+        ("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "checkpoint"),
+    ],
+)
 def test_model_kind(model, kind):
     assert model_kind(model) == kind
 

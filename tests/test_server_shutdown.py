@@ -9,7 +9,6 @@ import socket
 import time
 
 import pytest
-
 from server_harness import (
     HOST,
     checkpoint,  # noqa: F401 (fixture)
@@ -23,14 +22,25 @@ from server_harness import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
 
 
 def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
-    server = start_server(tmp_path_factory, "shutdown", {
-        "model": checkpoint, "backend": "torch", "max_batch": 8, "max_queue": 64,
-        "max_delay_ms": 10000, "request_timeout_s": 60})
+    server = start_server(
+        tmp_path_factory,
+        "shutdown",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_batch": 8,
+            "max_queue": 64,
+            "max_delay_ms": 10000,
+            "request_timeout_s": 60,
+        },
+    )
     try:
         body, ctype = multipart("image", "x.png", png(shapes_image(0)))
         # an upload in progress keeps the worker waiting, so the others stay queued
@@ -45,7 +55,9 @@ def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
 
         pool = concurrent.futures.ThreadPoolExecutor(6)
         futures = [pool.submit(one, d) for d in images]
-        wait_for(server, "6 images queued", lambda m: metric(m, "maskrt_queue_depth") >= 6, timeout=30)
+        wait_for(
+            server, "6 images queued", lambda m: metric(m, "maskrt_queue_depth") >= 6, timeout=30
+        )
 
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
@@ -53,7 +65,7 @@ def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
         with pytest.raises(OSError):  # no new connections
             socket.create_connection((HOST, server.port), timeout=2).close()
 
-        slow.sendall(body[len(body) // 2:])
+        slow.sendall(body[len(body) // 2 :])
         status, answer = read_response(slow)
         slow.close()
         assert status == 200, answer[:300]

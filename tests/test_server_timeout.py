@@ -14,7 +14,6 @@ import socket
 import time
 
 import pytest
-
 from server_harness import (
     checkpoint,  # noqa: F401 (fixture)
     metric,
@@ -28,15 +27,26 @@ from server_harness import (
 )
 
 TIMEOUT_S = 2.0
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, checkpoint):  # noqa: F811
-    srv = start_server(tmp_path_factory, "timeout", {
-        "model": checkpoint, "backend": "torch", "max_batch": 6, "max_delay_ms": 60000,
-        "max_queue": 64, "request_timeout_s": TIMEOUT_S})
+    srv = start_server(
+        tmp_path_factory,
+        "timeout",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_batch": 6,
+            "max_delay_ms": 60000,
+            "max_queue": 64,
+            "request_timeout_s": TIMEOUT_S,
+        },
+    )
     yield srv
     srv.stop()
 
@@ -71,7 +81,9 @@ def test_queued_requests_time_out_and_are_dropped(server):
     pool = concurrent.futures.ThreadPoolExecutor(4)
     futures = [pool.submit(one, i) for i in range(4)]
     wait_for(server, "4 images queued", lambda m: metric(m, "maskrt_queue_depth") == 4)
-    second = stall(server, body, ctype)  # outlives the queued ones: they stay held until they expire
+    second = stall(
+        server, body, ctype
+    )  # outlives the queued ones: they stay held until they expire
     answers = [f.result(timeout=30) for f in futures]
     pool.shutdown()
     for s in (first, second):
@@ -80,12 +92,17 @@ def test_queued_requests_time_out_and_are_dropped(server):
         s.close()
     for status, answer, _ in answers:
         assert status == 504, answer
-        assert answer["error"]["code"] == "timeout" and f"{TIMEOUT_S:g} s" in answer["error"]["message"]
+        assert (
+            answer["error"]["code"] == "timeout"
+            and f"{TIMEOUT_S:g} s" in answer["error"]["message"]
+        )
     after = wait_for(server, "an empty queue", lambda m: metric(m, "maskrt_queue_depth") == 0)
     # none of the timed-out images reached inference
     assert metric(after, "maskrt_images_total") == metric(before, "maskrt_images_total")
-    assert (metric(after, "maskrt_requests_total", endpoint="/predict", status="504")
-            - metric(before, "maskrt_requests_total", endpoint="/predict", status="504")) == 6
+    assert (
+        metric(after, "maskrt_requests_total", endpoint="/predict", status="504")
+        - metric(before, "maskrt_requests_total", endpoint="/predict", status="504")
+    ) == 6
     assert server.log(tail=10**6).count("job dropped before inference: timeout") >= 4
 
 
@@ -96,6 +113,9 @@ def test_the_batcher_keeps_working(server):
         r = c.post("/predict", files={"image": ("x.png", png(shapes_image(2)), "image/png")})
         # 200, or 504 on a machine too loaded to infer within 2 s: either way the image ran
         assert r.status_code in (200, 504), r.text
-    after = wait_for(server, "the image inferred",
-                     lambda m: metric(m, "maskrt_images_total") > metric(before, "maskrt_images_total"))
+    after = wait_for(
+        server,
+        "the image inferred",
+        lambda m: metric(m, "maskrt_images_total") > metric(before, "maskrt_images_total"),
+    )
     assert metric(after, "maskrt_inflight_requests") == 0

@@ -40,7 +40,9 @@ def trt_onnx(tmp_path_factory):
 def test_build_request_checks(trt_onnx, tmp_path):
     path, source = trt_onnx
     meta, fp16, canvas, sha, max_batch = check_build_request(path, None, 4.0)
-    assert (fp16, canvas, max_batch, meta["target"]) == (False, 192, 3, "tensorrt") and len(sha) == 64
+    assert (fp16, canvas, max_batch, meta["target"]) == (False, 192, 3, "tensorrt") and len(
+        sha
+    ) == 64
     assert check_build_request(path, 2, 0.5)[4] == 2
     with pytest.raises(MaskrtError, match="takes batches of 1 to 3"):
         check_build_request(path, 4, 4.0)
@@ -56,7 +58,9 @@ def test_build_request_checks(trt_onnx, tmp_path):
 
     half = onnx.load(str(path))  # an ONNX that holds fp16 tensors is recognised as such
     init = half.graph.initializer[0]
-    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).astype("float16"), init.name))
+    init.CopyFrom(
+        onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).astype("float16"), init.name)
+    )
     set_metadata_props(half, {"max_batch": "3"})
     onnx.save(half, str(tmp_path / "half.onnx"))
     assert check_build_request(tmp_path / "half.onnx", None, 4.0)[1] is True
@@ -123,7 +127,9 @@ def test_engine_fp32_matches_onnxruntime(trt_onnx, tmp_path):
     assert backend.max_batch == 3 and backend.info == reference.info
     for batch in (1, 3):
         imgs = images(batch, 192, seed=40 + batch)
-        assert assert_outputs_match(backend.infer(imgs.cuda()), reference.infer(imgs)) == 100 * batch
+        assert (
+            assert_outputs_match(backend.infer(imgs.cuda()), reference.infer(imgs)) == 100 * batch
+        )
 
 
 @pytest.mark.gpu

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from deploy_helpers import assert_outputs_match, exported, images, loaded
 
 from maskrt.bench.parity import Parity
@@ -49,7 +49,9 @@ def test_each_roi_align_becomes_one_plugin_node(graphs):
     for old, new in zip(before, after):
         assert list(new.input) == list(old.input) and list(new.output) == list(old.output)
         attrs = _attrs(new)
-        assert {k: attrs[k] for k in ROI_ALIGN_ATTRIBUTES} == {k: _attrs(old)[k] for k in ROI_ALIGN_ATTRIBUTES}
+        assert {k: attrs[k] for k in ROI_ALIGN_ATTRIBUTES} == {
+            k: _attrs(old)[k] for k in ROI_ALIGN_ATTRIBUTES
+        }
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b""
     assert sorted(_attrs(n)["output_size"] for n in after) == [7, 14]
     assert not roi_align_nodes(target) and not target.functions
@@ -58,13 +60,16 @@ def test_each_roi_align_becomes_one_plugin_node(graphs):
     assert [n.op_type for n in target.graph.node].count("NonMaxSuppression") == 2
     onnx.checker.check_model(target, full_check=True)
     assert tensorrt_problems(target) == []
-    assert read_metadata(target)["canvas"] == "192" and read_metadata(target)["target"] == "tensorrt"
+    assert (
+        read_metadata(target)["canvas"] == "192" and read_metadata(target)["target"] == "tensorrt"
+    )
 
 
 def test_problems_name_what_tensorrt_rejects(graphs):
     source, target, _ = graphs
-    assert any("custom op com.maskrt" in p and "local function" not in p
-               for p in tensorrt_problems(source))
+    assert any(
+        "custom op com.maskrt" in p and "local function" not in p for p in tensorrt_problems(source)
+    )
     broken = onnx.ModelProto()
     broken.CopyFrom(target)
     topk = next(n for n in broken.graph.node if n.op_type == "TopK")
@@ -75,7 +80,9 @@ def test_problems_name_what_tensorrt_rejects(graphs):
     assert any("TopK input 1" in p and "initializer" in p for p in tensorrt_problems(broken))
 
     plugin = plugin_nodes(broken)[0]
-    cast = onnx.helper.make_node("Cast", [plugin.input[0]], ["rois_f16"], to=onnx.TensorProto.FLOAT16)
+    cast = onnx.helper.make_node(
+        "Cast", [plugin.input[0]], ["rois_f16"], to=onnx.TensorProto.FLOAT16
+    )
     broken.graph.node.insert(list(broken.graph.node).index(plugin), cast)
     plugin.input[0] = "rois_f16"
     assert any("RoIs must be float32" in p for p in tensorrt_problems(broken))
@@ -107,8 +114,23 @@ def test_cli_tensorrt_target_and_backend(tmp_path):
     model = loaded("shapes", seed=3)
     ckpt = save_checkpoint(tmp_path / "m.pt", model.model, model.config, {})
     out = tmp_path / "m.trt.onnx"
-    assert main(["export", "onnx", "--model", str(ckpt), "--out", str(out), "--target", "tensorrt",
-                 "--max-batch", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--target",
+                "tensorrt",
+                "--max-batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     proto = onnx.load(str(out))
     meta = read_metadata(proto)
     assert meta["target"] == "tensorrt" and meta["max_batch"] == "2"
@@ -160,7 +182,9 @@ def test_fp16_export_for_strongly_typed_engines(tmp_path):
 
     shipped = load_checkpoint(default_checkpoint())
     half_path = export_onnx(shipped, tmp_path / "half.onnx", "onnxruntime", max_batch=4, fp16=True)
-    assert next(shipped.model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    assert (
+        next(shipped.model.parameters()).dtype == torch.float32
+    )  # the caller's model is untouched
     half = onnx.load(str(half_path))
     assert read_metadata(half)["precision"] == "fp16"
     kinds = {onnx.TensorProto.DataType.Name(t.data_type) for t in half.graph.initializer}
@@ -173,7 +197,9 @@ def test_fp16_export_for_strongly_typed_engines(tmp_path):
     data = open_dataset("shapes:8:2")
     imgs = [data.load_image(i) for i in data.image_ids]
     parity = Parity()
-    for dets_a, dets_b in zip(a.predict(imgs, score_threshold=0.5), b.predict(imgs, score_threshold=0.5)):
+    for dets_a, dets_b in zip(
+        a.predict(imgs, score_threshold=0.5), b.predict(imgs, score_threshold=0.5)
+    ):
         parity.add(dets_a, dets_b)
     assert parity.detections_b > 25 and parity.matched_fraction >= 0.9, parity
     assert parity.worst_box_iou > 0.9

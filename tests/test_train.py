@@ -25,8 +25,17 @@ def _loss(model, data) -> float:
 
 
 def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path):
-    opts = TrainOptions(config="shapes", data="shapes:4:11", out=tmp_path, steps=12, batch_size=2,
-                        lr=0.01, warmup_steps=0, workers=0, seed=0)
+    opts = TrainOptions(
+        config="shapes",
+        data="shapes:4:11",
+        out=tmp_path,
+        steps=12,
+        batch_size=2,
+        lr=0.01,
+        warmup_steps=0,
+        workers=0,
+        seed=0,
+    )
     data = open_dataset(opts.data)
     torch.manual_seed(opts.seed)  # train() builds its model right after seeding the same way
     before = _loss(build_model(get_config("shapes")), data)
@@ -46,8 +55,11 @@ def test_evaluation_of_the_ground_truth_scores_one():
     def ground_truth(images):
         out = []
         for image in images:
-            index = next(i for i, iid in enumerate(data.image_ids)
-                         if np.array_equal(data.load_image(iid), image))
+            index = next(
+                i
+                for i, iid in enumerate(data.image_ids)
+                if np.array_equal(data.load_image(iid), image)
+            )
             sample = data[index]
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in sample.masks]
             out.append((sample.boxes, np.ones(len(rles)), sample.labels, rles))
@@ -55,4 +67,6 @@ def test_evaluation_of_the_ground_truth_scores_one():
 
     metrics = evaluate(data, ground_truth, data.classes, batch_size=5)
     assert metrics["images"] == 12
-    assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(
+        1.0
+    )

@@ -35,7 +35,7 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
-def model_path(settings: "Settings") -> str:
+def model_path(settings: Settings) -> str:
     """``settings.model`` or the bundled shapes checkpoint."""
     if settings.model:
         return settings.model
@@ -55,9 +55,11 @@ def model_kind(model: str) -> str:
         return "onnx"
     if suffix in ENGINE_SUFFIXES:
         return "engine"
-    raise MaskrtError(f"{model}: unknown model file type {suffix or '(no suffix)'!r}; expected a "
-                      f"checkpoint (.pt, .pth), an ONNX file (.onnx) or a TensorRT engine "
-                      f"(.plan, .engine)")
+    raise MaskrtError(
+        f"{model}: unknown model file type {suffix or '(no suffix)'!r}; expected a "
+        f"checkpoint (.pt, .pth), an ONNX file (.onnx) or a TensorRT engine "
+        f"(.plan, .engine)"
+    )
 
 
 def tensorrt_available() -> bool:
@@ -73,8 +75,11 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
         if kind == "engine" or (device.startswith("cuda") and tensorrt_available()):
             return "tensorrt"
         return "onnxruntime"
-    allowed = {"torch": ("checkpoint",), "onnxruntime": ("checkpoint", "onnx"),
-               "tensorrt": ("checkpoint", "onnx", "engine")}[backend]
+    allowed = {
+        "torch": ("checkpoint",),
+        "onnxruntime": ("checkpoint", "onnx"),
+        "tensorrt": ("checkpoint", "onnx", "engine"),
+    }[backend]
     if kind not in allowed:
         hint = {
             "torch": "the torch backend serves a checkpoint (.pt)",
@@ -85,7 +90,7 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
     return backend
 
 
-def check_model(settings: "Settings") -> tuple[str, str, str]:
+def check_model(settings: Settings) -> tuple[str, str, str]:
     """Cheap checks done before the server starts: ``(model, kind, backend)``; a missing file or an
     impossible backend/model/device combination is an error here, not after start-up."""
     model = model_path(settings)
@@ -95,9 +100,15 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
     if torchvision_weights_config(model) is None:
         path = Path(model)
         if not path.is_file():
-            raise MaskrtError(f"{model}: no such model file" + (
-                "" if settings.model else " (the bundled default model is missing from this "
-                "installation; pass --model)"))
+            raise MaskrtError(
+                f"{model}: no such model file"
+                + (
+                    ""
+                    if settings.model
+                    else " (the bundled default model is missing from this "
+                    "installation; pass --model)"
+                )
+            )
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
     if device.startswith("cuda"):
@@ -106,8 +117,7 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
         if not torch.cuda.is_available():
             raise MaskrtError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     if backend == "tensorrt" and not device.startswith("cuda"):
-        raise MaskrtError("the tensorrt backend runs on a CUDA device (device is "
-                          f"{device!r})")
+        raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
     if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         from maskrt.export.tensorrt import import_tensorrt
 
@@ -115,7 +125,7 @@ def check_model(settings: "Settings") -> tuple[str, str, str]:
     return model, kind, backend
 
 
-def open_backend(settings: "Settings") -> "Backend":
+def open_backend(settings: Settings) -> Backend:
     """Open the backend ``settings`` ask for (see the module docstring); slow (loads weights, may
     export an ONNX or build a TensorRT engine the first time), so the server calls it after it
     starts listening."""
@@ -124,8 +134,18 @@ def open_backend(settings: "Settings") -> "Backend":
     model, kind, backend = check_model(settings)
     device = torch.device(settings.resolved_device())
     max_batch = settings.max_batch
-    log.info("opening model", extra={"fields": {"model": model, "kind": kind, "backend": backend,
-                                                "device": str(device), "max_batch": max_batch}})
+    log.info(
+        "opening model",
+        extra={
+            "fields": {
+                "model": model,
+                "kind": kind,
+                "backend": backend,
+                "device": str(device),
+                "max_batch": max_batch,
+            }
+        },
+    )
     if backend == "torch":
         from maskrt.model.checkpoint import load_checkpoint
         from maskrt.server.backends.torch import TorchBackend
@@ -145,7 +165,14 @@ def open_backend(settings: "Settings") -> "Backend":
         from maskrt.export.tensorrt import weak_typing
 
         fp16 = settings.engine_precision == "fp16"
-        onnx = model if kind == "onnx" else str(cached_onnx(
-            model, cache_dir, max_batch, "tensorrt", fp16=fp16 and not weak_typing()))
+        onnx = (
+            model
+            if kind == "onnx"
+            else str(
+                cached_onnx(
+                    model, cache_dir, max_batch, "tensorrt", fp16=fp16 and not weak_typing()
+                )
+            )
+        )
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)

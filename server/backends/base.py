@@ -56,11 +56,19 @@ class Backend(ABC):
         """A MaskrtError unless ``images`` is a uint8 ``[B, 3, S, S]`` batch with
         ``1 <= B <= max_batch``."""
         size = self.info.canvas
-        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise MaskrtError(f"expected uint8 images [B, 3, {size}, {size}], got "
-                              f"{images.dtype} {tuple(images.shape)}")
+        if (
+            images.dtype != torch.uint8
+            or images.dim() != 4
+            or tuple(images.shape[1:]) != (3, size, size)
+        ):
+            raise MaskrtError(
+                f"expected uint8 images [B, 3, {size}, {size}], got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
         if not 1 <= images.shape[0] <= self.max_batch:
-            raise MaskrtError(f"batch of {images.shape[0]} images; this backend takes 1 to {self.max_batch}")
+            raise MaskrtError(
+                f"batch of {images.shape[0]} images; this backend takes 1 to {self.max_batch}"
+            )
 
     def warmup_batch_sizes(self) -> list[int]:
         """Batch sizes to run once before the server turns ready (engines may specialise)."""

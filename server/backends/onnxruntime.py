@@ -35,10 +35,20 @@ from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
 log = logging.getLogger("maskrt.backends.onnxruntime")
 
 OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
-          "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
-_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32,
-          np.int64: torch.int64, np.uint8: torch.uint8}
+_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+}
+_TORCH = {
+    np.float32: torch.float32,
+    np.float16: torch.float16,
+    np.int32: torch.int32,
+    np.int64: torch.int64,
+    np.uint8: torch.uint8,
+}
 
 
 def usable_cores() -> int:
@@ -67,17 +77,33 @@ def session_options(threads: int | None = None):
 def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     """The :class:`ModelInfo` of a maskrt ONNX file's metadata (``maskrt.*`` keys, prefix
     removed)."""
-    missing = [k for k in ("classes", "canvas", "mask_size", "max_detections", "config",
-                           "checkpoint_sha256", "target") if k not in meta]
+    missing = [
+        k
+        for k in (
+            "classes",
+            "canvas",
+            "mask_size",
+            "max_detections",
+            "config",
+            "checkpoint_sha256",
+            "target",
+        )
+        if k not in meta
+    ]
     if missing:
-        raise MaskrtError(f"{source}: not a maskrt ONNX file (metadata maskrt.{missing[0]} is missing); "
-                          f"write one with `maskrt export onnx`")
+        raise MaskrtError(
+            f"{source}: not a maskrt ONNX file (metadata maskrt.{missing[0]} is missing); "
+            f"write one with `maskrt export onnx`"
+        )
     try:
         config = json.loads(meta["config"])
         info = ModelInfo(
-            name=str(config["name"]), version=meta["checkpoint_sha256"][:12],
-            classes=tuple(json.loads(meta["classes"])), canvas=int(meta["canvas"]),
-            mask_size=int(meta["mask_size"]), max_detections=int(meta["max_detections"]),
+            name=str(config["name"]),
+            version=meta["checkpoint_sha256"][:12],
+            classes=tuple(json.loads(meta["classes"])),
+            canvas=int(meta["canvas"]),
+            mask_size=int(meta["mask_size"]),
+            max_detections=int(meta["max_detections"]),
             image_mean=tuple(float(m) for m in config["image_mean"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -125,17 +151,28 @@ class OnnxRuntimeBackend(Backend):
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 device = torch.device("cuda", index)
                 stream = torch.cuda.current_stream(device).cuda_stream
-                providers = [("CUDAExecutionProvider", {
-                    "device_id": index,
-                    "user_compute_stream": str(stream),  # torch's stream: no cross-stream syncs
-                    "has_user_compute_stream": "1",
-                    "cudnn_conv_algo_search": "EXHAUSTIVE",  # picked once per shape, at warm-up
-                    "cudnn_conv_use_max_workspace": "1",
-                    "arena_extend_strategy": "kSameAsRequested",
-                }), "CPUExecutionProvider"]
+                providers = [
+                    (
+                        "CUDAExecutionProvider",
+                        {
+                            "device_id": index,
+                            "user_compute_stream": str(
+                                stream
+                            ),  # torch's stream: no cross-stream syncs
+                            "has_user_compute_stream": "1",
+                            "cudnn_conv_algo_search": "EXHAUSTIVE",  # picked once per shape, at warm-up
+                            "cudnn_conv_use_max_workspace": "1",
+                            "arena_extend_strategy": "kSameAsRequested",
+                        },
+                    ),
+                    "CPUExecutionProvider",
+                ]
             else:
-                log.warning("device %s asked for, but this ONNX Runtime has no CUDAExecutionProvider "
-                            "(install onnxruntime-gpu); running on the CPU", device)
+                log.warning(
+                    "device %s asked for, but this ONNX Runtime has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu); running on the CPU",
+                    device,
+                )
                 device = torch.device("cpu")
         self.device = device
 
@@ -144,39 +181,66 @@ class OnnxRuntimeBackend(Backend):
         if proto is not None and read_metadata(proto).get("target") == "tensorrt":
             from maskrt.export.tensorrt_onnx import register_python_ops
 
-            log.warning("%s is a tensorrt-target graph: running its plugin nodes in Python on the "
-                        "CPU (for checks; serve it with TensorRT)", path)
+            log.warning(
+                "%s is a tensorrt-target graph: running its plugin nodes in Python on the "
+                "CPU (for checks; serve it with TensorRT)",
+                path,
+            )
             options.register_custom_ops_library(register_python_ops(proto))
         del proto
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers
+            )
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / ... types
-            raise MaskrtError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:300]})") from None
+            raise MaskrtError(
+                f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:300]})"
+            ) from None
 
         self.metadata = maskrt_entries(self.session.get_modelmeta().custom_metadata_map)
         self.info = model_info_from_metadata(self.metadata, str(path))
         if self.metadata["target"] not in ("onnxruntime", "tensorrt"):
-            raise MaskrtError(f"{path}: exported for target {self.metadata['target']!r}; the onnxruntime "
-                              f"backend serves the onnxruntime target (`maskrt export onnx --target "
-                              f"onnxruntime`)")
+            raise MaskrtError(
+                f"{path}: exported for target {self.metadata['target']!r}; the onnxruntime "
+                f"backend serves the onnxruntime target (`maskrt export onnx --target "
+                f"onnxruntime`)"
+            )
         file_max = int(self.metadata.get("max_batch", max_batch))
         if max_batch > file_max:
-            log.warning("%s was exported for batches up to %d; serving at most %d images per batch",
-                        path, file_max, file_max)
+            log.warning(
+                "%s was exported for batches up to %d; serving at most %d images per batch",
+                path,
+                file_max,
+                file_max,
+            )
         self.max_batch = min(max_batch, file_max)
         outputs = {o.name: o for o in self.session.get_outputs()}
-        if set(outputs) != set(OUTPUTS) or [i.name for i in self.session.get_inputs()] != ["images"]:
-            raise MaskrtError(f"{path}: inputs/outputs are not the deploy graph's (images -> "
-                              f"{', '.join(OUTPUTS)})")
+        if set(outputs) != set(OUTPUTS) or [i.name for i in self.session.get_inputs()] != [
+            "images"
+        ]:
+            raise MaskrtError(
+                f"{path}: inputs/outputs are not the deploy graph's (images -> "
+                f"{', '.join(OUTPUTS)})"
+            )
         self._dtypes = {name: _NUMPY[outputs[name].type] for name in OUTPUTS}
         self._io = self.device.type == "cuda"
-        log.info("onnxruntime backend ready: %s on %s (%s, %d threads)", self.info.name, self.device,
-                 self.session.get_providers()[0], options.intra_op_num_threads)
+        log.info(
+            "onnxruntime backend ready: %s on %s (%s, %d threads)",
+            self.info.name,
+            self.device,
+            self.session.get_providers()[0],
+            options.intra_op_num_threads,
+        )
 
     def _shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         k, m = self.info.max_detections, self.info.mask_size
-        return {"num_detections": (batch,), "boxes": (batch, k, 4), "scores": (batch, k),
-                "classes": (batch, k), "masks": (batch, k, m, m)}
+        return {
+            "num_detections": (batch,),
+            "boxes": (batch, k, 4),
+            "scores": (batch, k),
+            "classes": (batch, k),
+            "masks": (batch, k, m, m),
+        }
 
     def infer(self, images: Tensor) -> DeployOutputs:
         self.check_images(images)
@@ -190,7 +254,9 @@ class OnnxRuntimeBackend(Backend):
     def _infer_cuda(self, images: Tensor, batch: int) -> DeployOutputs:
         index = self.device.index or 0
         binding = self.session.io_binding()
-        binding.bind_input("images", "cuda", index, np.uint8, tuple(images.shape), images.data_ptr())
+        binding.bind_input(
+            "images", "cuda", index, np.uint8, tuple(images.shape), images.data_ptr()
+        )
         outputs = {}
         for name, shape in self._shapes(batch).items():
             dtype = self._dtypes[name]

@@ -29,8 +29,12 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, device: torch.device | str = "cuda",
-                 max_batch: int = 8):
+    def __init__(
+        self,
+        engine_path: str | os.PathLike,
+        device: torch.device | str = "cuda",
+        max_batch: int = 8,
+    ):
         from maskrt.export.tensorrt import Engine, gpu_description, read_sidecar
 
         path = Path(engine_path)
@@ -43,8 +47,9 @@ class TensorRTBackend(Backend):
             raise MaskrtError(f"{path}: no such engine file")
         if max_batch < 1:
             raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
-        self.device = torch.device("cuda", device.index if device.index is not None
-                                   else torch.cuda.current_device())
+        self.device = torch.device(
+            "cuda", device.index if device.index is not None else torch.cuda.current_device()
+        )
         sidecar = read_sidecar(path)
         self.metadata = {k: str(v) for k, v in sidecar.items()}
         self.info = model_info_from_metadata(self.metadata, str(path))
@@ -53,18 +58,31 @@ class TensorRTBackend(Backend):
             raise MaskrtError(
                 f"{path} was built for {sidecar.get('gpu_name')} (compute capability "
                 f"{sidecar.get('compute_capability')}); this is {here['gpu_name']} ({here['compute_capability']}): "
-                f"build an engine here with `maskrt export engine`")
+                f"build an engine here with `maskrt export engine`"
+            )
         self.engine = Engine(path, self.device)
         if sorted(self.engine.outputs) != sorted(OUTPUTS):
-            raise MaskrtError(f"{path}: outputs {self.engine.outputs} are not the deploy graph's "
-                              f"({', '.join(OUTPUTS)})")
+            raise MaskrtError(
+                f"{path}: outputs {self.engine.outputs} are not the deploy graph's "
+                f"({', '.join(OUTPUTS)})"
+            )
         if max_batch > self.engine.max_batch:
-            log.warning("%s was built for batches up to %d; serving at most %d images per batch",
-                        path, self.engine.max_batch, self.engine.max_batch)
+            log.warning(
+                "%s was built for batches up to %d; serving at most %d images per batch",
+                path,
+                self.engine.max_batch,
+                self.engine.max_batch,
+            )
         self.max_batch = min(max_batch, self.engine.max_batch)
         self.stream = torch.cuda.Stream(self.device)
-        log.info("tensorrt backend ready: %s on %s (%s, TensorRT %s, batch 1..%d)", self.info.name,
-                 self.device, sidecar.get("precision"), sidecar.get("tensorrt_version"), self.max_batch)
+        log.info(
+            "tensorrt backend ready: %s on %s (%s, TensorRT %s, batch 1..%d)",
+            self.info.name,
+            self.device,
+            sidecar.get("precision"),
+            sidecar.get("tensorrt_version"),
+            self.max_batch,
+        )
 
     def infer(self, images: Tensor) -> DeployOutputs:
         self.check_images(images)

@@ -25,8 +25,12 @@ def model_info(loaded, graph) -> ModelInfo:
     """:class:`ModelInfo` of a ``LoadedModel`` served through ``graph`` (a ``DeployGraph``)."""
     cfg = loaded.config
     return ModelInfo(
-        name=cfg.name, version=loaded.version, classes=tuple(cfg.classes), canvas=graph.canvas,
-        mask_size=graph.mask_size, max_detections=graph.max_detections,
+        name=cfg.name,
+        version=loaded.version,
+        classes=tuple(cfg.classes),
+        canvas=graph.canvas,
+        mask_size=graph.mask_size,
+        max_detections=graph.max_detections,
         image_mean=tuple(cfg.image_mean),
     )
 
@@ -58,7 +62,12 @@ class TorchBackend(Backend):
         self.fp16 = fp16
         self.graph = deploy_graph(loaded, max_detections=max_detections).to(self.device)
         self.info = model_info(loaded, self.graph)
-        log.info("torch backend ready: %s on %s%s", self.info.name, self.device, " (fp16 autocast)" if fp16 else "")
+        log.info(
+            "torch backend ready: %s on %s%s",
+            self.info.name,
+            self.device,
+            " (fp16 autocast)" if fp16 else "",
+        )
 
     def _autocast(self):
         if self.fp16:
