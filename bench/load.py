@@ -116,7 +116,7 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     sizes: dict[str, int] = {}
     previous_le, previous_cum = 0.0, 0.0
     for le, cum in buckets:
-        n = int(round(cum - previous_cum))
+        n = round(cum - previous_cum)
         if n:
             label = (
                 (

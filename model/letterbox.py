@@ -42,7 +42,7 @@ class Letterbox:
 
 def fill_colour(image_mean: tuple[float, float, float]) -> tuple[int, int, int]:
     """The uint8 padding colour that normalises to ~0 for a model with this mean."""
-    return tuple(int(round(m * 255.0)) for m in image_mean)  # type: ignore[return-value]
+    return tuple(round(m * 255.0) for m in image_mean)  # type: ignore[return-value]
 
 
 def letterbox(image: Tensor, canvas: int, fill: tuple[int, int, int]) -> tuple[Tensor, Letterbox]:

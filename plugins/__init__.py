@@ -9,6 +9,7 @@ neither TensorRT nor a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -63,12 +64,10 @@ def load() -> Path:
     with _lock:
         if path in _loaded:
             return path
-        try:
-            # The Python tensorrt wheel keeps libnvinfer outside the loader's search path; importing
-            # it first puts libnvinfer in the process, which then satisfies the plugin's dependency.
+        # The Python tensorrt wheel keeps libnvinfer outside the loader's search path; importing
+        # it first puts libnvinfer in the process, which then satisfies the plugin's dependency.
+        with contextlib.suppress(ImportError):
             import tensorrt  # noqa: F401
-        except ImportError:
-            pass
         try:
             lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:

@@ -18,6 +18,7 @@ is a valid image.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import warnings
@@ -137,10 +138,8 @@ def _decode_pillow(img: Image.Image, name: str) -> Tensor:
     assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be errors"
     try:
         img.load()
-        try:
+        with contextlib.suppress(Exception):  # a corrupt EXIF block: keep the stored orientation
             img = ImageOps.exif_transpose(img)
-        except Exception:  # a corrupt EXIF block: keep the stored orientation
-            pass
         array = to_rgb(img)
     except ApiError:
         raise

@@ -188,12 +188,13 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("separable", False, "plain", "plain"),  # CPU baseline build
     Recipe("chain", True, "fma", "fma"),  # CPU AVX2 / AVX-512 builds, h + w <= 128
     Recipe("chain", False, "plain", "plain"),  # CPU baseline build, h + w <= 128
-) + tuple(
-    Recipe("separable", s, h, v)
-    for s in (True, False)
-    for h in _SEPARABLE_MODES
-    for v in _SEPARABLE_MODES
-    if not (h == v and (h, s) in (("fma0", True), ("plain", False)))
+    *(
+        Recipe("separable", s, h, v)
+        for s in (True, False)
+        for h in _SEPARABLE_MODES
+        for v in _SEPARABLE_MODES
+        if not (h == v and (h, s) in (("fma0", True), ("plain", False)))
+    ),
 )
 
 

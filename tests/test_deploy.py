@@ -38,7 +38,7 @@ def assert_same_as_eager(graph, model, imgs, exact_order: bool = False):
 def test_shapes_equals_eager():
     model, cfg = make_model("shapes")
     graph = DeployGraph(model, cfg).eval()
-    out, total = assert_same_as_eager(graph, model, images(2, cfg.canvas), exact_order=True)
+    _, total = assert_same_as_eager(graph, model, images(2, cfg.canvas), exact_order=True)
     assert total == 2 * cfg.max_detections  # forced detections: K per image
 
 

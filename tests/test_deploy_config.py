@@ -258,7 +258,7 @@ def server_metrics() -> dict[str, dict]:
     for registry in registries:
         add_registry(registry)
     if not found:
-        for name, obj in vars(module).items():
+        for obj in vars(module).values():
             if getattr(obj, "__module__", None) != module.__name__ or not callable(obj):
                 continue
             try:

@@ -11,7 +11,7 @@ from maskrt.bench.parity import Parity, pair_detections
 
 def _det(box, class_id=1, score=0.9, size=(64, 64)) -> dict:
     m = np.zeros(size, dtype=np.uint8)
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     m[y1:y2, x1:x2] = 1
     rle = mask_utils.encode(np.asfortranarray(m))
     return {

@@ -48,7 +48,7 @@ def test_build_request_checks(trt_onnx, tmp_path):
         check_build_request(path, 4, 4.0)
     with pytest.raises(MaskrtError, match="--workspace must be positive"):
         check_build_request(path, 1, 0)
-    with pytest.raises(MaskrtError, match="target 'onnxruntime'.*--target tensorrt"):
+    with pytest.raises(MaskrtError, match=r"target 'onnxruntime'.*--target tensorrt"):
         check_build_request(source, None, 4.0)
     with pytest.raises(MaskrtError, match="no such ONNX file"):
         check_build_request(tmp_path / "none.onnx", None, 4.0)
@@ -84,7 +84,7 @@ def test_backend_errors_before_tensorrt(tmp_path):
         with pytest.raises(MaskrtError, match="no CUDA GPU"):
             TensorRTBackend(tmp_path / "m.plan", device="cuda")
     (tmp_path / "m.plan").write_bytes(b"plan")
-    with pytest.raises(MaskrtError, match="no sidecar m.plan.json"):
+    with pytest.raises(MaskrtError, match=r"no sidecar m\.plan\.json"):
         read_sidecar(tmp_path / "m.plan")
     sidecar_path(tmp_path / "m.plan").write_text("[1, 2]")
     with pytest.raises(MaskrtError, match="not a JSON object"):

@@ -87,7 +87,7 @@ def test_problems_name_what_tensorrt_rejects(graphs):
     plugin.input[0] = "rois_f16"
     assert any("RoIs must be float32" in p for p in tensorrt_problems(broken))
 
-    with pytest.raises(MaskrtError, match="no com.maskrt::MultiLevelRoIAlign node"):
+    with pytest.raises(MaskrtError, match=r"no com\.maskrt::MultiLevelRoIAlign node"):
         rewrite(target)
 
 

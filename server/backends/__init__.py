@@ -4,7 +4,8 @@ The model file decides what each backend does with it:
 
 | model | torch | onnxruntime | tensorrt |
 | --- | --- | --- | --- |
-| checkpoint (``.pt``/``.pth``, or torchvision weights by name) | serves it | exports it to ONNX once (cached) | exports a tensorrt-target ONNX and builds an engine for this GPU once (cached) |
+| checkpoint (``.pt``/``.pth``, or torchvision weights by name) | serves it | exports it to ONNX
+  once (cached) | exports a tensorrt-target ONNX and builds an engine for this GPU once (cached) |
 | ``.onnx`` | no | serves it | builds an engine once (cached); a tensorrt-target ONNX |
 | ``.plan`` / ``.engine`` | no | no | serves it (built for this GPU and TensorRT) |
 

@@ -57,7 +57,8 @@ class TensorRTBackend(Backend):
         if sidecar.get("compute_capability") != here["compute_capability"]:
             raise MaskrtError(
                 f"{path} was built for {sidecar.get('gpu_name')} (compute capability "
-                f"{sidecar.get('compute_capability')}); this is {here['gpu_name']} ({here['compute_capability']}): "
+                f"{sidecar.get('compute_capability')}); this is {here['gpu_name']} "
+                f"({here['compute_capability']}): "
                 f"build an engine here with `maskrt export engine`"
             )
         self.engine = Engine(path, self.device)
