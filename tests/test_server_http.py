@@ -81,7 +81,7 @@ def reference(checkpoint, model_info):  # noqa: F811
 
     from maskrt.model.checkpoint import load_checkpoint
     from maskrt.model.deploy import deploy_graph
-    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox
+    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox_batch
 
     device = torch.device(model_info["device"])
     loaded = load_checkpoint(checkpoint)
@@ -91,8 +91,8 @@ def reference(checkpoint, model_info):  # noqa: F811
     @torch.inference_mode()
     def predict(image: np.ndarray, score_threshold: float) -> list[dict]:
         tensor = torch.from_numpy(image).permute(2, 0, 1).to(device)
-        canvas, box = letterbox(tensor, loaded.config.canvas, fill)
-        out = graph(canvas[None])
+        batch, (box,) = letterbox_batch([tensor], loaded.config.canvas, fill)
+        out = graph(batch)
         n = int(out.num_detections[0])
         keep = out.scores[0, :n] >= score_threshold
         boxes = boxes_to_original(out.boxes[0, :n][keep].float(), box)
