@@ -39,7 +39,9 @@ def create_app(
     model cannot be loaded (``maskrt serve`` then exits)."""
     settings = settings or Settings()
     if opener is None:
-        from maskrt.server.backends import open_backend as opener
+        from maskrt.server.backends import open_backend
+
+        opener = open_backend
     state = ServerState(settings, opener, on_fatal)
 
     @contextlib.asynccontextmanager

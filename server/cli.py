@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import typing
 
-_HELP_TYPES = {int: "N", float: "X"}
+_HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = list(args)
-        elif annotation in (int, float):
+        elif annotation is int or annotation is float:
             kwargs["type"] = annotation
             kwargs["metavar"] = _HELP_TYPES[annotation]
         p.add_argument(flag_name(name), **kwargs)

@@ -17,6 +17,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Receive
@@ -124,8 +125,9 @@ async def _wait(jobs: list[Job], receive: Receive) -> list[JobResult]:
     """The jobs' results; if the client disconnects first, its jobs are dropped."""
     gathered = asyncio.gather(*(job.future for job in jobs))
     watcher = asyncio.ensure_future(_disconnected(receive))
+    either: set[asyncio.Future[Any]] = {gathered, watcher}
     try:
-        await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if gathered.done():
             return list(gathered.result())
         for job in jobs:

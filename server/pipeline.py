@@ -143,7 +143,7 @@ class Pipeline:
         """A ``maskrt.model.evaluate.Predictor`` over this pipeline (HxWx3 uint8 images in)."""
 
         def predict(images: list[np.ndarray]) -> Predictions:
-            results = []
+            results: Predictions = []
             for dets in self.predict(
                 images, score_threshold=score_threshold, batch_size=batch_size
             ):

@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import Tensor
 
+from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
 from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
 
@@ -51,11 +52,8 @@ class TorchBackend(Backend):
     ):
         from maskrt.model.deploy import deploy_graph
 
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise MaskrtError(f"device {str(self.device)!r} asked for, but torch sees no CUDA GPU")
-        if max_batch < 1:
-            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
+        self.device = check_device(device)
+        check_max_batch(max_batch)
         if fp16 and self.device.type != "cuda":
             raise MaskrtError("fp16 autocast needs a CUDA device")
         self.max_batch = int(max_batch)

@@ -165,8 +165,8 @@ def postprocess_batch(
     strategy: str = "auto",
 ) -> list[list[Detection]]:
     """Detections of a batch from the deploy graph's outputs (``num_detections [B]``, ``boxes
-    [B, K, 4]``, ``scores [B, K]``, ``classes [B, K]``, ``masks [B, K, M, M]`` or ``None``; any
-    device) and each image's :class:`Letterbox`.
+    [B, K, 4]``, ``scores [B, K]``, ``classes [B, K]``, ``masks [B, K, M, M]``; any device)
+    and each image's :class:`Letterbox`.
 
     Per image (a scalar applies to all): keep rows ``< num_detections`` with
     ``score >= score_threshold``, the first ``max_detections`` of them (``None``: all), in the
@@ -187,7 +187,7 @@ def postprocess_batch(
         keep = host.kept_rows(b, thresholds[b], limits[b])
         orig = boxes_to_original(torch.from_numpy(host.boxes[b, keep]), lb).numpy()
         records.append(_records(orig, host.scores[b, keep], host.classes[b, keep], labels))
-        if wants[b] and outputs.masks is not None and len(keep):
+        if wants[b] and len(keep):
             wanted.append((b, keep, orig))
     if wanted:
         _attach_masks(records, outputs.masks, letterboxes, wanted, host.k, strategy)
@@ -211,9 +211,9 @@ def postprocess_image(
     """One image's slice of the outputs (``[K, 4]``, ``[K]``, ``[K]``, ``[K, M, M]``); see
     :func:`postprocess_batch`."""
     num = torch.as_tensor(num_detections, dtype=torch.int32, device=boxes.device).reshape(1)
-    outputs = DeployOutputs(
-        num, boxes[None], scores[None], classes[None], None if masks is None else masks[None]
-    )
+    if masks is None:  # never read: no image wants masks
+        masks, want_masks = boxes.new_empty((len(boxes), 0, 0)), False
+    outputs = DeployOutputs(num, boxes[None], scores[None], classes[None], masks[None])
     return postprocess_batch(
         outputs,
         [letterbox],

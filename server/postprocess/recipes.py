@@ -220,9 +220,9 @@ def recipes_for(device: torch.device | str, mask_size: int = 28) -> dict[str, Re
     device = torch.device(device)
     key = f"{device}/{mask_size}"
     with _CALIBRATION_LOCK:
-        found = _CALIBRATED.get(key)
-        if found is not None:
-            return found
+        cached = _CALIBRATED.get(key)
+        if cached is not None:
+            return cached
         sizes = _probe_sizes()
         padded = _probe_masks(max(len(v) for v in sizes.values()), mask_size, device)
         found: dict[str, Recipe | None] = {}
