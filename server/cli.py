@@ -67,10 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from maskrt.server.app import create_app
     from maskrt.server.backends import check_model
+    from maskrt.server.decode import ignore_expected_warnings
     from maskrt.server.logging import configure_logging
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
     # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)

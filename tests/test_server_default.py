@@ -12,7 +12,6 @@ from server_harness import png, shapes_image, start_server
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 

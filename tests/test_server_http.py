@@ -20,7 +20,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from server_harness import (
     big_png,
-    checkpoint,  # noqa: F401 (fixture)
     jpeg,
     metric,
     multipart,
@@ -36,12 +35,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 UPLOAD_LIMIT = 2_000_000
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):  # noqa: F811
+def server(tmp_path_factory, checkpoint):
     srv = start_server(
         tmp_path_factory,
         "http",
@@ -74,7 +72,7 @@ def model_info(client):
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint, model_info):  # noqa: F811
+def reference(checkpoint, model_info):
     """The deploy graph in this process (same checkpoint, same device as the server) and
     torchvision's paste: what the server must answer."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -452,7 +450,7 @@ def test_unknown_routes_and_methods(client):
 # Probes, model info, metrics, docs, logs
 
 
-def test_probes_and_model_info(client, model_info, checkpoint):  # noqa: F811
+def test_probes_and_model_info(client, model_info, checkpoint):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     assert model_info["backend"] == "torch"
@@ -553,7 +551,7 @@ def test_server_still_healthy_at_the_end(server):
 # The load generator against this server
 
 
-def test_bench_load(server, checkpoint, tmp_path):  # noqa: F811
+def test_bench_load(server, checkpoint, tmp_path):
     import subprocess
 
     from server_harness import maskrt_command
