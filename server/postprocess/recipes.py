@@ -86,50 +86,39 @@ def bilinear_windows(
     ``cols = (x0, x1, b0, b1)`` are ``[n, Wc]``, ``rows = (y0, y1, a0, a1)`` are ``[n, Hr]``
     (from :func:`~maskrt.server.postprocess.geometry.axis_tables`); zero weights give exact zeros.
     """
-    if recipe.kind == "separable":
-        return _separable(padded, cols, rows, recipe)
-    if recipe.kind == "chain":
-        return _chain(padded, cols, rows, recipe)
+    n, s, _ = padded.shape
+    x0, x1, b0, b1 = cols
+    y0, y1, a0, a1 = rows
+    wc, hr = x0.shape[1], y0.shape[1]
+    if recipe.kind == "separable":  # along x for the two source rows, then along y
+        mt = padded.transpose(1, 2)  # [n, x, y]
+        c0 = torch.gather(mt, 1, x0[:, :, None].expand(n, wc, s))
+        c1 = torch.gather(mt, 1, x1[:, :, None].expand(n, wc, s))
+        hx = _combine(c0, b0[:, :, None], c1, b1[:, :, None], recipe.h_mode)  # [n, Wc, S]
+        g0 = torch.gather(hx, 2, y0[:, None, :].expand(n, wc, hr))
+        g1 = torch.gather(hx, 2, y1[:, None, :].expand(n, wc, hr))
+        return _combine(g0, a0[:, None, :], g1, a1[:, None, :], recipe.v_mode)
+    if recipe.kind == "chain":  # the four taps times their weight products, summed in order
+        flat = padded.reshape(n, s * s)
+
+        def tap(yi: Tensor, xi: Tensor) -> Tensor:
+            idx = (yi[:, None, :] * s + xi[:, :, None]).reshape(n, wc * hr)
+            return torch.gather(flat, 1, idx).view(n, wc, hr)
+
+        taps = (tap(y0, x0), tap(y0, x1), tap(y1, x0), tap(y1, x1))
+        weights = (
+            a0[:, None, :] * b0[:, :, None],
+            a0[:, None, :] * b1[:, :, None],
+            a1[:, None, :] * b0[:, :, None],
+            a1[:, None, :] * b1[:, :, None],
+        )
+        return _chain_sum(taps, weights, fused=recipe.h_mode == "fma")
     raise ValueError(f"unknown recipe kind {recipe.kind!r}")
 
 
-def _separable(
-    padded: Tensor, cols: tuple[Tensor, ...], rows: tuple[Tensor, ...], recipe: Recipe
-) -> Tensor:
-    """Along x for the two source rows, then along y."""
-    n, s, _ = padded.shape
-    x0, x1, b0, b1 = cols
-    y0, y1, a0, a1 = rows
-    wc, hr = x0.shape[1], y0.shape[1]
-    mt = padded.transpose(1, 2)  # [n, x, y]
-    c0 = torch.gather(mt, 1, x0[:, :, None].expand(n, wc, s))
-    c1 = torch.gather(mt, 1, x1[:, :, None].expand(n, wc, s))
-    hx = _combine(c0, b0[:, :, None], c1, b1[:, :, None], recipe.h_mode)  # [n, Wc, S]
-    g0 = torch.gather(hx, 2, y0[:, None, :].expand(n, wc, hr))
-    g1 = torch.gather(hx, 2, y1[:, None, :].expand(n, wc, hr))
-    return _combine(g0, a0[:, None, :], g1, a1[:, None, :], recipe.v_mode)
-
-
-def _chain(
-    padded: Tensor, cols: tuple[Tensor, ...], rows: tuple[Tensor, ...], recipe: Recipe
-) -> Tensor:
-    """The four taps times their weight products, summed in order."""
-    n, s, _ = padded.shape
-    x0, x1, b0, b1 = cols
-    y0, y1, a0, a1 = rows
-    wc, hr = x0.shape[1], y0.shape[1]
-    flat = padded.reshape(n, s * s)
-
-    def tap(yi: Tensor, xi: Tensor) -> Tensor:
-        idx = (yi[:, None, :] * s + xi[:, :, None]).reshape(n, wc * hr)
-        return torch.gather(flat, 1, idx).view(n, wc, hr)
-
-    w00 = a0[:, None, :] * b0[:, :, None]
-    w01 = a0[:, None, :] * b1[:, :, None]
-    w10 = a1[:, None, :] * b0[:, :, None]
-    w11 = a1[:, None, :] * b1[:, :, None]
-    i00, i01, i10, i11 = tap(y0, x0), tap(y0, x1), tap(y1, x0), tap(y1, x1)
-    if recipe.h_mode == "fma":
+def _chain_sum(taps: tuple[Tensor, ...], weights: tuple[Tensor, ...], fused: bool) -> Tensor:
+    (i00, i01, i10, i11), (w00, w01, w10, w11) = taps, weights
+    if fused:
         return _fma(i11, w11, _fma(i10, w10, _fma(i00, w00, i01 * w01)))
     r = i00 * w00
     r += i01 * w01
