@@ -7,6 +7,9 @@ import importlib.util
 import pytest
 import torch
 
+# session fixtures of the TensorRT plugin tests (headers, stand-in libnvinfer, CMake build, exports)
+pytest_plugins = ["tensorrt_toolchain"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
