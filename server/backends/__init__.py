@@ -16,7 +16,6 @@ The caches live under ``MASKRT_CACHE_DIR`` (:mod:`maskrt.export.cache`). ``backe
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -64,10 +63,13 @@ def model_kind(model: str) -> str:
 
 
 def tensorrt_available() -> bool:
-    """A CUDA GPU and an importable ``tensorrt`` package (without importing it)."""
+    """A CUDA GPU and TensorRT's Python bindings (imported to tell: a stubs package would pass a
+    ``find_spec`` test; without a GPU nothing of TensorRT is imported)."""
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+    from maskrt.plugins import tensorrt_importable
+
+    return torch.cuda.is_available() and tensorrt_importable()
 
 
 def resolve_backend(backend: str, kind: str, device: str) -> str:
@@ -119,8 +121,8 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
             raise MaskrtError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
-    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        from maskrt.export.tensorrt import import_tensorrt
+    if backend == "tensorrt":
+        from maskrt.plugins import import_tensorrt
 
         import_tensorrt()  # raises the error that says where TensorRT comes from
     return model, kind, backend
@@ -163,17 +165,15 @@ def open_backend(settings: Settings) -> Backend:
 
     if kind != "engine":
         from maskrt.export.cache import cached_engine, cached_onnx
-        from maskrt.export.tensorrt import weak_typing
+        from maskrt.export.onnx import read_metadata
 
-        fp16 = settings.engine_precision == "fp16"
-        onnx = (
-            model
-            if kind == "onnx"
-            else str(
-                cached_onnx(
-                    model, cache_dir, max_batch, "tensorrt", fp16=fp16 and not weak_typing()
-                )
-            )
-        )
+        # fp16 engines come from the fp16 export on every TensorRT (boxes and NMS stay fp32); a
+        # given ONNX keeps its own precision
+        if kind == "onnx":
+            onnx = model
+            fp16 = read_metadata(onnx).get("precision") == "fp16"
+        else:
+            fp16 = settings.engine_precision == "fp16"
+            onnx = str(cached_onnx(model, cache_dir, max_batch, "tensorrt", fp16=fp16))
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)
