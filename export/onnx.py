@@ -105,6 +105,8 @@ def build_onnx(
             verbose=False,
             report=False,
         )
+    if program is None:  # torch.onnx.export returns None only when it writes a file itself
+        raise MaskrtError("torch.onnx.export returned no ONNX program")
     proto = drop_default_reductions(add_functions(program.model_proto, opset))
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
     set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")

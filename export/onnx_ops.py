@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -226,9 +227,12 @@ def _roi_align_schema(num_levels: int) -> onnx.defs.OpSchema:
 
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
+    import onnxscript
     import torch
-    from onnxscript import opset18 as op
     from onnxscript.values import Op, Opset
+
+    # onnxscript types each op input by its ONNX type constraint; the traced values carry none
+    op: Any = onnxscript.opset18
 
     import maskrt.model.deploy  # noqa: F401  (registers torch.ops.maskrt.grouped_nms)
     from maskrt.model.roi_align import CANONICAL_LEVEL, CANONICAL_SCALE, FIRST_LEVEL

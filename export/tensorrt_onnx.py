@@ -15,8 +15,9 @@ The plugin node sits in domain ``ai.onnx.contrib``: TensorRT's parser looks a cu
 up in the plugin registry under the namespace ``plugin_namespace`` ("", where our creator is), and
 TensorRT 10.14's parser retries with the node's domain as the namespace when that fails, so the
 domain never hides our creator; ``onnxruntime-extensions`` serves Python custom ops from that
-domain, which is how ONNX Runtime still runs this graph (:func:`register_python_ops`, used by the ``onnxruntime``
-backend) — so its detections are tested against the ``onnxruntime`` target without a GPU.
+domain, which is how ONNX Runtime still runs this graph (:func:`register_python_ops`, used by the
+``onnxruntime`` backend) — so its detections are tested against the ``onnxruntime`` target without
+a GPU.
 """
 
 from __future__ import annotations
