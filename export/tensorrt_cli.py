@@ -42,10 +42,10 @@ def register(kinds: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from maskrt.export.cli import _console_logging
+    from maskrt.export import console_logging
     from maskrt.export.tensorrt import build_engine
 
-    _console_logging()
+    console_logging()
     sidecar = build_engine(
         args.onnx,
         args.out,
