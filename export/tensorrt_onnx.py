@@ -3,7 +3,7 @@
 :func:`rewrite` (onnx-graphsurgeon):
 
 - every ``com.maskrt::MultiLevelRoIAlign`` node becomes ONE node of op type
-  ``MaskrtMultiLevelRoIAlign``, our TensorRT plugin (``plugins/README.md``): same inputs (float32
+  ``MaskrtMultiLevelRoIAlign``, our TensorRT plugin (``plugins/roi_align/README.md``): same inputs (float32
   RoIs, one feature map per FPN level), output and int attributes, plus ``plugin_version`` "1" and
   ``plugin_namespace`` "" for the parser; the local function that ONNX Runtime ran is dropped;
 - NMS stays ONNX ``NonMaxSuppression``, which TensorRT's parser imports to its NMS layer

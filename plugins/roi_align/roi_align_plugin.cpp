@@ -5,7 +5,7 @@
 // Inputs:  0 rois float32 [B, R, 4]; 1..L features [B, C, H_l, W_l], float32 or float16 (one type).
 // Output:  [B, R, C, output_size, output_size], the features' type.
 // Fields:  output_size, sampling_ratio, aligned, canonical_scale, canonical_level, first_level
-//          (int32 scalars; see plugins/README.md).
+//          (int32 scalars; see plugins/roi_align/README.md).
 //
 // Registration (plugins/README.md, "Loading"):
 //   - IPluginRegistry::loadLibrary / trt.get_plugin_registry().load_library / trtexec
