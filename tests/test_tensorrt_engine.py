@@ -106,9 +106,14 @@ def test_server_never_imports_tensorrt():
         "import maskrt.server.backends.tensorrt, maskrt.export.tensorrt\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorrt'))\n"
     )
+    assert _python(code).strip() == "[]"
+
+
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported into this one)."""
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    return run.stdout
 
 
 def test_a_stubs_only_tensorrt_is_not_taken_for_tensorrt(tmp_path):
@@ -131,9 +136,7 @@ def test_a_stubs_only_tensorrt_is_not_taken_for_tensorrt(tmp_path):
         "except MaskrtError as exc:\n"
         "    print(exc)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    first, message = run.stdout.splitlines()
+    first, message = _python(code).splitlines()
     assert first.split() == ["True", "False", "None"]
     assert "is not TensorRT's Python bindings" in message and str(stubs) in message
 

@@ -142,7 +142,11 @@ def test_problems_name_the_parser_and_plugin_rules(graphs):
 def _tensorrt10_operators() -> set[str]:
     """The "Y" rows of TensorRT 10.0's ONNX parser support matrix (tests/data, with its source)."""
     table = (Path(__file__).parent / "data" / "tensorrt10_onnx_operators.md").read_text()
-    rows = [[c.strip() for c in line.split("|")[1:3]] for line in table.splitlines()]
+    rows = [
+        [c.strip() for c in line.split("|")[1:3]]
+        for line in table.splitlines()
+        if line.startswith("|")
+    ]
     return {op for op, supported in rows if supported.startswith("Y")}
 
 

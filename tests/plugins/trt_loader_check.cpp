@@ -26,18 +26,6 @@
 
 namespace {
 
-int g_checks = 0;
-int g_failures = 0;
-
-#define CHECK(cond)                                                 \
-  do {                                                              \
-    ++g_checks;                                                     \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                               \
-  } while (0)
-
 class Logger final : public ILogger {
  public:
   void log(Severity severity, const char* msg) noexcept override {

@@ -43,18 +43,6 @@ int32_t getInferLibVersion() noexcept { return NV_TENSORRT_VERSION; }
 
 namespace {
 
-int g_checks = 0;
-int g_failures = 0;
-
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    ++g_checks;                                                                  \
-    if (!(cond)) {                                                               \
-      ++g_failures;                                                              \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);              \
-    }                                                                            \
-  } while (0)
-
 // --- the launcher stand-in: the kernel's block code on the CPU -------------------------------
 maskrt::roialign::MultiLevelRoiAlignParams g_last_params{};
 int g_launches = 0;

@@ -1,12 +1,13 @@
 // Stand-ins for what TensorRT hands a plugin at build and run time, for the host-only plugin checks
 // (trt_plugin_check.cpp, trt_loader_check.cpp): an IExprBuilder of constants (TensorRT's own has no
 // public constructor), tensor descriptions, int32 field collections (what the ONNX parser makes of
-// INT attributes) and the plugin's capability interfaces.
+// INT attributes), the plugin's capability interfaces, and a CHECK that counts failures.
 #pragma once
 
 #include <NvInferRuntime.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -15,6 +16,20 @@
 namespace {
 
 using namespace nvinfer1;
+
+// Checks count and report instead of aborting, so one run lists every failure.
+int g_checks = 0;
+int g_failures = 0;
+
+#define CHECK(cond)                                                              \
+  do {                                                                           \
+    ++g_checks;                                                                  \
+    if (!(cond)) {                                                               \
+      ++g_failures;                                                              \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);              \
+    }                                                                            \
+  } while (0)
+
 
 // --- a stand-in IExprBuilder (TensorRT's has no public constructor) --------------------------
 class ConstExprImpl final : public apiv::VDimensionExpr {
