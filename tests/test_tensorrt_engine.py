@@ -8,7 +8,6 @@ where both exist: the GPU Docker image.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,10 +23,11 @@ from maskrt.errors import MaskrtError
 from maskrt.export.onnx import export_onnx, set_metadata_props
 from maskrt.export.tensorrt import build_engine, check_build_request
 from maskrt.export.tensorrt_onnx import rewrite
+from maskrt.plugins import tensorrt_importable
 from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
 from maskrt.server.backends.tensorrt_engine import read_sidecar, sidecar_path
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+TRT_AND_GPU = torch.cuda.is_available() and tensorrt_importable()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_build_request_checks(trt_onnx, tmp_path):
     assert check_build_request(tmp_path / "half.onnx", None, 4.0, fp16=True)[1] is True
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and HAS_TRT, reason="TensorRT and a GPU are here")
+@pytest.mark.skipif(TRT_AND_GPU, reason="TensorRT and a GPU are here")
 def test_cli_explains_what_is_missing(trt_onnx, tmp_path, capsys):
     path, _ = trt_onnx
     assert main(["export", "engine", "--onnx", str(path), "--out", str(tmp_path / "m.plan")]) == 2

@@ -11,7 +11,8 @@ The model file decides what each backend does with it:
 
 The caches live under ``MASKRT_CACHE_DIR`` (:mod:`maskrt.export.cache`). ``backend=auto`` picks
 ``tensorrt`` for an engine, or on a CUDA device where the ``tensorrt`` package is installed, else
-``onnxruntime``. Nothing of TensorRT is imported unless the TensorRT backend is opened.
+``onnxruntime``; on a CUDA device it imports ``tensorrt`` to tell whether TensorRT works. Otherwise
+nothing of TensorRT is imported unless the TensorRT backend is opened.
 """
 
 from __future__ import annotations
