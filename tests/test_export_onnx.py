@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from deploy_helpers import assert_outputs_match, exported, images, loaded
+from deploy_helpers import assert_outputs_match, exported, images, loaded, roi_align_nodes
 
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
@@ -22,7 +22,6 @@ from maskrt.export.onnx_ops import (
     ROI_ALIGN_OP,
     all_nodes,
     multilevel_roi_align_function,
-    roi_align_nodes,
 )
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
 from maskrt.model.deploy import DeployGraph, DeployOutputs

@@ -5,7 +5,8 @@ letterboxed batch was made) and before it again (where post-processing reads the
 batch and the outputs are torch CUDA tensors bound by device pointer, so nothing is copied through
 the host. Any batch of 1 to the engine's profile maximum runs. :class:`ModelInfo` comes from the
 engine's JSON sidecar; an engine built for another GPU or TensorRT version is refused with the
-reason. The TensorRT API itself is used only in :mod:`maskrt.export.tensorrt`.
+reason. The TensorRT runtime API itself is used only in
+:mod:`maskrt.server.backends.tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class TensorRTBackend(Backend):
         device: torch.device | str = "cuda",
         max_batch: int = 8,
     ):
-        from maskrt.export.tensorrt import Engine, gpu_description, read_sidecar
+        from maskrt.server.backends.tensorrt_engine import Engine, gpu_description, read_sidecar
 
         path = Path(engine_path)
         device = torch.device(device)
