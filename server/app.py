@@ -44,6 +44,7 @@ from maskrt.server.decode import DecodedImage
 from maskrt.server.errors import ApiError, BodyTooLarge
 from maskrt.server.logging import request_id_var
 from maskrt.server.metrics import Metrics
+from maskrt.server.pages import add_pages
 from maskrt.server.pipeline import Pipeline, PostOptions
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
@@ -552,8 +553,11 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Mask R-CNN instance segmentation: boxes, classes, scores and COCO RLE masks.",
+        docs_url=None,  # served by add_pages from local files
+        redoc_url=None,
     )
     app.state.maskrt = state
+    add_pages(app)
 
     # -- security ------------------------------------------------------------------------------
     auth: list = []

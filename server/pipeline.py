@@ -55,6 +55,33 @@ class BatchOutput:
     postprocess_s: float
 
 
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def answer(
+    model_ref: dict,
+    decoded: DecodedImage,
+    detections: list[dict],
+    queue_s: float,
+    batch: BatchOutput,
+) -> dict:
+    """The ``POST /predict`` answer for one image of a batch (``maskrt predict`` writes the same)."""
+    return {
+        "model": model_ref,
+        "width": decoded.width,
+        "height": decoded.height,
+        "detections": detections,
+        "timings_ms": {
+            "decode": _ms(decoded.seconds),
+            "queue": _ms(queue_s),
+            "preprocess": _ms(batch.preprocess_s),
+            "inference": _ms(batch.inference_s),
+            "postprocess": _ms(batch.postprocess_s),
+        },
+    }
+
+
 class Pipeline:
     """The serving pipeline on one backend."""
 
@@ -66,6 +93,13 @@ class Pipeline:
         self.fill = fill_colour(info.image_mean)
         self.labels = tuple(info.classes)
         self.max_batch = backend.max_batch
+        # the answer's "model" object (DESIGN.md, "HTTP contract")
+        self.model_ref = {
+            "name": info.name,
+            "version": info.version,
+            "backend": backend.name,
+            "device": str(backend.device),
+        }
 
     # -- stages ----------------------------------------------------------------------------------
 

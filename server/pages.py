@@ -1,0 +1,64 @@
+"""The pages for people, all served from files in the wheel so they work without internet:
+``GET /`` (upload an image, see its masks; ``server/static/``) and the API docs ``GET /docs``
+(Swagger UI) and ``GET /redoc``, whose scripts come from the ``fastapi-offline`` package.
+
+The app is made with ``docs_url=None, redoc_url=None`` (FastAPI's own pages load from a CDN) and
+:func:`add_pages` adds these instead. None of them needs an API key; the calls they make do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+PAGE_DIR = Path(__file__).with_name("static")
+ASSETS = "/static"  # the page's script and style sheet
+DOCS_ASSETS = "/static/docs"  # Swagger UI and ReDoc
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def page() -> FileResponse:
+    return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(
+        openapi_url=root + request.app.openapi_url,
+        title=f"{request.app.title} API",
+        swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        oauth2_redirect_url=None,
+        # no badge from the public validator: nothing on the page leaves this server
+        swagger_ui_parameters={"validatorUrl": None, "defaultModelsExpandDepth": 2},
+    )
+
+
+@router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(
+        openapi_url=root + request.app.openapi_url,
+        title=f"{request.app.title} API",
+        redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        with_google_fonts=False,
+    )
+
+
+def add_pages(app: FastAPI) -> None:
+    """The page, the docs and their files on ``app`` (made with ``docs_url=redoc_url=None``)."""
+    # the more specific mount first: "/static" would also take "/static/docs/..."
+    app.mount(
+        DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets"
+    )
+    app.mount(ASSETS, StaticFiles(directory=PAGE_DIR), name="static")
+    app.include_router(router)
