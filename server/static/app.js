@@ -149,6 +149,10 @@ function render() {
   const canvas = $("view");
   canvas.width = W;
   canvas.height = H;
+  // small images shown 2-4 times larger, pixel for pixel
+  const zoom = Math.min(4, Math.max(1, Math.floor(640 / Math.max(W, H))));
+  canvas.style.width = `${W * zoom}px`;
+  canvas.style.imageRendering = zoom > 1 ? "pixelated" : "auto";
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   const drawable = bitmap && bitmap.width === W && bitmap.height === H;
   if (drawable) {
