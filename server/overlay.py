@@ -57,6 +57,11 @@ def line_width(width: int, height: int) -> int:
     return max(1, round(max(width, height) / 400))
 
 
+def font_size(width: int, height: int) -> int:
+    """Pixel size of the ``label score`` text."""
+    return max(10, round(max(width, height) / 45))
+
+
 def draw_overlay(image: np.ndarray, detections: list[dict]) -> Image.Image:
     """The overlay of ``detections`` (an answer's list) on ``image`` (uint8 ``[H, W, 3]``)."""
     height, width = image.shape[:2]
@@ -71,7 +76,7 @@ def draw_overlay(image: np.ndarray, detections: list[dict]) -> Image.Image:
         out[mask & ~_interior(mask, lw)] = c
     picture = Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(10, round(max(width, height) / 45)))
+    font = ImageFont.load_default(size=font_size(width, height))
     for i, det in enumerate(detections):
         c = colour(i)
         x1, y1, x2, y2 = det["box"]

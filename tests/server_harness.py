@@ -289,12 +289,21 @@ def check_overlay(
 ) -> list[int]:
     """Assert that ``picture`` (an overlay of ``detections`` on ``image``, both uint8 HxWx3) shows
     each drawn shape of ``shapes`` (bool [N, H, W]) that a detection found filled with that
-    detection's colour blended into the image, and the background mostly as it was. Returns the
-    detection index of each shape (-1 where none matched); masks are decoded with pycocotools."""
-    from maskrt.server.overlay import ALPHA, colour, decode_mask
+    detection's colour blended into the image (where no label is written over it), and the
+    background mostly as it was. Returns the detection index of each shape (-1 where none
+    matched); masks are decoded with pycocotools."""
+    from maskrt.server.overlay import ALPHA, colour, decode_mask, font_size
 
     assert picture.shape == image.shape, (picture.shape, image.shape)
     masks = [decode_mask(d["mask"]) for d in detections]
+    # the "label score" patches (above each box, or inside it at the top), generously
+    height, width = image.shape[:2]
+    patch = font_size(width, height) + 4
+    text = np.zeros((height, width), dtype=bool)
+    for d in detections:
+        x1, y1 = (int(v) for v in d["box"][:2])
+        length = len(f"{d['label']} {d['score']:.2f}") * 0.75 * patch + 4
+        text[max(0, y1 - patch - 1) : y1 + patch + 2, max(0, x1 - 1) : x1 + int(length)] = True
     matched = []
     for shape in shapes:
         ious = [(shape & m).sum() / max((shape | m).sum(), 1) for m in masks]
@@ -304,6 +313,9 @@ def check_overlay(
             continue
         inner = _erode(shape, 2) & _erode(masks[k], 2)
         assert inner.sum() > 0.5 * shape.sum(), f"shape {len(matched) - 1}: mask {k} misses it"
+        inner &= ~text
+        if inner.sum() < 20:
+            continue  # written over by labels
         want = image[inner].astype(np.float64)
         for j, m in enumerate(masks):  # later detections are painted over earlier ones
             over = m[inner]
