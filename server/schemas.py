@@ -280,7 +280,7 @@ METRICS_RESPONSES: dict[int | str, dict] = {
         "description": "Prometheus text exposition format",
         "content": {
             "text/plain": {
-                "example": "# HELP maskrt_images_total Images run through the model.\n"
+                "example": "# HELP maskrt_images_total images inferred\n"
                 "# TYPE maskrt_images_total counter\n"
                 "maskrt_images_total 42.0\n"
             }
