@@ -39,7 +39,7 @@ def decode_mask(mask: dict) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _interior(mask: np.ndarray, width: int) -> np.ndarray:
+def erode(mask: np.ndarray, width: int) -> np.ndarray:
     """``mask`` less a ``width``-pixel rim (4-neighbour erosion, ``width`` times)."""
     inner = mask.copy()
     for _ in range(width):
@@ -73,7 +73,7 @@ def draw_overlay(image: np.ndarray, detections: list[dict]) -> Image.Image:
         mask = decode_mask(det["mask"])
         c = np.asarray(colour(i), dtype=np.float32)
         out[mask] = out[mask] * (1 - ALPHA) + c * ALPHA
-        out[mask & ~_interior(mask, lw)] = c
+        out[mask & ~erode(mask, lw)] = c
     picture = Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=font_size(width, height))

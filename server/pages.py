@@ -8,6 +8,7 @@ The app is made with ``docs_url=None, redoc_url=None`` (FastAPI's own pages load
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
@@ -34,35 +35,42 @@ async def page() -> FileResponse:
     return FileResponse(PAGE_DIR / "index.html", headers=HEADERS)
 
 
-@router.get("/docs")
-async def swagger_ui(request: Request) -> HTMLResponse:
+def _docs(request: Request, render, **assets: str) -> HTMLResponse:
+    """A docs page of ``request.app``'s OpenAPI, its files (``assets``: name -> file) local."""
     root = request.scope.get("root_path", "")
-    html = get_swagger_ui_html(
+    html = render(
         openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} API",
-        swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-        oauth2_redirect_url=None,
-        # no badge from the public validator: nothing on the page leaves this server
-        swagger_ui_parameters={"validatorUrl": None, "defaultModelsExpandDepth": 2},
+        **{name: f"{root}{DOCS_ASSETS}/{file}" for name, file in assets.items()},
     )
     html.headers.update(HEADERS)
     return html
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return _docs(
+        request,
+        functools.partial(
+            get_swagger_ui_html,
+            oauth2_redirect_url=None,
+            # no badge from the public validator: nothing on the page leaves this server
+            swagger_ui_parameters={"validatorUrl": None, "defaultModelsExpandDepth": 2},
+        ),
+        swagger_js_url="swagger-ui-bundle.js",
+        swagger_css_url="swagger-ui.css",
+        swagger_favicon_url="favicon.png",
+    )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
-    html = get_redoc_html(
-        openapi_url=root + request.app.openapi_url,
-        title=f"{request.app.title} API",
-        redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-        redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-        with_google_fonts=False,
+    return _docs(
+        request,
+        functools.partial(get_redoc_html, with_google_fonts=False),
+        redoc_js_url="redoc.standalone.js",
+        redoc_favicon_url="favicon.png",
     )
-    html.headers.update(HEADERS)
-    return html
 
 
 def add_pages(app: FastAPI) -> None:

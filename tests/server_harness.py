@@ -273,17 +273,6 @@ def sample_scene() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return module.scene()
 
 
-def _erode(mask: np.ndarray, times: int) -> np.ndarray:
-    for _ in range(times):
-        inner = mask.copy()
-        inner[1:] &= mask[:-1]
-        inner[:-1] &= mask[1:]
-        inner[:, 1:] &= mask[:, :-1]
-        inner[:, :-1] &= mask[:, 1:]
-        mask = inner
-    return mask
-
-
 def check_overlay(
     picture: np.ndarray, image: np.ndarray, shapes: np.ndarray, detections: list[dict]
 ) -> list[int]:
@@ -292,7 +281,7 @@ def check_overlay(
     detection's colour blended into the image (where no label is written over it), and the
     background mostly as it was. Returns the detection index of each shape (-1 where none
     matched); masks are decoded with pycocotools."""
-    from maskrt.server.overlay import ALPHA, colour, decode_mask, font_size
+    from maskrt.server.overlay import ALPHA, colour, decode_mask, erode, font_size
 
     assert picture.shape == image.shape, (picture.shape, image.shape)
     masks = [decode_mask(d["mask"]) for d in detections]
@@ -311,7 +300,7 @@ def check_overlay(
         matched.append(k)
         if k < 0:
             continue
-        inner = _erode(shape, 2) & _erode(masks[k], 2)
+        inner = erode(shape, 2) & erode(masks[k], 2)
         assert inner.sum() > 0.5 * shape.sum(), f"shape {len(matched) - 1}: mask {k} misses it"
         inner &= ~text
         if inner.sum() < 20:
@@ -325,7 +314,7 @@ def check_overlay(
             f"shape {len(matched) - 1}: only {close.mean():.0%} of its pixels carry the colour "
             f"{colour(k)} of detection {k}"
         )
-    background = np.logical_and.reduce([_erode(~s, 3) for s in shapes])  # 3 px off every shape
+    background = np.logical_and.reduce([erode(~s, 3) for s in shapes])  # 3 px off every shape
     changed = (np.abs(picture.astype(int) - image.astype(int)) > 10).any(axis=2)[background]
     assert changed.mean() < 0.25, f"{changed.mean():.0%} of the background is painted over"
     return matched
