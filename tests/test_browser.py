@@ -70,7 +70,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(server, tmp_path_factory):
+def browser(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -119,13 +119,15 @@ def reference_answer(server, data: bytes) -> dict:
 
 
 def test_the_key_field_unlocks_the_page(server, offline):
+    from playwright.sync_api import expect
+
     context, _ = offline
     page, errors = open_page(context, server, key="not-the-key-123")
-    page.wait_for_function("document.getElementById('error').textContent.includes('401')")
+    expect(page.locator("#error")).to_contain_text("401 unauthorized: the API key is not valid")
     assert "onnxruntime" not in page.text_content("#model")
     page.fill("#api-key", KEY)
     page.click("#use-key")
-    page.wait_for_function("document.getElementById('model').textContent.includes(' on ')")
+    expect(page.locator("#model")).to_contain_text(" on ")
     with httpx.Client(base_url=server.url, trust_env=False) as c:
         info = c.get("/v1/model", headers={"X-API-Key": KEY}).json()
     model = page.text_content("#model")
@@ -136,13 +138,15 @@ def test_the_key_field_unlocks_the_page(server, offline):
 
 
 def test_an_upload_draws_the_masks_and_the_slider_refilters(server, offline):
+    from playwright.sync_api import expect
+
     context, _ = offline
     image, shapes, _ = sample_scene()
     data = png(image)
     answer = reference_answer(server, data)
     scores = [d["score"] for d in answer["detections"]]
     page, errors = open_page(context, server)
-    page.wait_for_function("document.getElementById('model').textContent.includes(' on ')")
+    expect(page.locator("#model")).to_contain_text(" on ")
     uploads: list[str] = []
     page.on("request", lambda r: uploads.append(r.url) if "/predict" in r.url else None)
     page.set_input_files(
