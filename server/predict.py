@@ -10,11 +10,16 @@ decoded is reported with its file name; the others are still written.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maskrt.server.decode import DecodedImage
 
 # Settings the local run takes (``--url`` asks a server, which has its own).
 LOCAL_SETTINGS = ("model", "backend", "device", "max_batch", "cache_dir", "engine_precision")
@@ -27,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="draw the detections of images (overlay pictures and JSON answers)",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description="Write OUT/<name>.json (the POST /predict answer) and OUT/<name>.png "
+        "(.jpg for a JPEG) with each detection's mask, outline, box and 'label score' drawn, "
+        "for each IMAGE. The model runs here (the model flags of maskrt serve) or a running "
+        "server answers (--url).",
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument(
@@ -39,7 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("MASKRT_API_KEY"),
         help="API key for --url (env MASKRT_API_KEY)",
     )
-    add_settings_flags(p, ("score_threshold", *LOCAL_SETTINGS))
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        metavar="X",
+        help="keep detections scoring at least this (default: MASKRT_SCORE_THRESHOLD or 0.5; "
+        "with --url the server's setting)",
+    )
+    add_settings_flags(p, LOCAL_SETTINGS)
     p.set_defaults(func=_predict)
 
 
@@ -60,39 +75,38 @@ def _predict(args: argparse.Namespace) -> int:
         given = [f"--{n.replace('_', '-')}" for n in LOCAL_SETTINGS if getattr(args, n)]
         if given:
             raise MaskrtError(f"{', '.join(given)}: the local run's flags; --url asks a server")
-        answerer = _remote(args)
-    else:
-        answerer = _local(args)
+    source = Remote(args) if args.url else Local(args)
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with tqdm(total=len(args.images), unit="image", disable=len(args.images) < 2) as bar:
-        for chunk in _chunks(args.images, answerer.batch):
-            for path, result, image in answerer(list(_read(chunk))):
+        for start in range(0, len(args.images), source.batch):
+            for path, result in source(args.images[start : start + source.batch]):
                 if isinstance(result, str):
                     failed += 1
                     tqdm.write(f"maskrt: error: {result}", file=sys.stderr)
                 else:
-                    _write(args.out, path, result, image)
+                    _write(args.out, path, *result)
                 bar.update()
     written = len(args.images) - failed
     print(f"{written} of {len(args.images)} images written to {args.out}/", file=sys.stderr)
     return 2 if failed else 0
 
 
-def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _load(path: Path, decode: Callable[..., DecodedImage]) -> tuple[bytes, DecodedImage] | str:
+    """The file's bytes and the decoded image, or what is wrong with it (naming the file)."""
+    from maskrt.server.errors import ApiError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    try:
+        return data, decode(data, name=str(path))
+    except ApiError as exc:  # its message starts with the name
+        return exc.message
 
 
-def _read(paths: list[Path]) -> Iterator[tuple[Path, bytes | str]]:
-    for path in paths:
-        try:
-            yield path, path.read_bytes()
-        except OSError as exc:
-            yield path, f"{path}: {exc.strerror or exc}"
-
-
-def _write(out: Path, path: Path, answer: dict, image) -> None:
+def _write(out: Path, path: Path, answer: dict, image: DecodedImage) -> None:
     """``<stem>.json`` and the overlay, ``<stem>.jpg`` for a JPEG, else ``<stem>.png``."""
     from maskrt.server.overlay import draw_overlay
 
@@ -104,17 +118,9 @@ def _write(out: Path, path: Path, answer: dict, image) -> None:
         picture.save(out / f"{path.stem}.png", optimize=True)
 
 
-def _decode(path: Path, data: bytes, decode) -> tuple[object | None, str | None]:
-    from maskrt.server.errors import ApiError
-
-    try:
-        return decode(data, name=str(path)), None
-    except ApiError as exc:
-        return None, exc.message
-
-
-class _local:
-    """The model in this process: images in batches of ``--max-batch`` through the pipeline."""
+class Local:
+    """The model in this process: images in batches of ``--max-batch`` through the pipeline.
+    Called with paths, it yields each path with its (answer, image) or its error message."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from maskrt.server.backends import open_backend
@@ -125,36 +131,29 @@ class _local:
         self.pipeline = Pipeline(open_backend(self.settings))
         self.batch = self.pipeline.max_batch
 
-    def __call__(self, items):
+    def _decode(self, data: bytes, name: str) -> DecodedImage:
+        return self.pipeline.decode(data, max_pixels=self.settings.max_image_pixels, name=name)
+
+    def __call__(self, paths: list[Path]) -> Iterator[tuple[Path, tuple[dict, DecodedImage] | str]]:
         from maskrt.server.pipeline import PostOptions, answer
 
-        decoded, failures = [], []
-        for path, data in items:
-            if isinstance(data, str):
-                failures.append((path, data, None))
-                continue
-            image, problem = _decode(
-                path,
-                data,
-                lambda d, name: self.pipeline.decode(
-                    d, max_pixels=self.settings.max_image_pixels, name=name
-                ),
-            )
-            if problem:
-                failures.append((path, problem, None))
+        decoded = []
+        for path in paths:
+            loaded = _load(path, self._decode)
+            if isinstance(loaded, str):
+                yield path, loaded
             else:
-                decoded.append((path, image))
-        yield from failures
+                decoded.append((path, loaded[1]))
         if not decoded:
             return
         out = self.pipeline.run_batch(
             [image.tensor for _, image in decoded], PostOptions(self.settings.score_threshold)
         )
         for (path, image), detections in zip(decoded, out.detections):
-            yield path, answer(self.pipeline.model_ref, image, detections, 0.0, out), image
+            yield path, (answer(self.pipeline.model_ref, image, detections, 0.0, out), image)
 
 
-class _remote:
+class Remote:
     """A running server: one ``POST /predict`` per image; the picture is decoded here as the
     server decodes it (Pillow, EXIF orientation applied)."""
 
@@ -168,30 +167,25 @@ class _remote:
         headers = {"X-API-Key": args.api_key} if args.api_key else {}
         self.url = args.url.rstrip("/")
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=120)
-        self.params = (
-            {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
-        )
+        threshold = args.score_threshold
+        self.params = {} if threshold is None else {"score_threshold": threshold}
         try:
             self.client.get("/healthz").raise_for_status()
         except httpx.HTTPError as exc:
             raise MaskrtError(f"cannot reach the server at {self.url}: {exc}") from None
 
-    def __call__(self, items):
+    def __call__(self, paths: list[Path]) -> Iterator[tuple[Path, tuple[dict, DecodedImage] | str]]:
         import httpx
 
         from maskrt.errors import MaskrtError
         from maskrt.server.decode import decode_image
 
-        for path, data in items:
-            if isinstance(data, str):
-                yield path, data, None
+        for path in paths:
+            loaded = _load(path, functools.partial(decode_image, max_pixels=1 << 62))
+            if isinstance(loaded, str):
+                yield path, loaded
                 continue
-            image, problem = _decode(
-                path, data, lambda d, name: decode_image(d, max_pixels=1 << 62, name=name)
-            )
-            if problem:
-                yield path, problem, None
-                continue
+            data, image = loaded
             try:
                 r = self.client.post(
                     "/predict", files={"image": (path.name, data)}, params=self.params
@@ -199,9 +193,9 @@ class _remote:
             except httpx.HTTPError as exc:
                 raise MaskrtError(f"{path}: no answer from {self.url}: {exc}") from None
             if r.status_code == 200:
-                yield path, r.json(), image
+                yield path, (r.json(), image)
             else:
-                yield path, f"{path}: the server answered {r.status_code}: {_error_text(r)}", None
+                yield path, f"{path}: the server answered {r.status_code}: {_error_text(r)}"
 
 
 def _error_text(response) -> str:
