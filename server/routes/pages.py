@@ -16,7 +16,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-PAGE_DIR = Path(__file__).with_name("static")
+PAGE_DIR = Path(__file__).parent.parent / "static"
 ASSETS = "/static"  # the page's script and style sheet
 DOCS_ASSETS = "/static/docs"  # Swagger UI and ReDoc
 
