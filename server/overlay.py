@@ -71,9 +71,9 @@ def draw_overlay(image: np.ndarray, detections: list[dict]) -> Image.Image:
         if det.get("mask") is None:
             continue
         mask = decode_mask(det["mask"])
-        c = np.asarray(colour(i), dtype=np.float32)
-        out[mask] = out[mask] * (1 - ALPHA) + c * ALPHA
-        out[mask & ~erode(mask, lw)] = c
+        rgb = np.asarray(colour(i), dtype=np.float32)
+        out[mask] = out[mask] * (1 - ALPHA) + rgb * ALPHA
+        out[mask & ~erode(mask, lw)] = rgb
     picture = Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=font_size(width, height))

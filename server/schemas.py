@@ -8,15 +8,16 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 # A real answer of the bundled shapes model for examples/shapes.png (max_detections=2).
-EXAMPLE_MODEL = {
+EXAMPLE_MODEL: JsonDict = {
     "name": "shapes",
     "version": "5da77ec8b1d7",
     "backend": "onnxruntime",
     "device": "cpu",
 }
-EXAMPLE_ANSWER = {
+EXAMPLE_ANSWER: JsonDict = {
     "model": EXAMPLE_MODEL,
     "width": 256,
     "height": 192,
