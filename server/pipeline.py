@@ -20,7 +20,7 @@ import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -55,6 +55,52 @@ class BatchOutput:
     postprocess_s: float
 
 
+class StageTimes(Protocol):
+    """Seconds of a batch's stages (a :class:`BatchOutput`, or the server's per-image share)."""
+
+    preprocess_s: float
+    inference_s: float
+    postprocess_s: float
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def model_ref(backend: Backend) -> dict[str, str]:
+    """The answer's ``model`` object (DESIGN.md, "HTTP contract")."""
+    info = backend.info
+    return {
+        "name": info.name,
+        "version": info.version,
+        "backend": backend.name,
+        "device": str(backend.device),
+    }
+
+
+def answer(
+    model: dict[str, str],
+    decoded: DecodedImage,
+    detections: list[Detection],
+    queue_s: float,
+    stages: StageTimes,
+) -> dict[str, Any]:
+    """The ``POST /predict`` answer for one image (``maskrt predict`` writes the same)."""
+    return {
+        "model": model,
+        "width": decoded.width,
+        "height": decoded.height,
+        "detections": detections,
+        "timings_ms": {
+            "decode": _ms(decoded.seconds),
+            "queue": _ms(queue_s),
+            "preprocess": _ms(stages.preprocess_s),
+            "inference": _ms(stages.inference_s),
+            "postprocess": _ms(stages.postprocess_s),
+        },
+    }
+
+
 class Pipeline:
     """The serving pipeline on one backend."""
 
@@ -66,6 +112,7 @@ class Pipeline:
         self.fill = fill_colour(info.image_mean)
         self.labels = tuple(info.classes)
         self.max_batch = backend.max_batch
+        self.model_ref = model_ref(backend)
 
     # -- stages ----------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from maskrt.server.backends.base import Backend
 from maskrt.server.batcher import Batcher, Job
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics
-from maskrt.server.pipeline import Pipeline, PostOptions
+from maskrt.server.pipeline import Pipeline, PostOptions, model_ref
 from maskrt.server.postprocess import Detection
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
@@ -146,13 +146,7 @@ class ServerState:
     def _describe(self, backend: Backend) -> int:
         """Fill ``model_ref`` / ``model_info`` and the model metric; returns the max batch."""
         info = backend.info
-        device = str(backend.device)
-        self.model_ref = {
-            "name": info.name,
-            "version": info.version,
-            "backend": backend.name,
-            "device": device,
-        }
+        self.model_ref = model_ref(backend)
         max_batch = min(self.settings.max_batch, backend.max_batch)
         self.model_info = {
             **self.model_ref,
@@ -162,7 +156,7 @@ class ServerState:
             "max_detections": info.max_detections,
             "max_batch": max_batch,
         }
-        self.metrics.set_model(info.name, backend.name, device)
+        self.metrics.set_model(info.name, backend.name, self.model_ref["device"])
         return max_batch
 
     async def shutdown(self) -> None:
