@@ -26,6 +26,7 @@ from __future__ import annotations
 import binascii
 import json
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,33 @@ def _bad(message: str) -> ApiError:
 
 # ---------------------------------------------------------------------------------------------
 # Requests
+
+
+def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+    """The body of a request sent with ``Content-Encoding`` ``gzip`` or ``deflate`` (what
+    ``tritonclient``'s ``request_compression_algorithm`` sends), at most ``limit`` bytes once
+    inflated (413 past it)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none",
+        )
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _bad(f"the {encoding} body is corrupt ({exc})") from None
+    if len(out) > limit:
+        raise ApiError(
+            413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
+        )
+    if not inflater.eof:
+        raise _bad(f"the {encoding} body is truncated")
+    return out
 
 
 def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int) -> InferRequest:

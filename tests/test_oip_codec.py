@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from maskrt.server.errors import ApiError
 from maskrt.server.oip import (
     OUTPUTS,
     ImageResult,
+    decompress,
     encode_infer_response,
     model_metadata,
     parse_infer_request,
@@ -182,6 +185,24 @@ def test_bad_outputs(outputs, message):
     with pytest.raises(ApiError, match=message) as err:
         parse_infer_request(json.dumps(doc).encode(), None, max_images=8)
     assert err.value.status == 400
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(algorithm):
+    body, _ = triton_body([triton_input(IMAGES, binary=True)])
+    packed = gzip.compress(body) if algorithm == "gzip" else zlib.compress(body)
+    assert decompress(packed, algorithm, limit=len(body)) == body
+    with pytest.raises(ApiError, match="larger than") as err:
+        decompress(packed, algorithm, limit=len(body) - 1)
+    assert err.value.status == 413
+    with pytest.raises(ApiError, match="truncated"):
+        decompress(packed[:-8], algorithm, limit=len(body))
+    with pytest.raises(ApiError, match="corrupt"):
+        decompress(b"garbage" + packed, algorithm, limit=len(body))
+    with pytest.raises(ApiError, match="Content-Encoding 'br'") as err:
+        decompress(packed, "br", limit=len(body))
+    assert err.value.status == 415
+    assert decompress(body, None, limit=len(body)) == body
 
 
 def test_serialize_bytes_is_tritons():
