@@ -271,15 +271,13 @@ def test_parameters(client, triton_client, name, params):
     assert (result.as_numpy("masks") is not None) == masks
 
 
-def test_compressed_request(client, server, name):
+def test_compressed_request(client, triton_client, name):
     expected = predict(client, IMAGES[2])
-    c = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120)
     tensor = triton.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([IMAGES[2]], dtype=np.object_))
-    try:
-        result = c.infer(name, [tensor], headers=dict(AUTH), request_compression_algorithm="gzip")
-    finally:
-        c.close()
+    result = triton_client.infer(
+        name, [tensor], headers=dict(AUTH), request_compression_algorithm="gzip"
+    )
     assert_same(expected, result.as_numpy)
 
 
