@@ -139,12 +139,11 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
             return InferRequest([body])
         if size > len(body):
             raise _bad(f"{HEADER_LENGTH} is {size}, but the body has only {len(body)} bytes")
-        view = memoryview(body)
-        header, binary = view[:size], view[size:]
+        header, binary = body[:size], memoryview(body)[size:]
     if not header:
         raise _bad("the request body is empty: send an inference request (JSON)")
     try:
-        doc = json.loads(header if isinstance(header, bytes) else bytes(header))
+        doc = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"the inference request is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
