@@ -18,7 +18,8 @@ An output is binary when its own ``parameters.binary_data`` says so, else when t
 unless it is plain JSON (so that ``curl`` users read JSON and Triton's clients get binary).
 
 Bad requests raise :class:`~maskrt.server.errors.ApiError` (400, 413 for too many images); the
-routes answer them in the protocol's shape, ``{"error": "..."}`` (:func:`error_body`).
+routes answer them in the protocol's shape, ``{"error": "..."}``
+(:func:`maskrt.server.errors.error_body`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import binascii
 import json
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ import numpy as np
 
 from maskrt import __version__
 from maskrt.server.errors import ApiError
+from maskrt.server.inference import ImageResult
+from maskrt.server.postprocess import Detection
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"
@@ -52,6 +55,11 @@ OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 _NUMPY = {"INT32": np.dtype("<i4"), "FP32": np.dtype("<f4")}
 _LENGTH = struct.Struct("<I")
+_NUMBERS: dict[str, Callable[[Detection], Any]] = {
+    "boxes": lambda d: d["box"],
+    "scores": lambda d: d["score"],
+    "class_ids": lambda d: d["class_id"],
+}
 
 
 @dataclass
@@ -74,19 +82,6 @@ class InferRequest:
             n: self.binary_output if binary is None else binary
             for n, binary in self.outputs.items()
         }
-
-
-@dataclass
-class ImageResult:
-    """What the server found in one image (the detection records of ``/predict``)."""
-
-    height: int
-    width: int
-    detections: list[dict]
-
-
-def error_body(message: str) -> dict[str, str]:
-    return {"error": message}
 
 
 def _bad(message: str) -> ApiError:
@@ -295,30 +290,32 @@ def _parse_outputs(outputs: Any) -> dict[str, bool | None]:
 def output_tensors(results: Sequence[ImageResult], names: Sequence[str]) -> dict[str, np.ndarray]:
     """The outputs ``names`` of a request's results as numpy arrays (BYTES: ``bytes`` objects)."""
     batch = len(results)
-    width = max((len(r.detections) for r in results), default=0)
+    detections = [r.result.detections for r in results]
+    width = max((len(d) for d in detections), default=0)
     out: dict[str, Any] = {}
     for name in names:
         if name == "num_detections":
-            out[name] = np.array([len(r.detections) for r in results], dtype=np.int32)
+            out[name] = np.array([len(d) for d in detections], dtype=np.int32)
         elif name == "image_size":
-            out[name] = np.array([[r.height, r.width] for r in results], dtype=np.int32)
+            sizes = [[r.image.height, r.image.width] for r in results]
+            out[name] = np.array(sizes, dtype=np.int32)
         elif name in ("boxes", "scores", "class_ids"):
-            key = {"boxes": "box", "scores": "score", "class_ids": "class_id"}[name]
+            value = _NUMBERS[name]
             dtype = _NUMPY[OUTPUTS[name][0]]
             array = np.zeros((batch, width, *OUTPUTS[name][1][2:]), dtype=dtype)
-            for i, r in enumerate(results):
-                if r.detections:
-                    array[i, : len(r.detections)] = [d[key] for d in r.detections]
+            for i, dets in enumerate(detections):
+                if dets:
+                    array[i, : len(dets)] = [value(d) for d in dets]
             out[name] = array
         else:  # labels, masks
             array = np.full((batch, width), b"", dtype=np.object_)
-            for i, r in enumerate(results):
-                array[i, : len(r.detections)] = [_text(d, name) for d in r.detections]
+            for i, dets in enumerate(detections):
+                array[i, : len(dets)] = [_text(d, name) for d in dets]
             out[name] = array
     return out
 
 
-def _text(detection: dict, name: str) -> bytes:
+def _text(detection: Detection, name: str) -> bytes:
     return (detection["label"] if name == "labels" else detection["mask"]["counts"]).encode()
 
 

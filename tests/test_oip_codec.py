@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from kserve import InferInput as KInput
 from kserve import InferRequest as KRequest
 from kserve import InferResponse as KResponse
@@ -19,16 +20,18 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import serialize_byte_tensor
 
+from maskrt.server.decode import DecodedImage
 from maskrt.server.errors import ApiError
+from maskrt.server.inference import ImageResult
 from maskrt.server.oip import (
     OUTPUTS,
-    ImageResult,
     decompress,
     encode_infer_response,
     model_metadata,
     parse_infer_request,
     serialize_bytes,
 )
+from maskrt.server.state import JobResult
 
 IMAGES = [b"\x89PNG first image", b"", b"\xff\xd8 third \x00 image \xff\xd9"]
 
@@ -210,8 +213,13 @@ def test_serialize_bytes_is_tritons():
     assert serialize_bytes(tensor) == serialize_byte_tensor(tensor).item()
 
 
+def image_result(height: int, width: int, detections: list) -> ImageResult:
+    image = DecodedImage(torch.zeros((3, height, width), dtype=torch.uint8), "PNG", "pillow", 0.0)
+    return ImageResult(image, 0.0, JobResult(detections, 0.0, 0.0, 0.0))
+
+
 RESULTS = [
-    ImageResult(
+    image_result(
         480,
         640,
         [
@@ -231,7 +239,7 @@ RESULTS = [
             },
         ],
     ),
-    ImageResult(10, 20, []),
+    image_result(10, 20, []),
 ]
 
 
@@ -280,7 +288,7 @@ def test_response_read_by_kserve(binary):
 
 def test_response_mixed_and_empty():
     body, header_length = encode_infer_response(
-        "shapes", [ImageResult(5, 5, [])], {"boxes": True, "labels": False}
+        "shapes", [image_result(5, 5, [])], {"boxes": True, "labels": False}
     )
     result = InferResult.from_response_body(body, header_length=header_length)
     assert result.as_numpy("boxes").shape == (1, 0, 4)

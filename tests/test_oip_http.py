@@ -26,7 +26,6 @@ from kserve import InferInput as KInput
 from kserve import InferRequest as KRequest
 from pycocotools import mask as mask_utils
 from server_harness import (
-    checkpoint,  # noqa: F401 (fixture)
     jpeg,
     metric,
     multipart,
@@ -43,14 +42,11 @@ KEY = "oip-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}  # tritonclient adds to the headers it is given: copy
 MAX_QUEUE = 16
 INFER = "/v2/models/{name}/infer"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
-]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):  # noqa: F811
+def server(tmp_path_factory, checkpoint):
     srv = start_server(
         tmp_path_factory,
         "oip",
