@@ -21,6 +21,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.parity",
         "per-detection parity of two backends through the serving pipeline",
     ),
+    "v2": (
+        "maskrt.bench.v2",
+        "Open Inference Protocol (tritonclient) against /predict, JSON/base64 against binary",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",

@@ -24,7 +24,7 @@ from maskrt.server.dependencies import api_key_dependencies
 from maskrt.server.errors import install_error_handlers
 from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from maskrt.server.parsing import PARAMETERS
-from maskrt.server.routes import pages, predict, probes
+from maskrt.server.routes import pages, predict, probes, v2
 from maskrt.server.settings import Settings
 from maskrt.server.state import Opener, ServerState
 
@@ -65,6 +65,8 @@ def create_app(
     install_error_handlers(app, known_parameters=PARAMETERS)
     app.include_router(probes.router)
     app.include_router(predict.router, dependencies=api_key_dependencies(state))
+    app.include_router(v2.public)
+    app.include_router(v2.router, dependencies=api_key_dependencies(state))
     pages.add_pages(app)
     # added last = outermost: the context sees every answer, the limit's 413 included
     if settings.cors_origins:
