@@ -21,6 +21,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.parity",
         "per-detection parity of two backends through the serving pipeline",
     ),
+    "peers": (
+        "maskrt.bench.peers",
+        "maskrt serve against a naive FastAPI server and LitServe, one at a time",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",
