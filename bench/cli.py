@@ -25,6 +25,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.peers",
         "maskrt serve against a naive FastAPI server and LitServe, one at a time",
     ),
+    "json-encode": (
+        "maskrt.bench.json_encode",
+        "serialising a /predict answer, json against orjson",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",
