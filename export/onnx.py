@@ -166,8 +166,13 @@ def export_onnx(
     mask_head = mask_head or DEFAULT_MASK_HEAD[target]
     if target == "tensorrt" and mask_head != "all":
         raise MaskrtError("--mask-head detections: the tensorrt target is static (all rows)")
-    if int8_calibration and (target != "onnxruntime" or fp16):
-        raise MaskrtError("--int8 quantizes the float32 onnxruntime target (no --fp16)")
+    calibration = None
+    if int8_calibration:
+        if target != "onnxruntime" or fp16:
+            raise MaskrtError("--int8 quantizes the float32 onnxruntime target (no --fp16)")
+        from maskrt.model.coco import open_dataset
+
+        calibration = open_dataset(int8_calibration)  # a bad spec fails before the export
     out = Path(out)
     started = time.perf_counter()
     proto = build_onnx(
@@ -183,10 +188,10 @@ def export_onnx(
         from maskrt.export.tensorrt_onnx import rewrite
 
         proto = rewrite(proto)
-    if int8_calibration:
+    if calibration is not None:
         from maskrt.export.quantize import quantize_int8
 
-        proto = quantize_int8(proto, int8_calibration)
+        proto = quantize_int8(proto, calibration)
     atomic_write(out, proto.SerializeToString())
     size = out.stat().st_size
     log.info(
