@@ -41,7 +41,7 @@ from pathlib import Path
 
 import httpx
 
-from maskrt.bench.load import LevelResult, LoadClient, default_image
+from maskrt.bench.load import LevelResult, LoadClient
 from maskrt.errors import MaskrtError
 
 SERVERS = ("maskrt", "naive", "litserve")
@@ -69,14 +69,14 @@ def tree_rss(pid: int) -> int:
 
 
 def peers_image() -> tuple[bytes, str]:
-    """The load generator's shapes sample, enlarged to 640x480 (a camera-sized upload)."""
+    """A shapes sample with four shapes, enlarged to a camera-sized 640x480 JPEG."""
     from PIL import Image
 
-    data, _ = default_image()
+    from maskrt.model.shapes import generate
+
     buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).resize((640, 480), Image.BILINEAR).save(
-        buf, format="JPEG", quality=90
-    )
+    image = Image.fromarray(generate(7, 19).image).resize((640, 480), Image.BILINEAR)
+    image.save(buf, format="JPEG", quality=90)
     return buf.getvalue(), "image/jpeg"
 
 
