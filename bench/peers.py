@@ -14,7 +14,8 @@ at the end of each level), then maskrt's throughput and p50 as ratios to each pe
   image gives ``K`` detections with masks, :func:`maskrt.bench.random_model.random_detector`),
   ``--canvas`` (default 640) for maskrt's export and for the peers' ``min_size = max_size``.
 
-``--maskrt-model FILE`` serves that ONNX instead of maskrt's own export (e.g. an ``--int8`` one).
+``--int8`` has maskrt serve its export quantized to int8 (calibrated on ``--calibration``);
+``--maskrt-model FILE`` serves that ONNX instead of maskrt's own export.
 Only one server runs at a time: an idle server still costs CPU on a small machine.
 
     maskrt bench peers --concurrency 1,4,16 --duration 20
@@ -116,7 +117,9 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
             workdir / "model.onnx",
             max_batch=args.max_batch,
             canvas=canvas,
+            int8_calibration=args.calibration if args.int8 else None,
         )
+        describe += ", maskrt int8" if args.int8 else ""
     return Prepared(str(checkpoint), str(onnx), canvas, threshold, describe)
 
 
@@ -271,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         "--score-threshold", type=float, help="every server's (default: 0.5; r50: 0)"
     )
     parser.add_argument("--maskrt-model", help="serve this ONNX instead of exporting one")
+    parser.add_argument(
+        "--int8", action="store_true", help="maskrt serves its export quantized to int8"
+    )
+    parser.add_argument(
+        "--calibration", default="shapes:32:3", help="the int8 calibration images (a data spec)"
+    )
     parser.add_argument("--image", help="image file to send (default: a 640x480 shapes JPEG)")
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
