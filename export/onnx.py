@@ -71,7 +71,7 @@ def build_onnx(
     changed. ``mask_head``: ``all`` or ``detections`` (module docstring)."""
     import torch
 
-    from maskrt.export.onnx_ops import add_functions, translation_table
+    from maskrt.export.onnx_ops import add_functions, drop_default_reductions, translation_table
     from maskrt.model.deploy import OUTPUT_NAMES, DeployGraph
 
     if max_batch < 1:
@@ -120,7 +120,9 @@ def build_onnx(
             verbose=False,
             report=False,
         )
-    proto = add_functions(program.model_proto, opset)
+    if program is None:  # torch.onnx.export returns None only when it writes a file itself
+        raise MaskrtError("torch.onnx.export returned no ONNX program")
+    proto = drop_default_reductions(add_functions(program.model_proto, opset))
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
     set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")
     set_metadata_props(proto, {"mask_head": mask_head})
