@@ -32,13 +32,12 @@ def calibration_images(data, canvas: int, image_mean) -> Iterator[np.ndarray]:
     time."""
     import torch
 
-    from maskrt.model.letterbox import fill_colour, letterbox
+    from maskrt.model.letterbox import fill_colour, letterbox_batch
 
     fill = fill_colour(image_mean)
     for index in range(len(data)):
         image = torch.from_numpy(np.ascontiguousarray(data[index].image)).permute(2, 0, 1)
-        canvas_image, _ = letterbox(image, canvas, fill)
-        yield canvas_image[None].numpy()
+        yield letterbox_batch([image], canvas, fill)[0].numpy()
 
 
 def quantize_int8(proto, data):

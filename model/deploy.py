@@ -33,7 +33,7 @@ within float rounding of a threshold.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torchvision
@@ -375,7 +375,7 @@ class DeployGraph(nn.Module):
         are found."""
         k = boxes.shape[1]
         if self.masks_on_detections:
-            n = ok.sum(1).max().clamp(min=1).item()
+            n = cast(int, ok.sum(1).max().clamp(min=1).item())  # data-dependent: unbacked
             torch._check(n >= 1)
             torch._check(n <= k)
             masks = self._mask_head(batch, roi_maps, boxes[:, :n], labels[:, :n])

@@ -247,3 +247,15 @@ def test_thread_settings_from_flags():
     )
     with pytest.raises(MaskrtError, match="--inference-threads"):
         settings_from_args(parser.parse_args(["serve", "--inference-threads", "0"]))
+
+
+def test_json_response_is_compact_utf8_and_takes_numpy():
+    import numpy as np
+
+    from maskrt.server.errors import json_response
+
+    response = json_response(
+        {"label": "carré", "score": np.float32(0.5), "box": np.array([1.0, 2.5])}, 201
+    )
+    assert response.status_code == 201 and response.media_type == "application/json"
+    assert response.body == '{"label":"carré","score":0.5,"box":[1.0,2.5]}'.encode()
