@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -131,6 +132,7 @@ def command(server: str, port: int, prepared: Prepared, args: argparse.Namespace
             *("--max-batch", str(args.max_batch), "--log-level", "warning"),
             *("--request-timeout-s", str(args.request_timeout)),
             *("--max-queue", str(max(64, 2 * max(args.levels)))),
+            *shlex.split(args.serve_args),
         ]
     return [
         *(sys.executable, "-m", "maskrt.bench.peer_servers", server, "--port", str(port)),
@@ -274,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         "--score-threshold", type=float, help="every server's (default: 0.5; r50: 0)"
     )
     parser.add_argument("--maskrt-model", help="serve this ONNX instead of exporting one")
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="more `maskrt serve` flags, e.g. '--inference-threads 1 --max-delay-ms 10'",
+    )
     parser.add_argument(
         "--int8", action="store_true", help="maskrt serves its export quantized to int8"
     )
