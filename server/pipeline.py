@@ -17,6 +17,7 @@ exactly what the server answers::
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from maskrt.server.preprocess import preprocess
 
 if TYPE_CHECKING:
     from maskrt.model.evaluate import Predictions, Predictor
+
+log = logging.getLogger("maskrt.server")
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,9 @@ class Pipeline:
     # -- warm-up ---------------------------------------------------------------------------------
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> dict[int, float]:
-        """Run every batch size once (the whole pipeline, masks included) so that no request pays
-        for lazy initialisation; returns seconds per batch size."""
+        """Run each batch size once (the whole pipeline, masks included; by default the sizes
+        the backend needs, :meth:`Backend.warmup_batch_sizes`) so that no request pays for lazy
+        initialisation; each step is logged with its time; returns seconds per batch size."""
         sizes = list(batch_sizes) if batch_sizes is not None else self.backend.warmup_batch_sizes()
         if self.device.type == "cuda":
             recipes_for(self.device, self.backend.info.mask_size)
@@ -214,10 +218,20 @@ class Pipeline:
         rng = np.random.default_rng(0)
         image = torch.from_numpy(rng.integers(0, 256, (3, 240, 320), dtype=np.uint8))
         seconds: dict[int, float] = {}
-        for size in sizes:
+        for step, size in enumerate(sizes, 1):
             started = time.perf_counter()
             self.run_batch([image] * size, PostOptions(score_threshold=0.0))
             seconds[size] = time.perf_counter() - started
+            log.info(
+                "warm-up run",
+                extra={
+                    "fields": {
+                        "step": f"{step}/{len(sizes)}",
+                        "batch": size,
+                        "seconds": round(seconds[size], 3),
+                    }
+                },
+            )
         return seconds
 
     def _warm_nvjpeg(self) -> None:

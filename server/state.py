@@ -79,7 +79,8 @@ class ServerState:
         self.warmup_seconds: dict[int, float] = {}  # batch size -> seconds of its warm-up run
         self.infer_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
         self.decode_executor = ThreadPoolExecutor(
-            max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="maskrt-decode"
+            settings.decode_threads or max(1, min(4, os.cpu_count() or 1)),
+            thread_name_prefix="maskrt-decode",
         )
         self.load_task: asyncio.Task[None] | None = None
         # a batch running longer than this marks the process unhealthy (GET /healthz 503)

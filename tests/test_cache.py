@@ -83,7 +83,7 @@ def test_names(monkeypatch):
     monkeypatch.delenv("MASKRT_BUILD_ID", raising=False)
     assert (
         onnx_name("ab" * 32, "onnxruntime", 8, False)
-        == f"{'ab' * 32}-onnxruntime-b8-maskrt{__version__}.onnx"
+        == f"{'ab' * 32}-onnxruntime-b8-detmasks-maskrt{__version__}.onnx"
     )
     monkeypatch.setenv("MASKRT_BUILD_ID", "img42")
     assert (
