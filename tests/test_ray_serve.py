@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import subprocess
@@ -37,8 +36,8 @@ from server_harness import big_png, free_port, jpeg, png, shapes_image
 pytest.importorskip(
     "ray.serve", reason="the optional `ray` extra is not installed (pip install -e '.[ray]')"
 )
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
+import ray
+from ray import serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
