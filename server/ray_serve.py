@@ -353,6 +353,10 @@ def build(args: dict[str, Any]) -> serve.Application:
     ray_fields = set(RayOptions.model_fields)
     ray = RayOptions(**{k: v for k, v in args.items() if k in ray_fields})
     given = {k: v for k, v in args.items() if k not in ray_fields}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:
+        known = sorted(ray_fields | set(Settings.model_fields))
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(known)}")
     settings = Settings(**given)  # invalid settings fail here, before any replica starts
     target = ray.target_ongoing_requests or 2 * settings.max_batch
     model = serve.deployment(

@@ -38,6 +38,7 @@ KUSTOMIZATIONS = sorted(
     for p in KUBERNETES.rglob("kustomization.yaml")
     if yaml.safe_load(p.read_text())["kind"] == "Kustomization"
 )
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are megabytes
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2"}
 
 
@@ -145,7 +146,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
 
     schemas = {}
     for path in sorted(CRDS.glob("*.yaml.gz")):
-        crd = yaml.safe_load(gzip.decompress(path.read_bytes()))
+        crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=_LOADER)
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
             schema = strict(version["schema"]["openAPIV3Schema"])
@@ -298,10 +299,11 @@ def test_hpa_metrics_are_served_by_the_adapter_and_keda_asks_the_same():
 
 @pytest.fixture(scope="module")
 def cpu_server(tmp_path_factory):
-    """``maskrt serve`` with the cpu overlay's settings (host, port and cache made local)."""
+    """``maskrt serve`` with the cpu overlay's settings (host, port and cache made local; batches
+    of one, so the warm-up is short)."""
     env = settings_env(render("overlays/cpu"))
     settings = {k[len("MASKRT_") :].lower(): v for k, v in env.items()}
-    settings.update(host="127.0.0.1", cache_dir=tmp_path_factory.mktemp("cache"))
+    settings.update(host="127.0.0.1", cache_dir=tmp_path_factory.mktemp("cache"), max_batch=1)
     settings.pop("port")
     server = start_server(tmp_path_factory, "k8s-cpu", settings)
     yield server
@@ -348,3 +350,28 @@ def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
         exported = exported_names(c.get("/metrics").text)
     for where, names in _autoscaling_metrics().items():
         assert names and names <= exported, f"{where}: {names - exported} not in /metrics"
+
+
+def test_rayservice_application_builds():
+    """The RayService's Serve application imports and accepts its arguments (Ray not started)."""
+    pytest.importorskip("ray.serve", reason="the optional `ray` extra is not installed")
+    import importlib
+
+    from maskrt.server.ray_serve import RayOptions
+    from maskrt.server.settings import Settings
+
+    (service,) = of_kind(render("ray"), "RayService")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    module, _, name = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), name)(app["args"])
+    assert type(built).__name__ == "Application"
+    settings = Settings(**{k: v for k, v in app["args"].items() if k in Settings.model_fields})
+    ray = RayOptions(**{k: v for k, v in app["args"].items() if k in RayOptions.model_fields})
+    (workers,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    resources = workers["template"]["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] >= ray.num_gpus
+    assert workers["maxReplicas"] * resources["limits"]["nvidia.com/gpu"] >= ray.max_replicas
+    # Serve lets a stopping replica finish for request_timeout_s + 5 s (ray_serve.build)
+    assert workers["template"]["spec"]["terminationGracePeriodSeconds"] >= (
+        settings.request_timeout_s + 5
+    )
