@@ -180,8 +180,8 @@ class _Queued:
 
 
 class IngressState:
-    """What the ingress app needs: settings, a metrics registry for the request middleware (not
-    exported: Ray's metrics cover the replicas), the model handle and, once known, its info."""
+    """What the ingress app needs: settings, the metrics of the request middleware (this
+    replica's requests), the model handle and, once known, the model's info."""
 
     def __init__(self, settings: Settings, model: DeploymentHandle) -> None:
         self.settings = settings
@@ -254,6 +254,13 @@ def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
     async def readyz() -> Response:
         await state.info()
         return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """This ingress replica's request counters and latencies (the model replicas' metrics
+        are Ray's: ``ray_maskrt_*`` from each node's metrics agent)."""
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/model", dependencies=auth)
     async def model_info() -> Response:

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -114,7 +115,7 @@ def cluster(tmp_path_factory):
     env = {**os.environ, **RAY_ENV}
     env.pop("RAY_ADDRESS", None)
     with loopback_namespace() as isolated:
-        gcs = free_port()
+        gcs, worker_metrics = free_port(), free_port()
         common = ["--node-ip-address", HOST, "--disable-usage-stats"]
         try:
             _ray_start(
@@ -136,7 +137,7 @@ def cluster(tmp_path_factory):
                     "--num-cpus=2",
                     "--num-gpus=2",
                     f"--dashboard-agent-listen-port={free_port()}",
-                    f"--metrics-export-port={free_port()}",
+                    f"--metrics-export-port={worker_metrics}",
                     *common,
                 ],
                 env,
@@ -148,7 +149,11 @@ def cluster(tmp_path_factory):
             from maskrt.server.ray_serve import build
 
             serve.run(build({**SETTINGS, **RAY_OPTIONS}), name="maskrt", route_prefix="/")
-            yield {"url": f"http://{HOST}:{port}", "isolated": isolated}
+            yield {
+                "url": f"http://{HOST}:{port}",
+                "isolated": isolated,
+                "worker_metrics": f"http://{HOST}:{worker_metrics}/metrics",
+            }
         finally:
             with contextlib.suppress(Exception):
                 serve.shutdown()
@@ -281,6 +286,24 @@ def test_images_of_different_sizes_share_a_batch(cluster):
     assert len(inference) == 1, f"not one batch: {[x['timings_ms'] for x in results]}"
 
 
+def test_replica_and_ingress_metrics(cluster):
+    """The model replicas' ``ray_maskrt_*`` metrics reach the GPU node's Ray metrics endpoint;
+    the ingress counts its requests as ``maskrt serve`` does."""
+    from maskrt.bench.load import parse_metrics
+
+    def exported() -> dict[str, float] | None:
+        with httpx.Client(trust_env=False, timeout=10) as c:
+            values = parse_metrics(c.get(cluster["worker_metrics"]).text)
+        images = sum(v for k, v in values.items() if k.startswith("ray_maskrt_images_total"))
+        batches = [k for k in values if k.startswith("ray_maskrt_batch_size_bucket")]
+        return values if images > 0 and batches else None
+
+    wait_until("ray_maskrt_* metrics on the GPU node", exported, 90, every=3)
+    with client(cluster) as c:
+        text = c.get("/metrics").text
+    assert 'maskrt_requests_total{endpoint="/predict",status="200"}' in text
+
+
 # -- scaling and failure ---------------------------------------------------------------------------
 
 
@@ -343,6 +366,7 @@ def test_scale_up_survive_a_killed_replica_and_scale_down(cluster):
 
     loop.run_until_complete(scenario())
     loop.close()
+    print(f"\nunder load with a replica killed: {Counter(s[:2] for s in statuses)}")
     bad = [s for s in statuses if s[0] != 200 and not (s[0] == 503 and s[2])]
     assert not bad, f"lost or unclean answers: {bad[:10]} of {len(statuses)}"
     assert sum(s[0] == 200 for s in statuses) > 20
