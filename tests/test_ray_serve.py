@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +73,9 @@ RAY_ENV = {
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # no token authentication (nothing outside the namespace reaches the cluster), whatever a
+    # ~/.ray/auth_token of an earlier local Ray says
+    "RAY_AUTH_MODE": "disabled",
     "OMP_NUM_THREADS": "1",
 }
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -107,13 +111,53 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
     assert done.returncode == 0, log.read_text()[-4000:]
 
 
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_processes_of(temp_dir: Path, timeout: float = 30) -> None:
+    """End the Ray processes this module started (not ``ray stop``, which ends every Ray process
+    of the machine): those naming our temp dir, and their descendants (the workers)."""
+    table = _processes()
+    ours = {pid for pid, (_, cmd) in table.items() if str(temp_dir) in cmd and pid != os.getpid()}
+    while True:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in ours} - ours
+        if not more:
+            break
+        ours |= more
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in ours):
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head node without GPUs and a worker node with two declared GPUs; maskrt deployed."""
     logs = tmp_path_factory.mktemp("ray")
     temp_dir = Path(f"/tmp/maskrt-ray-{os.getpid()}")  # Ray's socket paths must stay short
-    env = {**os.environ, **RAY_ENV}
-    env.pop("RAY_ADDRESS", None)
+    saved = {k: os.environ.get(k) for k in [*RAY_ENV, "RAY_ADDRESS"]}
+    os.environ.update(RAY_ENV)
+    os.environ.pop("RAY_ADDRESS", None)
+    env = dict(os.environ)
     with loopback_namespace() as isolated:
         gcs, worker_metrics = free_port(), free_port()
         common = ["--node-ip-address", HOST, "--disable-usage-stats"]
@@ -153,16 +197,20 @@ def cluster(tmp_path_factory):
                 "url": f"http://{HOST}:{port}",
                 "isolated": isolated,
                 "worker_metrics": f"http://{HOST}:{worker_metrics}/metrics",
+                "temp_dir": temp_dir,
             }
         finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-            with contextlib.suppress(Exception):
+            if ray.is_initialized():  # (serve.shutdown would start a local Ray otherwise)
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
                 ray.shutdown()
-            subprocess.run(
-                [ray_cli(), "stop", "--force"], env=env, capture_output=True, timeout=120
-            )
+            stop_processes_of(temp_dir)
             shutil.rmtree(temp_dir, ignore_errors=True)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def client(cluster, **kwargs) -> httpx.Client:
@@ -366,7 +414,11 @@ def test_scale_up_survive_a_killed_replica_and_scale_down(cluster):
 
     loop.run_until_complete(scenario())
     loop.close()
-    print(f"\nunder load with a replica killed: {Counter(s[:2] for s in statuses)}")
+    retried = sum(
+        log.read_text(errors="replace").count("model replica lost")
+        for log in Path(cluster["temp_dir"]).glob("session_latest/logs/serve/*Ingress*.log")
+    )
+    print(f"\nunder load, a replica killed: {Counter(s[:2] for s in statuses)}; {retried} retried")
     bad = [s for s in statuses if s[0] != 200 and not (s[0] == 503 and s[2])]
     assert not bad, f"lost or unclean answers: {bad[:10]} of {len(statuses)}"
     assert sum(s[0] == 200 for s in statuses) > 20
