@@ -45,22 +45,32 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maskrt.server.app import (
-    JobResult,
-    RequestMiddleware,
-    _answer,
-    _json,
+from maskrt.server.decode import decode_image
+from maskrt.server.errors import ApiError, install_error_handlers, json_response
+from maskrt.server.inference import ImageResult
+from maskrt.server.metrics import LATENCY_BUCKETS, Metrics, batch_size_buckets
+from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from maskrt.server.parsing import (
+    PARAMETERS,
     classify_content_type,
     parse_params,
+    post_options,
     read_images,
+    request_body_doc,
 )
-from maskrt.server.decode import decode_image
-from maskrt.server.errors import ApiError
-from maskrt.server.metrics import LATENCY_BUCKETS, Metrics, batch_size_buckets
 from maskrt.server.pipeline import Pipeline, PostOptions
+from maskrt.server.routes.predict import _answer
+from maskrt.server.schemas import (
+    ERROR_RESPONSES,
+    BatchPredictResponse,
+    ModelInfoResponse,
+    PredictResponse,
+)
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
+from maskrt.server.state import JobResult
 
 log = logging.getLogger("maskrt.ray_serve")
 RETRIES = 2  # extra attempts for an image whose model replica died or went away
@@ -174,14 +184,9 @@ class MaskrtModel:
 # The HTTP ingress
 
 
-@dataclass
-class _Queued:
-    queue_wait_s: float  # what maskrt's answer format reads from a batcher job
-
-
 class IngressState:
     """What the ingress app needs: settings, the metrics of the request middleware (this
-    replica's requests), the model handle and, once known, the model's info."""
+    replica's requests), the API keys, the model handle and, once known, the model's info."""
 
     def __init__(self, settings: Settings, model: DeploymentHandle) -> None:
         self.settings = settings
@@ -189,21 +194,34 @@ class IngressState:
         self.model = model
         self.keys = ApiKeys(settings.api_keys)
         self.model_info: dict[str, Any] = {}
+        self.model_ref: dict[str, str] = {}  # what each answer names, as maskrt serve's
         self.decode_executor = ThreadPoolExecutor(2, thread_name_prefix="maskrt-decode")
 
     async def info(self) -> dict[str, Any]:
         """The model's info (asked once); 503 while no model replica is up."""
         if not self.model_info:
             try:
-                self.model_info = await self.model.info.remote()
+                info = await self.model.info.remote()
             except (RayActorError, ReplicaUnavailableError, BackPressureError):
-                raise _not_ready() from None
+                raise ApiError(
+                    503, "not_ready", "no model replica is ready yet", {"Retry-After": "5"}
+                ) from None
+            self.model_ref = {k: info[k] for k in ("name", "version", "backend", "device")}
+            self.model_info = info
         return self.model_info
+
+    async def decode(self, data: bytes, name: str):
+        loop = asyncio.get_running_loop()
+        call = functools.partial(
+            decode_image, data, max_pixels=self.settings.max_image_pixels, name=name
+        )
+        return await loop.run_in_executor(self.decode_executor, call)
 
     async def infer(self, image, options: PostOptions, request_id: str) -> ImageOut:
         for attempt in range(RETRIES + 1):
             try:
-                return await self.model.predict.remote(image, options)
+                out: ImageOut = await self.model.predict.remote(image, options)
+                return out
             except BackPressureError:
                 raise ApiError(
                     503,
@@ -218,19 +236,12 @@ class IngressState:
                     type(exc).__name__,
                     "answering 503" if attempt == RETRIES else "sending the image again",
                 )
-                if attempt == RETRIES:
-                    raise ApiError(
-                        503,
-                        "replica_unavailable",
-                        f"no model replica could take this request (request id {request_id}); "
-                        "retry in 1 s",
-                        {"Retry-After": "1"},
-                    ) from None
-        raise AssertionError("unreachable")
-
-
-def _not_ready() -> ApiError:
-    return ApiError(503, "not_ready", "no model replica is ready yet", {"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "replica_unavailable",
+            f"no model replica could take this request (request id {request_id}); retry in 1 s",
+            {"Retry-After": "1"},
+        )
 
 
 def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
@@ -246,57 +257,37 @@ def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
 
     auth = [Depends(require_key)] if state.keys.enabled else []
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="the ingress answers")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", summary="a model replica has answered")
     async def readyz() -> Response:
         await state.info()
-        return _json({"status": "ready"})
+        return json_response({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="this ingress replica's request metrics")
     async def metrics() -> Response:
-        """This ingress replica's request counters and latencies (the model replicas' metrics
-        are Ray's: ``ray_maskrt_*`` from each node's metrics agent)."""
+        """The model replicas' metrics are Ray's: ``ray_maskrt_*`` from each node's agent."""
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/model", dependencies=auth)
+    @app.get("/v1/model", response_model=ModelInfoResponse, dependencies=auth)
     async def model_info() -> Response:
-        return _json(await state.info())
+        return json_response(await state.info())
 
-    async def handle(request: Request, batch: bool) -> Response:
-        info = await state.info()
-        ref = {k: info[k] for k in ("name", "version", "backend", "device")}
+    async def handle(request: Request, batch: bool) -> list[dict[str, Any]]:
+        await state.info()
         kind = classify_content_type(request.headers.get("content-type", ""), batch)
         rid = request.scope["state"]["request_id"]
         elapsed = time.perf_counter() - request.scope["state"]["start"]
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(settings.request_timeout_s - elapsed):
                 datas, fields = await read_images(request, kind, batch, settings.max_queue)
                 params = parse_params(list(request.query_params.multi_items()) + fields)
-                decoded = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(
-                            state.decode_executor,
-                            functools.partial(
-                                decode_image,
-                                data,
-                                max_pixels=settings.max_image_pixels,
-                                name=f"images[{i}]" if batch else "image",
-                            ),
-                        )
-                        for i, data in enumerate(datas)
-                    )
-                )
-                threshold = params.score_threshold
-                options = PostOptions(
-                    settings.score_threshold if threshold is None else threshold,
-                    params.max_detections,
-                    params.masks == "rle",
-                )
+                options = post_options(params, settings.score_threshold)
+                names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]
+                decoded = await asyncio.gather(*map(state.decode, datas, names))
                 outs = await asyncio.gather(*(state.infer(d.tensor, options, rid) for d in decoded))
         except TimeoutError:
             raise ApiError(
@@ -304,21 +295,34 @@ def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
                 "timeout",
                 f"no answer within the request timeout of {settings.request_timeout_s:g} s",
             ) from None
-        answers = [
-            _answer(ref, d, _Queued(o.queue_wait_s), o.result) for d, o in zip(decoded, outs)
+        return [
+            _answer(state, ImageResult(d, o.queue_wait_s, o.result))  # type: ignore[arg-type]
+            for d, o in zip(decoded, outs)
         ]
-        return _json({"results": answers} if batch else answers[0])
 
-    @app.post("/predict", dependencies=auth)
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body_doc(batch=False),
+        dependencies=auth,
+    )
     async def predict(request: Request) -> Response:
-        return await handle(request, batch=False)
+        return json_response((await handle(request, batch=False))[0])
 
-    @app.post("/predict/batch", dependencies=auth)
+    @app.post(
+        "/predict/batch",
+        response_model=BatchPredictResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body_doc(batch=True),
+        dependencies=auth,
+    )
     async def predict_batch(request: Request) -> Response:
-        return await handle(request, batch=True)
+        return json_response({"results": await handle(request, batch=True)})
 
-    paths = {getattr(r, "path", "") for r in app.routes}
-    app.add_middleware(RequestMiddleware, state=state, known_paths=lambda: paths)
+    install_error_handlers(app, known_parameters=PARAMETERS)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.add_middleware(_ProxySetsRequestId)
     return app
 
@@ -328,16 +332,16 @@ class _ProxySetsRequestId:
     passes it to the app (maskrt's middleware takes it as the request's id) and adds it to the
     response itself: the app's copy of the header is dropped so the client sees it once."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
-        async def send_wrapper(message) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_once(message: Message) -> None:
             if message["type"] == "http.response.start":
                 del MutableHeaders(scope=message)["X-Request-ID"]
             await send(message)
 
-        await self.app(scope, receive, send_wrapper if scope["type"] == "http" else send)
+        await self.app(scope, receive, send_once if scope["type"] == "http" else send)
 
 
 class MaskrtIngress:

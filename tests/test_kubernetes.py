@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 from server_harness import start_server
-from test_deploy_config import DOCKERFILE, ROOT, metric_names
+from test_docker_config import DOCKERFILE, ROOT, metric_names
 from test_prometheus import exported_names
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
