@@ -416,7 +416,7 @@ def test_scale_up_survive_a_killed_replica_and_scale_down(cluster):
     loop.close()
     retried = sum(
         log.read_text(errors="replace").count("model replica lost")
-        for log in Path(cluster["temp_dir"]).glob("session_latest/logs/serve/*Ingress*.log")
+        for log in Path(cluster["temp_dir"]).glob("session_latest/logs/worker-*.err")
     )
     print(f"\nunder load, a replica killed: {Counter(s[:2] for s in statuses)}; {retried} retried")
     bad = [s for s in statuses if s[0] != 200 and not (s[0] == 503 and s[2])]
