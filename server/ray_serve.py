@@ -40,7 +40,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
@@ -119,15 +119,12 @@ class MaskrtModel:
         self.pipeline.warmup([s for s in backend.warmup_batch_sizes() if s <= max_batch])
         self._run.set_max_batch_size(max_batch)
         self._run.set_batch_wait_timeout_s(self.settings.max_delay_ms / 1000)
-        info, device = backend.info, str(backend.device)
-        ref = {
+        info = backend.info
+        self.model_info = {  # GET /v1/model of maskrt serve
             "name": info.name,
             "version": info.version,
             "backend": backend.name,
-            "device": device,
-        }
-        self.model_info = {
-            **ref,
+            "device": str(backend.device),
             "classes": list(info.classes),
             "canvas": info.canvas,
             "mask_size": info.mask_size,
@@ -229,6 +226,12 @@ class IngressState:
                     f"the server is busy (more than {self.settings.max_queue} images queued); "
                     "retry in 1 s",
                     {"Retry-After": "1"},
+                ) from None
+            except RayTaskError:  # the batch failed in the replica (logged there)
+                raise ApiError(
+                    500,
+                    "inference_failed",
+                    f"inference failed for this request's batch; request id {request_id}",
                 ) from None
             except (RayActorError, ReplicaUnavailableError) as exc:
                 log.warning(

@@ -5,8 +5,9 @@ declares two (fake) GPUs, deploys ``maskrt.server.ray_serve:build`` on them (ONN
 CPU, ``num_gpus=1`` per model replica, so model replicas can only land on the "GPU" node) and talks
 to it over HTTP through Ray Serve's proxy. The cluster runs inside a fresh network namespace with
 only loopback (``unshare(CLONE_NEWNET)`` on the test thread, which every process it starts
-inherits), so Ray binds nothing reachable from outside this machine; without the privilege for
-that it binds 127.0.0.1.
+inherits), so nothing Ray listens on is reachable from outside this machine; without the
+privilege for that (CAP_SYS_ADMIN) it runs on the host's network with every node's address set to
+127.0.0.1 (Ray may then still listen on all interfaces).
 
 Checked: maskrt's API (answers equal to the pipeline's own, errors, limits, keys, request ids), the
 model replicas on the GPU node, images of different sizes in one batch, scale-up under load, a
@@ -88,7 +89,7 @@ def loopback_namespace():
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         if libc.unshare(CLONE_NEWNET) != 0 or shutil.which("ip") is None:
-            yield False  # no privilege: Ray is told to bind 127.0.0.1 instead
+            yield False  # no privilege: the host's network, nodes on 127.0.0.1
             return
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         try:
