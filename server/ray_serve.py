@@ -299,8 +299,7 @@ def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
                 f"no answer within the request timeout of {settings.request_timeout_s:g} s",
             ) from None
         return [
-            _answer(state, ImageResult(d, o.queue_wait_s, o.result))  # type: ignore[arg-type]
-            for d, o in zip(decoded, outs)
+            _answer(state, ImageResult(d, o.queue_wait_s, o.result)) for d, o in zip(decoded, outs)
         ]
 
     @app.post(
