@@ -49,7 +49,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maskrt.server.decode import decode_image
 from maskrt.server.errors import ApiError, install_error_handlers, json_response
-from maskrt.server.inference import ImageResult
 from maskrt.server.metrics import LATENCY_BUCKETS, Metrics, batch_size_buckets
 from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from maskrt.server.parsing import (
@@ -60,8 +59,7 @@ from maskrt.server.parsing import (
     read_images,
     request_body_doc,
 )
-from maskrt.server.pipeline import Pipeline, PostOptions
-from maskrt.server.routes.predict import _answer
+from maskrt.server.pipeline import Pipeline, PostOptions, answer
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
@@ -299,7 +297,8 @@ def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
                 f"no answer within the request timeout of {settings.request_timeout_s:g} s",
             ) from None
         return [
-            _answer(state, ImageResult(d, o.queue_wait_s, o.result)) for d, o in zip(decoded, outs)
+            answer(state.model_ref, d, o.result.detections, o.queue_wait_s, o.result)
+            for d, o in zip(decoded, outs)
         ]
 
     @app.post(

@@ -346,6 +346,14 @@ def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
                     assert c.get(endpoint["path"]).status_code == 200
     assert {"/healthz", "/readyz"} <= set(checked)
 
+    # the InferenceService's protocolVersion v2: KServe's clients find the Open Inference Protocol
+    (isvc,) = of_kind(render("kserve"), "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+    with httpx.Client(base_url=cpu_server.url, trust_env=False, timeout=10) as c:
+        name = c.get("/v1/model").json()["name"]
+        for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready"):
+            assert c.get(path).status_code == 200, path
+
     with httpx.Client(base_url=cpu_server.url, trust_env=False, timeout=10) as c:
         exported = exported_names(c.get("/metrics").text)
     for where, names in _autoscaling_metrics().items():
