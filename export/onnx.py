@@ -16,8 +16,9 @@ Targets:
 
 Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
 ``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
-``maskrt.target``, plus ``maskrt.max_batch`` and ``maskrt.precision`` (``fp32``, or ``fp16`` for
-``--fp16``: backbone and heads in float16), and passes ``onnx.checker.check_model(full_check=True)``.
+``maskrt.target``, plus ``maskrt.max_batch``, ``maskrt.precision`` (``fp32``, or ``fp16`` for
+``--fp16``: backbone and heads in float16) and ``maskrt.weights_verified`` (``true`` when the
+checkpoint's tensors matched their recorded digest), and passes ``onnx.checker.check_model(full_check=True)``.
 """
 
 from __future__ import annotations
@@ -107,7 +108,15 @@ def build_onnx(
         )
     proto = add_functions(program.model_proto, opset)
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
-    set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")
+    set_metadata(
+        proto,
+        config,
+        loaded.sha256,
+        "onnxruntime",
+        max_batch,
+        "fp16" if fp16 else "fp32",
+        loaded.weights_verified,
+    )
     check(proto)
     return proto
 
@@ -172,7 +181,15 @@ def export_onnx(
     return out
 
 
-def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precision: str) -> None:
+def set_metadata(
+    proto,
+    config,
+    sha256: str,
+    target: str,
+    max_batch: int,
+    precision: str,
+    weights_verified: bool,
+) -> None:
     set_metadata_props(
         proto,
         {
@@ -185,6 +202,7 @@ def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precis
             "target": target,
             "precision": precision,
             "max_batch": str(max_batch),
+            "weights_verified": "true" if weights_verified else "false",
         },
     )
     proto.producer_name = "maskrt"

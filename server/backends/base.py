@@ -38,6 +38,7 @@ class ModelInfo:
     mask_size: int
     max_detections: int
     image_mean: tuple[float, float, float]
+    weights_verified: bool = False  # the checkpoint's tensors matched their recorded digest
 
 
 class Backend(ABC):

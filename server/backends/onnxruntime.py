@@ -105,6 +105,7 @@ def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
             mask_size=int(meta["mask_size"]),
             max_detections=int(meta["max_detections"]),
             image_mean=tuple(float(m) for m in config["image_mean"]),
+            weights_verified=meta.get("weights_verified") == "true",
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None
