@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     from maskrt.server.app import create_app
     from maskrt.server.backends import check_model
     from maskrt.server.logging import configure_logging
+    from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
@@ -92,10 +93,16 @@ def _serve(args: argparse.Namespace) -> int:
             state.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=raise_open_file_limit(settings.max_connections),
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_factory(limits),
         log_config=None,
         access_log=False,
         server_header=False,

@@ -66,6 +66,24 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated allowed CORS origins (off when empty)"
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="request line plus headers size limit; longer heads get 431",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection without complete request headers this long gets 408 and is "
+        "closed",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="open connections; a request on one beyond them gets 503 (the open-file "
+        "limit is raised to fit at start)",
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     log_format: Literal["json", "text"] = Field("json", description="log line format")
