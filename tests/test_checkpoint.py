@@ -122,3 +122,15 @@ def test_foreign_checkpoints_are_not_verified(tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(build_model(get_config("shapes")).state_dict(), path)
     assert not load_checkpoint(path, config="shapes").weights_verified
+
+
+def test_the_server_refuses_a_flipped_checkpoint(shapes_checkpoint, tmp_path):
+    from server_harness import Server
+
+    flipped = flip_a_weight_bit(shapes_checkpoint[0], tmp_path / "flipped.pt")
+    server = Server(tmp_path, {"model": flipped, "backend": "torch", "device": "cpu"})
+    try:
+        assert server.proc.wait(300) == 3
+        assert "flipped.pt: the weights do not match the digest" in server.log()
+    finally:
+        server.stop()
