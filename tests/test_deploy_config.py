@@ -820,10 +820,10 @@ def entry(tmp_path):
         "MASKRT_BUILD_ID_FILE": str(tmp_path / "build-id"),
     }
 
-    def run(*args, **env):
+    def run(*args, prefix: tuple[str, ...] = (), **env):
         log.write_text("")
         proc = subprocess.run(
-            ["bash", str(ENTRYPOINT), *args],
+            [*prefix, "bash", str(ENTRYPOINT), *args],
             env={**base_env, **env},
             capture_output=True,
             text=True,
@@ -938,6 +938,22 @@ def test_entrypoint_unwritable_cache(entry):
         target = str(ro / "cache")
     proc, _ = entry(MASKRT_BACKEND="onnxruntime", MASKRT_CACHE_DIR=target)
     assert proc.returncode == 1 and "not writable" in proc.stderr
+
+
+def test_entrypoint_read_only_cache_is_served(entry):
+    """A read-only cache that exists (a volume filled once) is the server's to use."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only directory cannot be made")
+    # as root, without the capabilities that override file permissions
+    prefix = ("setpriv", "--bounding-set=-dac_override,-fowner", "--") if os.geteuid() == 0 else ()
+    ro = entry.tmp / "filled"
+    ro.mkdir(mode=0o555)
+    try:
+        proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_CACHE_DIR=str(ro), prefix=prefix)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 0 and calls == ["serve --backend onnxruntime"], proc.stderr
+    assert "is read-only: the server uses what it holds" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
