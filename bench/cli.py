@@ -21,6 +21,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.parity",
         "per-detection parity of two backends through the serving pipeline",
     ),
+    "resilience": (
+        "maskrt.bench.resilience",
+        "overload, slow clients, oversized requests and a soak against a `maskrt serve` it starts",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",
