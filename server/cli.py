@@ -52,10 +52,25 @@ def settings_from_args(args: argparse.Namespace):
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err.get("loc") else "?"
+            if not err.get("loc"):  # a rule between settings
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
             where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
             problems.append(f"{where}: {err['msg']}")
         raise MaskrtError("invalid settings: " + "; ".join(problems)) from None
+
+
+def serve_metrics(registry, host: str, port: int) -> None:
+    """``/metrics`` of ``registry`` on its own port (a daemon thread of prometheus_client)."""
+    from prometheus_client import start_http_server
+
+    from maskrt.errors import MaskrtError
+
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise MaskrtError(f"cannot serve metrics on {host}:{port}: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, on_fatal=fatal)
     state = app.state.maskrt
+    if settings.metrics_port is not None:
+        serve_metrics(state.metrics.registry, settings.host, settings.metrics_port)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

@@ -357,9 +357,12 @@ def test_compose_services_ports_and_scrape_target():
     job = jobs["maskrt"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"maskrt:{port}"], (
-        "Prometheus scrapes the compose service `maskrt` on MASKRT_PORT"
+    metrics_port = int(_env(maskrt).get("MASKRT_METRICS_PORT", port))
+    assert targets == [f"maskrt:{metrics_port}"], (
+        "Prometheus scrapes the compose service `maskrt` on MASKRT_METRICS_PORT (else MASKRT_PORT)"
     )
+    if metrics_port != port:
+        assert metrics_port not in _container_ports(maskrt), "the metrics port stays internal"
     assert "maskrt" in services
 
     # Prometheus' config and rules are mounted where its command line and rule_files look.
