@@ -35,7 +35,7 @@ class ShapesSample:
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     base = rng.integers(0, 256, size=3).astype(np.float32)
     kind = rng.integers(0, 4)
-    image = np.broadcast_to(base, (height, width, 3)).copy()
+    image: np.ndarray = np.broadcast_to(base, (height, width, 3)).copy()
     if kind == 1:  # linear gradient towards a second colour
         other = rng.integers(0, 256, size=3).astype(np.float32)
         angle = rng.uniform(0, 2 * math.pi)
@@ -86,7 +86,9 @@ def generate(seed: int, index: int) -> ShapesSample:
     height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     image = _background(rng, height, width)
     count = int(rng.integers(1, MAX_INSTANCES + 1))
-    full_masks, visible, labels = [], [], []
+    full_masks: list[np.ndarray] = []
+    visible: list[np.ndarray] = []
+    labels: list[int] = []
     for _ in range(count):
         kind = int(rng.integers(1, len(SHAPES_CLASSES)))
         shape = _draw(kind, rng, height, width)
@@ -147,7 +149,9 @@ def coco_annotations(sample: ShapesSample, image_id: int, first_ann_id: int) -> 
 
 def coco_dataset(count: int, seed: int) -> tuple[dict, list[np.ndarray]]:
     """A COCO instances dict and the images of ``count`` samples (ids 1..count)."""
-    images, annotations, pixels = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    pixels: list[np.ndarray] = []
     for i in range(count):
         sample = generate(seed, i)
         h, w = sample.image.shape[:2]

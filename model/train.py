@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from maskrt.devices import resolve_device
 from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
 from maskrt.model.checkpoint import FORMAT, load_state_dict, read_file, save_checkpoint
@@ -75,9 +76,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 def train(opts: TrainOptions) -> Path:
     """Train and return the path of the final model (fp16 weights, no optimizer state)."""
     torch.manual_seed(opts.seed)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
-    )
+    device = torch.device(resolve_device(opts.device))
     data = open_dataset(opts.data)
     cfg: ModelConfig = get_config(opts.config)
     if data.classes[1:] != cfg.classes[1:]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import typing
 
-_HELP_TYPES = {int: "N", float: "X"}
+_HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = list(args)
-        elif annotation in (int, float):
+        elif annotation is int or annotation is float:
             kwargs["type"] = annotation
             kwargs["metavar"] = _HELP_TYPES[annotation]
         p.add_argument(flag_name(name), **kwargs)
@@ -82,11 +82,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from maskrt.server.app import create_app
     from maskrt.server.backends import check_model
+    from maskrt.server.decode import ignore_expected_warnings
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
     # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+from server_harness import serving_checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the server tests serve (the shipped shapes model, else random weights)."""
+    return serving_checkpoint(tmp_path_factory.mktemp("model"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

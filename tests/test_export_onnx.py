@@ -25,7 +25,7 @@ from maskrt.export.onnx_ops import (
     roi_align_nodes,
 )
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
-from maskrt.model.deploy import DeployGraph, Detections
+from maskrt.model.deploy import DeployGraph, DeployOutputs
 
 
 def _session(path) -> ort.InferenceSession:
@@ -135,7 +135,7 @@ def test_onnxruntime_equals_pytorch_graph(batch):
     imgs = images(batch, model.config.canvas, seed=10 + batch)
     with torch.inference_mode():
         expected = graph(imgs)
-    actual = Detections(
+    actual = DeployOutputs(
         *(torch.from_numpy(a) for a in _session(path).run(None, {"images": imgs.numpy()}))
     )
     pairs = assert_outputs_match(actual, expected)

@@ -103,9 +103,9 @@ def test_runs_in_onnxruntime_like_the_onnxruntime_target(graphs, tmp_path, batch
     imgs = images(batch, 192, seed=30 + batch).numpy()
     ours = session.run(None, {"images": imgs})
     expected = reference.run(None, {"images": imgs})
-    from maskrt.model.deploy import Detections
+    from maskrt.model.deploy import DeployOutputs
 
-    assert assert_outputs_match(Detections(*ours), Detections(*expected)) == 100 * batch
+    assert assert_outputs_match(DeployOutputs(*ours), DeployOutputs(*expected)) == 100 * batch
     for a, b in zip(ours, expected):  # the same float32 maths: equal, not just close
         np.testing.assert_array_equal(a, b)
 

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maskrt.devices import check_device
 from maskrt.errors import MaskrtError
 from maskrt.model.config import torchvision_weights_config
 
@@ -112,11 +113,7 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
             )
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MaskrtError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    check_device(device)
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
     if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:

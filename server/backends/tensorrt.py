@@ -17,9 +17,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
-from maskrt.server.backends.base import Backend, DeployOutputs
-from maskrt.server.backends.onnxruntime import OUTPUTS, model_info_from_metadata
+from maskrt.server.backends.base import (
+    OUTPUT_NAMES as OUTPUTS,
+)
+from maskrt.server.backends.base import (
+    Backend,
+    DeployOutputs,
+    model_info_from_metadata,
+)
 
 log = logging.getLogger("maskrt.backends.tensorrt")
 
@@ -41,12 +48,10 @@ class TensorRTBackend(Backend):
         device = torch.device(device)
         if device.type != "cuda":
             raise MaskrtError(f"the tensorrt backend runs on a CUDA device, not {str(device)!r}")
-        if not torch.cuda.is_available():
-            raise MaskrtError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
+        check_device(device)
         if not path.is_file():
             raise MaskrtError(f"{path}: no such engine file")
-        if max_batch < 1:
-            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
+        check_max_batch(max_batch)
         self.device = torch.device(
             "cuda", device.index if device.index is not None else torch.cuda.current_device()
         )
