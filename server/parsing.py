@@ -5,11 +5,12 @@ infer because the routes read the body themselves (streamed, under the size limi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from maskrt.server.errors import ApiError, validation_message
@@ -72,9 +73,17 @@ async def read_images(
         return [await read_raw_body(request)], []
     names = ("images", "image") if batch else ("image",)
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=64, max_part_size=64 * 1024)
-    except StarletteHTTPException as exc:  # the multipart parser's complaints
-        raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.detail}") from None
+        async with contextlib.aclosing(request.stream()) as stream:
+            parser = CompleteMultiPartParser(
+                request.headers,
+                stream,
+                max_files=max_images + 1,
+                max_fields=64,
+                max_part_size=64 * 1024,
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:  # the multipart parser's complaints
+        raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.message}") from None
     try:
         files: list[UploadFile] = []
         fields: list[tuple[str, str]] = []
@@ -97,6 +106,23 @@ async def read_images(
         return [await f.read() for f in files], fields
     finally:
         await form.close()
+
+
+class CompleteMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser that also refuses a body cut before its closing boundary
+    (python-multipart ends such a body quietly, without the part it was in)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise MultiPartException("the body ends before the closing boundary")
+        return form
 
 
 async def read_raw_body(request: Request) -> bytes:

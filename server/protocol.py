@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 import resource
@@ -29,7 +28,7 @@ from http import HTTPStatus
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from maskrt.server.errors import ApiError
+from maskrt.server.errors import ApiError, error_response
 
 log = logging.getLogger("maskrt.server")
 
@@ -46,14 +45,10 @@ class ConnectionLimits:
     max_connections: int
 
 
-def _body(exc: ApiError) -> bytes:
-    return json.dumps(exc.body(), separators=(",", ":")).encode()
-
-
 def raw_error(exc: ApiError) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 answer for ``exc``, for connections the app never
     sees."""
-    body = _body(exc)
+    body = error_response(exc).body
     head = [
         f"HTTP/1.1 {exc.status} {HTTPStatus(exc.status).phrase}",
         "content-type: application/json",
@@ -62,7 +57,7 @@ def raw_error(exc: ApiError) -> bytes:
         f"x-request-id: {uuid.uuid4().hex}",
         *(f"{k.lower()}: {v}" for k, v in exc.headers.items()),
     ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + bytes(body)
 
 
 class _Connection(h11.Connection):
@@ -187,11 +182,7 @@ async def _over_capacity(open_connections: int, scope, receive, send) -> None:
         f"the server has too many open connections ({open_connections}); retry in 1 s",
         {"Retry-After": "1", "Connection": "close", "X-Request-ID": uuid.uuid4().hex},
     )
-    body = _body(exc)
-    headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await error_response(exc)(scope, receive, send)
 
 
 def protocol_factory(limits: ConnectionLimits):

@@ -80,6 +80,10 @@ class ModelInfoResponse(BaseModel):
     mask_size: int
     max_detections: int
     max_batch: int
+    weights_verified: bool = Field(
+        description="the checkpoint's tensors matched the digest maskrt recorded when it saved "
+        "them; false for checkpoints from elsewhere, whose weights nothing could check"
+    )
 
 
 class PredictParams(BaseModel):

@@ -72,6 +72,7 @@ class Server:
         """``prefix``: a command that runs the server (e.g. with fewer privileges)."""
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
+        self.metrics_url = f"http://{HOST}:{settings.get('metrics_port', self.port)}/metrics"
         self.log_path = log_dir / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKRT_")}
         env.update({f"MASKRT_{k.upper()}": str(v) for k, v in settings.items()})
@@ -123,7 +124,7 @@ class Server:
         from maskrt.bench.load import parse_metrics
 
         with self.client(timeout=10) as c:
-            r = c.get("/metrics")
+            r = c.get(self.metrics_url)
             r.raise_for_status()
             return parse_metrics(r.text)
 
