@@ -11,7 +11,7 @@ import pytest
 from server_harness import big_png, metric, start_server, wait_for
 
 MAX_REQUEST_PIXELS = 64_000_000
-MAX_INFLIGHT_PIXELS = 100_000_000
+MAX_INFLIGHT_PIXELS = 90_000_000
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_64_huge_pngs_are_refused_before_decoding(server):
 def test_over_the_in_flight_budget_is_503_until_it_frees(server):
     first: dict = {}
 
-    def send_first() -> None:  # 4 x 16 Mpx: holds 64 Mpx of the 100 Mpx budget while it runs
+    def send_first() -> None:  # 4 x 16 Mpx: holds 64 Mpx of the 90 Mpx budget while it runs
         with server.client(timeout=120) as c:
             first["response"] = c.post("/predict/batch", files=batch(*[(4000, 4000)] * 4))
 
