@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import Request
 
 from maskrt.server.errors import ApiError, validation_message
@@ -20,6 +20,14 @@ from maskrt.server.schemas import PredictParams
 BodyKind = Literal["multipart", "raw"]
 PARAMETERS = list(PredictParams.model_fields)
 _RAW_TYPES = ("application/octet-stream",)
+IMAGE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "image/tiff",
+)
 
 
 def parse_params(items: list[tuple[str, str]]) -> PredictParams:
@@ -80,6 +88,7 @@ async def read_images(
                 max_files=max_images + 1,
                 max_fields=64,
                 max_part_size=64 * 1024,
+                file_fields=names,
             )
             form = await parser.parse()
     except MultiPartException as exc:  # the multipart parser's complaints
@@ -90,10 +99,6 @@ async def read_images(
         for key, value in form.multi_items():
             if isinstance(value, UploadFile) and key in names:
                 files.append(value)
-            elif key in names:
-                raise ApiError(
-                    422, "invalid_field", f"multipart field {key!r} must be a file (filename set)"
-                )
             elif isinstance(value, UploadFile):
                 raise ApiError(
                     422,
@@ -110,9 +115,22 @@ async def read_images(
 
 class CompleteMultiPartParser(MultiPartParser):
     """Starlette's multipart parser that also refuses a body cut before its closing boundary
-    (python-multipart ends such a body quietly, without the part it was in)."""
+    (python-multipart ends such a body quietly, without the part it was in), and takes a part
+    named as an image field for a file even without a ``filename`` (OpenAPI cannot require one).
+    """
 
     ended = False
+
+    def __init__(self, *args: Any, file_fields: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.file_fields = {name.encode() for name in file_fields}
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        _, options = parse_options_header(part.content_disposition)
+        if options.get(b"name") in self.file_fields and b"filename" not in options:
+            part.content_disposition += b'; filename="' + options[b"name"] + b'"'
+        super().on_headers_finished()
 
     def on_end(self) -> None:
         self.ended = True
@@ -154,23 +172,37 @@ def _check_file_count(count: int, field: str, batch: bool, max_images: int) -> N
 
 
 def request_body_doc(batch: bool) -> dict[str, Any]:
-    """OpenAPI ``parameters`` and ``requestBody`` of ``/predict`` (``batch``: ``/predict/batch``)."""
+    """OpenAPI ``parameters`` and ``requestBody`` of ``/predict`` (``batch``: ``/predict/batch``),
+    no looser than the server: at least one image, none empty, and the parameters in the query
+    only (form fields of the same names work too, but a name in both places is a 422, which a
+    schema cannot say)."""
     params = {
         name: {k: v for k, v in schema.items() if k != "default"}
         for name, schema in PredictParams.model_json_schema()["properties"].items()
     }
     described = "(JPEG, PNG, WebP, BMP, GIF, TIFF)"
-    binary = {"type": "string", "format": "binary"}
+    binary = {"type": "string", "format": "binary", "minLength": 1}
     if batch:
         field = "images"
         files: dict[str, Any] = {
-            field: {"type": "array", "items": binary, "description": f"the images {described}"}
+            field: {
+                "type": "array",
+                "items": binary,
+                "minItems": 1,
+                "description": f"the images {described}; at most MAX_QUEUE of them",
+            }
         }
     else:
         field = "image"
         files = {field: {**binary, "description": f"the image {described}"}}
-    multipart = {"type": "object", "required": [field], "properties": {**files, **params}}
-    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart}}
+    multipart = {
+        "type": "object",
+        "required": [field],
+        "properties": files,
+        "additionalProperties": False,
+    }
+    encoding = {field: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart, "encoding": encoding}}
     if not batch:
         content["image/*"] = {"schema": binary}
     query = [
