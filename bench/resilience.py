@@ -8,7 +8,8 @@
    normal client keeps sending requests; how many of those were answered, and how many slow
    connections the server closed (408) after its header timeout;
 3. oversized requests: a 1 MiB header (431), a body over the upload limit (413), a decompression
-   bomb (413), a batch of 64 PNGs of 6000x6000 (413); the server's RSS before and after;
+   bomb (413), a batch of PNGs of 6000x6000 (64, or as many as the queue takes: 413 by pixels);
+   the server's RSS before and after;
 4. soak: ``--soak-concurrency`` clients sending mixed images for ``--soak-minutes``; per minute
    answered, failed, p50/p95 latency, the server's RSS and open files; the trend from the first
    minute to the last.
@@ -192,7 +193,7 @@ def slow_clients(server: Served, connections: int, header_timeout_s: float) -> T
     return tally
 
 
-def oversized(server: Served) -> Tally:
+def oversized(server: Served, max_queue: int) -> Tally:
     tally = Tally("oversized requests", {413, 431, 503}, answers=False)
     rss_before = server.rss_mb()
     with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as http:
@@ -205,8 +206,8 @@ def oversized(server: Served) -> Tally:
         bomb = big_png(20000, 20000)
         r = http.post("/predict", content=bomb, headers={"Content-Type": "image/png"})
         tally.add(r.status_code)
-        page = big_png(6000, 6000)
-        files = [("images", (f"{i}.png", page, "image/png")) for i in range(64)]
+        page = big_png(6000, 6000)  # as many as the queue takes, so that pixels decide
+        files = [("images", (f"{i}.png", page, "image/png")) for i in range(min(64, max_queue))]
         r = http.post("/predict/batch", files=files)
         tally.add(r.status_code)
     print(tally.line(), flush=True)
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print("slow clients", flush=True)
         tallies.append(slow_clients(server, args.slow_connections, args.header_timeout_s))
         print("oversized requests", flush=True)
-        tallies.append(oversized(server))
+        tallies.append(oversized(server, args.max_queue))
         print(f"soak ({args.soak_minutes:g} min)", flush=True)
         tallies.append(soak(server, args.soak_minutes, args.soak_concurrency))
     finally:
