@@ -151,7 +151,8 @@ def overload(server: Served, levels: list[int], seconds: float) -> list[Tally]:
         print(tally.line(), flush=True)
         tallies.append(tally)
     impatient = LoadClient(server.url, image, content_type, {}, {}, timeout_s=0.3)
-    tally = Tally("impatient c=32 (0.3 s client timeout)", {503, "ReadTimeout"})
+    gave_up = {"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"}
+    tally = Tally("impatient c=32 (0.3 s client timeout)", {503, *gave_up})
     for _, status in asyncio.run(_closed_loop(impatient, 32, seconds)):
         tally.add(status)
     print(tally.line(), flush=True)

@@ -5,7 +5,9 @@ Before a request reaches the app, each connection is held to:
 - ``max_header_bytes``: a request line plus headers longer than this gets 431 as soon as the
   buffered head passes the limit (h11 stops at it, so a huge header is never parsed whole);
 - ``header_timeout_s``: a connection that has not sent complete headers this long after it opened
-  (or after its last answer) gets 408 and is closed, so slow clients cannot hold sockets forever;
+  (or, kept alive, after the first byte of its next request) gets 408 and is closed, so slow
+  clients cannot hold sockets forever (one that sent nothing at all is closed without an answer;
+  an idle kept-alive connection is uvicorn's keep-alive timeout's to close);
 - ``max_connections``: a request on a connection beyond this many open ones gets 503 with
   ``Retry-After`` and the connection is closed;
 
@@ -90,8 +92,11 @@ class GuardedH11Protocol(H11Protocol):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
-        if not self.refused:
-            super().data_received(data)
+        if self.refused:
+            return
+        if self.conn.their_state is h11.IDLE:  # the start of a request on a kept-alive connection
+            self._await_headers()
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_done()
@@ -104,11 +109,6 @@ class GuardedH11Protocol(H11Protocol):
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # a request's headers arrived (or it failed)
             self._headers_done()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._await_headers()
 
     def send_400_response(self, msg: str) -> None:
         error = self.conn.error
@@ -145,7 +145,11 @@ class GuardedH11Protocol(H11Protocol):
 
     def _header_timeout(self) -> None:
         self.header_timer = None
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if not self.conn.trailing_data[0]:  # nothing sent at all (a pre-connect): just close
+            self.transport.close()
+        else:
             self._refuse(
                 ApiError(
                     408,

@@ -121,6 +121,11 @@ def test_slow_headers_are_timed_out_and_normal_clients_served(server):
     healthy(server)
 
 
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server):
+    with connect(server) as sock:
+        assert sock.recv(1024) == b""  # within HEADER_TIMEOUT_S; the socket timeout is 20 s
+
+
 def test_connections_over_the_cap_get_503(server):
     idle = []
     try:
