@@ -1,9 +1,10 @@
-"""HTTP/1.1 connections under hostile traffic: uvicorn's h11 protocol with limits of its own.
+"""HTTP/1.1 connections under hostile traffic: uvicorn's httptools protocol with limits of its own.
 
 Before a request reaches the app, each connection is held to:
 
 - ``max_header_bytes``: a request line plus headers longer than this gets 431 as soon as the
-  buffered head passes the limit (h11 stops at it, so a huge header is never parsed whole);
+  head passes the limit (the parser is fed at most that much of a head, so a huge header is never
+  parsed whole);
 - ``header_timeout_s``: a connection that has not sent complete headers this long after it opened
   (or, kept alive, after the first byte of its next request) gets 408 and is closed, so slow
   clients cannot hold sockets forever (one that sent nothing at all is closed without an answer;
@@ -21,21 +22,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import resource
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from maskrt.server.errors import ApiError, error_response
 
 log = logging.getLogger("maskrt.server")
 
 MAX_OPEN_FILES = 1 << 20  # the target where the hard limit is unlimited (Linux's nr_open)
-_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a request head (h11's rule)
 LINGER_S = 2.0  # how long a refused connection's further input is read and dropped
 FDS_RESERVED = 64  # files the process needs besides client sockets (model, logs, threads, pipes)
 
@@ -62,26 +60,18 @@ def raw_error(exc: ApiError) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + bytes(body)
 
 
-class _Connection(h11.Connection):
-    """Remembers the protocol error that ended the connection (its status hint: 400 or 431)."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of :class:`ConnectionLimits`.
 
-    error: h11.RemoteProtocolError | None = None
-
-    def next_event(self):
-        try:
-            return super().next_event()
-        except h11.RemoteProtocolError as exc:
-            self.error = exc
-            raise
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the limits of :class:`ConnectionLimits`."""
+    The head of a request is fed to the parser at most ``max_header_bytes`` at a time, so a longer
+    one is refused before the parser (which joins header values by concatenation) sees it whole.
+    """
 
     def __init__(self, *args, limits: ConnectionLimits, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
-        self.conn = _Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.awaiting_head = True  # between requests, or inside a request line and headers
+        self.head_bytes = 0  # bytes fed while awaiting_head
         self.header_timer: asyncio.TimerHandle | None = None
         self.refused = False
 
@@ -91,38 +81,34 @@ class GuardedH11Protocol(H11Protocol):
             self.app = functools.partial(_over_capacity, len(self.connections))
         self._await_headers()
 
-    def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return
-        if self.conn.their_state is h11.IDLE:  # the start of a request on a kept-alive connection
-            self._await_headers()
-        super().data_received(data)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_done()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        if self.conn.their_state is h11.IDLE and self._head_too_large():
-            self._refuse(self._headers_too_large())
-            return
-        super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a request's headers arrived (or it failed)
-            self._headers_done()
+    def data_received(self, data: bytes) -> None:
+        while data and self.awaiting_head and not self.refused:
+            room = self.limits.max_header_bytes - self.head_bytes
+            if room <= 0:
+                self._refuse(self._headers_too_large())
+                return
+            self._await_headers()  # the start of a request on a kept-alive connection
+            chunk, data = data[:room], data[room:]
+            self.head_bytes += len(chunk)
+            super().data_received(chunk)
+        if data and not self.refused and not self.transport.is_closing():
+            super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self.awaiting_head = False
+        self._headers_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.awaiting_head, self.head_bytes = True, 0
 
     def send_400_response(self, msg: str) -> None:
-        error = self.conn.error
-        if error is not None and error.error_status_hint == 431:
-            self._refuse(self._headers_too_large())
-        else:
-            self._refuse(ApiError(400, "invalid_http", f"malformed HTTP request: {error or msg}"))
-
-    def _head_too_large(self) -> bool:
-        """Whether the buffered start of a request has no end of headers within the limit (h11
-        alone lets a head of any size through when it arrives whole)."""
-        buffered = self.conn.trailing_data[0]
-        limit = self.limits.max_header_bytes
-        return len(buffered) > limit and _HEAD_END.search(buffered, 0, limit) is None
+        self._refuse(ApiError(400, "invalid_http", "malformed HTTP request"))
 
     def _headers_too_large(self) -> ApiError:
         return ApiError(
@@ -145,9 +131,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def _header_timeout(self) -> None:
         self.header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing() or not self.awaiting_head:
             return
-        if not self.conn.trailing_data[0]:  # nothing sent at all (a pre-connect): just close
+        if self.head_bytes == 0:  # nothing sent at all (a pre-connect): just close
             self.transport.close()
         else:
             self._refuse(
@@ -191,7 +177,7 @@ async def _over_capacity(open_connections: int, scope, receive, send) -> None:
 
 def protocol_factory(limits: ConnectionLimits):
     """What ``uvicorn.Config(http=...)`` takes: the guarded protocol bound to ``limits``."""
-    return functools.partial(GuardedH11Protocol, limits=limits)
+    return functools.partial(GuardedHttpToolsProtocol, limits=limits)
 
 
 def raise_open_file_limit(max_connections: int) -> int:
