@@ -62,7 +62,7 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         value = state[key].detach().cpu().contiguous()
         digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 

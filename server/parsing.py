@@ -128,8 +128,9 @@ class CompleteMultiPartParser(MultiPartParser):
     def on_headers_finished(self) -> None:
         part = self._current_part
         _, options = parse_options_header(part.content_disposition)
-        if options.get(b"name") in self.file_fields and b"filename" not in options:
-            part.content_disposition += b'; filename="' + options[b"name"] + b'"'
+        name = options.get(b"name")
+        if part.content_disposition and name in self.file_fields and b"filename" not in options:
+            part.content_disposition += b'; filename="' + (name or b"") + b'"'
         super().on_headers_finished()
 
     def on_end(self) -> None:
