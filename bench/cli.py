@@ -37,6 +37,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.onnx_compare",
         "several ONNX files of one model (mask head, int8) interleaved in ONNX Runtime",
     ),
+    "resilience": (
+        "maskrt.bench.resilience",
+        "overload, slow clients, oversized requests and a soak against a `maskrt serve` it starts",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",

@@ -208,6 +208,8 @@ class LoadClient:
             r = await client.post("/predict", files=files, params=self.params)
             await r.aread()
             status: int | str = r.status_code
+            if status == 503 and "retry-after" not in r.headers:
+                status = "503 without Retry-After"
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         return time.perf_counter() - started, status
@@ -222,10 +224,10 @@ class LoadClient:
     async def level(self, concurrency: int, duration_s: float, warmup_s: float) -> LevelResult:
         async with self.client(concurrency + 1) as client:
             if warmup_s > 0:  # open the connections, let the server settle
-                await self._closed_loop(client, concurrency, warmup_s)
+                await self.closed_loop(client, concurrency, warmup_s)
             before = await self.metrics(client)
             started = time.perf_counter()
-            samples = await self._closed_loop(client, concurrency, duration_s)
+            samples = await self.closed_loop(client, concurrency, duration_s)
             seconds = time.perf_counter() - started
             after = await self.metrics(client)
         latencies = [t for t, s in samples if s == 200]
@@ -248,7 +250,7 @@ class LoadClient:
             batch_sizes(before, after),
         )
 
-    async def _closed_loop(
+    async def closed_loop(
         self, client: httpx.AsyncClient, concurrency: int, duration_s: float
     ) -> list[tuple[float, int | str]]:
         deadline = time.perf_counter() + duration_s

@@ -15,7 +15,7 @@
 # /readyz (the healthcheck) once the model is ready.
 #
 # This script fails early, with what to do, where the server could not start: an unknown backend,
-# a bad MASKRT_MAX_BATCH or MASKRT_ENGINE_PRECISION, an unwritable cache, no GPU or no TensorRT for
+# a bad MASKRT_MAX_BATCH or MASKRT_ENGINE_PRECISION, a cache that cannot be created, no GPU or no TensorRT for
 # the tensorrt backend, a missing model file. MASKRT_BACKEND=auto resolves here (tensorrt on a GPU
 # with TensorRT, else onnxruntime) so the log says which backend serves.
 set -euo pipefail
@@ -58,8 +58,10 @@ if [[ -n "$model" && ! "$model" =~ ^MaskRCNN_ && ! -r "$model" ]]; then
 fi
 
 mkdir -p "$cache_dir" 2>/dev/null || true
-[[ -d "$cache_dir" && -w "$cache_dir" ]] ||
+[[ -d "$cache_dir" ]] ||
     die "cache directory $cache_dir is not writable by uid $(id -u): mount a volume there (docker-compose.yml does) or, for a bind mount, make it writable by uid $(id -u)"
+[[ -w "$cache_dir" ]] ||
+    log "cache directory $cache_dir is read-only: the server uses what it holds (filled once by a server that could write it) and stops if it must make anything"
 # The image's build id names the cached ONNX exports, so a new image never reuses an old export.
 MASKRT_BUILD_ID="$(cat "${MASKRT_BUILD_ID_FILE:-/opt/maskrt/build-id}" 2>/dev/null || true)"
 export MASKRT_BUILD_ID MASKRT_CACHE_DIR="$cache_dir"

@@ -13,6 +13,11 @@ made, and another GPU, TensorRT version, precision or batch gets its own. ``MASK
 by the Docker entrypoint from the image) is part of the ONNX name, so a new image never reuses an
 export made by other code of the same version. Each file is made under an exclusive lock and
 renamed into place: servers sharing the directory make it once and never read half a file.
+
+Beside each entry ``<entry>.sha256`` records its size and sha256, written once the entry is whole.
+An entry is used only when it matches its record; a damaged one (truncated, overwritten, or
+without a record) is made again. Looking needs no write access: a read-only cache that holds
+valid entries (a volume built once) is served as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -57,25 +63,68 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def record_path(path: Path) -> Path:
+    """Where the size and sha256 of a cache entry are recorded."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path: Path) -> dict:
+    from maskrt.model.checkpoint import file_sha256
+
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _problem(path: Path) -> str | None:
+    """None when ``path`` exists and matches its record, else what is wrong with it."""
+    if not path.is_file():
+        return "missing"
+    try:
+        record = json.loads(record_path(path).read_text())
+    except FileNotFoundError:
+        return "no record of its size and digest"
+    except (OSError, ValueError) as exc:
+        return f"unreadable record ({exc})"
+    if not isinstance(record, dict) or record.get("size") != path.stat().st_size:
+        return f"size {path.stat().st_size} bytes, recorded {record.get('size')}"
+    if record.get("sha256") != _digest(path)["sha256"]:
+        return "content differs from its recorded sha256"
+    return None
+
+
 def cached(path: Path, make: Callable[[Path], object], what: str) -> Path:
-    """``path``, made by ``make(path)`` unless it exists. ``make`` must write ``path`` atomically
-    (a temporary name, then a rename); it runs under an exclusive lock on ``<path>.lock``, so
-    concurrent callers wait for one maker instead of making the file twice."""
+    """``path``, made by ``make(path)`` unless a valid one exists. ``make`` must write ``path``
+    atomically (a temporary name, then a rename); it runs under an exclusive lock on
+    ``<path>.lock``, so concurrent callers wait for one maker instead of making the file twice. A
+    valid entry is found without the lock, so a read-only cache works."""
+    fields = {"fields": {"path": str(path)}}
+    problem = _problem(path)
+    if problem is None:
+        log.info("reusing cached %s", what, extra=fields)
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path.with_name(path.name + ".lock")):
-            if path.is_file():
-                log.info("reusing cached %s", what, extra={"fields": {"path": str(path)}})
+            problem = _problem(path)
+            if problem is None:
+                log.info("reusing cached %s", what, extra=fields)
                 return path
-            log.info("making %s (once; cached)", what, extra={"fields": {"path": str(path)}})
+            if problem != "missing":
+                log.warning(
+                    "cached %s is damaged (%s); making it again", what, problem, extra=fields
+                )
+            record_path(path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            log.info("making %s (once; cached)", what, extra=fields)
             make(path)
+            if not path.is_file():
+                raise MaskrtError(f"making {what} did not write {path}")
+            atomic_write(record_path(path), json.dumps(_digest(path)).encode())
     except OSError as exc:
         raise MaskrtError(
-            f"cannot write the cache under {path.parent}: {exc} (set MASKRT_CACHE_DIR "
-            f"to a writable directory)"
+            f"cannot write the cache under {path.parent} to make {what} ({problem}): {exc} "
+            f"(set MASKRT_CACHE_DIR to a writable directory, or fill a read-only one from a "
+            f"server that can write it)"
         ) from None
-    if not path.is_file():
-        raise MaskrtError(f"making {what} did not write {path}")
     return path
 
 

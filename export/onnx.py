@@ -16,9 +16,10 @@ Targets:
 
 Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
 ``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
-``maskrt.target``, plus ``maskrt.max_batch`` and ``maskrt.precision`` (``fp32``, or ``fp16`` for
-``--fp16``: backbone and heads in float16; ``int8`` for ``--int8``) and ``maskrt.mask_head``, and
-passes ``onnx.checker.check_model(full_check=True)``.
+``maskrt.target``, plus ``maskrt.max_batch``, ``maskrt.precision`` (``fp32``, or ``fp16`` for
+``--fp16``: backbone and heads in float16; ``int8`` for ``--int8``), ``maskrt.mask_head`` and
+``maskrt.weights_verified`` (``true`` when the checkpoint's tensors matched their recorded digest),
+and passes ``onnx.checker.check_model(full_check=True)``.
 
 ``maskrt.mask_head`` says which rows the mask head runs on: ``all`` (the ``K`` rows, every shape
 static: what TensorRT needs, and the ``tensorrt`` target's only choice) or ``detections`` (the first
@@ -124,7 +125,15 @@ def build_onnx(
         raise MaskrtError("torch.onnx.export returned no ONNX program")
     proto = drop_default_reductions(add_functions(program.model_proto, opset))
     log.debug("traced and translated in %.1f s", time.perf_counter() - started)
-    set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")
+    set_metadata(
+        proto,
+        config,
+        loaded.sha256,
+        "onnxruntime",
+        max_batch,
+        "fp16" if fp16 else "fp32",
+        loaded.weights_verified,
+    )
     set_metadata_props(proto, {"mask_head": mask_head})
     check(proto)
     return proto
@@ -211,7 +220,15 @@ def export_onnx(
     return out
 
 
-def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precision: str) -> None:
+def set_metadata(
+    proto,
+    config,
+    sha256: str,
+    target: str,
+    max_batch: int,
+    precision: str,
+    weights_verified: bool,
+) -> None:
     set_metadata_props(
         proto,
         {
@@ -224,6 +241,7 @@ def set_metadata(proto, config, sha256: str, target: str, max_batch: int, precis
             "target": target,
             "precision": precision,
             "max_batch": str(max_batch),
+            "weights_verified": "true" if weights_verified else "false",
         },
     )
     proto.producer_name = "maskrt"

@@ -2,7 +2,10 @@
 
 Loading also takes a bare torchvision state dict (plus a config name) and torchvision's published
 COCO weights by name. Every load is strict: a wrong, corrupt or mismatched file is an error that
-names the file and the first offending keys, never a silent partial load.
+names the file and the first offending keys, never a silent partial load. Checkpoints written by
+maskrt record a sha256 of their tensors (``tensors_sha256``), checked on every load: a flipped bit
+is an error, not a model that answers wrong. Other checkpoints carry none; their
+:attr:`LoadedModel.weights_verified` is false.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class LoadedModel:
     sha256: str
     source: str
     meta: dict = field(default_factory=dict)
+    weights_verified: bool = False  # the tensors matched a digest recorded when they were saved
 
     @property
     def version(self) -> str:
@@ -49,6 +53,16 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes (independent of the file format)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -76,6 +90,7 @@ def save_checkpoint(
         "version": FORMAT_VERSION,
         "config": config.to_dict(),
         "state_dict": state,
+        "tensors_sha256": tensors_sha256(state),
         "provenance": provenance,
     }
     if training is not None:
@@ -149,6 +164,7 @@ def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None)
         if config is not None:
             cfg = _resolve(config)
         state, meta = payload["state_dict"], payload.get("provenance", {})
+        verified = _verify(path, payload)
     else:
         if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
             payload = payload["model"]  # torchvision's detection references save {"model": ...}
@@ -157,10 +173,27 @@ def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None)
                 f"{path}: a bare state dict; name its layout with a config "
                 f"(e.g. --config resnet50_fpn)"
             )
-        cfg, state, meta = _resolve(config), payload, {}
+        cfg, state, meta, verified = _resolve(config), payload, {}, False
     model = build_model(cfg)
     load_state_dict(model, state, str(path))
-    return LoadedModel(model.eval(), cfg, file_sha256(path), str(path), meta)
+    return LoadedModel(model.eval(), cfg, file_sha256(path), str(path), meta, verified)
+
+
+def _verify(path: Path, payload: dict) -> bool:
+    """True when the payload's tensors match their recorded digest, False when none is recorded
+    (checkpoints written before digests); a mismatch is an error."""
+    recorded = payload.get("tensors_sha256")
+    if recorded is None:
+        return False
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MaskrtError(f"{path}: does not hold a state dict of tensors")
+    if tensors_sha256(state) != recorded:
+        raise MaskrtError(
+            f"{path}: the weights do not match the digest recorded when the checkpoint was saved "
+            f"(the file is damaged); restore it from its source"
+        )
+    return True
 
 
 def _resolve(config: str | ModelConfig) -> ModelConfig:

@@ -64,10 +64,25 @@ def settings_from_args(args: argparse.Namespace):
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err.get("loc") else "?"
+            if not err.get("loc"):  # a rule between settings
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
             where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
             problems.append(f"{where}: {err['msg']}")
         raise MaskrtError("invalid settings: " + "; ".join(problems)) from None
+
+
+def serve_metrics(registry, host: str, port: int) -> None:
+    """``/metrics`` of ``registry`` on its own port (a daemon thread of prometheus_client)."""
+    from prometheus_client import start_http_server
+
+    from maskrt.errors import MaskrtError
+
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise MaskrtError(f"cannot serve metrics on {host}:{port}: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -81,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     from maskrt.server.backends import check_model
     from maskrt.server.decode import ignore_expected_warnings
     from maskrt.server.logging import configure_logging
+    from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
@@ -100,16 +116,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, on_fatal=fatal)
     state = app.state.maskrt
+    if settings.metrics_port is not None:
+        serve_metrics(state.metrics.registry, settings.host, settings.metrics_port)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             state.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=raise_open_file_limit(settings.max_connections),
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_factory(limits),
         log_config=None,
         access_log=False,
         server_header=False,

@@ -82,8 +82,6 @@ def decode_image(
     ``name`` labels the image in messages (``images[2]`` of a batch).
     """
     started = time.perf_counter()
-    if not data:
-        raise ApiError(400, "empty_image", f"{name}: the image is empty (0 bytes)")
     img = open_image(data, max_pixels=max_pixels, name=name)
     fmt = img.format or "unknown"
     device = torch.device(device) if device is not None else None
@@ -98,8 +96,16 @@ def decode_image(
     return DecodedImage(tensor, fmt, "pillow", time.perf_counter() - started)
 
 
+def image_pixels(data: bytes, *, max_pixels: int, name: str = "image") -> int:
+    """Width x height from the header, with the checks of :func:`open_image`; nothing decoded."""
+    with open_image(data, max_pixels=max_pixels, name=name) as img:
+        return img.width * img.height
+
+
 def open_image(data: bytes, *, max_pixels: int, name: str = "image") -> Image.Image:
     """Pillow's lazy open (header only) with the format and pixel-count checks."""
+    if not data:
+        raise ApiError(400, "empty_image", f"{name}: the image is empty (0 bytes)")
     supported = ", ".join(FORMATS)
     try:
         with warnings.catch_warnings():

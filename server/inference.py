@@ -3,16 +3,19 @@
 :func:`infer_request` is the path every inference route shares, whatever its wire format: it
 counts the request in flight, holds it to its deadline (``request_timeout_s`` from its arrival:
 upload, decode, queue and inference together), announces the images to the batcher while the
-route reads them (so a batch forming may wait for them), decodes them in threads, queues them (503
-when full), and waits for their results while watching for the client going away (its images are
-dropped before inference). It answers with one :class:`ImageResult` per image or raises
-:class:`~maskrt.server.errors.ApiError` (503, 504, 500), :class:`ClientDisconnected`, or what
-``read`` raises. The route turns the results into its own response.
+route reads them (so a batch forming may wait for them), admits their decoded size read from their
+headers (:mod:`~maskrt.server.admission`: 413 over the per-request pixel budget, 503 over the
+in-flight one), decodes them in threads, queues them (503 when full), and waits for their results
+while watching for the client going away (its images are dropped before inference). It answers
+with one :class:`ImageResult` per image or raises :class:`~maskrt.server.errors.ApiError` (413,
+503, 504, 500), :class:`ClientDisconnected`, or what ``read`` raises. The route turns the results
+into its own response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +26,7 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from maskrt.server.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
-from maskrt.server.decode import DecodedImage
+from maskrt.server.decode import DecodedImage, image_pixels
 from maskrt.server.errors import ApiError, ClientDisconnected
 from maskrt.server.pipeline import Pipeline, PostOptions
 from maskrt.server.state import JobResult, ServerState, Work
@@ -60,11 +63,15 @@ async def infer_request(state: ServerState, request: Request, read: Reader) -> l
     state.metrics.inflight.inc()
     try:
         async with asyncio.timeout_at(deadline):
-            with batcher.expecting():
-                uploads, options = await read()
-                decoded = await _decode_all(state, pipeline, uploads)
-            jobs = _submit(state, batcher, decoded, options, request.scope["state"]["request_id"])
-            results = await _wait(jobs, request.receive)
+            with contextlib.ExitStack() as admitted:
+                with batcher.expecting():
+                    uploads, options = await read()
+                    pixels = await _pixels(state, uploads)
+                    admitted.enter_context(state.pixels.admit(pixels))  # 413 / 503 if over
+                    decoded = await _decode_all(state, pipeline, uploads)
+                rid = request.scope["state"]["request_id"]
+                jobs = _submit(state, batcher, decoded, options, rid)
+                results = await _wait(jobs, request.receive)
     except TimeoutError:
         for job in jobs:
             job.drop("timeout")
@@ -81,6 +88,16 @@ async def infer_request(state: ServerState, request: Request, read: Reader) -> l
     finally:
         state.metrics.inflight.dec()
     return [ImageResult(d, j.queue_wait_s, r) for d, j, r in zip(decoded, jobs, results)]
+
+
+async def _pixels(state: ServerState, uploads: list[Upload]) -> int:
+    """The decoded size of the uploads, from their headers (a thread: Pillow parses them)."""
+    max_pixels = state.settings.max_image_pixels
+
+    def count() -> int:
+        return sum(image_pixels(u.data, max_pixels=max_pixels, name=u.name) for u in uploads)
+
+    return await asyncio.get_running_loop().run_in_executor(state.decode_executor, count)
 
 
 async def _decode_all(
@@ -137,6 +154,14 @@ async def _wait(jobs: list[Job], receive: Receive) -> list[JobResult]:
         watcher.cancel()
         if not gathered.done():
             gathered.cancel()
+        # dropped jobs end the gather with CancelledError later; retrieve it, so asyncio does not
+        # log "_GatheringFuture exception was never retrieved" for every client that went away
+        gathered.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -144,6 +144,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "maskrt_queue_depth", "images waiting in the batch queue", registry=r
         )
+        self.inflight_pixels = Gauge(
+            "maskrt_inflight_pixels",
+            "decoded pixels of the admitted requests (decoding, queued, in a batch)",
+            registry=r,
+        )
         self.inflight = Gauge(
             "maskrt_inflight_requests", "inference requests being handled", registry=r
         )

@@ -5,11 +5,12 @@ infer because the routes read the body themselves (streamed, under the size limi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import Request
 
 from maskrt.server.errors import ApiError, validation_message
@@ -19,6 +20,14 @@ from maskrt.server.schemas import PredictParams
 BodyKind = Literal["multipart", "raw"]
 PARAMETERS = list(PredictParams.model_fields)
 _RAW_TYPES = ("application/octet-stream",)
+IMAGE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "image/tiff",
+)
 
 
 def parse_params(items: list[tuple[str, str]]) -> PredictParams:
@@ -72,19 +81,24 @@ async def read_images(
         return [await read_raw_body(request)], []
     names = ("images", "image") if batch else ("image",)
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=64, max_part_size=64 * 1024)
-    except StarletteHTTPException as exc:  # the multipart parser's complaints
-        raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.detail}") from None
+        async with contextlib.aclosing(request.stream()) as stream:
+            parser = CompleteMultiPartParser(
+                request.headers,
+                stream,
+                max_files=max_images + 1,
+                max_fields=64,
+                max_part_size=64 * 1024,
+                file_fields=names,
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:  # the multipart parser's complaints
+        raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.message}") from None
     try:
         files: list[UploadFile] = []
         fields: list[tuple[str, str]] = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile) and key in names:
                 files.append(value)
-            elif key in names:
-                raise ApiError(
-                    422, "invalid_field", f"multipart field {key!r} must be a file (filename set)"
-                )
             elif isinstance(value, UploadFile):
                 raise ApiError(
                     422,
@@ -97,6 +111,37 @@ async def read_images(
         return [await f.read() for f in files], fields
     finally:
         await form.close()
+
+
+class CompleteMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser that also refuses a body cut before its closing boundary
+    (python-multipart ends such a body quietly, without the part it was in), and takes a part
+    named as an image field for a file even without a ``filename`` (OpenAPI cannot require one).
+    """
+
+    ended = False
+
+    def __init__(self, *args: Any, file_fields: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.file_fields = {name.encode() for name in file_fields}
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        _, options = parse_options_header(part.content_disposition)
+        name = options.get(b"name")
+        if part.content_disposition and name in self.file_fields and b"filename" not in options:
+            part.content_disposition += b'; filename="' + (name or b"") + b'"'
+        super().on_headers_finished()
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise MultiPartException("the body ends before the closing boundary")
+        return form
 
 
 async def read_raw_body(request: Request) -> bytes:
@@ -128,23 +173,37 @@ def _check_file_count(count: int, field: str, batch: bool, max_images: int) -> N
 
 
 def request_body_doc(batch: bool) -> dict[str, Any]:
-    """OpenAPI ``parameters`` and ``requestBody`` of ``/predict`` (``batch``: ``/predict/batch``)."""
+    """OpenAPI ``parameters`` and ``requestBody`` of ``/predict`` (``batch``: ``/predict/batch``),
+    no looser than the server: at least one image, none empty, and the parameters in the query
+    only (form fields of the same names work too, but a name in both places is a 422, which a
+    schema cannot say)."""
     params = {
         name: {k: v for k, v in schema.items() if k != "default"}
         for name, schema in PredictParams.model_json_schema()["properties"].items()
     }
     described = "(JPEG, PNG, WebP, BMP, GIF, TIFF)"
-    binary = {"type": "string", "format": "binary"}
+    binary = {"type": "string", "format": "binary", "minLength": 1}
     if batch:
         field = "images"
         files: dict[str, Any] = {
-            field: {"type": "array", "items": binary, "description": f"the images {described}"}
+            field: {
+                "type": "array",
+                "items": binary,
+                "minItems": 1,
+                "description": f"the images {described}; at most MAX_QUEUE of them",
+            }
         }
     else:
         field = "image"
         files = {field: {**binary, "description": f"the image {described}"}}
-    multipart = {"type": "object", "required": [field], "properties": {**files, **params}}
-    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart}}
+    multipart = {
+        "type": "object",
+        "required": [field],
+        "properties": files,
+        "additionalProperties": False,
+    }
+    encoding = {field: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart, "encoding": encoding}}
     if not batch:
         content["image/*"] = {"schema": binary}
     query = [

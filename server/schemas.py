@@ -175,6 +175,7 @@ class ModelInfoResponse(BaseModel):
                     "mask_size": 28,
                     "max_detections": 100,
                     "max_batch": 8,
+                    "weights_verified": True,
                 }
             ]
         }
@@ -191,6 +192,10 @@ class ModelInfoResponse(BaseModel):
     mask_size: int = Field(description="side of the model's square mask before pasting")
     max_detections: int = Field(description="most detections per image")
     max_batch: int = Field(description="largest batch the server forms")
+    weights_verified: bool = Field(
+        description="the checkpoint's tensors matched the digest maskrt recorded when it saved "
+        "them; false for checkpoints from elsewhere, whose weights nothing could check"
+    )
 
 
 class PredictParams(BaseModel):

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="width x height limit, checked before decoding"
     )
+    max_request_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="decoded pixels of all the images of one request (from their headers); "
+        "more gets 413",
+    )
+    max_inflight_pixels: int = Field(
+        256_000_000,
+        ge=1,
+        description="decoded pixels of all admitted requests (decoding, queued, in a batch); a "
+        "request that would pass it gets 503 with Retry-After",
+    )
     score_threshold: float = Field(
         0.5, ge=0, le=1, description="default of the score_threshold request parameter"
     )
@@ -66,8 +78,33 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated allowed CORS origins (off when empty)"
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="request line plus headers size limit; longer heads get 431",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection without complete request headers this long gets 408 and is "
+        "closed",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="open connections; a request on one beyond them gets 503 (the open-file "
+        "limit is raised to fit at start)",
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve /metrics on this port (same host) instead of PORT, so that only "
+        "PORT need be exposed; unset: /metrics on PORT",
+    )
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     cache_dir: Path = Field(
@@ -124,6 +161,18 @@ class Settings(BaseSettings):
     @classmethod
     def _model(cls, value: str | None) -> str | None:
         return value.strip() or None if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_inflight_pixels:
+            raise ValueError(
+                f"the pixel limits must grow: MAX_IMAGE_PIXELS ({self.max_image_pixels}) <= "
+                f"MAX_REQUEST_PIXELS ({self.max_request_pixels}) <= MAX_INFLIGHT_PIXELS "
+                f"({self.max_inflight_pixels})"
+            )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(f"METRICS_PORT must differ from PORT ({self.port})")
+        return self
 
     def resolved_device(self) -> str:
         """``auto`` made concrete: ``cuda`` when torch sees a GPU, else ``cpu``."""

@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from maskrt.errors import MaskrtError
+from maskrt.server.admission import PixelBudget
 from maskrt.server.backends.base import Backend
 from maskrt.server.batcher import Batcher, Job
 from maskrt.server.errors import ApiError
@@ -69,6 +70,11 @@ class ServerState:
             max_batch=settings.max_batch, gpu_device=device if device.startswith("cuda") else None
         )
         self.keys = ApiKeys(settings.api_keys)
+        self.pixels = PixelBudget(
+            settings.max_request_pixels,
+            settings.max_inflight_pixels,
+            self.metrics.inflight_pixels.set,
+        )
         self.status = "loading"
         self.error: str | None = None
         self.pipeline: Pipeline | None = None
@@ -156,6 +162,7 @@ class ServerState:
             "mask_size": info.mask_size,
             "max_detections": info.max_detections,
             "max_batch": max_batch,
+            "weights_verified": info.weights_verified,
         }
         self.metrics.set_model(info.name, backend.name, self.model_ref["device"])
         return max_batch
@@ -214,9 +221,12 @@ class ServerState:
         raise self.not_ready()
 
     def not_ready(self) -> ApiError:
-        if self.status == "failed":
+        if self.status == "failed":  # what failed (paths, library errors) is in the log only
             return ApiError(
-                503, "not_ready", f"the model failed to load: {self.error}", {"Retry-After": "30"}
+                503,
+                "not_ready",
+                "the model failed to load (see the server log)",
+                {"Retry-After": "30"},
             )
         if self.status == "draining":
             return ApiError(

@@ -11,17 +11,17 @@ import io
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from maskrt.bench.resilience import big_png  # noqa: F401 (the tests' big image)
 
 HOST = "127.0.0.1"
 
@@ -62,16 +62,24 @@ def serving_checkpoint(tmp_dir: Path) -> Path:
 class Server:
     """``maskrt serve`` as a child process, its log in a file."""
 
-    def __init__(self, log_dir: Path, settings: dict[str, object], name: str = "server") -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        settings: dict[str, object],
+        name: str = "server",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``prefix``: a command that runs the server (e.g. with fewer privileges)."""
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
+        self.metrics_url = f"http://{HOST}:{settings.get('metrics_port', self.port)}/metrics"
         self.log_path = log_dir / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKRT_")}
         env.update({f"MASKRT_{k.upper()}": str(v) for k, v in settings.items()})
         env["MASKRT_LOG_FORMAT"] = env.get("MASKRT_LOG_FORMAT", "json")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*maskrt_command(), "serve", "--host", HOST, "--port", str(self.port)],
+            [*prefix, *maskrt_command(), "serve", "--host", HOST, "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -116,7 +124,7 @@ class Server:
         from maskrt.bench.load import parse_metrics
 
         with self.client(timeout=10) as c:
-            r = c.get("/metrics")
+            r = c.get(self.metrics_url)
             r.raise_for_status()
             return parse_metrics(r.text)
 
@@ -241,21 +249,6 @@ def wait_for(server: Server, what: str, check, timeout: float = 20.0) -> dict[st
         f"{ {k: v for k, v in server.metrics().items() if k.startswith('maskrt_q')} }\n"
         f"{server.log()}"
     )
-
-
-def big_png(width: int, height: int) -> bytes:
-    """A valid 1-bit grayscale PNG of ``width x height`` zeros (small on disk, fast to make)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def sample_scene() -> tuple[np.ndarray, np.ndarray, list[str]]:

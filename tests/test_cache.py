@@ -14,7 +14,7 @@ import pytest
 from deploy_helpers import loaded
 
 from maskrt.errors import MaskrtError
-from maskrt.export.cache import cached, cached_onnx, hardware_tag, onnx_name
+from maskrt.export.cache import cached, cached_onnx, hardware_tag, onnx_name, record_path
 from maskrt.export.onnx import read_metadata
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
 
@@ -75,6 +75,29 @@ def test_failures_leave_nothing(tmp_path):
         ro.mkdir(mode=0o555)
         with pytest.raises(MaskrtError, match="MASKRT_CACHE_DIR"):
             cached(ro / "d" / "x.bin", _write, "d")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[:2]),  # truncated
+        lambda p: p.write_text("mad!"),  # same size, other bytes
+        lambda p: record_path(p).unlink(),  # no record (a crash between the two writes)
+    ],
+    ids=["truncated", "overwritten", "unrecorded"],
+)
+def test_a_damaged_entry_is_made_again(tmp_path, damage, caplog):
+    made = []
+    target = tmp_path / "e.bin"
+    cached(target, lambda out: (made.append(out), _write(out)), "e")
+    damage(target)
+    with caplog.at_level("WARNING", logger="maskrt.cache"):
+        assert (
+            cached(target, lambda out: (made.append(out), _write(out)), "e").read_text() == "made"
+        )
+    assert len(made) == 2 and "is damaged" in caplog.text
+    cached(target, lambda out: made.append(out), "e")
+    assert len(made) == 2  # valid again: reused
 
 
 def test_names(monkeypatch):

@@ -90,3 +90,47 @@ def test_unknown_config_lists_known_ones(shapes_checkpoint):
         MaskrtError, match="unknown model config 'r101'; known configs: resnet50_fpn"
     ):
         load_checkpoint(shapes_checkpoint[0], config="r101")
+
+
+def flip_a_weight_bit(source, out):
+    """``source`` with one bit flipped inside the largest tensor's bytes (the zip entry's CRC is
+    left as it was: torch.load does not check it)."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(source.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[at] ^= 0x10
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_flipped_bit_is_refused(shapes_checkpoint, tmp_path):
+    loaded = load_checkpoint(shapes_checkpoint[0])
+    assert loaded.weights_verified
+    flipped = flip_a_weight_bit(shapes_checkpoint[0], tmp_path / "flipped.pt")
+    with pytest.raises(MaskrtError, match=r"flipped\.pt: the weights do not match the digest"):
+        load_checkpoint(flipped)
+
+
+def test_foreign_checkpoints_are_not_verified(tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(build_model(get_config("shapes")).state_dict(), path)
+    assert not load_checkpoint(path, config="shapes").weights_verified
+
+
+def test_the_server_refuses_a_flipped_checkpoint(shapes_checkpoint, tmp_path):
+    from server_harness import Server
+
+    flipped = flip_a_weight_bit(shapes_checkpoint[0], tmp_path / "flipped.pt")
+    server = Server(tmp_path, {"model": flipped, "backend": "torch", "device": "cpu"})
+    try:
+        assert server.proc.wait(300) == 3
+        assert "flipped.pt: the weights do not match the digest" in server.log()
+    finally:
+        server.stop()

@@ -357,9 +357,12 @@ def test_compose_services_ports_and_scrape_target():
     job = jobs["maskrt"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"maskrt:{port}"], (
-        "Prometheus scrapes the compose service `maskrt` on MASKRT_PORT"
+    metrics_port = int(_env(maskrt).get("MASKRT_METRICS_PORT", port))
+    assert targets == [f"maskrt:{metrics_port}"], (
+        "Prometheus scrapes the compose service `maskrt` on MASKRT_METRICS_PORT (else MASKRT_PORT)"
     )
+    if metrics_port != port:
+        assert metrics_port not in _container_ports(maskrt), "the metrics port stays internal"
     assert "maskrt" in services
 
     # Prometheus' config and rules are mounted where its command line and rule_files look.
@@ -820,10 +823,10 @@ def entry(tmp_path):
         "MASKRT_BUILD_ID_FILE": str(tmp_path / "build-id"),
     }
 
-    def run(*args, **env):
+    def run(*args, prefix: tuple[str, ...] = (), **env):
         log.write_text("")
         proc = subprocess.run(
-            ["bash", str(ENTRYPOINT), *args],
+            [*prefix, "bash", str(ENTRYPOINT), *args],
             env={**base_env, **env},
             capture_output=True,
             text=True,
@@ -938,6 +941,22 @@ def test_entrypoint_unwritable_cache(entry):
         target = str(ro / "cache")
     proc, _ = entry(MASKRT_BACKEND="onnxruntime", MASKRT_CACHE_DIR=target)
     assert proc.returncode == 1 and "not writable" in proc.stderr
+
+
+def test_entrypoint_read_only_cache_is_served(entry):
+    """A read-only cache that exists (a volume filled once) is the server's to use."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only directory cannot be made")
+    # as root, without the capabilities that override file permissions
+    prefix = ("setpriv", "--bounding-set=-dac_override,-fowner", "--") if os.geteuid() == 0 else ()
+    ro = entry.tmp / "filled"
+    ro.mkdir(mode=0o555)
+    try:
+        proc, calls = entry(MASKRT_BACKEND="onnxruntime", MASKRT_CACHE_DIR=str(ro), prefix=prefix)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 0 and calls == ["serve --backend onnxruntime"], proc.stderr
+    assert "is read-only: the server uses what it holds" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -318,7 +318,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
     if importlib.util.find_spec("maskrt.server.cli") is None:
         pytest.skip("`maskrt serve` does not exist yet (no maskrt.server.cli)")
     prom_bin, _ = prometheus_tools
-    port, prom_port = _free_port(), _free_port()
+    port, metrics_port, prom_port = _free_port(), _free_port(), _free_port()
     base, prom_base = f"http://{HOST}:{port}", f"http://{HOST}:{prom_port}"
     job = next(
         j["job_name"]
@@ -327,6 +327,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
     )
 
     env = {**os.environ, "MASKRT_MAX_BATCH": "4", "MASKRT_MAX_DELAY_MS": "20"}
+    env["MASKRT_METRICS_PORT"] = str(metrics_port)  # as docker-compose.yml serves them
     env.pop("MASKRT_API_KEYS", None)
     procs: list[Proc] = []
     try:
@@ -338,7 +339,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
             "GET /readyz = 200", lambda: http.get(f"{base}/readyz").status_code == 200, 600, procs
         )
 
-        config = local_config(tmp_path, port, prom_port)
+        config = local_config(tmp_path, metrics_port, prom_port)
         prom = Proc(
             "prometheus",
             [
@@ -379,7 +380,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
         time.sleep(4)  # a few more scrapes and rule evaluations after the last request
         window = f"{math.ceil(time.monotonic() - load_start) + 10}s"
 
-        exposition = http.get(f"{base}/metrics").text
+        exposition = http.get(f"http://{HOST}:{metrics_port}/metrics").text
         exported = exported_names(exposition)
         device = {r["metric"].get("device") for r in query(f'maskrt_model_info{{job="{job}"}}')}
         assert device, "maskrt_model_info has no series"

@@ -70,7 +70,7 @@ def test_not_ready_until_loaded_and_warmed(checkpoint):
     asyncio.run(main())
 
 
-def test_model_that_fails_to_load(tmp_path):
+def test_model_that_fails_to_load(tmp_path, caplog):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     fatal = []
@@ -86,11 +86,36 @@ def test_model_that_fails_to_load(tmp_path):
                 await asyncio.sleep(0.05)
             r = await client.get("/readyz")
             assert r.status_code == 503
-            assert "broken.pt" in r.json()["error"]["message"]
+            # no path, no library error text to anyone: the details are in the log only
+            message = r.json()["error"]["message"]
+            assert message == "the model failed to load (see the server log)"
+            assert str(tmp_path) not in r.text and "checkpoint" not in r.text
             assert (await client.get("/healthz")).status_code == 200
 
-    asyncio.run(main())
+    with caplog.at_level("ERROR", logger="maskrt.server"):
+        asyncio.run(main())
     assert len(fatal) == 1 and isinstance(fatal[0], MaskrtError)
+    assert "broken.pt: not a readable PyTorch checkpoint" in caplog.text
+
+
+def test_model_info_says_whether_the_weights_were_verified(checkpoint, tmp_path):
+    import torch
+
+    from maskrt.model.checkpoint import read_file
+
+    payload = read_file(checkpoint)
+    del payload["tensors_sha256"]  # as maskrt wrote checkpoints before digests
+    undigested = tmp_path / "undigested.pt"
+    torch.save(payload, undigested)
+
+    async def verified(model) -> bool:
+        app = create_app(settings(model))
+        async with running(app) as client:
+            await until_ready(client)
+            return (await client.get("/v1/model")).json()["weights_verified"]
+
+    assert asyncio.run(verified(checkpoint)) is True
+    assert asyncio.run(verified(undigested)) is False
 
 
 def test_backend_exception_fails_only_its_batch(checkpoint):

@@ -31,6 +31,7 @@ class ModelInfo:
     mask_size: int
     max_detections: int
     image_mean: tuple[float, float, float]
+    weights_verified: bool = False  # the checkpoint's tensors matched their recorded digest
 
 
 class Backend(ABC):
@@ -104,6 +105,7 @@ def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
             mask_size=int(meta["mask_size"]),
             max_detections=int(meta["max_detections"]),
             image_mean=_mean(config["image_mean"]),
+            weights_verified=meta.get("weights_verified") == "true",
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None

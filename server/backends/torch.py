@@ -33,6 +33,7 @@ def model_info(loaded, graph) -> ModelInfo:
         mask_size=graph.mask_size,
         max_detections=graph.max_detections,
         image_mean=tuple(cfg.image_mean),
+        weights_verified=loaded.weights_verified,
     )
 
 

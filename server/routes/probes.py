@@ -51,5 +51,7 @@ async def readyz(state: ServerState = Depends(get_state)) -> Response:
     responses=METRICS_RESPONSES,
 )
 async def metrics(state: ServerState = Depends(get_state)) -> Response:
+    if state.settings.metrics_port is not None:  # kept off the public port
+        raise ApiError(404, "not_found", "no route GET /metrics: metrics have a port of their own")
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)

@@ -1,0 +1,147 @@
+"""Connections under hostile traffic, against a real ``maskrt serve`` on 127.0.0.1: huge headers
+get 431 without being parsed whole, malformed HTTP gets the JSON error format, connections that
+never finish their headers are closed with 408, a connection cap answers 503, and the server raises
+its open-file limit so that a few hundred slow connections do not starve normal clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import socket
+import threading
+import time
+
+import pytest
+from server_harness import HOST, Server, png, shapes_image
+
+SLOW_CONNECTIONS = 300
+HEADER_TIMEOUT_S = 2
+MAX_CONNECTIONS = 320
+LOW_FILE_LIMIT = 256  # below SLOW_CONNECTIONS: the server must raise it to keep serving
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * MAX_CONNECTIONS:
+        pytest.skip(f"the hard open-file limit ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_FILE_LIMIT, hard))  # inherited by the server
+    try:
+        server = Server(
+            tmp_path_factory.mktemp("connections"),
+            {"header_timeout_s": HEADER_TIMEOUT_S, "max_connections": MAX_CONNECTIONS},
+            "connections",
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection((HOST, server.port), timeout=20)
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the answer on ``sock``, read until the server closes it."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def error_code(body: bytes) -> str:
+    return json.loads(body)["error"]["code"]
+
+
+def healthy(server: Server) -> None:
+    with server.client(timeout=20) as c:
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/predict", files={"image": ("a.png", png(shapes_image()), "image/png")})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 8 * 1024 * 1024])
+def test_huge_headers_get_431(server, size):
+    with connect(server) as sock:
+        head = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: ".encode()
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the server stops reading at the limit
+                sock.sendall(head + b"a" * size + b"\r\n\r\n")
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        status, headers, body = answer(sock)
+        sender.join(20)
+    assert status == 431 and error_code(body) == "headers_too_large"
+    assert headers["content-type"] == "application/json" and headers["x-request-id"]
+    healthy(server)
+
+
+def test_headers_under_the_limit_are_served(server):
+    with server.client() as c:
+        assert c.get("/healthz", headers={"X-Big": "a" * 15_000}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n"],
+    ids=["request-line", "header-line"],
+)
+def test_malformed_http_gets_a_json_400(server, request_bytes):
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        status, headers, body = answer(sock)
+    assert status == 400 and error_code(body) == "invalid_http"
+    assert headers["content-type"] == "application/json" and headers["x-request-id"]
+
+
+def test_slow_headers_are_timed_out_and_normal_clients_served(server):
+    slow = []
+    try:
+        for _ in range(SLOW_CONNECTIONS):
+            sock = connect(server)
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\n".encode())  # never ends
+            slow.append(sock)
+        healthy(server)  # beside them
+        answers = [answer(sock) for sock in slow]  # each one closed after the header timeout
+    finally:
+        for sock in slow:
+            sock.close()
+    assert {(status, error_code(body)) for status, _, body in answers} == {(408, "header_timeout")}
+    healthy(server)
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server):
+    with connect(server) as sock:
+        assert sock.recv(1024) == b""  # within HEADER_TIMEOUT_S; the socket timeout is 20 s
+
+
+def test_connections_over_the_cap_get_503(server):
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(connect(server))
+        with connect(server) as sock:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            status, headers, body = answer(sock)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert status == 503 and error_code(body) == "too_many_connections"
+    assert headers["retry-after"] == "1" and headers["x-request-id"]
+    with server.client(timeout=20) as c:  # served again once the server has seen them close
+        for _ in range(100):
+            if c.get("/healthz").status_code == 200:
+                break
+            time.sleep(0.1)
+    healthy(server)
