@@ -143,10 +143,10 @@ class Pipeline:
         return decode_image(data, max_pixels=max_pixels, device=self.device, name=name)
 
     def _sync(self) -> None:
-        """Wait for this thread's current stream only, so that timing a stage never waits for
-        another batch's post-processing on its own stream."""
+        """Wait for the whole device: backends may run on streams of their own (ONNX Runtime's
+        CUDA provider), so the outputs are only known complete after this."""
         if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def run_batch(
@@ -193,7 +193,6 @@ class Pipeline:
                 want_masks=[o.want_masks for o in options],
                 labels=self.labels,
             )
-            self._sync()
         t3 = time.perf_counter()
         return BatchOutput(detections, inferred.preprocess_s, inferred.inference_s, t3 - t2)
 
@@ -215,6 +214,7 @@ class Pipeline:
                 tensor.record_stream(stream)
         with torch.cuda.stream(stream):
             yield
+        stream.synchronize()  # this stream only: the next batch's inference runs meanwhile
 
     # -- whole images ----------------------------------------------------------------------------
 
