@@ -239,3 +239,22 @@ def test_pipeline_without_http_is_what_the_server_answers(checkpoint):
 
     alone = pipeline.predict(images[:1], score_threshold=0.0)[0]  # a batch of 1, as served
     assert asyncio.run(main()) == alone
+
+
+def test_stages_of_consecutive_batches_in_two_threads_give_the_serial_answers(checkpoint):
+    """Batch 2 is letterboxed and inferred while batch 1 is post-processed in another thread,
+    as the server's pipeline does: each batch's outputs are its own, so nothing changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from maskrt.server.pipeline import Pipeline, PostOptions
+
+    pipeline = Pipeline(open_backend(settings(checkpoint)))
+    opts = PostOptions(score_threshold=0.0)
+    batches = [[pipeline.as_tensor(shapes_image(i)) for i in seeds] for seeds in ([0, 1], [2])]
+    serial = [pipeline.run_batch(images, opts).detections for images in batches]
+    first = pipeline.infer_batch(batches[0])
+    with ThreadPoolExecutor(1) as post:
+        pending = post.submit(pipeline.finish_batch, first, opts)
+        second = pipeline.infer_batch(batches[1])
+        overlapped = [pending.result().detections, pipeline.finish_batch(second, opts).detections]
+    assert serial[0][0] and overlapped == serial
