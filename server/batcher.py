@@ -10,7 +10,15 @@
 - The batch runs in a dedicated thread (``process(jobs) -> results``), so the event loop never
   blocks; its results (or its exception, for that batch's jobs only) go to each job's future and
   the worker carries on with the next batch.
-- :meth:`Batcher.stop` refuses new jobs, runs everything already queued, and returns.
+- With a second stage (``finish(jobs, staged) -> results``) and ``pipeline_depth >= 1`` the
+  batch is a two-stage pipeline: ``process`` (pre-process + inference) in the inference thread,
+  then ``finish`` (post-processing) in a thread of its own, so the next batch runs ``process``
+  while this one is finished. At most ``pipeline_depth`` batches are handed to ``finish`` (being
+  finished or waiting); when it is behind, the worker waits with its next batch in hand, the
+  queue fills and submitters get :class:`QueueFull`. ``pipeline_depth = 0``: both stages one
+  after the other in the inference thread.
+- :meth:`Batcher.stop` refuses new jobs, runs everything already queued (through both stages),
+  and returns.
 
 The batcher knows nothing about images or models: ``process`` does the work.
 """
@@ -76,8 +84,24 @@ class Job:
 
 @dataclass
 class BatcherStats:
-    batch_seconds_ema: float = 0.0
-    running_since: float | None = None  # monotonic time the current batch started
+    batch_seconds_ema: float = 0.0  # seconds from a batch's first stage starting to its end
+    started: dict[int, float] = field(default_factory=dict)  # batches in either stage: start
+
+    @property
+    def running_since(self) -> float | None:
+        """Monotonic time the oldest batch still in a stage started (``None``: idle)."""
+        return min(self.started.values(), default=None)
+
+    def begin(self, jobs: list[Job]) -> None:
+        self.started[id(jobs)] = time.monotonic()
+
+    def end(self, jobs: list[Job]) -> None:
+        seconds = time.monotonic() - self.started.pop(id(jobs))
+        ema = self.batch_seconds_ema
+        self.batch_seconds_ema = seconds if ema == 0 else 0.8 * ema + 0.2 * seconds
+
+
+_FAILED = object()  # what a stage that raised returns (its jobs already failed)
 
 
 class Batcher:
@@ -85,27 +109,41 @@ class Batcher:
 
     def __init__(
         self,
-        process: Callable[[list[Job]], Sequence[Any]],
+        process: Callable[[list[Job]], Any],
         *,
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        finish: Callable[[list[Job], Any], Sequence[Any]] | None = None,
+        pipeline_depth: int = 1,
         executor: Executor | None = None,
+        finish_executor: Executor | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         on_batch_start: Callable[[list[Job]], None] | None = None,
         on_drop: Callable[[str], None] | None = None,
         on_batch_failed: Callable[[], None] | None = None,
     ) -> None:
-        """``on_drop(reason)``: a job left unrun (its request gave up); ``on_batch_failed()``:
-        ``process`` raised. Both are called on the event loop."""
-        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_delay_s >= 0")
+        """``process(jobs)``: the batch's results, or with ``finish`` what ``finish(jobs, staged)``
+        turns into them. ``on_drop(reason)``: a job left unrun (its request gave up);
+        ``on_batch_failed()``: a stage raised. Both are called on the event loop."""
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0 or pipeline_depth < 0:
+            raise ValueError(
+                "max_batch and max_queue must be >= 1, max_delay_s and pipeline_depth >= 0"
+            )
         self.process = process
+        self.finish = finish
+        self.pipelined = finish is not None and pipeline_depth > 0
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
+        self._own_finish_executor = finish_executor is None and self.pipelined
+        self._finish_executor = finish_executor
+        if self._own_finish_executor:
+            self._finish_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-post")
+        self._handoff = asyncio.Semaphore(max(pipeline_depth, 1))  # batches in stage B
+        self._finishing: set[asyncio.Task[None]] = set()
         self._on_queue_depth = on_queue_depth or (lambda n: None)
         self._on_batch_start = on_batch_start or (lambda jobs: None)
         self._on_drop = on_drop or (lambda reason: None)
@@ -198,13 +236,25 @@ class Batcher:
             self._queue.clear()
         if self._own_executor:
             self._executor.shutdown(wait=False)
+        if self._own_finish_executor and self._finish_executor is not None:
+            self._finish_executor.shutdown(wait=False)
 
     def running_for(self) -> float:
-        """Seconds the current batch has been running (0 when idle)."""
+        """Seconds the oldest batch in either stage has been running (0 when idle)."""
         since = self.stats.running_since
         return 0.0 if since is None else time.monotonic() - since
 
     async def _run(self) -> None:
+        try:
+            await self._form_batches()
+            await asyncio.gather(*self._finishing)  # drain: batches still in stage B
+        except asyncio.CancelledError:
+            for task in self._finishing:
+                task.cancel()
+            raise
+
+    async def _form_batches(self) -> None:
+        """Form and run batches until stopping with the queue empty."""
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
@@ -241,17 +291,67 @@ class Batcher:
             await self._run_batch(loop, live)
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
-        self.stats.running_since = time.monotonic()
-        started = time.perf_counter()
+        """Run the batch's first stage (both, when not pipelined); hand it to stage B once there
+        is room there, and return so that the worker forms the next batch meanwhile."""
+        self.stats.begin(jobs)
+        handed_off = False
         try:
             self._on_batch_start(jobs)
-            results = await loop.run_in_executor(self._executor, self.process, jobs)
-            if len(results) != len(jobs):
-                raise RuntimeError(f"process returned {len(results)} results for {len(jobs)} jobs")
+            if not self.pipelined:
+                results = await self._stage(loop, self._executor, jobs, self._serial, final=True)
+                self._resolve(jobs, results)
+                return
+            staged = await self._stage(loop, self._executor, jobs, self.process)
+            if staged is _FAILED:
+                return
+            await self._handoff.acquire()  # stage B is behind: wait, and let the queue fill
+            task = loop.create_task(self._finish(loop, jobs, staged), name="maskrt-finish")
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+            handed_off = True
         except asyncio.CancelledError:
-            for job in jobs:
-                job.drop("server stopping")
+            self._drop_all(jobs)
             raise
+        finally:
+            if not handed_off:
+                self.stats.end(jobs)
+
+    async def _finish(self, loop: asyncio.AbstractEventLoop, jobs: list[Job], staged: Any) -> None:
+        """Stage B of one batch, skipped when every job of it has given up."""
+        try:
+            if not all(job.future.done() for job in jobs):
+                assert self.finish is not None and self._finish_executor is not None
+                results = await self._stage(
+                    loop, self._finish_executor, jobs, self.finish, staged, final=True
+                )
+                self._resolve(jobs, results)
+        except asyncio.CancelledError:
+            self._drop_all(jobs)
+            raise
+        finally:
+            self._handoff.release()
+            self.stats.end(jobs)
+
+    def _serial(self, jobs: list[Job]) -> Sequence[Any]:
+        staged = self.process(jobs)
+        return staged if self.finish is None else self.finish(jobs, staged)
+
+    async def _stage(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: Executor,
+        jobs: list[Job],
+        fn: Callable[..., Any],
+        *args: Any,
+        final: bool = False,
+    ) -> Any:
+        """``fn(jobs, *args)`` in ``executor``; when it raises (or, as the ``final`` stage, gives
+        the wrong number of results) the batch's jobs fail and :data:`_FAILED` is returned."""
+        try:
+            out = await loop.run_in_executor(executor, fn, jobs, *args)
+            if final and len(out) != len(jobs):
+                raise RuntimeError(f"process returned {len(out)} results for {len(jobs)} jobs")
+            return out
         except Exception as exc:
             self._on_batch_failed()
             log.error(
@@ -263,12 +363,17 @@ class Batcher:
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(BatchFailed(exc))
-        else:
-            for job, result in zip(jobs, results):
-                if not job.future.done():
-                    job.future.set_result(result)
-        finally:
-            seconds = time.perf_counter() - started
-            self.stats.running_since = None
-            ema = self.stats.batch_seconds_ema
-            self.stats.batch_seconds_ema = seconds if ema == 0 else 0.8 * ema + 0.2 * seconds
+            return _FAILED
+
+    @staticmethod
+    def _resolve(jobs: list[Job], results: Any) -> None:
+        if results is _FAILED:
+            return
+        for job, result in zip(jobs, results):
+            if not job.future.done():
+                job.future.set_result(result)
+
+    @staticmethod
+    def _drop_all(jobs: list[Job]) -> None:
+        for job in jobs:
+            job.drop("server stopping")

@@ -16,10 +16,12 @@ exactly what the server answers::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrt.model.letterbox import fill_colour
+from maskrt.model.deploy import DeployOutputs
+from maskrt.model.letterbox import Letterbox, fill_colour
 from maskrt.server.backends.base import Backend
 from maskrt.server.decode import DecodedImage, decode_image
 from maskrt.server.postprocess import Detection, postprocess_batch, recipes_for
@@ -56,6 +59,18 @@ class BatchOutput:
     preprocess_s: float
     inference_s: float
     postprocess_s: float
+
+
+@dataclass
+class InferredBatch:
+    """A batch between its stages: the backend's outputs (owned by this batch), each image's
+    letterbox, the CUDA event recorded after its inference (``None`` on the CPU) and the times."""
+
+    outputs: DeployOutputs
+    letterboxes: list[Letterbox]
+    ready: torch.cuda.Event | None
+    preprocess_s: float
+    inference_s: float
 
 
 class StageTimes(Protocol):
@@ -116,6 +131,7 @@ class Pipeline:
         self.labels = tuple(info.classes)
         self.max_batch = backend.max_batch
         self.model_ref = model_ref(backend)
+        self._local = threading.local()  # each thread's post-processing CUDA stream
 
     # -- stages ----------------------------------------------------------------------------------
 
@@ -127,6 +143,8 @@ class Pipeline:
         return decode_image(data, max_pixels=max_pixels, device=self.device, name=name)
 
     def _sync(self) -> None:
+        """Wait for the whole device: backends may run on streams of their own (ONNX Runtime's
+        CUDA provider), so the outputs are only known complete after this."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -135,27 +153,68 @@ class Pipeline:
         self, images: Sequence[Tensor], options: Sequence[PostOptions] | PostOptions
     ) -> BatchOutput:
         """One batch (``1 <= len(images) <= max_batch``) of uint8 ``[3, H, W]`` images."""
+        return self.finish_batch(self.infer_batch(images), options)
+
+    @torch.inference_mode()
+    def infer_batch(self, images: Sequence[Tensor]) -> InferredBatch:
+        """The first stage of a batch: letterbox and infer. The outputs are the batch's own
+        (every backend allocates them per call), so the next batch may run while these are
+        post-processed."""
         if not 1 <= len(images) <= self.max_batch:
             raise ValueError(f"a batch holds 1 to {self.max_batch} images, got {len(images)}")
-        if isinstance(options, PostOptions):
-            options = [options] * len(images)
         t0 = time.perf_counter()
         batch, letterboxes = preprocess(images, self.canvas, self.fill, self.device)
         self._sync()
         t1 = time.perf_counter()
         outputs = self.backend.infer(batch)
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
         self._sync()
         t2 = time.perf_counter()
-        detections = postprocess_batch(
-            outputs,
-            letterboxes,
-            score_threshold=[o.score_threshold for o in options],
-            max_detections=[o.max_detections for o in options],
-            want_masks=[o.want_masks for o in options],
-            labels=self.labels,
-        )
+        return InferredBatch(outputs, letterboxes, ready, t1 - t0, t2 - t1)
+
+    @torch.inference_mode()
+    def finish_batch(
+        self, inferred: InferredBatch, options: Sequence[PostOptions] | PostOptions
+    ) -> BatchOutput:
+        """The second stage: paste and encode the masks. On CUDA it runs on the pipeline's own
+        stream, after the batch's inference (its event), so it may overlap the next batch's."""
+        if isinstance(options, PostOptions):
+            options = [options] * len(inferred.letterboxes)
+        t2 = time.perf_counter()
+        with self._post_stream(inferred):
+            detections = postprocess_batch(
+                inferred.outputs,
+                inferred.letterboxes,
+                score_threshold=[o.score_threshold for o in options],
+                max_detections=[o.max_detections for o in options],
+                want_masks=[o.want_masks for o in options],
+                labels=self.labels,
+            )
         t3 = time.perf_counter()
-        return BatchOutput(detections, t1 - t0, t2 - t1, t3 - t2)
+        return BatchOutput(detections, inferred.preprocess_s, inferred.inference_s, t3 - t2)
+
+    @contextlib.contextmanager
+    def _post_stream(self, inferred: InferredBatch) -> Iterator[None]:
+        """Post-processing's CUDA stream (created per thread, so the post-processing thread and
+        a warm-up on the inference thread never share one); nothing on the CPU."""
+        if inferred.ready is None:
+            yield
+            return
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
+        stream.wait_event(inferred.ready)
+        for tensor in inferred.outputs:
+            if tensor.is_cuda:
+                # the caching allocator must not give this memory to the next batch (allocated
+                # on the inference stream) before this stream's kernels that read it have run
+                tensor.record_stream(stream)
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()  # this stream only: the next batch's inference runs meanwhile
 
     # -- whole images ----------------------------------------------------------------------------
 

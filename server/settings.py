@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         "requests are on their way)",
     )
     max_queue: int = Field(64, ge=1, description="images waiting for a batch; more get 503")
+    pipeline_depth: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="batches handed to post-processing (its own thread) while the next batch "
+        "is inferred; 0: every stage of a batch in the inference thread, one batch at a time",
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="a request not answered within this many seconds gets 504"
     )

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor
@@ -25,7 +25,7 @@ from maskrt.server.backends.base import Backend
 from maskrt.server.batcher import Batcher, Job
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics
-from maskrt.server.pipeline import Pipeline, PostOptions, model_ref
+from maskrt.server.pipeline import InferredBatch, Pipeline, PostOptions, model_ref
 from maskrt.server.postprocess import Detection
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
@@ -84,6 +84,8 @@ class ServerState:
         self.model_info: dict[str, Any] = {}
         self.warmup_seconds: dict[int, float] = {}  # batch size -> seconds of its warm-up run
         self.infer_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
+        # post-processing of one batch while the next one is inferred (PIPELINE_DEPTH >= 1)
+        self.post_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-post")
         self.decode_executor = ThreadPoolExecutor(
             settings.decode_threads or max(1, min(4, os.cpu_count() or 1)),
             thread_name_prefix="maskrt-decode",
@@ -114,11 +116,14 @@ class ServerState:
         self.warmup_seconds = warm
         max_batch = self._describe(backend)
         self.batcher = Batcher(
-            self._process,
+            self._infer,
             max_batch=max_batch,
             max_delay_s=self.settings.max_delay_ms / 1000,
             max_queue=self.settings.max_queue,
+            finish=self._finish,
+            pipeline_depth=self.settings.pipeline_depth,
             executor=self.infer_executor,
+            finish_executor=self.post_executor,
             on_queue_depth=self.metrics.queue_depth.set,
             on_batch_start=self._batch_started,
             on_drop=self.metrics.count_drop,
@@ -174,6 +179,7 @@ class ServerState:
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
         self.infer_executor.shutdown(wait=False, cancel_futures=True)
+        self.post_executor.shutdown(wait=False, cancel_futures=True)
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
@@ -189,17 +195,29 @@ class ServerState:
         for job in jobs:
             self.metrics.queue_wait.observe(job.queue_wait_s)
 
-    def _process(self, jobs: list[Job]) -> list[JobResult]:
+    def _infer(self, jobs: list[Job]) -> InferredBatch:
+        """Stage A (inference thread): letterbox and infer."""
         assert self.pipeline is not None
-        works: list[Work] = [j.payload for j in jobs]
-        out = self.pipeline.run_batch([w.image for w in works], [w.options for w in works])
+        inferred = self.pipeline.infer_batch([j.payload.image for j in jobs])
         m = self.metrics
         m.batch_size.observe(len(jobs))
         m.images.inc(len(jobs))
-        m.preprocess.observe(out.preprocess_s)
-        m.inference.labels(self.model_ref["backend"]).observe(out.inference_s)
-        m.postprocess.observe(out.postprocess_s)
-        m.detections.inc(sum(len(d) for d in out.detections))
+        m.preprocess.observe(inferred.preprocess_s)
+        m.inference.labels(self.model_ref["backend"]).observe(inferred.inference_s)
+        return inferred
+
+    def _finish(self, jobs: list[Job], inferred: InferredBatch) -> list[JobResult]:
+        """Stage B (post-processing thread): detections and masks; no mask is pasted for an
+        image whose request has given up meanwhile."""
+        assert self.pipeline is not None
+        works: list[Work] = [j.payload for j in jobs]
+        options = [
+            w.options if j.dropped is None else replace(w.options, want_masks=False)
+            for j, w in zip(jobs, works)
+        ]
+        out = self.pipeline.finish_batch(inferred, options)
+        self.metrics.postprocess.observe(out.postprocess_s)
+        self.metrics.detections.inc(sum(len(d) for d in out.detections))
         return [
             JobResult(d, out.preprocess_s, out.inference_s, out.postprocess_s)
             for d in out.detections

@@ -154,6 +154,40 @@ def test_backend_exception_fails_only_its_batch(checkpoint):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("depth", [0, 1])
+def test_post_processing_exception_fails_only_its_batch(checkpoint, depth):
+    """Stage B (masks, RLE) raising fails only its batch, in its own thread when pipelined (in
+    the inference thread with PIPELINE_DEPTH=0); the stage times reach the answer either way."""
+
+    async def main():
+        app = create_app(settings(checkpoint, pipeline_depth=depth))
+        async with running(app) as client:
+            await until_ready(client)
+            pipeline = app.state.maskrt.pipeline
+            real_finish = pipeline.finish_batch
+            threads = []
+
+            def failing_once(inferred, options):
+                threads.append(threading.current_thread().name)
+                if len(threads) == 1:
+                    raise RuntimeError("simulated post-processing failure")
+                return real_finish(inferred, options)
+
+            pipeline.finish_batch = failing_once
+            files = {"image": ("x.png", png(shapes_image(0)), "image/png")}
+            r = await client.post("/predict", files=files)
+            assert r.status_code == 500 and r.json()["error"]["code"] == "inference_failed"
+            answers = [await client.post("/predict", files=files) for _ in range(2)]
+            assert [a.status_code for a in answers] == [200, 200]
+            assert all(a.json()["timings_ms"]["postprocess"] > 0 for a in answers)
+            assert (await client.get("/healthz")).status_code == 200
+            text = (await client.get("/metrics")).text
+            assert "maskrt_failed_batches_total 1.0" in text
+            return set(threads)
+
+    assert asyncio.run(main()) == {"maskrt-post_0" if depth else "maskrt-infer_0"}
+
+
 def test_cors_off_unless_configured(checkpoint):
     async def main(origins):
         app = create_app(
@@ -230,3 +264,22 @@ def test_pipeline_without_http_is_what_the_server_answers(checkpoint):
 
     alone = pipeline.predict(images[:1], score_threshold=0.0)[0]  # a batch of 1, as served
     assert asyncio.run(main()) == alone
+
+
+def test_stages_of_consecutive_batches_in_two_threads_give_the_serial_answers(checkpoint):
+    """Batch 2 is letterboxed and inferred while batch 1 is post-processed in another thread,
+    as the server's pipeline does: each batch's outputs are its own, so nothing changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from maskrt.server.pipeline import Pipeline, PostOptions
+
+    pipeline = Pipeline(open_backend(settings(checkpoint)))
+    opts = PostOptions(score_threshold=0.0)
+    batches = [[pipeline.as_tensor(shapes_image(i)) for i in seeds] for seeds in ([0, 1], [2])]
+    serial = [pipeline.run_batch(images, opts).detections for images in batches]
+    first = pipeline.infer_batch(batches[0])
+    with ThreadPoolExecutor(1) as post:
+        pending = post.submit(pipeline.finish_batch, first, opts)
+        second = pipeline.infer_batch(batches[1])
+        overlapped = [pending.result().detections, pipeline.finish_batch(second, opts).detections]
+    assert serial[0][0] and overlapped == serial

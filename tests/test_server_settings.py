@@ -259,3 +259,13 @@ def test_json_response_is_compact_utf8_and_takes_numpy():
     )
     assert response.status_code == 201 and response.media_type == "application/json"
     assert response.body == '{"label":"carré","score":0.5,"box":[1.0,2.5]}'.encode()
+
+
+def test_pipeline_depth_from_flag():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert settings_from_args(parser.parse_args(["serve"])).pipeline_depth == 1
+    args = parser.parse_args(["serve", "--pipeline-depth", "0"])
+    assert settings_from_args(args).pipeline_depth == 0
+    with pytest.raises(MaskrtError, match="--pipeline-depth"):
+        settings_from_args(parser.parse_args(["serve", "--pipeline-depth", "-1"]))
