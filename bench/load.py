@@ -16,6 +16,7 @@ the same background load. ``overhead = (p50 over HTTP - p50 direct) / p50 direct
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import io
@@ -372,7 +373,8 @@ def run(args) -> int:
         )
     else:
         image, content_type = default_image()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    api_key = args.api_key or os.environ.get("MASKRT_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     params = {"score_threshold": str(args.score_threshold)}
 
     model = wait_ready(url, headers, args.ready_timeout)
@@ -451,13 +453,14 @@ def add_arguments(p) -> None:
         default=0.5,
         help="sent with every request and used by the direct run",
     )
-    p.add_argument(
-        "--api-key", default=os.environ.get("MASKRT_API_KEY"), help="API key (env MASKRT_API_KEY)"
-    )
+    p.add_argument("--api-key", help="API key (default: env MASKRT_API_KEY)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="wait this long for /readyz")
     p.add_argument(
-        "--no-direct", dest="direct", action="store_false", help="skip the in-process comparison"
+        "--direct",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the same pipeline in this process (--no-direct skips it)",
     )
     p.add_argument(
         "--direct-runs",

@@ -32,17 +32,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "count start afresh",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=12, help="passes over the data")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (SGD)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument(
+        "--warmup-steps", type=int, default=500, help="steps of linear learning-rate warm-up"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "step"),
+        default="cosine",
+        help="decay after warm-up (step: x0.1 at 2/3 and 8/9 of training)",
+    )
     p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
     p.add_argument("--workers", type=int, default=1, help="data loader processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of initialisation, order and flips")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--resume", type=Path, help="a last.pt written by an earlier run")
     p.set_defaults(func=_train)
