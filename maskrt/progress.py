@@ -19,9 +19,9 @@ LOG_EVERY_S = 10.0
 
 
 def say(message: str) -> None:
-    """One line for the person waiting: through logging where it is configured (the server's
-    JSON or text lines), else on stderr."""
-    if log.hasHandlers():
+    """One line for the person waiting: through logging where it is configured to show it (the
+    server's JSON or text lines), else on stderr."""
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
         log.info(message)
     else:
         tqdm.write(message, file=sys.stderr)

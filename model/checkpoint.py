@@ -116,7 +116,7 @@ def read_file(path: Path, trust_pickle: bool = False) -> object:
 PICKLED = (
     "{path}: a pickled Python object (e.g. torch.save(model)), not a state dict; it was not "
     "loaded, because unpickling runs code from the file. If you trust it, convert it once with "
-    "`maskrt convert {path} --out model.pt --trust-pickle`, or pass --trust-pickle"
+    "`maskrt convert --model {path} --out model.pt --trust-pickle`, or pass --trust-pickle"
 )
 
 
@@ -269,12 +269,9 @@ def load_model(source: str | Path, options: ModelOptions | None = None) -> Loade
                 f"{cfg.num_classes - 1} (besides the background)"
             )
         cfg = cfg.replace(classes=("__background__", *options.labels))
-    if options.canvas is not None:
-        if options.canvas < 32 or options.canvas % 32:
-            raise MaskrtError(f"--canvas {options.canvas}: must be a positive multiple of 32")
-        cfg = cfg.replace(canvas=options.canvas)
-        loaded.model.transform.min_size = (options.canvas,)
-        loaded.model.transform.max_size = options.canvas
+    cfg = cfg.with_canvas(options.canvas)
+    loaded.model.transform.min_size = (cfg.canvas,)  # torchvision's own resize (eager) follows
+    loaded.model.transform.max_size = cfg.canvas
     loaded.config = cfg
     return loaded
 

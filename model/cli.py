@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dict, or torchvision weights by name; weights that fit load, heads for another class "
         "count start afresh",
     )
+    p.add_argument("--canvas", type=int, help=OPTION_HELP["--canvas"])
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints")
     p.add_argument("--epochs", type=int, default=12, help="passes over the data")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")

@@ -153,6 +153,14 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_canvas(self, canvas: int | None) -> ModelConfig:
+        """This config at another canvas side (``--canvas``); None keeps its own."""
+        if canvas is None:
+            return self
+        if canvas < 32 or canvas % 32:
+            raise MaskrtError(f"--canvas {canvas}: must be a positive multiple of 32")
+        return self.replace(canvas=canvas)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -34,6 +34,7 @@ class TrainOptions:
     out: Path
     images: Path | None = None  # image folder of an annotations JSON given as ``data``
     init: str | None = None  # weights to start from (fine-tuning)
+    canvas: int | None = None  # None: the config's
     epochs: int = 12
     steps: int | None = None  # overrides epochs when given
     batch_size: int = 8
@@ -96,6 +97,7 @@ def train(opts: TrainOptions) -> Path:
         cfg = init_config or fit_config(state, None, opts.init)
     else:
         cfg = get_config("shapes")
+    cfg = cfg.with_canvas(opts.canvas)
     if data.classes[1:] != cfg.classes[1:]:
         cfg = cfg.replace(classes=data.classes)  # fine-tuning on another label set
     model = build_model(cfg)
