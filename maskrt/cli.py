@@ -21,7 +21,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or not _shows(action.default) or not action.option_strings:
+        if "default:" in text or not _shows(action.default) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 

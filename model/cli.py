@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from maskrt.errors import MaskrtError
-
 DATA_HELP = (
     "a COCO folder (annotations/instances_<split>.json beside <split>/, or annotations.json "
     "beside the images), an annotations JSON, or a generated set: shapes:COUNT:SEED, "
@@ -187,17 +185,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from maskrt.server.pipeline import Pipeline
         from maskrt.server.settings import Settings
 
-        if args.config:
-            raise MaskrtError(
-                "--config applies to --backend eager only; export a bare state dict "
-                "to a maskrt checkpoint first"
-            )
-        fields = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+        said = ("cache_dir", "config", "labels", "canvas")
+        fields = {k: getattr(args, k) for k in said if getattr(args, k) is not None}
         settings = Settings(
             model=args.model,
             backend=args.backend,
             device=args.device,
             max_batch=args.batch_size,
+            trust_pickle=args.trust_pickle,
             **fields,
         )
         pipeline = Pipeline(open_backend(settings))

@@ -32,11 +32,12 @@ def test_backends_score_alike(capsys, tmp_path):
     assert list(tmp_path.glob("onnx/*.onnx"))  # the checkpoint was exported into the given cache
 
 
-def test_config_is_for_eager_only(capsys):
-    assert (
-        main(["evaluate", "--backend", "torch", "--config", "shapes", "--data", "shapes:1:2"]) == 2
-    )
-    assert "--config applies to --backend eager only" in capsys.readouterr().err
+def test_model_options_reach_the_serving_pipeline(capsys):
+    out = _evaluate(capsys, "--backend", "torch", "--labels", "box,ball,wedge", "--canvas", "160")
+    assert out["images"] == 8  # the labels name the model's classes; the data set's differ
+    assert out["detections"] == 0 and "AP" in out["segm"]
+    assert main(["evaluate", "--backend", "torch", "--labels", "a,b", "--data", "shapes:1:2"]) == 2
+    assert "--labels names 2 classes; " in capsys.readouterr().err
 
 
 def test_tensorrt_backend_needs_a_gpu(capsys):
