@@ -56,7 +56,11 @@ class Progress:
     def line(self, now: float) -> str:
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate > 0 else ""
+        left = (
+            f", about {(self.total - self.done) / rate:.0f} s left"
+            if rate > 0 and self.done < self.total
+            else ""
+        )
         note = f", {self.note}" if self.note else ""
         return (
             f"{self.desc}: {self.done}/{self.total} {self.unit} "
