@@ -57,6 +57,9 @@ def _locked(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        except BaseException:
+            path.unlink(missing_ok=True)  # a failed maker leaves no lock file behind
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from maskrt.cli import main
 
@@ -55,3 +56,12 @@ def test_missing_model_file(capsys, tmp_path, backend):
         == 2
     )
     assert f"{missing}: no such model file" in capsys.readouterr().err
+
+
+def test_a_failed_load_leaves_no_lock_in_the_cache(capsys, tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"roi_heads.box_predictor.cls_score.weight": torch.zeros(3, 8)}, bad)
+    args = ["--backend", "onnxruntime", "--model", str(bad), "--cache-dir", str(tmp_path / "c")]
+    assert main(["evaluate", *args, "--data", "shapes:1:2"]) == 2
+    assert "bad.pth: a bare state dict whose layout fits none" in capsys.readouterr().err
+    assert list((tmp_path / "c").rglob("*")) == [tmp_path / "c" / "onnx"]
