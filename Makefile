@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test clean
+.PHONY: install serve test lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "maskrt needs Python 3.11 or 3.12 (python3 on PATH)"; exit 1; }
@@ -21,8 +21,22 @@ install: $(STAMP)
 serve: install
 	$(BIN)/maskrt serve
 
-test: install
+# lint, format, types, then the suite: CI (.ci/run) runs exactly this
+test: lint typecheck
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow setuptools' editable import hook, so the package-dir mapping of pyproject.toml
+# is rebuilt as links: $(MYPY_TREE)/maskrt/{server,model,...} (pyproject's [tool.mypy] mypy_path).
+MYPY_TREE := $(VENV)/mypy-path/maskrt
+typecheck: install
+	@mkdir -p $(MYPY_TREE)
+	@for f in maskrt/*.py; do ln -sfn ../../../$$f $(MYPY_TREE)/; done
+	@for d in model export plugins server bench; do ln -sfn ../../../$$d $(MYPY_TREE)/$$d; done
+	$(BIN)/mypy -p maskrt.server -p maskrt.model -p maskrt.export -p maskrt.plugins
 
 clean:
 	rm -rf $(VENV) .pytest_cache

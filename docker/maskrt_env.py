@@ -31,23 +31,32 @@ def gpu(index: int) -> int:
     if index >= count:
         print(f"CUDA device {index} asked for, {count} visible", file=sys.stderr)
         return NO_GPU
-    try:
-        import tensorrt
-    except ImportError as exc:
-        print(f"cannot import tensorrt: {exc}", file=sys.stderr)
+    tensorrt, problem = _tensorrt()
+    if tensorrt is None:
+        print(problem, file=sys.stderr)
         return NO_TENSORRT
     major, minor = torch.cuda.get_device_capability(index)
     print(f"{torch.cuda.get_device_name(index)}\t{major}{minor}\t{tensorrt.__version__}")
     return 0
 
 
-def backend() -> int:
-    import importlib.util
+def _tensorrt():
+    """(TensorRT's bindings, None) or (None, why not). Imported to tell: a stubs-only ``tensorrt``
+    would pass ``importlib.util.find_spec``."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        return None, f"cannot import tensorrt: {exc}"
+    if not hasattr(tensorrt, "Runtime"):
+        return None, f"tensorrt at {getattr(tensorrt, '__path__', '?')} has no bindings (stubs?)"
+    return tensorrt, ""
 
+
+def backend() -> int:
     import torch
 
-    has_trt = importlib.util.find_spec("tensorrt") is not None
-    print("tensorrt" if has_trt and torch.cuda.is_available() else "onnxruntime")
+    usable = torch.cuda.is_available() and _tensorrt()[0] is not None
+    print("tensorrt" if usable else "onnxruntime")
     return 0
 
 

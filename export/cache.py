@@ -140,8 +140,10 @@ def cached_engine(
 ) -> Path:
     """A TensorRT engine of a tensorrt-target ONNX for this GPU and TensorRT (builds it the first
     time: minutes), with the shared timing cache."""
-    from maskrt.export.tensorrt import build_engine, gpu_description, import_tensorrt
+    from maskrt.export.tensorrt import build_engine
     from maskrt.model.checkpoint import file_sha256
+    from maskrt.plugins import import_tensorrt
+    from maskrt.server.backends.tensorrt_engine import gpu_description
 
     gpu = gpu_description(device)
     hardware = hardware_tag(

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
-from maskrt.export import tensorrt_cli
+from maskrt.export import console_logging, tensorrt_cli
 from maskrt.model.cli import add_model_arguments, model_options
 
 
@@ -66,7 +64,7 @@ def _onnx(args: argparse.Namespace) -> int:
     from maskrt.export.onnx import export_onnx
     from maskrt.model.checkpoint import default_checkpoint, load_model
 
-    _console_logging()
+    console_logging()
     model = args.model or str(default_checkpoint())
     loaded = load_model(model, model_options(args))
     out = export_onnx(
@@ -80,16 +78,3 @@ def _onnx(args: argparse.Namespace) -> int:
     )
     print(out)
     return 0
-
-
-def _console_logging() -> None:
-    """maskrt's INFO lines on stderr (when nothing configured logging); the exporter's libraries'
-    chatter stays at WARNING."""
-    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    log = logging.getLogger("maskrt")
-    if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)

@@ -58,7 +58,7 @@ def build_onnx(
     changed."""
     import torch
 
-    from maskrt.export.onnx_ops import add_functions, translation_table
+    from maskrt.export.onnx_ops import add_functions, drop_default_reductions, translation_table
     from maskrt.model.deploy import OUTPUT_NAMES, DeployGraph
 
     if max_batch < 1:
@@ -111,7 +111,9 @@ def build_onnx(
             verbose=False,
             report=False,
         )
-    proto = add_functions(program.model_proto, opset)
+    if program is None:  # torch.onnx.export returns None only when it writes a file itself
+        raise MaskrtError("torch.onnx.export returned no ONNX program")
+    proto = drop_default_reductions(add_functions(program.model_proto, opset))
     log.info(
         "traced and translated in %.1f s; step 2/2: checking the graph",
         time.perf_counter() - started,

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -192,8 +193,8 @@ def multilevel_roi_align_function(num_levels: int, opset: int) -> onnx.FunctionP
         nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=list(ROI_ALIGN_ATTRIBUTES),
-        doc_string="Multi-level RoIAlign (.notes/CONTRACT-roialign.md): torchvision's FPN level of "
-        "each RoI, then torchvision's roi_align on that level. rois [B, R, 4] float32 "
+        doc_string="Multi-level RoIAlign (maskrt's plugins/roi_align/README.md): torchvision's FPN "
+        "level of each RoI, then torchvision's roi_align on that level. rois [B, R, 4] float32 "
         "canvas pixels; features_l [B, C, H_l, W_l]; pooled [B, R, C, P, P].",
     )
     return function
@@ -226,12 +227,15 @@ def _roi_align_schema(num_levels: int) -> onnx.defs.OpSchema:
 
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
+    import onnxscript
     import torch
-    from onnxscript import opset18 as op
     from onnxscript.values import Op, Opset
 
-    import maskrt.model.deploy
-    import maskrt.model.roi_align  # noqa: F401
+    # onnxscript types each op input by its ONNX type constraint; the traced values carry none
+    op: Any = onnxscript.opset18
+
+    import maskrt.model.deploy  # noqa: F401  (registers torch.ops.maskrt.grouped_nms)
+    from maskrt.model.roi_align import CANONICAL_LEVEL, CANONICAL_SCALE, FIRST_LEVEL
 
     def multilevel_roi_align(
         rois,
@@ -239,9 +243,9 @@ def translation_table() -> dict:
         output_size: int,
         sampling_ratio: int,
         aligned: bool,
-        canonical_scale: int = 224,
-        canonical_level: int = 4,
-        first_level: int = 2,
+        canonical_scale: int = CANONICAL_SCALE,
+        canonical_level: int = CANONICAL_LEVEL,
+        first_level: int = FIRST_LEVEL,
     ):
         roi_align_op = Op(
             Opset(DOMAIN, DOMAIN_VERSION), ROI_ALIGN_OP, _roi_align_schema(len(features))
@@ -308,6 +312,15 @@ def all_nodes(graph: onnx.GraphProto | onnx.FunctionProto):
                 yield from all_nodes(g)
 
 
-def roi_align_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The ``MultiLevelRoIAlign`` nodes of the main graph (what the TensorRT rewrite replaces)."""
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP]
+def drop_default_reductions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove ``reduction="none"`` (ONNX's default) from every ``ScatterND`` / ``ScatterElements``
+    of ``model`` and its functions: the exporter writes it, and TensorRT 10.0-10.6's ONNX parser
+    rejects the attribute whenever it is present."""
+    bodies = [model.graph, *model.functions]
+    for body in bodies:
+        for node in all_nodes(body):
+            if node.op_type in ("ScatterND", "ScatterElements"):
+                kept = [a for a in node.attribute if not (a.name == "reduction" and a.s == b"none")]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    return model

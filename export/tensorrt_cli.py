@@ -23,7 +23,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp16",
         action="store_true",
-        help="fp16 kernels (TensorRT 10: builder flag; TensorRT 11: needs `export onnx --fp16`)",
+        help="an fp16 engine: needs the fp16 ONNX (`export onnx --fp16`), whose precision it keeps",
     )
     p.add_argument("--max-batch", type=int, help="largest batch (default: the ONNX's)")
     p.add_argument(
@@ -42,10 +42,10 @@ def register(kinds: argparse._SubParsersAction) -> None:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from maskrt.export.cli import _console_logging
+    from maskrt.export import console_logging
     from maskrt.export.tensorrt import build_engine
 
-    _console_logging()
+    console_logging()
     sidecar = build_engine(
         args.onnx,
         args.out,

@@ -3,7 +3,7 @@
 :func:`rewrite` (onnx-graphsurgeon):
 
 - every ``com.maskrt::MultiLevelRoIAlign`` node becomes ONE node of op type
-  ``MaskrtMultiLevelRoIAlign``, our TensorRT plugin (``plugins/README.md``): same inputs (float32
+  ``MaskrtMultiLevelRoIAlign``, our TensorRT plugin (``plugins/roi_align/README.md``): same inputs (float32
   RoIs, one feature map per FPN level), output and int attributes, plus ``plugin_version`` "1" and
   ``plugin_namespace`` "" for the parser; the local function that ONNX Runtime ran is dropped;
 - NMS stays ONNX ``NonMaxSuppression``, which TensorRT's parser imports to its NMS layer
@@ -11,10 +11,13 @@
 - constants are folded, so that the inputs TensorRT needs as initializers (``TopK``'s ``K``,
   ``NonMaxSuppression``'s limits and thresholds) are initializers; :func:`tensorrt_problems` checks it.
 
-The plugin node sits in domain ``ai.onnx.contrib``: TensorRT's parser matches a custom node by op
-type alone, and ``onnxruntime-extensions`` serves Python custom ops from that domain, which is how
-ONNX Runtime still runs this graph (:func:`register_python_ops`, used by the ``onnxruntime``
-backend) — so its detections are tested against the ``onnxruntime`` target without a GPU.
+The plugin node sits in domain ``ai.onnx.contrib``: TensorRT's parser looks a custom node's op type
+up in the plugin registry under the namespace ``plugin_namespace`` ("", where our creator is), and
+TensorRT 10.14's parser retries with the node's domain as the namespace when that fails, so the
+domain never hides our creator; ``onnxruntime-extensions`` serves Python custom ops from that
+domain, which is how ONNX Runtime still runs this graph (:func:`register_python_ops`, used by the
+``onnxruntime`` backend) — so its detections are tested against the ``onnxruntime`` target without
+a GPU.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES, ROI_ALIGN_OP
 from maskrt.plugins import PLUGIN_NAME as PLUGIN_OP
 from maskrt.plugins import PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-PLUGIN_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain; TensorRT ignores the domain
+PLUGIN_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain (see the module docstring)
 # node inputs TensorRT's ONNX parser accepts only as initializers: op type -> input indices
 INITIALIZER_INPUTS = {"TopK": (1,), "NonMaxSuppression": (2, 3, 4)}
+# the node attributes the parser consumes itself to find the creator (not plugin fields)
+PLUGIN_SELECTORS = ("plugin_version", "plugin_namespace")
+MAX_TOPK = 3840  # TensorRT's largest TopK K (ITopKLayer)
 
 
 def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -87,7 +93,7 @@ def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
     """What in ``model`` TensorRT's ONNX parser would reject or mis-map (empty: nothing found)."""
     problems = []
-    initializers = {t.name for t in model.graph.initializer}
+    initializers = {t.name: t for t in model.graph.initializer}
     types = _tensor_types(model)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") and node.op_type != PLUGIN_OP:
@@ -104,18 +110,43 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
                     f"{node.name}: {node.op_type} input {index} ({node.input[index]}) "
                     f"must be an initializer"
                 )
+        if node.op_type in ("ScatterND", "ScatterElements") and any(
+            a.name == "reduction" for a in node.attribute
+        ):
+            problems.append(
+                f"{node.name}: {node.op_type} has a 'reduction' attribute, which TensorRT "
+                f"10.0-10.6's parser rejects even when it is 'none'"
+            )
+        if node.op_type == "TopK" and node.input[1] in initializers:
+            k = int(onnx.numpy_helper.to_array(initializers[node.input[1]]).max())
+            if k > MAX_TOPK:
+                problems.append(f"{node.name}: TopK K={k} exceeds TensorRT's {MAX_TOPK}")
         if node.op_type == PLUGIN_OP:
-            rois = types.get(node.input[0])
-            if rois != onnx.TensorProto.FLOAT:
-                problems.append(
-                    f"{node.name}: RoIs must be float32, got "
-                    f"{onnx.TensorProto.DataType.Name(rois) if rois else 'unknown type'}"
-                )
-            kinds = {types.get(name) for name in node.input[1:]}
-            if not kinds <= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}:
-                problems.append(f"{node.name}: features must be float32 or float16")
+            problems += _plugin_problems(node, types)
     if any((f.domain, f.name) == (DOMAIN, ROI_ALIGN_OP) for f in model.functions):
         problems.append(f"the {DOMAIN}::{ROI_ALIGN_OP} local function is still in the model")
+    return problems
+
+
+def _plugin_problems(node: onnx.NodeProto, types: dict[str, int]) -> list[str]:
+    """What the parser or the plugin would refuse in one plugin node: float32 RoIs, one feature
+    type (float32 or float16), and attributes that are int fields the creator lists (the parser
+    turns INT attributes into int32 fields and hands over every attribute but the selectors)."""
+    problems = []
+    rois = types.get(node.input[0])
+    if rois != onnx.TensorProto.FLOAT:
+        name = onnx.TensorProto.DataType.Name(rois) if rois else "unknown type"
+        problems.append(f"{node.name}: RoIs must be float32, got {name}")
+    kinds = {types.get(name) for name in node.input[1:]}
+    if len(kinds) != 1 or not kinds <= {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}:
+        problems.append(f"{node.name}: features must be all float32 or all float16")
+    for a in node.attribute:
+        if a.name in PLUGIN_SELECTORS:
+            continue
+        if a.name not in ROI_ALIGN_ATTRIBUTES:
+            problems.append(f"{node.name}: attribute {a.name!r} is not a field of {PLUGIN_OP}")
+        elif a.type != onnx.AttributeProto.INT:
+            problems.append(f"{node.name}: attribute {a.name!r} must be an INT")
     return problems
 
 

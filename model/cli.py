@@ -166,17 +166,14 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from maskrt.devices import resolve_device
     from maskrt.model.checkpoint import default_checkpoint, load_model
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
 
     data = open_dataset(args.data, args.images, split="val")
     if args.backend == "eager":
-        device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu")
-            if args.device == "auto"
-            else args.device
-        )
+        device = torch.device(resolve_device(args.device))
         loaded = load_model(args.model or default_checkpoint(), model_options(args))
         predict = eager_predictor(loaded, device)
         classes, source, version = loaded.config.classes, loaded.source, loaded.version

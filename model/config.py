@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maskrt.errors import MaskrtError
 
@@ -173,7 +174,9 @@ class ModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise MaskrtError(f"unknown model config fields: {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
         return cls(**values)
 
 

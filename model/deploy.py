@@ -46,19 +46,24 @@ import maskrt.model.roi_align  # noqa: F401  (registers torch.ops.maskrt.multile
 from maskrt.model.config import ModelConfig
 from maskrt.model.roi_align import pooler_params
 
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
 RPN_MIN_SIZE = 1e-3  # torchvision RegionProposalNetwork.min_size
 BOX_MIN_SIZE = 1e-2  # torchvision RoIHeads.postprocess_detections' remove_small_boxes
 INVALID = -1.0  # score of a masked-out candidate; every real score is >= 0
 NMS_CANDIDATE = -0.5  # grouped_nms(score_threshold=...): candidates are the scores above it
 
 
-class Detections(NamedTuple):
-    num_detections: Tensor
-    boxes: Tensor
-    scores: Tensor
-    classes: Tensor
-    masks: Tensor
+class DeployOutputs(NamedTuple):
+    """The deploy graph's outputs (every backend returns them), padded to ``K`` rows past
+    ``num_detections``."""
+
+    num_detections: Tensor  # int32 [B]
+    boxes: Tensor  # float32 [B, K, 4], x1 y1 x2 y2 in canvas pixels
+    scores: Tensor  # float32 [B, K], descending
+    classes: Tensor  # int32 [B, K], 1-based
+    masks: Tensor  # float32 or float16 [B, K, M, M], probabilities
+
+
+OUTPUT_NAMES: tuple[str, ...] = DeployOutputs._fields  # the ONNX and engine output names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +178,11 @@ def feature_sizes(canvas: int, num_maps: int) -> list[int]:
 
 
 class DeployGraph(nn.Module):
-    """uint8 ``[B, 3, S, S]`` -> :class:`Detections` with ``K`` rows per image (module docstring)."""
+    """uint8 ``[B, 3, S, S]`` -> :class:`DeployOutputs` with ``K`` rows per image (module
+    docstring)."""
+
+    mean: Tensor  # buffers [1, 3, 1, 1]
+    std: Tensor
 
     def __init__(
         self,
@@ -234,7 +243,7 @@ class DeployGraph(nn.Module):
 
     # -----------------------------------------------------------------------------------------
 
-    def forward(self, images: Tensor) -> Detections:
+    def forward(self, images: Tensor) -> DeployOutputs:
         batch = images.shape[0]
         x = (images.to(torch.float32) / 255.0 - self.mean) / self.std
         # a float16 model (``export onnx --fp16``) takes float16; box arithmetic stays float32
@@ -248,7 +257,7 @@ class DeployGraph(nn.Module):
         proposals, proposal_ok = self._proposals(batch, maps)
         boxes, scores, labels, ok = self._detect(batch, roi_maps, proposals, proposal_ok)
         masks = self._masks(batch, roi_maps, boxes, labels, ok)
-        return Detections(
+        return DeployOutputs(
             num_detections=ok.sum(1, dtype=torch.int32),
             boxes=boxes,
             scores=scores,
@@ -299,9 +308,9 @@ class DeployGraph(nn.Module):
         scores = torch.where(
             keep.reshape(batch, levels, width), scores, torch.full_like(scores, INVALID)
         )
-        top, index = scores.reshape(batch, levels * width).topk(self.num_proposals, dim=1)
+        top, order = scores.reshape(batch, levels * width).topk(self.num_proposals, dim=1)
         ok = top > NMS_CANDIDATE
-        proposals = _gather_rows(boxes.reshape(batch, levels * width, 4), index)
+        proposals = _gather_rows(boxes.reshape(batch, levels * width, 4), order)
         return torch.where(ok.unsqueeze(-1), proposals, torch.zeros_like(proposals)), ok
 
     def _detect(self, batch: int, roi_maps: list[Tensor], proposals: Tensor, proposal_ok: Tensor):

@@ -11,7 +11,8 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from maskrt.progress import track
 
 # A predictor maps a batch of uint8 HxWx3 images to, per image, (boxes xyxy [N,4], scores [N],
 # class ids [N], COCO RLEs) in original-image pixels.
-Predictions = list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]]
+Predictions = list[tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[Mapping[str, Any]]]]
 Predictor = Callable[[list[np.ndarray]], Predictions]
 
 
@@ -37,7 +38,7 @@ def eager_predictor(loaded: LoadedModel, device: torch.device) -> Predictor:
         batch = [
             torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images
         ]
-        results = []
+        results: Predictions = []
         for out in model(batch):
             masks = (out["masks"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]

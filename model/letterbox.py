@@ -45,12 +45,6 @@ def fill_colour(image_mean: tuple[float, float, float]) -> tuple[int, int, int]:
     return tuple(round(m * 255.0) for m in image_mean)  # type: ignore[return-value]
 
 
-def letterbox(image: Tensor, canvas: int, fill: tuple[int, int, int]) -> tuple[Tensor, Letterbox]:
-    """One uint8 ``[3, H, W]`` image (any device) onto a uint8 ``[3, S, S]`` canvas."""
-    out = torch.empty((3, canvas, canvas), dtype=torch.uint8, device=image.device)
-    return out, _place(image, out, fill)
-
-
 def letterbox_batch(
     images: list[Tensor], canvas: int, fill: tuple[int, int, int]
 ) -> tuple[Tensor, list[Letterbox]]:

@@ -1,9 +1,10 @@
 """Multi-level RoIAlign as one registered PyTorch op: ``torch.ops.maskrt.multilevel_roi_align``.
 
-One call pools the RoIs of every image of a batch from their FPN levels (.notes/CONTRACT-roialign.md):
-each RoI gets its level from torchvision's ``LevelMapper``, then torchvision's ``roi_align`` pools it
-on that level's map. With ``aligned=False`` and ``sampling_ratio=2`` (what torchvision's Mask R-CNN
-uses) the result equals torchvision's ``MultiScaleRoIAlign``.
+One call pools the RoIs of every image of a batch from their FPN levels (the contract is
+``plugins/roi_align/README.md``, which the TensorRT plugin implements): each RoI gets its level
+from torchvision's ``LevelMapper``, then torchvision's ``roi_align`` pools it on that level's map.
+With ``aligned=False`` and ``sampling_ratio=2`` (what torchvision's Mask R-CNN uses) the result
+equals torchvision's ``MultiScaleRoIAlign``.
 
 - CPU and CUDA: the same composite over ``torchvision.ops.roi_align``, one call per level on the RoIs
   of that level (no Python loop over boxes or images). Float16 features are pooled in float32 and
@@ -23,14 +24,19 @@ from torchvision.ops import roi_align
 
 OP_NAME = "maskrt::multilevel_roi_align"
 EPS = 1e-6  # torchvision's LevelMapper eps
+# torchvision's LevelMapper defaults and the FPN level of the first map (P2): the op's, the ONNX
+# node's and the TensorRT plugin's defaults
+CANONICAL_SCALE = 224
+CANONICAL_LEVEL = 4
+FIRST_LEVEL = 2
 
 
 def roi_levels(
     rois: Tensor,
     num_levels: int,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
-    first_level: int = 2,
+    canonical_scale: int = CANONICAL_SCALE,
+    canonical_level: int = CANONICAL_LEVEL,
+    first_level: int = FIRST_LEVEL,
 ) -> Tensor:
     """0-based map index of each RoI (``rois`` [N, 4]), torchvision's ``LevelMapper`` in the same
     float32 arithmetic; ``num_levels`` (i.e. no level) for a RoI of NaN area."""
@@ -51,9 +57,9 @@ def multilevel_roi_align(
     output_size: int,
     sampling_ratio: int,
     aligned: bool,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
-    first_level: int = 2,
+    canonical_scale: int = CANONICAL_SCALE,
+    canonical_level: int = CANONICAL_LEVEL,
+    first_level: int = FIRST_LEVEL,
 ) -> Tensor:
     """``rois`` float32 [B, R, 4] (x1 y1 x2 y2, canvas pixels; RoIs of image b read features[b]),
     ``features`` L maps [B, C, H_l, W_l] (map l is FPN level ``first_level + l``, spatial scale
@@ -92,9 +98,9 @@ def _multilevel_roi_align_fake(
     output_size,
     sampling_ratio,
     aligned,
-    canonical_scale=224,
-    canonical_level=4,
-    first_level=2,
+    canonical_scale=CANONICAL_SCALE,
+    canonical_level=CANONICAL_LEVEL,
+    first_level=FIRST_LEVEL,
 ):
     _check(rois, features)
     batch, num_rois = rois.shape[:2]
@@ -123,7 +129,7 @@ def pooler_params(pool) -> dict:
         "output_size": int(size),
         "sampling_ratio": int(pool.sampling_ratio),
         "aligned": False,  # MultiScaleRoIAlign always calls roi_align(aligned=False)
-        "canonical_scale": int(getattr(pool, "canonical_scale", 224)),
-        "canonical_level": int(getattr(pool, "canonical_level", 4)),
-        "first_level": 2,
+        "canonical_scale": int(getattr(pool, "canonical_scale", CANONICAL_SCALE)),
+        "canonical_level": int(getattr(pool, "canonical_level", CANONICAL_LEVEL)),
+        "first_level": FIRST_LEVEL,
     }

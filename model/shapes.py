@@ -36,7 +36,7 @@ class ShapesSample:
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     base = rng.integers(0, 256, size=3).astype(np.float32)
     kind = rng.integers(0, 4)
-    image = np.broadcast_to(base, (height, width, 3)).copy()
+    image: np.ndarray = np.broadcast_to(base, (height, width, 3)).copy()
     if kind == 1:  # linear gradient towards a second colour
         other = rng.integers(0, 256, size=3).astype(np.float32)
         angle = rng.uniform(0, 2 * math.pi)
@@ -92,7 +92,9 @@ def generate(seed: int, index: int, background: Background | None = None) -> Sha
     height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     image = (background or _background)(rng, height, width)
     count = int(rng.integers(1, MAX_INSTANCES + 1))
-    full_masks, visible, labels = [], [], []
+    full_masks: list[np.ndarray] = []
+    visible: list[np.ndarray] = []
+    labels: list[int] = []
     for _ in range(count):
         kind = int(rng.integers(1, len(SHAPES_CLASSES)))
         shape = _draw(kind, rng, height, width)
@@ -156,7 +158,9 @@ def coco_dataset(
 ) -> tuple[dict, list[np.ndarray]]:
     """A COCO instances dict and the images of ``count`` samples (ids 1..count);
     ``sample_of(seed, index)`` makes each one."""
-    images, annotations, pixels = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    pixels: list[np.ndarray] = []
     for i in range(count):
         sample = sample_of(seed, i)
         h, w = sample.image.shape[:2]

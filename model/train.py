@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskrt.devices import resolve_device
 from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
 from maskrt.model.checkpoint import (
@@ -86,9 +87,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 def train(opts: TrainOptions) -> Path:
     """Train and return the path of the final model (fp16 weights, no optimizer state)."""
     torch.manual_seed(opts.seed)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
-    )
+    device = torch.device(resolve_device(opts.device))
     data = open_dataset(opts.data, opts.images, split="train")
     state, init_config = read_state(opts.init) if opts.init else ({}, None)
     if opts.config:

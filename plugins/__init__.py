@@ -3,8 +3,10 @@
 ``load()`` finds ``libmaskrt_plugins.so`` (built from ``plugins/`` with CMake, see
 ``plugins/README.md``), loads it into the process with ``RTLD_GLOBAL`` and registers its plugin
 creator (``MaskrtMultiLevelRoIAlign``, version "1", namespace "") with TensorRT's global plugin
-registry, so that the ONNX parser and engine deserialization find it. Importing this package needs
-neither TensorRT nor a GPU.
+registry, so that the ONNX parser and engine deserialization find it. ``import_tensorrt()`` is the
+one place maskrt imports TensorRT's Python bindings (engine building in ``maskrt.export.tensorrt``,
+running in ``maskrt.server.backends.tensorrt_engine``). Importing this package needs neither
+TensorRT nor a GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import os
 import threading
 from pathlib import Path
+from types import ModuleType
 
 from maskrt.errors import MaskrtError
 
@@ -26,6 +29,35 @@ PLUGIN_NAMESPACE = ""
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _lock = threading.Lock()
 _loaded: dict[Path, ctypes.CDLL] = {}
+
+
+def import_tensorrt() -> ModuleType:
+    """TensorRT's Python bindings, or a MaskrtError saying where TensorRT comes from. The import
+    itself is the test: a ``tensorrt`` that imports but lacks the bindings (a stubs-only or empty
+    package makes ``importlib.util.find_spec("tensorrt")`` true) is refused too."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        problem = str(exc)
+    else:
+        if hasattr(tensorrt, "Runtime") and hasattr(tensorrt, "__version__"):
+            return tensorrt
+        where = getattr(tensorrt, "__file__", None) or list(getattr(tensorrt, "__path__", []))
+        problem = f"the 'tensorrt' found at {where} is not TensorRT's Python bindings"
+    raise MaskrtError(
+        f"TensorRT is not installed here ({problem}); it ships in the GPU Docker image "
+        f"(`docker compose up`), or install NVIDIA's tensorrt wheel (pip install "
+        f"'maskrt[tensorrt]' with https://pypi.nvidia.com reachable)"
+    )
+
+
+def tensorrt_importable() -> bool:
+    """Whether :func:`import_tensorrt` succeeds (it imports TensorRT)."""
+    try:
+        import_tensorrt()
+    except MaskrtError:
+        return False
+    return True
 
 
 def candidate_paths() -> list[Path]:
@@ -66,8 +98,8 @@ def load() -> Path:
             return path
         # The Python tensorrt wheel keeps libnvinfer outside the loader's search path; importing
         # it first puts libnvinfer in the process, which then satisfies the plugin's dependency.
-        with contextlib.suppress(ImportError):
-            import tensorrt  # noqa: F401
+        with contextlib.suppress(MaskrtError):
+            import_tensorrt()
         try:
             lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:

@@ -1,7 +1,7 @@
 """The plugin's CUDA kernel as a PyTorch extension, for tests and benchmarks on a GPU.
 
-``load_extension()`` compiles ``src/roi_align_kernel.cu`` (the kernel the TensorRT plugin launches)
-and ``src/roi_align_torch.cpp`` (a pybind11 binding) with ``torch.utils.cpp_extension.load``; no
+``load_extension()`` compiles ``roi_align/roi_align_kernel.cu`` (the kernel the TensorRT plugin launches)
+and ``roi_align/roi_align_torch.cpp`` (a pybind11 binding) with ``torch.utils.cpp_extension.load``; no
 TensorRT file takes part. Compiling needs nvcc; running needs a CUDA device.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from maskrt.errors import MaskrtError
 
-SRC = Path(__file__).resolve().parent / "src"
+SRC = Path(__file__).resolve().parent / "roi_align"
 SOURCES = [SRC / "roi_align_kernel.cu", SRC / "roi_align_torch.cpp"]
 
 

@@ -56,8 +56,8 @@ class Job:
     """One image of one request. ``payload`` is what ``process`` gets; ``future`` its result."""
 
     payload: Any
+    future: asyncio.Future[Any]
     request_id: str = ""
-    future: asyncio.Future | None = None
     enqueued: float = 0.0  # loop time
     queue_wait_s: float = 0.0  # set when the job's batch starts
     dropped: str | None = None  # why the job will not run ("timeout", "client disconnected")
@@ -68,16 +68,14 @@ class Job:
         already in a running batch just has its result discarded."""
         if self.dropped is None:
             self.dropped = reason
-        if self.future is not None and not self.future.done():
+        if not self.future.done():
             self.future.cancel()
         if self.batcher is not None:
-            self.batcher._discard(self)
+            self.batcher.discard(self)
 
 
 @dataclass
 class BatcherStats:
-    dropped: int = 0
-    failed_batches: int = 0
     batch_seconds_ema: float = 0.0
     running_since: float | None = None  # monotonic time the current batch started
 
@@ -95,7 +93,11 @@ class Batcher:
         executor: Executor | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         on_batch_start: Callable[[list[Job]], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        on_batch_failed: Callable[[], None] | None = None,
     ) -> None:
+        """``on_drop(reason)``: a job left unrun (its request gave up); ``on_batch_failed()``:
+        ``process`` raised. Both are called on the event loop."""
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_delay_s >= 0")
         self.process = process
@@ -106,6 +108,8 @@ class Batcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
         self._on_queue_depth = on_queue_depth or (lambda n: None)
         self._on_batch_start = on_batch_start or (lambda jobs: None)
+        self._on_drop = on_drop or (lambda reason: None)
+        self._on_batch_failed = on_batch_failed or (lambda: None)
         self._queue: collections.deque[Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._expected = 0
@@ -142,23 +146,27 @@ class Batcher:
             raise QueueFull(self.retry_after_s())
         loop = asyncio.get_running_loop()
         now = loop.time()
-        jobs = [Job(p, request_id, loop.create_future(), now, batcher=self) for p in payloads]
+        jobs = [Job(p, loop.create_future(), request_id, now, batcher=self) for p in payloads]
         self._queue.extend(jobs)
         self._on_queue_depth(len(self._queue))
         self._wakeup.set()
         return jobs
 
-    def _discard(self, job: Job) -> None:
+    def discard(self, job: Job) -> None:
+        """Take a dropped job out of the queue now (:meth:`Job.drop` calls it); a job the worker
+        already took is left to the worker."""
         try:
             self._queue.remove(job)
         except ValueError:  # already taken by the worker
             return
-        self.stats.dropped += 1
         self._on_queue_depth(len(self._queue))
-        log.info(
-            "job dropped before inference: %s", job.dropped, extra={"request_id": job.request_id}
-        )
+        self._count_drop(job)
         self._wakeup.set()
+
+    def _count_drop(self, job: Job) -> None:
+        reason = job.dropped or "cancelled"
+        self._on_drop(reason)
+        log.info("job dropped before inference: %s", reason, extra={"request_id": job.request_id})
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained: batches queued x recent batch time."""
@@ -222,12 +230,7 @@ class Batcher:
             live = []
             for job in batch:
                 if job.dropped is not None or job.future.done():
-                    self.stats.dropped += 1
-                    log.info(
-                        "job dropped before inference: %s",
-                        job.dropped or "cancelled",
-                        extra={"request_id": job.request_id},
-                    )
+                    self._count_drop(job)
                 else:
                     live.append(job)
             if not live:
@@ -250,7 +253,7 @@ class Batcher:
                 job.drop("server stopping")
             raise
         except Exception as exc:
-            self.stats.failed_batches += 1
+            self._on_batch_failed()
             log.error(
                 "batch of %d failed",
                 len(jobs),

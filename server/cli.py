@@ -11,7 +11,7 @@ import argparse
 import socket
 import typing
 
-_HELP_TYPES = {int: "N", float: "X"}
+_HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = list(args)
-        elif annotation in (int, float):
+        elif annotation is int or annotation is float:
             kwargs["type"] = annotation
             kwargs["metavar"] = _HELP_TYPES[annotation]
         elif annotation is bool:
@@ -96,10 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from maskrt.server.app import create_app
     from maskrt.server.backends import check_model
+    from maskrt.server.decode import ignore_expected_warnings
     from maskrt.server.logging import configure_logging
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
     sock = listening_socket(settings.host, settings.port)
     # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).

@@ -1,6 +1,20 @@
-"""Errors the HTTP layer turns into ``{"error": {"code", "message"}}`` answers (DESIGN.md)."""
+"""Errors the HTTP layer answers with, and the one place their JSON is built.
+
+Every refused request gets ``{"error": {"code", "message"}}`` (DESIGN.md, "HTTP contract"):
+:class:`ApiError` raised anywhere (a route, a dependency, the body reader), FastAPI's own 404/405
+and validation errors, and the middleware's last-resort 500 all go through :func:`error_response`.
+"""
 
 from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
@@ -18,7 +32,7 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
 
 
@@ -29,3 +43,57 @@ class BodyTooLarge(ApiError):
         super().__init__(
             413, "body_too_large", f"the request body is larger than the limit of {limit} bytes"
         )
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request waited; nothing is sent back."""
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Compact JSON (no NaN: a non-finite number is a bug, not an answer)."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Response(body.encode(), status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: ApiError) -> Response:
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+def validation_message(exc: ValidationError | RequestValidationError, known: list[str]) -> str:
+    """One line naming each bad parameter; an unknown one is answered with the ``known`` ones."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown parameter {loc!r} (known: {', '.join(known)})")
+        else:
+            parts.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+    return "; ".join(parts) or "invalid parameters"
+
+
+def install_error_handlers(app: FastAPI, known_parameters: list[str]) -> None:
+    """Answer :class:`ApiError`, FastAPI's HTTP errors (404, 405) and its request validation
+    errors (422, naming ``known_parameters``) as error JSON."""
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = (
+            f"no route {request.method} {request.url.path}"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        return error_response(ApiError(exc.status_code, code, message, dict(exc.headers or {})))
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message = validation_message(exc, known_parameters)
+        return error_response(ApiError(422, "invalid_parameter", message))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -14,6 +14,7 @@ per decade. Batch sizes get one bucket per size up to 16, then a geometric serie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -118,7 +119,8 @@ class Metrics:
         )
         self.decode = Histogram(
             "maskrt_decode_duration_seconds",
-            "decoding of one uploaded image",
+            "decoding of one uploaded image, by decoder (nvjpeg, pillow)",
+            ["decoder"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -130,6 +132,15 @@ class Metrics:
         )
         self.images = Counter("maskrt_images", "images inferred", registry=r)
         self.detections = Counter("maskrt_detections", "detections returned", registry=r)
+        self.dropped_images = Counter(
+            "maskrt_dropped_images",
+            "images dropped before inference because their request gave up",
+            ["reason"],
+            registry=r,
+        )
+        self.failed_batches = Counter(
+            "maskrt_failed_batches", "inference batches whose backend call raised", registry=r
+        )
         self.queue_depth = Gauge(
             "maskrt_queue_depth", "images waiting in the batch queue", registry=r
         )
@@ -156,12 +167,15 @@ class Metrics:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def count_drop(self, reason: str) -> None:
+        self.dropped_images.labels(reason).inc()
+
     def set_model(self, name: str, backend: str, device: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name, backend, device).set(1)
 
 
-def _gpu_used(device: str):
+def _gpu_used(device: str) -> Callable[[], float]:
     def read() -> float:
         import torch
 

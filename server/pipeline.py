@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,12 +29,11 @@ from torch import Tensor
 from maskrt.model.letterbox import fill_colour
 from maskrt.server.backends.base import Backend
 from maskrt.server.decode import DecodedImage, decode_image
-from maskrt.server.postprocess import postprocess_batch
+from maskrt.server.postprocess import Detection, postprocess_batch, recipes_for
 from maskrt.server.preprocess import preprocess
 
-# The evaluation's predictor type (maskrt.model.evaluate.Predictor): per image
-# (boxes xyxy [N, 4], scores [N], class ids [N], COCO RLEs) in original-image pixels.
-Predictions = list[tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]]
+if TYPE_CHECKING:
+    from maskrt.model.evaluate import Predictions, Predictor
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class PostOptions:
 class BatchOutput:
     """Detections of each image of a batch and the batch's stage times (seconds)."""
 
-    detections: list[list[dict]]
+    detections: list[list[Detection]]
     preprocess_s: float
     inference_s: float
     postprocess_s: float
@@ -129,23 +129,21 @@ class Pipeline:
         max_detections: int | None = None,
         want_masks: bool = True,
         batch_size: int | None = None,
-    ) -> list[list[dict]]:
+    ) -> list[list[Detection]]:
         """Detections of each image, in batches of ``batch_size`` (default ``max_batch``)."""
         size = min(batch_size or self.max_batch, self.max_batch)
         opts = PostOptions(score_threshold, max_detections, want_masks)
-        out: list[list[dict]] = []
+        out: list[list[Detection]] = []
         for start in range(0, len(images), size):
             chunk = [self.as_tensor(im) for im in images[start : start + size]]
             out.extend(self.run_batch(chunk, opts).detections)
         return out
 
-    def predictor(
-        self, score_threshold: float = 0.0, batch_size: int | None = None
-    ) -> Callable[[list[np.ndarray]], Predictions]:
+    def predictor(self, score_threshold: float = 0.0, batch_size: int | None = None) -> Predictor:
         """A ``maskrt.model.evaluate.Predictor`` over this pipeline (HxWx3 uint8 images in)."""
 
         def predict(images: list[np.ndarray]) -> Predictions:
-            results = []
+            results: Predictions = []
             for dets in self.predict(
                 images, score_threshold=score_threshold, batch_size=batch_size
             ):
@@ -164,13 +162,11 @@ class Pipeline:
         for lazy initialisation; returns seconds per batch size."""
         sizes = list(batch_sizes) if batch_sizes is not None else self.backend.warmup_batch_sizes()
         if self.device.type == "cuda":
-            from maskrt.server.postprocess import recipes_for
-
             recipes_for(self.device, self.backend.info.mask_size)
             self._warm_nvjpeg()
         rng = np.random.default_rng(0)
         image = torch.from_numpy(rng.integers(0, 256, (3, 240, 320), dtype=np.uint8))
-        seconds = {}
+        seconds: dict[int, float] = {}
         for size in sizes:
             started = time.perf_counter()
             self.run_batch([image] * size, PostOptions(score_threshold=0.0))

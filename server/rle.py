@@ -16,7 +16,16 @@ The only Python loop is one string slice per mask.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
+
+
+class Rle(TypedDict):
+    """A COCO compressed RLE as the API answers it."""
+
+    size: list[int]  # [height, width]
+    counts: str
 
 
 def counts_to_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
@@ -114,29 +123,9 @@ def transitions_to_counts(
 
 def rle_from_transitions(
     transitions: np.ndarray, mask_ids: np.ndarray, sizes: np.ndarray
-) -> list[dict]:
+) -> list[Rle]:
     """``{"size": [h, w], "counts": str}`` for each mask; ``sizes`` is ``[n, 2]`` (h, w)."""
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     counts, lengths = transitions_to_counts(transitions, mask_ids, sizes[:, 0] * sizes[:, 1])
     strings = counts_to_strings(counts, lengths)
     return [{"size": [h, w], "counts": s} for (h, w), s in zip(sizes.tolist(), strings)]
-
-
-def mask_transitions(mask: np.ndarray) -> np.ndarray:
-    """Column-major transitions of one ``h x w`` binary mask (any numpy layout)."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    edges = np.empty(len(flat) + 1, dtype=bool)
-    edges[0] = flat[0] if len(flat) else False
-    np.not_equal(flat[1:], flat[:-1], out=edges[1:-1])
-    edges[-1] = flat[-1] if len(flat) else False
-    return np.flatnonzero(edges)
-
-
-def encode(mask: np.ndarray) -> dict:
-    """COCO RLE of one full ``h x w`` binary mask, as ``pycocotools.mask.encode`` (text counts).
-
-    For callers that already hold a full mask (evaluation, tests); the server never builds one.
-    """
-    h, w = mask.shape
-    t = mask_transitions(mask)
-    return rle_from_transitions(t, np.zeros(len(t), dtype=np.int64), np.array([[h, w]]))[0]

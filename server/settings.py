@@ -132,11 +132,9 @@ class Settings(BaseSettings):
 
     def resolved_device(self) -> str:
         """``auto`` made concrete: ``cuda`` when torch sees a GPU, else ``cpu``."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        from maskrt.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
 
 
 def flag_name(field: str) -> str:

@@ -142,3 +142,11 @@ def assert_outputs_match(
         n = int(actual.num_detections[b])
         assert not actual.boxes[b, n:].any() and not actual.masks[b, n:].any()
     return pairs
+
+
+def roi_align_nodes(model) -> list:
+    """The ``com.maskrt::MultiLevelRoIAlign`` nodes of an onnxruntime-target model's main graph
+    (what the TensorRT rewrite replaces)."""
+    from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_OP
+
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP]

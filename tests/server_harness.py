@@ -1,7 +1,8 @@
 """Helpers of the server integration tests: a real ``maskrt serve`` subprocess on 127.0.0.1, the
 model it serves, test images, and reading ``/metrics``.
 
-Not a test module (no ``test_`` prefix); the ``test_server_*`` modules import it.
+Not a test module (no ``test_`` prefix); the ``test_server_*`` modules import it, and the
+``checkpoint`` fixture of conftest.py serves :func:`serving_checkpoint`.
 """
 
 from __future__ import annotations
@@ -56,11 +57,6 @@ def serving_checkpoint(tmp_dir: Path) -> Path:
         cfg = get_config("shapes")
         save_checkpoint(path, build_model(cfg).eval(), cfg, {"note": "random weights (tests)"})
     return path
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    return serving_checkpoint(tmp_path_factory.mktemp("model"))
 
 
 class Server:

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from deploy_helpers import assert_outputs_match, exported, images, loaded
+from deploy_helpers import assert_outputs_match, exported, images, loaded, roi_align_nodes
 
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
@@ -22,10 +22,9 @@ from maskrt.export.onnx_ops import (
     ROI_ALIGN_OP,
     all_nodes,
     multilevel_roi_align_function,
-    roi_align_nodes,
 )
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
-from maskrt.model.deploy import DeployGraph, Detections
+from maskrt.model.deploy import DeployGraph, DeployOutputs
 
 
 def _session(path) -> ort.InferenceSession:
@@ -135,7 +134,7 @@ def test_onnxruntime_equals_pytorch_graph(batch):
     imgs = images(batch, model.config.canvas, seed=10 + batch)
     with torch.inference_mode():
         expected = graph(imgs)
-    actual = Detections(
+    actual = DeployOutputs(
         *(torch.from_numpy(a) for a in _session(path).run(None, {"images": imgs.numpy()}))
     )
     pairs = assert_outputs_match(actual, expected)

@@ -13,9 +13,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from roi_align_reference import multilevel_roi_align_reference
 from torchvision.ops import MultiScaleRoIAlign
-
-from maskrt.plugins.reference import multilevel_roi_align_reference
 
 pytestmark = pytest.mark.gpu
 

@@ -1,6 +1,6 @@
 """The plugin kernel's arithmetic on the CPU, against torchvision.
 
-plugins/src/roi_align_host.cpp is compiled for the host (nvcc, else g++) into a small shared
+tests/plugins/roi_align_host.cpp is compiled for the host (nvcc, else g++) into a small shared
 library in pytest's tmp dir and driven through ctypes. It runs the kernel's own
 ``__host__ __device__`` code in two ways: plain reference loops over RoIs / channels / bins calling
 the per-sample math, and an emulation of the CUDA launch (the kernel's block code run block by
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from roi_align_reference import multilevel_roi_align_reference
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
-from maskrt.plugins.reference import multilevel_roi_align_reference
-
-SRC = Path(__file__).resolve().parents[1] / "plugins" / "src"
+SRC = Path(__file__).resolve().parents[1] / "plugins" / "roi_align"
+HOST_SOURCE = Path(__file__).resolve().parent / "plugins" / "roi_align_host.cpp"
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 CANVAS_H, CANVAS_W = 192, 256  # not square, so that rows and columns cannot be confused
 SIZES = [(48, 64), (24, 32), (12, 16), (6, 8)]  # P2..P5
@@ -43,7 +43,7 @@ def _nvcc() -> str | None:
 
 
 def _compile(compiler: str, out: Path) -> Path:
-    source = SRC / "roi_align_host.cpp"
+    source = HOST_SOURCE
     if compiler == "nvcc":
         nvcc = _nvcc()
         if nvcc is None:

@@ -17,6 +17,7 @@ from torchvision.models.detection.roi_heads import expand_boxes, paste_masks_in_
 from maskrt.model.letterbox import Letterbox, boxes_to_original
 from maskrt.server import postprocess as pp
 from maskrt.server.backends.base import DeployOutputs
+from maskrt.server.postprocess import geometry, recipes, transitions
 
 STRATEGIES = ("interpolate", "vectorized")
 
@@ -32,6 +33,30 @@ def coco(mask: torch.Tensor | np.ndarray) -> dict:
     m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.uint8)
     rle = mask_util.encode(np.asfortranarray(m))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def paste_masks_binary(
+    masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *, strategy: str
+) -> torch.Tensor:
+    """Whole ``[N, H, W]`` bool masks (host) from our transitions, to compare with
+    ``paste_masks_in_image(masks[:, None], boxes, image_size)[:, 0] > 0.5``."""
+    h, w = image_size
+    geom = geometry.paste_geometry(
+        boxes.detach().cpu().numpy(), np.int64(h), np.int64(w), masks.shape[-1]
+    )
+    lin, ids = transitions.paste_transitions(masks, geom, strategy=strategy)
+    out = np.zeros((len(geom), h * w), dtype=np.int8)
+    order = np.lexsort((lin, ids))
+    lin, ids = lin[order], ids[order]
+    # Alternate +1/-1 at each mask's transitions, then a running sum gives the mask.
+    sign = np.ones(len(lin), dtype=np.int8)
+    first = np.r_[True, ids[1:] != ids[:-1]]
+    rank = np.arange(len(lin)) - np.maximum.accumulate(np.where(first, np.arange(len(lin)), 0))
+    sign[rank % 2 == 1] = -1
+    inside = lin < h * w
+    np.add.at(out, (ids[inside], lin[inside]), sign[inside])
+    full = np.cumsum(out, axis=1, dtype=np.int32) > 0
+    return torch.from_numpy(full.reshape(len(geom), w, h).transpose(0, 2, 1).copy())
 
 
 def random_boxes(rng: np.random.Generator, n: int, h: int, w: int) -> torch.Tensor:
@@ -81,8 +106,8 @@ def random_boxes(rng: np.random.Generator, n: int, h: int, w: int) -> torch.Tens
 def whole_box_tables(h: int, w: int, src_fma: bool) -> tuple[tuple, tuple]:
     """Column and row tables of one whole ``h x w`` output (no clipping) from a 30x30 input."""
     one = np.zeros(1, np.int64)
-    cols = pp.axis_tables(30, one + w, one, one + w, w, src_fma)
-    rows = pp.axis_tables(30, one + h, one, one + h, h, src_fma)
+    cols = geometry.axis_tables(30, one + w, one, one + w, w, src_fma)
+    rows = geometry.axis_tables(30, one + h, one, one + h, h, src_fma)
     return (tuple(torch.from_numpy(t) for t in cols), tuple(torch.from_numpy(t) for t in rows))
 
 
@@ -116,7 +141,7 @@ def test_expand_boxes_int_matches_torchvision() -> None:
     boxes[:100] = rng.uniform(0, 1, (100, 4)).astype(np.float32)
     for m in (14, 28, 56):
         ref = expand_boxes(torch.from_numpy(boxes), (m + 2) / m).to(torch.int64).numpy()
-        assert np.array_equal(pp.expand_boxes_int(boxes, m), ref)
+        assert np.array_equal(geometry.expand_boxes_int(boxes, m), ref)
 
 
 # ------------------------------------------------------------------------------ the paste
@@ -132,7 +157,7 @@ def test_paste_matches_torchvision(strategy: str) -> None:
     for h, w in sizes:
         boxes = random_boxes(rng, 21, h, w)
         masks = random_masks(gen, len(boxes))
-        ours = pp.paste_masks_binary(masks, boxes, (h, w), strategy=strategy)
+        ours = paste_masks_binary(masks, boxes, (h, w), strategy=strategy)
         ref = reference_binary(masks, boxes, h, w)
         assert torch.equal(ours, ref), (h, w, (ours != ref).sum().item())
 
@@ -143,7 +168,7 @@ def test_paste_full_hd(strategy: str) -> None:
     gen = torch.Generator().manual_seed(2)
     boxes = random_boxes(rng, 14, 1080, 1920)
     masks = random_masks(gen, len(boxes))
-    ours = pp.paste_masks_binary(masks, boxes, (1080, 1920), strategy=strategy)
+    ours = paste_masks_binary(masks, boxes, (1080, 1920), strategy=strategy)
     assert torch.equal(ours, reference_binary(masks, boxes, 1080, 1920))
 
 
@@ -153,7 +178,7 @@ def test_paste_fp16_masks(strategy: str) -> None:
     gen = torch.Generator().manual_seed(3)
     boxes = random_boxes(rng, 28, 97, 131)
     masks = random_masks(gen, len(boxes)).half()
-    ours = pp.paste_masks_binary(masks, boxes, (97, 131), strategy=strategy)
+    ours = paste_masks_binary(masks, boxes, (97, 131), strategy=strategy)
     assert torch.equal(ours, reference_binary(masks, boxes, 97, 131))
 
 
@@ -164,48 +189,48 @@ def test_paste_other_mask_sizes(strategy: str) -> None:
     for m in (14, 56):
         boxes = random_boxes(rng, 14, 120, 90)
         masks = random_masks(gen, len(boxes), m)
-        ours = pp.paste_masks_binary(masks, boxes, (120, 90), strategy=strategy)
+        ours = paste_masks_binary(masks, boxes, (120, 90), strategy=strategy)
         assert torch.equal(ours, reference_binary(masks, boxes, 120, 90)), m
 
 
 def test_vectorized_falls_back_per_box_without_a_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pp._CALIBRATED, "cpu/28", {"small": None, "large": None})
+    monkeypatch.setitem(recipes._CALIBRATED, "cpu/28", {"small": None, "large": None})
     rng = np.random.default_rng(5)
     gen = torch.Generator().manual_seed(5)
     boxes = random_boxes(rng, 21, 150, 170)
     masks = random_masks(gen, len(boxes))
-    ours = pp.paste_masks_binary(masks, boxes, (150, 170), strategy="vectorized")
+    ours = paste_masks_binary(masks, boxes, (150, 170), strategy="vectorized")
     assert torch.equal(ours, reference_binary(masks, boxes, 150, 170))
 
 
 def test_calibrated_recipes_reproduce_interpolate_bit_for_bit() -> None:
     """Beyond the probe sizes the calibration used: the float values themselves, not only
     their side of 0.5."""
-    recipes = pp.recipes_for("cpu")
+    found = recipes.recipes_for("cpu")
     rng = np.random.default_rng(6)
     gen = torch.Generator().manual_seed(6)
-    for regime, recipe in recipes.items():
+    for regime, recipe in found.items():
         if recipe is None:  # this CPU build has no recipe: the per-box fallback covers it
             continue
         for _ in range(25):
             if regime == "small":
-                h = int(rng.integers(1, pp.SMALL_SUM))
-                w = int(rng.integers(1, pp.SMALL_SUM - h + 1))
+                h = int(rng.integers(1, recipes.SMALL_SUM))
+                w = int(rng.integers(1, recipes.SMALL_SUM - h + 1))
             else:
                 h = int(rng.integers(1, 500))
-                w = int(rng.integers(max(pp.SMALL_SUM + 1 - h, 1), 500))
+                w = int(rng.integers(max(recipes.SMALL_SUM + 1 - h, 1), 500))
             padded = F.pad(random_masks(gen, 5), (1, 1, 1, 1))
             cols, rows = whole_box_tables(h, w, recipe.src_fma)
             for j in range(5):
                 ref = F.interpolate(
                     padded[j][None, None], size=(h, w), mode="bilinear", align_corners=False
                 )[0, 0]
-                got = pp._emulate(padded[j : j + 1], cols, rows, recipe)[0].t()
+                got = recipes.bilinear_windows(padded[j : j + 1], cols, rows, recipe)[0].t()
                 assert torch.equal(got, ref), (regime, recipe, h, w)
 
 
-@pytest.mark.parametrize("recipe", pp.CANDIDATES, ids=str)
-def test_every_candidate_recipe_is_bilinear(recipe: pp.Recipe) -> None:
+@pytest.mark.parametrize("recipe", recipes.CANDIDATES, ids=str)
+def test_every_candidate_recipe_is_bilinear(recipe: recipes.Recipe) -> None:
     """Candidates this CPU never picks (CUDA's) still compute the same bilinear values to
     within float32 rounding."""
     gen = torch.Generator().manual_seed(7)
@@ -215,7 +240,7 @@ def test_every_candidate_recipe_is_bilinear(recipe: pp.Recipe) -> None:
         ref = F.interpolate(padded[:1, None], size=(h, w), mode="bilinear", align_corners=False)[
             0, 0
         ]
-        got = pp._emulate(padded[:1], cols, rows, recipe)[0].t()
+        got = recipes.bilinear_windows(padded[:1], cols, rows, recipe)[0].t()
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
@@ -223,10 +248,12 @@ def test_bucket_plan_covers_every_window_once() -> None:
     rng = np.random.default_rng(8)
     ww, hr = rng.integers(1, 900, 300), rng.integers(2, 900, 300)
     for overhead in (0, 1 << 15, 1 << 22):
-        buckets = pp._plan_buckets(ww, hr, overhead)
+        buckets = transitions.plan_buckets(ww, hr, overhead)
         assert sorted(np.concatenate(buckets).tolist()) == list(range(300))
         for b in buckets:
-            assert len(b) == 1 or len(b) * ww[b].max() * hr[b].max() <= pp._MAX_BUCKET_VOLUME
+            assert (
+                len(b) == 1 or len(b) * ww[b].max() * hr[b].max() <= transitions.MAX_BUCKET_VOLUME
+            )
 
 
 # ------------------------------------------------------------------- the postprocess API
@@ -420,12 +447,12 @@ def test_paste_matches_torchvision_on_cuda(strategy: str) -> None:
         boxes = random_boxes(rng, 21, h, w).cuda()
         masks = random_masks(gen, len(boxes)).cuda()
         assert torch.equal(
-            pp.paste_masks_binary(masks, boxes, (h, w), strategy=strategy),
+            paste_masks_binary(masks, boxes, (h, w), strategy=strategy),
             reference_binary(masks, boxes, h, w),
         ), (h, w)
         half = masks.half()
         assert torch.equal(
-            pp.paste_masks_binary(half, boxes, (h, w), strategy=strategy),
+            paste_masks_binary(half, boxes, (h, w), strategy=strategy),
             reference_binary(half, boxes, h, w),
         ), (h, w, "float16")
 
@@ -434,7 +461,7 @@ def test_paste_matches_torchvision_on_cuda(strategy: str) -> None:
 def test_cuda_has_a_recipe() -> None:
     """Without one the GPU path is still exact (per-box F.interpolate) but slow: add the CUDA
     kernel's evaluation order to CANDIDATES."""
-    found = pp.recipes_for("cuda")
+    found = recipes.recipes_for("cuda")
     assert found["small"] is not None and found["large"] is not None, found
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from test_deploy_config import (
+from test_docker_config import (
     GPU_ONLY_METRICS,
     LABEL_VALUES,
     PROMETHEUS_YML,

@@ -7,12 +7,29 @@ import pycocotools.mask as mask_util
 import pytest
 
 from maskrt.server.rle import (
+    Rle,
     counts_to_strings,
-    encode,
-    mask_transitions,
     rle_from_transitions,
     transitions_to_counts,
 )
+
+
+def full_mask_transitions(mask: np.ndarray) -> np.ndarray:
+    """Column-major transitions of one whole ``h x w`` binary mask (any numpy layout); the
+    server never holds a whole mask, it finds them from the box window on the device."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    edges = np.empty(len(flat) + 1, dtype=bool)
+    edges[0] = flat[0] if len(flat) else False
+    np.not_equal(flat[1:], flat[:-1], out=edges[1:-1])
+    edges[-1] = flat[-1] if len(flat) else False
+    return np.flatnonzero(edges)
+
+
+def encode(mask: np.ndarray) -> Rle:
+    """Our COCO RLE of one whole binary mask."""
+    h, w = mask.shape
+    t = full_mask_transitions(mask)
+    return rle_from_transitions(t, np.zeros(len(t), dtype=np.int64), np.array([[h, w]]))[0]
 
 
 def coco(mask: np.ndarray) -> dict:
@@ -94,7 +111,7 @@ def test_batched_encoding_equals_one_by_one() -> None:
     masks = list(random_masks(rng, 200))
     lin, ids = [], []
     for j, m in enumerate(masks):
-        t = mask_transitions(m)
+        t = full_mask_transitions(m)
         lin.append(t)
         ids.append(np.full(len(t), j))
     # Groups in scrambled order: transitions_to_counts sorts the groups back.

@@ -13,14 +13,12 @@ import threading
 
 import httpx
 import pytest
-from server_harness import checkpoint, maskrt_command, png, shapes_image  # noqa: F401
+from server_harness import maskrt_command, png, shapes_image
 
 from maskrt.errors import MaskrtError
 from maskrt.server.app import create_app
 from maskrt.server.backends import open_backend
 from maskrt.server.settings import Settings
-
-pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
 @contextlib.asynccontextmanager
@@ -39,11 +37,11 @@ async def until_ready(client, timeout: float = 120) -> None:
         await asyncio.sleep(0.05)
 
 
-def settings(checkpoint, **kw) -> Settings:  # noqa: F811
+def settings(checkpoint, **kw) -> Settings:
     return Settings(model=str(checkpoint), backend="torch", device="cpu", max_batch=2, **kw)
 
 
-def test_not_ready_until_loaded_and_warmed(checkpoint):  # noqa: F811
+def test_not_ready_until_loaded_and_warmed(checkpoint):
     release = threading.Event()
 
     def slow_open(s):
@@ -95,7 +93,7 @@ def test_model_that_fails_to_load(tmp_path):
     assert len(fatal) == 1 and isinstance(fatal[0], MaskrtError)
 
 
-def test_backend_exception_fails_only_its_batch(checkpoint):  # noqa: F811
+def test_backend_exception_fails_only_its_batch(checkpoint):
     async def main():
         app = create_app(settings(checkpoint))
         async with running(app) as client:
@@ -131,7 +129,7 @@ def test_backend_exception_fails_only_its_batch(checkpoint):  # noqa: F811
     asyncio.run(main())
 
 
-def test_cors_off_unless_configured(checkpoint):  # noqa: F811
+def test_cors_off_unless_configured(checkpoint):
     async def main(origins):
         app = create_app(
             settings(checkpoint, cors_origins=origins),
@@ -169,7 +167,7 @@ def test_serve_refuses_bad_settings_before_starting(argv, message):
     assert message in run.stderr and "Traceback" not in run.stderr
 
 
-def test_pipeline_without_http_is_what_the_server_answers(checkpoint):  # noqa: F811
+def test_pipeline_without_http_is_what_the_server_answers(checkpoint):
     """The evaluation's entry point: Pipeline.predict / .predictor on an opened backend gives the
     records (and the Predictor tuples) the server would answer for the same image."""
     import numpy as np

@@ -117,7 +117,15 @@ def test_dropped_jobs_never_run_and_free_their_slot():
     async def main():
         rec = Recorder()
         depths = []
-        b = Batcher(rec, max_batch=4, max_delay_s=0, max_queue=2, on_queue_depth=depths.append)
+        dropped: list[str] = []
+        b = Batcher(
+            rec,
+            max_batch=4,
+            max_delay_s=0,
+            max_queue=2,
+            on_queue_depth=depths.append,
+            on_drop=dropped.append,
+        )
         a, c = b.submit([1, 2])
         a.drop("client disconnected")
         assert b.depth == 1 and a.future.cancelled()
@@ -125,17 +133,24 @@ def test_dropped_jobs_never_run_and_free_their_slot():
         b.start()
         results = await asyncio.gather(c.future, d.future)
         await b.stop()
-        return rec, results, depths, b.stats.dropped
+        return rec, results, depths, dropped
 
     rec, results, depths, dropped = run(main())
-    assert rec.batches == [[2, 3]] and results == [4, 6] and dropped == 1
+    assert rec.batches == [[2, 3]] and results == [4, 6] and dropped == ["client disconnected"]
     assert depths[-1] == 0
 
 
 def test_failure_fails_only_its_batch_and_the_worker_goes_on():
     async def main():
         rec = Recorder()
-        b = Batcher(rec, max_batch=2, max_delay_s=0, max_queue=10)
+        failures: list[None] = []
+        b = Batcher(
+            rec,
+            max_batch=2,
+            max_delay_s=0,
+            max_queue=10,
+            on_batch_failed=lambda: failures.append(None),
+        )
         b.start()
         bad = b.submit(["boom", "x"])
         good = b.submit(["y"])
@@ -143,7 +158,7 @@ def test_failure_fails_only_its_batch_and_the_worker_goes_on():
         later = b.submit(["z"])
         after = await later[0].future
         await b.stop()
-        return outcomes, after, b.stats.failed_batches
+        return outcomes, after, len(failures)
 
     outcomes, after, failed = run(main())
     assert isinstance(outcomes[0], BatchFailed) and isinstance(outcomes[1], BatchFailed)

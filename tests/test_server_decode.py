@@ -17,7 +17,6 @@ from maskrt.server.errors import ApiError
 
 LIMIT = 40_000_000
 # decode.py wraps Pillow's read-only buffer without a copy (torch warns once per process)
-pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

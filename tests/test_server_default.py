@@ -12,7 +12,6 @@ from server_harness import png, shapes_image, start_server
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
@@ -41,7 +40,7 @@ def test_serves_the_shipped_model_on_onnxruntime(server):
 
     from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
     from maskrt.model.deploy import deploy_graph
-    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox
+    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox_batch
 
     with server.client() as c:
         info = c.get("/v1/model").json()
@@ -59,12 +58,12 @@ def test_serves_the_shipped_model_on_onnxruntime(server):
     assert got, "the shipped model finds the shapes of a shapes image"
     graph = deploy_graph(loaded)
     with torch.inference_mode():
-        canvas, box = letterbox(
-            torch.from_numpy(image).permute(2, 0, 1),
+        batch, (box,) = letterbox_batch(
+            [torch.from_numpy(image).permute(2, 0, 1)],
             loaded.config.canvas,
             fill_colour(loaded.config.image_mean),
         )
-        out = graph(canvas[None])
+        out = graph(batch)
         n = int(out.num_detections[0])
         keep = out.scores[0, :n] >= 0.5
         boxes = boxes_to_original(out.boxes[0, :n][keep], box).numpy()

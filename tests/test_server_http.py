@@ -20,7 +20,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from server_harness import (
     big_png,
-    checkpoint,  # noqa: F401 (fixture)
     jpeg,
     metric,
     multipart,
@@ -36,12 +35,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 UPLOAD_LIMIT = 2_000_000
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):  # noqa: F811
+def server(tmp_path_factory, checkpoint):
     srv = start_server(
         tmp_path_factory,
         "http",
@@ -74,14 +72,14 @@ def model_info(client):
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint, model_info):  # noqa: F811
+def reference(checkpoint, model_info):
     """The deploy graph in this process (same checkpoint, same device as the server) and
     torchvision's paste: what the server must answer."""
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from maskrt.model.checkpoint import load_checkpoint
     from maskrt.model.deploy import deploy_graph
-    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox
+    from maskrt.model.letterbox import boxes_to_original, fill_colour, letterbox_batch
 
     device = torch.device(model_info["device"])
     loaded = load_checkpoint(checkpoint)
@@ -91,8 +89,8 @@ def reference(checkpoint, model_info):  # noqa: F811
     @torch.inference_mode()
     def predict(image: np.ndarray, score_threshold: float) -> list[dict]:
         tensor = torch.from_numpy(image).permute(2, 0, 1).to(device)
-        canvas, box = letterbox(tensor, loaded.config.canvas, fill)
-        out = graph(canvas[None])
+        batch, (box,) = letterbox_batch([tensor], loaded.config.canvas, fill)
+        out = graph(batch)
         n = int(out.num_detections[0])
         keep = out.scores[0, :n] >= score_threshold
         boxes = boxes_to_original(out.boxes[0, :n][keep].float(), box)
@@ -452,7 +450,7 @@ def test_unknown_routes_and_methods(client):
 # Probes, model info, metrics, docs, logs
 
 
-def test_probes_and_model_info(client, model_info, checkpoint):  # noqa: F811
+def test_probes_and_model_info(client, model_info, checkpoint):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     assert model_info["backend"] == "torch"
@@ -553,7 +551,7 @@ def test_server_still_healthy_at_the_end(server):
 # The load generator against this server
 
 
-def test_bench_load(server, checkpoint, tmp_path):  # noqa: F811
+def test_bench_load(server, checkpoint, tmp_path):
     import subprocess
 
     from server_harness import maskrt_command

@@ -14,7 +14,6 @@ import concurrent.futures
 
 import pytest
 from server_harness import (
-    checkpoint,  # noqa: F401 (fixture)
     metric,
     multipart,
     png,
@@ -27,12 +26,11 @@ from server_harness import (
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):  # noqa: F811
+def server(tmp_path_factory, checkpoint):
     srv = start_server(
         tmp_path_factory,
         "queue",

@@ -11,7 +11,6 @@ import time
 import pytest
 from server_harness import (
     HOST,
-    checkpoint,  # noqa: F401 (fixture)
     metric,
     multipart,
     png,
@@ -24,11 +23,10 @@ from server_harness import (
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
-def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):  # noqa: F811
+def test_sigterm_loses_no_request(tmp_path_factory, checkpoint):
     server = start_server(
         tmp_path_factory,
         "shutdown",

@@ -15,7 +15,6 @@ import time
 
 import pytest
 from server_harness import (
-    checkpoint,  # noqa: F401 (fixture)
     metric,
     multipart,
     png,
@@ -29,12 +28,11 @@ from server_harness import (
 TIMEOUT_S = 2.0
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):  # noqa: F811
+def server(tmp_path_factory, checkpoint):
     srv = start_server(
         tmp_path_factory,
         "timeout",

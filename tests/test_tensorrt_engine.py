@@ -8,10 +8,10 @@ where both exist: the GPU Docker image.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -21,11 +21,13 @@ from deploy_helpers import assert_outputs_match, exported, images
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
 from maskrt.export.onnx import export_onnx, set_metadata_props
-from maskrt.export.tensorrt import build_engine, check_build_request, read_sidecar, sidecar_path
+from maskrt.export.tensorrt import build_engine, check_build_request
 from maskrt.export.tensorrt_onnx import rewrite
+from maskrt.plugins import tensorrt_importable
 from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+from maskrt.server.backends.tensorrt_engine import read_sidecar, sidecar_path
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+TRT_AND_GPU = torch.cuda.is_available() and tensorrt_importable()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,9 @@ def test_build_request_checks(trt_onnx, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
     with pytest.raises(MaskrtError, match="not an ONNX file"):
         check_build_request(tmp_path / "junk.onnx", None, 4.0)
+    # fp16 engines only from the fp16 export, on TensorRT 10 as on 11 (no weak typing)
+    with pytest.raises(MaskrtError, match=r"--fp16: .* is fp32.*--target tensorrt --fp16"):
+        check_build_request(path, None, 4.0, fp16=True)
 
     half = onnx.load(str(path))  # an ONNX that holds fp16 tensors is recognised as such
     init = half.graph.initializer[0]
@@ -63,10 +68,10 @@ def test_build_request_checks(trt_onnx, tmp_path):
     )
     set_metadata_props(half, {"max_batch": "3"})
     onnx.save(half, str(tmp_path / "half.onnx"))
-    assert check_build_request(tmp_path / "half.onnx", None, 4.0)[1] is True
+    assert check_build_request(tmp_path / "half.onnx", None, 4.0, fp16=True)[1] is True
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and HAS_TRT, reason="TensorRT and a GPU are here")
+@pytest.mark.skipif(TRT_AND_GPU, reason="TensorRT and a GPU are here")
 def test_cli_explains_what_is_missing(trt_onnx, tmp_path, capsys):
     path, _ = trt_onnx
     assert main(["export", "engine", "--onnx", str(path), "--out", str(tmp_path / "m.plan")]) == 2
@@ -101,13 +106,63 @@ def test_server_never_imports_tensorrt():
         "import maskrt.server.backends.tensorrt, maskrt.export.tensorrt\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorrt'))\n"
     )
+    assert _python(code).strip() == "[]"
+
+
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported into this one)."""
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    return run.stdout
+
+
+def test_a_stubs_only_tensorrt_is_not_taken_for_tensorrt(tmp_path):
+    """A ``tensorrt`` without the bindings (type stubs, an empty package) makes find_spec true;
+    maskrt imports it to tell, and refuses it with the reason."""
+    stubs = tmp_path / "tensorrt"
+    stubs.mkdir()
+    (stubs / "__init__.pyi").write_text("class Runtime: ...\n__version__: str\n")
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'docker')!r})\n"
+        "import maskrt_env\n"
+        "from maskrt.errors import MaskrtError\n"
+        "from maskrt.plugins import import_tensorrt, tensorrt_importable\n"
+        "print(importlib.util.find_spec('tensorrt') is not None, tensorrt_importable(),\n"
+        "      maskrt_env._tensorrt()[0])\n"
+        "try:\n"
+        "    import_tensorrt()\n"
+        "except MaskrtError as exc:\n"
+        "    print(exc)\n"
+    )
+    first, message = _python(code).splitlines()
+    assert first.split() == ["True", "False", "None"]
+    assert "is not TensorRT's Python bindings" in message and str(stubs) in message
 
 
 # ---------------------------------------------------------------------------------------------
 # on a GPU with TensorRT (the GPU Docker image)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_engine_runs_on_its_own_gpu_whatever_gpu_is_current(trt_onnx, tmp_path):
+    """An engine on the last GPU, run while GPU 0 is current (a fresh thread): Engine.run makes
+    its device current, so TensorRT enqueues there."""
+    from maskrt.server.backends.tensorrt import TensorRTBackend
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    path, source = trt_onnx
+    plan = tmp_path / "m.plan"
+    build_engine(path, plan, max_batch=3, device=device)
+    backend = TensorRTBackend(plan, device=device, max_batch=3)
+    reference = OnnxRuntimeBackend(source, device="cpu", max_batch=3)
+    imgs = images(2, 192, seed=44)
+    torch.cuda.set_device(0)
+    assert assert_outputs_match(backend.infer(imgs.to(device)), reference.infer(imgs)) == 200
 
 
 @pytest.mark.gpu
@@ -147,14 +202,10 @@ def test_engine_fp16_and_the_shipped_model_through_the_pipeline(tmp_path):
     data = open_dataset("shapes:16:2")
     imgs = [data.load_image(i) for i in data.image_ids]
     reference = Pipeline(OnnxRuntimeBackend(ort_onnx, device="cpu", max_batch=4)).predict(imgs)
-    weak_typing = hasattr(__import__("tensorrt").BuilderFlag, "FP16")
     half_onnx = export_onnx(shipped, tmp_path / "h.trt.onnx", "tensorrt", max_batch=4, fp16=True)
-    if not weak_typing:  # TensorRT 11: the precision comes from the ONNX
-        with pytest.raises(MaskrtError, match="strongly typed"):
-            build_engine(trt_onnx, tmp_path / "no.plan", fp16=True)
+    with pytest.raises(MaskrtError, match="is fp32"):  # the precision comes from the ONNX
+        build_engine(trt_onnx, tmp_path / "no.plan", fp16=True)
     builds = [(trt_onnx, False, 0.99), (half_onnx, True, 0.9)]
-    if weak_typing:
-        builds.append((trt_onnx, True, 0.9))  # TensorRT 10's builder flag on the fp32 ONNX
     for index, (source, fp16, minimum) in enumerate(builds):
         plan = tmp_path / f"{index}.plan"
         sidecar = build_engine(source, plan, fp16=fp16)

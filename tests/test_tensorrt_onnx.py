@@ -5,20 +5,22 @@ the ``onnxruntime`` target."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from deploy_helpers import assert_outputs_match, exported, images, loaded
+from deploy_helpers import assert_outputs_match, exported, images, loaded, roi_align_nodes
 
 from maskrt.bench.parity import Parity
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
 from maskrt.export.onnx import export_onnx, read_metadata
-from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES, roi_align_nodes
+from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES
 from maskrt.export.tensorrt_onnx import (
+    PLUGIN_OP,
     plugin_nodes,
     register_python_ops,
     rewrite,
@@ -91,6 +93,78 @@ def test_problems_name_what_tensorrt_rejects(graphs):
         rewrite(target)
 
 
+def _broken(target: onnx.ModelProto, change) -> list[str]:
+    model = onnx.ModelProto()
+    model.CopyFrom(target)
+    change(model)
+    return tensorrt_problems(model)
+
+
+def test_problems_name_the_parser_and_plugin_rules(graphs):
+    _, target, _ = graphs
+
+    def reduction(model):
+        scatter = next(n for n in model.graph.node if n.op_type == "ScatterND")
+        scatter.attribute.append(onnx.helper.make_attribute("reduction", "none"))
+
+    assert any("'reduction' attribute" in p for p in _broken(target, reduction))
+
+    def mixed_features(model):  # one map float16, the others float32: the plugin refuses it
+        plugin = plugin_nodes(model)[0]
+        cast = onnx.helper.make_node(
+            "Cast", [plugin.input[1]], ["p2_f16"], to=onnx.TensorProto.FLOAT16
+        )
+        model.graph.node.insert(list(model.graph.node).index(plugin), cast)
+        plugin.input[1] = "p2_f16"
+
+    assert any("all float32 or all float16" in p for p in _broken(target, mixed_features))
+
+    def float_attribute(model):
+        plugin = plugin_nodes(model)[0]
+        size = next(a for a in plugin.attribute if a.name == "output_size")
+        size.CopyFrom(onnx.helper.make_attribute("output_size", 7.0))
+
+    assert any("'output_size' must be an INT" in p for p in _broken(target, float_attribute))
+
+    def unknown_attribute(model):
+        plugin_nodes(model)[0].attribute.append(onnx.helper.make_attribute("spatial_scale", 1))
+
+    assert any("'spatial_scale' is not a field" in p for p in _broken(target, unknown_attribute))
+
+    def huge_topk(model):
+        topk = next(n for n in model.graph.node if n.op_type == "TopK")
+        k = next(t for t in model.graph.initializer if t.name == topk.input[1])
+        k.CopyFrom(onnx.numpy_helper.from_array(np.array([4000], dtype=np.int64), k.name))
+
+    assert any("TopK K=4000 exceeds" in p for p in _broken(target, huge_topk))
+
+
+def _tensorrt10_operators() -> set[str]:
+    """The "Y" rows of TensorRT 10.0's ONNX parser support matrix (tests/data, with its source)."""
+    table = (Path(__file__).parent / "data" / "tensorrt10_onnx_operators.md").read_text()
+    rows = [
+        [c.strip() for c in line.split("|")[1:3]]
+        for line in table.splitlines()
+        if line.startswith("|")
+    ]
+    return {op for op, supported in rows if supported.startswith("Y")}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_exported_graphs_keep_the_parser_rules(tensorrt_exports, precision):
+    """Every tensorrt-target graph as exported (the shipped model, fp32 and fp16): no rule of
+    tensorrt_problems broken (no ScatterND/ScatterElements 'reduction', plugin attributes INT
+    fields, one feature type, TopK K <= 3840, ...) and only ops TensorRT 10.0's parser supports."""
+    model = onnx.load(str(tensorrt_exports[precision]))
+    assert tensorrt_problems(model) == []
+    scatters = [n for n in model.graph.node if n.op_type.startswith("Scatter")]
+    assert scatters and not any(a.name == "reduction" for n in scatters for a in n.attribute)
+    supported = _tensorrt10_operators()
+    assert {"Conv", "TopK", "NonMaxSuppression", "ScatterND"} <= supported
+    ops = {n.op_type for n in model.graph.node} - {PLUGIN_OP}
+    assert ops <= supported, ops - supported
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_runs_in_onnxruntime_like_the_onnxruntime_target(graphs, tmp_path, batch):
     source, target, _ = graphs
@@ -103,9 +177,9 @@ def test_runs_in_onnxruntime_like_the_onnxruntime_target(graphs, tmp_path, batch
     imgs = images(batch, 192, seed=30 + batch).numpy()
     ours = session.run(None, {"images": imgs})
     expected = reference.run(None, {"images": imgs})
-    from maskrt.model.deploy import Detections
+    from maskrt.model.deploy import DeployOutputs
 
-    assert assert_outputs_match(Detections(*ours), Detections(*expected)) == 100 * batch
+    assert assert_outputs_match(DeployOutputs(*ours), DeployOutputs(*expected)) == 100 * batch
     for a, b in zip(ours, expected):  # the same float32 maths: equal, not just close
         np.testing.assert_array_equal(a, b)
 
@@ -191,6 +265,17 @@ def test_fp16_export_for_strongly_typed_engines(tmp_path):
     assert {"FLOAT16", "FLOAT"} <= kinds
     outputs = {o.name: o.type.tensor_type.elem_type for o in half.graph.output}
     assert outputs["boxes"] == outputs["scores"] == onnx.TensorProto.FLOAT
+    # box decoding and NMS run in float32 in ONNX Runtime: NMS inputs as extra outputs
+    probe = onnx.ModelProto()
+    probe.CopyFrom(half)
+    nms = [n for n in probe.graph.node if n.op_type == "NonMaxSuppression"]
+    assert len(nms) == 2
+    for node in nms:
+        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in node.input[:2])
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(None, {"images": images(2, 192, seed=5).numpy()})
+    assert values[1].dtype == np.float32  # boxes
+    assert all(v.dtype == np.float32 for v in values[len(half.graph.output) :])
 
     full_path, _ = exported_shipped(tmp_path)
     a, b = (Pipeline(OnnxRuntimeBackend(p, max_batch=4)) for p in (half_path, full_path))
@@ -213,7 +298,7 @@ def test_fp16_export_for_strongly_typed_engines(tmp_path):
     with pytest.raises(MaskrtError, match="float32 only"):
         register_python_ops(target)
     onnx.save(target, str(tmp_path / "half.trt.onnx"))
-    assert check_build_request(tmp_path / "half.trt.onnx", None, 4.0)[1] is True
+    assert check_build_request(tmp_path / "half.trt.onnx", None, 4.0, fp16=True)[1] is True
 
 
 def exported_shipped(tmp_path):

@@ -11,17 +11,18 @@ The model file decides what each backend does with it:
 
 The caches live under ``MASKRT_CACHE_DIR`` (:mod:`maskrt.export.cache`). ``backend=auto`` picks
 ``tensorrt`` for an engine, or on a CUDA device where the ``tensorrt`` package is installed, else
-``onnxruntime``. Nothing of TensorRT is imported unless the TensorRT backend is opened.
+``onnxruntime``; on a CUDA device it imports ``tensorrt`` to tell whether TensorRT works. Otherwise
+nothing of TensorRT is imported unless the TensorRT backend is opened.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maskrt.devices import check_device
 from maskrt.errors import MaskrtError
 from maskrt.model.config import torchvision_weights_config
 
@@ -64,10 +65,13 @@ def model_kind(model: str) -> str:
 
 
 def tensorrt_available() -> bool:
-    """A CUDA GPU and an importable ``tensorrt`` package (without importing it)."""
+    """A CUDA GPU and TensorRT's Python bindings (imported to tell: a stubs package would pass a
+    ``find_spec`` test; without a GPU nothing of TensorRT is imported)."""
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+    from maskrt.plugins import tensorrt_importable
+
+    return torch.cuda.is_available() and tensorrt_importable()
 
 
 def resolve_backend(backend: str, kind: str, device: str) -> str:
@@ -117,15 +121,11 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
             )
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MaskrtError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    check_device(device)
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
-    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        from maskrt.export.tensorrt import import_tensorrt
+    if backend == "tensorrt":
+        from maskrt.plugins import import_tensorrt
 
         import_tensorrt()  # raises the error that says where TensorRT comes from
     return model, kind, backend
@@ -173,22 +173,18 @@ def open_backend(settings: Settings) -> Backend:
 
     if kind != "engine":
         from maskrt.export.cache import cached_engine, cached_onnx
-        from maskrt.export.tensorrt import weak_typing
+        from maskrt.export.onnx import read_metadata
 
-        fp16 = settings.engine_precision == "fp16"
-        onnx = (
-            model
-            if kind == "onnx"
-            else str(
-                cached_onnx(
-                    model,
-                    cache_dir,
-                    max_batch,
-                    "tensorrt",
-                    fp16=fp16 and not weak_typing(),
-                    options=settings.model_options(),
-                )
+        # fp16 engines come from the fp16 export on every TensorRT (boxes and NMS stay fp32); a
+        # given ONNX keeps its own precision
+        if kind == "onnx":
+            onnx = model
+            fp16 = read_metadata(onnx).get("precision") == "fp16"
+        else:
+            fp16 = settings.engine_precision == "fp16"
+            options = settings.model_options()
+            onnx = str(
+                cached_onnx(model, cache_dir, max_batch, "tensorrt", fp16=fp16, options=options)
             )
-        )
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)

@@ -7,24 +7,17 @@ pre- and post-processing stay on the device too.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from maskrt.errors import MaskrtError
+from maskrt.model.deploy import OUTPUT_NAMES, DeployOutputs
 
-
-class DeployOutputs(NamedTuple):
-    """The deploy graph's outputs, padded to ``K`` rows past ``num_detections``."""
-
-    num_detections: Tensor  # int32 [B]
-    boxes: Tensor  # float32 [B, K, 4], x1 y1 x2 y2 in canvas pixels
-    scores: Tensor  # float32 [B, K], descending
-    classes: Tensor  # int32 [B, K], 1-based
-    masks: Tensor  # float32 or float16 [B, K, M, M], probabilities
+__all__ = ["OUTPUT_NAMES", "Backend", "DeployOutputs", "ModelInfo", "model_info_from_metadata"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +66,45 @@ class Backend(ABC):
     def warmup_batch_sizes(self) -> list[int]:
         """Batch sizes to run once before the server turns ready (engines may specialise)."""
         return list(range(1, self.max_batch + 1))
+
+
+def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a maskrt ONNX file's metadata (``maskrt.*`` keys, prefix
+    removed)."""
+    missing = [
+        k
+        for k in (
+            "classes",
+            "canvas",
+            "mask_size",
+            "max_detections",
+            "config",
+            "checkpoint_sha256",
+            "target",
+        )
+        if k not in meta
+    ]
+    if missing:
+        raise MaskrtError(
+            f"{source}: not a maskrt ONNX file (metadata maskrt.{missing[0]} is missing); "
+            f"write one with `maskrt export onnx`"
+        )
+    try:
+        config = json.loads(meta["config"])
+        info = ModelInfo(
+            name=str(config["name"]),
+            version=meta["checkpoint_sha256"][:12],
+            classes=tuple(json.loads(meta["classes"])),
+            canvas=int(meta["canvas"]),
+            mask_size=int(meta["mask_size"]),
+            max_detections=int(meta["max_detections"]),
+            image_mean=_mean(config["image_mean"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None
+    return info
+
+
+def _mean(values: list[float]) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b

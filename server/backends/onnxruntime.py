@@ -19,7 +19,6 @@ is checked without a GPU, not a way to serve it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,13 +27,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
 from maskrt.export.onnx import maskrt_entries, read_metadata
-from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
+from maskrt.server.backends.base import (
+    OUTPUT_NAMES,
+    Backend,
+    DeployOutputs,
+    model_info_from_metadata,
+)
 
 log = logging.getLogger("maskrt.backends.onnxruntime")
 
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")
 _NUMPY = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -74,43 +78,6 @@ def session_options(threads: int | None = None):
     return options
 
 
-def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a maskrt ONNX file's metadata (``maskrt.*`` keys, prefix
-    removed)."""
-    missing = [
-        k
-        for k in (
-            "classes",
-            "canvas",
-            "mask_size",
-            "max_detections",
-            "config",
-            "checkpoint_sha256",
-            "target",
-        )
-        if k not in meta
-    ]
-    if missing:
-        raise MaskrtError(
-            f"{source}: not a maskrt ONNX file (metadata maskrt.{missing[0]} is missing); "
-            f"write one with `maskrt export onnx`"
-        )
-    try:
-        config = json.loads(meta["config"])
-        info = ModelInfo(
-            name=str(config["name"]),
-            version=meta["checkpoint_sha256"][:12],
-            classes=tuple(json.loads(meta["classes"])),
-            canvas=int(meta["canvas"]),
-            mask_size=int(meta["mask_size"]),
-            max_detections=int(meta["max_detections"]),
-            image_mean=tuple(float(m) for m in config["image_mean"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MaskrtError(f"{source}: malformed maskrt metadata ({exc})") from None
-    return info
-
-
 def _load(path: Path):
     """The ``ModelProto`` of an ONNX file, or None (ONNX Runtime's own load error is the one to
     report)."""
@@ -140,13 +107,10 @@ class OnnxRuntimeBackend(Backend):
         path = Path(onnx_path)
         if not path.is_file():
             raise MaskrtError(f"{path}: no such ONNX file")
-        if max_batch < 1:
-            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
-        device = torch.device(device)
-        providers: list = ["CPUExecutionProvider"]
+        check_max_batch(max_batch)
+        device = check_device(device)
+        providers: list[str | tuple[str, dict[str, object]]] = ["CPUExecutionProvider"]
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise MaskrtError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 device = torch.device("cuda", index)
@@ -215,14 +179,14 @@ class OnnxRuntimeBackend(Backend):
             )
         self.max_batch = min(max_batch, file_max)
         outputs = {o.name: o for o in self.session.get_outputs()}
-        if set(outputs) != set(OUTPUTS) or [i.name for i in self.session.get_inputs()] != [
+        if set(outputs) != set(OUTPUT_NAMES) or [i.name for i in self.session.get_inputs()] != [
             "images"
         ]:
             raise MaskrtError(
                 f"{path}: inputs/outputs are not the deploy graph's (images -> "
-                f"{', '.join(OUTPUTS)})"
+                f"{', '.join(OUTPUT_NAMES)})"
             )
-        self._dtypes = {name: _NUMPY[outputs[name].type] for name in OUTPUTS}
+        self._dtypes = {name: _NUMPY[outputs[name].type] for name in OUTPUT_NAMES}
         self._io = self.device.type == "cuda"
         log.info(
             "onnxruntime backend ready: %s on %s (%s, %d threads)",
@@ -247,7 +211,7 @@ class OnnxRuntimeBackend(Backend):
         batch = images.shape[0]
         if not self._io:
             feed = images.detach().to("cpu").contiguous().numpy()
-            results = self.session.run(list(OUTPUTS), {"images": feed})
+            results = self.session.run(list(OUTPUT_NAMES), {"images": feed})
             return DeployOutputs(*(torch.from_numpy(r) for r in results))
         return self._infer_cuda(images.to(self.device).contiguous(), batch)
 
@@ -264,4 +228,4 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(name, "cuda", index, dtype, shape, tensor.data_ptr())
             outputs[name] = tensor
         self.session.run_with_iobinding(binding)
-        return DeployOutputs(*(outputs[name] for name in OUTPUTS))
+        return DeployOutputs(*(outputs[name] for name in OUTPUT_NAMES))

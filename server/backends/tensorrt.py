@@ -5,7 +5,8 @@ letterboxed batch was made) and before it again (where post-processing reads the
 batch and the outputs are torch CUDA tensors bound by device pointer, so nothing is copied through
 the host. Any batch of 1 to the engine's profile maximum runs. :class:`ModelInfo` comes from the
 engine's JSON sidecar; an engine built for another GPU or TensorRT version is refused with the
-reason. The TensorRT API itself is used only in :mod:`maskrt.export.tensorrt`.
+reason. The TensorRT runtime API itself is used only in
+:mod:`maskrt.server.backends.tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
-from maskrt.server.backends.base import Backend, DeployOutputs
-from maskrt.server.backends.onnxruntime import OUTPUTS, model_info_from_metadata
+from maskrt.server.backends.base import (
+    OUTPUT_NAMES as OUTPUTS,
+)
+from maskrt.server.backends.base import (
+    Backend,
+    DeployOutputs,
+    model_info_from_metadata,
+)
 
 log = logging.getLogger("maskrt.backends.tensorrt")
 
@@ -35,18 +43,16 @@ class TensorRTBackend(Backend):
         device: torch.device | str = "cuda",
         max_batch: int = 8,
     ):
-        from maskrt.export.tensorrt import Engine, gpu_description, read_sidecar
+        from maskrt.server.backends.tensorrt_engine import Engine, gpu_description, read_sidecar
 
         path = Path(engine_path)
         device = torch.device(device)
         if device.type != "cuda":
             raise MaskrtError(f"the tensorrt backend runs on a CUDA device, not {str(device)!r}")
-        if not torch.cuda.is_available():
-            raise MaskrtError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
+        check_device(device)
         if not path.is_file():
             raise MaskrtError(f"{path}: no such engine file")
-        if max_batch < 1:
-            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
+        check_max_batch(max_batch)
         self.device = torch.device(
             "cuda", device.index if device.index is not None else torch.cuda.current_device()
         )

@@ -4,7 +4,7 @@ It runs exactly the graph that is exported to ONNX and built into TensorRT engin
 ``torch.inference_mode``; on CUDA ``fp16=True`` runs it under float16 autocast (box arithmetic,
 NMS and RoI coordinates stay float32 inside the graph). Outputs follow the deploy-graph contract:
 detections padded to ``K`` with the ``M x M`` mask probabilities of each detection's class;
-pasting happens once, in ``server/postprocess.py``, for every backend.
+pasting happens once, in :mod:`maskrt.server.postprocess`, for every backend.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import Tensor
 
+from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
 from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
 
@@ -51,11 +52,8 @@ class TorchBackend(Backend):
     ):
         from maskrt.model.deploy import deploy_graph
 
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise MaskrtError(f"device {str(self.device)!r} asked for, but torch sees no CUDA GPU")
-        if max_batch < 1:
-            raise MaskrtError(f"max_batch must be at least 1, got {max_batch}")
+        self.device = check_device(device)
+        check_max_batch(max_batch)
         if fp16 and self.device.type != "cuda":
             raise MaskrtError("fp16 autocast needs a CUDA device")
         self.max_batch = int(max_batch)

@@ -2,7 +2,7 @@
 // functions so that the very code the GPU runs can also be run (block by block, thread by thread)
 // on the CPU by the tests: roi_align_host.cpp emulates the launch, roi_align_kernel.cu launches it.
 //
-// Work decomposition (see plugins/README.md, "Kernel design"):
+// Work decomposition (see plugins/roi_align/README.md, "Kernel design"):
 //   grid.x = RoI (all images, all levels: one launch), grid.y = chunk of channels.
 //   Phase 1: every thread derives the RoI's level and bin geometry (a few dozen flops, no memory
 //            traffic beyond the 16-byte box), then the block writes the per-axis sample tables

@@ -1,11 +1,12 @@
 // Host-only checks of the TensorRT plugin class (roi_align_plugin.cpp) without TensorRT's
-// libraries: only its headers are needed. Built and run by tests/test_plugin_trt_host.py where
+// libraries: only its headers are needed. Built and run by tests/test_plugin_compile.py where
 // NvInfer.h is found. It drives the plugin through the library's exported getCreators() exactly as
 // TensorRT would (creator -> createPlugin -> capability interfaces) and checks fields, formats,
 // types, shapes (through a stand-in IExprBuilder), serialization round trips, clone and enqueue.
 //
 // Stand-ins linked here instead of TensorRT / the GPU:
-//   - getPluginRegistry() returns null (registration itself needs libnvinfer);
+//   - getPluginRegistry() returns null (registration itself needs libnvinfer), getInferLibVersion()
+//     the headers' version;
 //   - maskrt::roialign::launch_multilevel_roi_align runs the CUDA kernel's block code on the CPU
 //     (maskrt_roi_align_host from roi_align_host.cpp, "kernel emulation"), so enqueue() can be given
 //     host pointers and its output compared with the reference loops.
@@ -22,6 +23,7 @@
 
 #include "roi_align_kernel.h"
 #include "roi_align_params.h"
+#include "trt_standins.h"
 
 using namespace nvinfer1;
 
@@ -36,21 +38,10 @@ int maskrt_roi_align_host(const float* rois, int batch, int num_rois, const void
                           int mode, int64_t target_blocks, int nthreads);
 
 nvinfer1::IPluginRegistry* getPluginRegistry() noexcept { return nullptr; }
+int32_t getInferLibVersion() noexcept { return NV_TENSORRT_VERSION; }
 }
 
 namespace {
-
-int g_checks = 0;
-int g_failures = 0;
-
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    ++g_checks;                                                                  \
-    if (!(cond)) {                                                               \
-      ++g_failures;                                                              \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);              \
-    }                                                                            \
-  } while (0)
 
 // --- the launcher stand-in: the kernel's block code on the CPU -------------------------------
 maskrt::roialign::MultiLevelRoiAlignParams g_last_params{};
@@ -74,110 +65,9 @@ cudaError_t launch_multilevel_roi_align(const MultiLevelRoiAlignParams& p, cudaS
 
 namespace {
 
-// --- a stand-in IExprBuilder (TensorRT's has no public constructor) --------------------------
-class ConstExprImpl final : public apiv::VDimensionExpr {
- public:
-  explicit ConstExprImpl(int64_t v) : value_(v) {}
-  bool isConstant() const override { return true; }
-  int64_t getConstantValue() const override { return value_; }
-  bool isSizeTensor() const override { return false; }
-
- private:
-  int64_t value_;
-};
-
-class ConstExpr final : public IDimensionExpr {
- public:
-  explicit ConstExpr(int64_t v) : impl_(v) { mImpl = &impl_; }
-  ~ConstExpr() noexcept override = default;
-
- private:
-  ConstExprImpl impl_;
-};
-
-class ExprBuilderImpl final : public apiv::VExprBuilder {
- public:
-  const IDimensionExpr* constant(int64_t value) override {
-    exprs_.push_back(std::make_unique<ConstExpr>(value));
-    return exprs_.back().get();
-  }
-  const IDimensionExpr* operation(DimensionOperation, const IDimensionExpr&, const IDimensionExpr&) override {
-    return nullptr;
-  }
-  const IDimensionExpr* declareSizeTensor(int32_t, const IDimensionExpr&, const IDimensionExpr&) override {
-    return nullptr;
-  }
-
- private:
-  std::vector<std::unique_ptr<ConstExpr>> exprs_;
-};
-
-class ExprBuilder final : public IExprBuilder {
- public:
-  ExprBuilder() { mImpl = &impl_; }
-  ~ExprBuilder() noexcept override = default;
-
- private:
-  ExprBuilderImpl impl_;
-};
-
-// --- helpers ---------------------------------------------------------------------------------
-PluginTensorDesc tensor(std::vector<int64_t> dims, DataType type, TensorFormat format = TensorFormat::kLINEAR) {
-  PluginTensorDesc d{};
-  d.dims.nbDims = static_cast<int32_t>(dims.size());
-  for (size_t i = 0; i < dims.size(); ++i) d.dims.d[i] = dims[i];
-  d.type = type;
-  d.format = format;
-  d.scale = -1.0F;
-  return d;
-}
-
-DynamicPluginTensorDesc dynamic(const PluginTensorDesc& d) {
-  DynamicPluginTensorDesc out{};
-  out.desc = d;
-  out.min = out.max = out.opt = d.dims;
-  return out;
-}
-
-struct Fields {
-  std::vector<int32_t> values;
-  std::vector<PluginField> fields;
-  PluginFieldCollection fc{};
-  Fields(std::vector<std::pair<const char*, int32_t>> named) {
-    values.reserve(named.size());
-    for (auto& [name, v] : named) values.push_back(v);
-    for (size_t i = 0; i < named.size(); ++i) {
-      fields.emplace_back(named[i].first, &values[i], PluginFieldType::kINT32, 1);
-    }
-    fc.nbFields = static_cast<int32_t>(fields.size());
-    fc.fields = fields.data();
-  }
-};
-
 Fields onnx_fields(int32_t output_size, int32_t sampling_ratio, int32_t aligned) {
   return Fields({{"output_size", output_size}, {"sampling_ratio", sampling_ratio}, {"aligned", aligned},
                  {"canonical_scale", 224}, {"canonical_level", 4}, {"first_level", 2}});
-}
-
-int32_t field_value(const PluginFieldCollection* fc, const char* name) {
-  for (int32_t i = 0; i < fc->nbFields; ++i) {
-    if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT32) {
-      return *static_cast<const int32_t*>(fc->fields[i].data);
-    }
-  }
-  return -12345;
-}
-
-struct Caps {
-  IPluginV3OneCore* core;
-  IPluginV3OneBuild* build;
-  IPluginV3OneRuntime* runtime;
-};
-
-Caps caps(IPluginV3* p) {
-  return {static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE)),
-          static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD)),
-          static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME))};
 }
 
 uint16_t to_half_bits(float f) {  // round-to-nearest-even float -> IEEE half (normal range)

@@ -5,7 +5,7 @@
 // Inputs:  0 rois float32 [B, R, 4]; 1..L features [B, C, H_l, W_l], float32 or float16 (one type).
 // Output:  [B, R, C, output_size, output_size], the features' type.
 // Fields:  output_size, sampling_ratio, aligned, canonical_scale, canonical_level, first_level
-//          (int32 scalars; see plugins/README.md).
+//          (int32 scalars; see plugins/roi_align/README.md).
 //
 // Registration (plugins/README.md, "Loading"):
 //   - IPluginRegistry::loadLibrary / trt.get_plugin_registry().load_library / trtexec
@@ -505,6 +505,22 @@ class MultiLevelRoiAlignCreator final : public IPluginCreatorV3One {
   std::string namespace_;  // "" (the contract's namespace)
 };
 
+// TensorRT's C++ interfaces (the vtables of IPluginRegistry, ILogger, the plugin classes) differ
+// between major versions, so a library built with one major's headers must never talk to another
+// major's libnvinfer: true when getInferLibVersion() has this build's major, else says why on
+// stderr (TensorRT's logger is one of those interfaces).
+bool library_major_matches() noexcept {
+  const int32_t version = getInferLibVersion();
+  const int32_t major = version / 10000;
+  if (major == NV_TENSORRT_MAJOR) return true;
+  std::fprintf(stderr,
+               "[maskrt] %s: this plugin library was built against TensorRT %d headers but the "
+               "process's libnvinfer is TensorRT %d (getInferLibVersion() = %d); rebuild it against "
+               "this TensorRT (plugins/README.md, Building)\n",
+               kPluginName, NV_TENSORRT_MAJOR, major, version);
+  return false;
+}
+
 MultiLevelRoiAlignCreator& creator() {
   static MultiLevelRoiAlignCreator instance;
   return instance;
@@ -518,7 +534,12 @@ extern "C" {
 
 // Dynamic loading entry point (IPluginRegistry::loadLibrary, trtexec --dynamicPlugins, plugin
 // libraries serialized into version-compatible engines).
+// No creator for a libnvinfer of another major (loadLibrary then reports the library as empty).
 MASKRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
+  if (!maskrt::trt::library_major_matches()) {
+    nbCreators = 0;
+    return nullptr;
+  }
   static nvinfer1::IPluginCreatorInterface* const creators[] = {&maskrt::trt::creator()};
   nbCreators = 1;
   return creators;
@@ -526,13 +547,16 @@ MASKRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbC
 
 // Dynamic loading entry point: the logger TensorRT wants plugins to use.
 MASKRT_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+  if (!maskrt::trt::library_major_matches()) return;
   maskrt::trt::g_logger_finder = finder;
 }
 
 // Explicit registration for a library loaded by dlopen/ctypes (maskrt.plugins.load()), like
 // initLibNvInferPlugins: registers the creator with the global registry (namespace "") unless a
 // creator of this name and version is registered already. `logger` is an nvinfer1::ILogger* or null.
+// False, touching nothing of TensorRT, when libnvinfer's major is not this build's.
 MASKRT_EXPORT bool initMaskrtPlugins(void* logger) {
+  if (!maskrt::trt::library_major_matches()) return false;
   if (logger != nullptr) {
     maskrt::trt::g_logger = static_cast<nvinfer1::ILogger*>(logger);
   }

@@ -511,7 +511,7 @@ def test_dashboard_structure():
         assert LABEL_VALUES.match(query), f"variable {name}: expected label_values(selector, label)"
 
 
-def test_dashboard_shows_what_the_issue_asks():
+def test_dashboard_has_a_panel_for_each_serving_signal():
     titles = " | ".join(p["title"].lower() for p in iter_panels(load_dashboard()["panels"]))
     for words in (
         "request rate",

@@ -1,0 +1,162 @@
+"""Pure ASGI middleware (no buffering), one per concern.
+
+- :class:`RequestContextMiddleware`, the outermost: gives every HTTP request its id (the client's
+  ``X-Request-ID`` when sane, else a new one; echoed on the answer and carried by every log line),
+  times it into the request metrics, writes the access log, and answers a crash with a 500.
+- :class:`BodyLimitMiddleware`: refuses a body over ``max_upload_bytes``, from its declared
+  ``Content-Length`` before reading it, else as soon as the streamed bytes pass the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maskrt.server.errors import ApiError, BodyTooLarge, ClientDisconnected, error_response
+from maskrt.server.logging import request_id_var
+from maskrt.server.metrics import Metrics
+
+log = logging.getLogger("maskrt.server")
+access_log = logging.getLogger("maskrt.access")
+
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # access-logged at debug level
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Request id, metrics, access log and the last-resort error answer of every HTTP request.
+
+    The ``endpoint`` label is the route's path, or ``unmatched`` (so scanners cannot blow up the
+    label set). ``scope["state"]`` gets ``request_id`` and ``start`` (``perf_counter`` at arrival).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._paths: set[str] = set()
+
+    def _known_paths(self, scope: Scope) -> set[str]:
+        if not self._paths:  # Starlette puts the app in the scope; its routes are final by now
+            self._paths.update(route_paths(scope["app"].routes))
+        return self._paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {}).update(request_id=rid, start=start)
+        token = request_id_var.set(rid)
+        status = 500
+        started = False
+        received = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send_with_id)
+        except (ClientDisconnected, ClientDisconnect):
+            status = 499  # nginx's "client closed request"; nothing is sent
+        except ApiError as exc:
+            if not started:
+                await error_response(exc)(scope, receive, send_with_id)
+        except Exception as exc:
+            log.error("unhandled error", exc_info=exc)
+            if not started:
+                internal = ApiError(
+                    500, "internal_error", f"internal server error; request id {rid}"
+                )
+                await error_response(internal)(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - start
+            self._record(scope, status, duration, received)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, status: int, duration: float, received: int) -> None:
+        path = scope.get("path", "")
+        endpoint = path if path in self._known_paths(scope) else "unmatched"
+        labels = (endpoint, str(status))
+        self.metrics.request_duration.labels(*labels).observe(duration)
+        self.metrics.requests.labels(*labels).inc()
+        level = logging.DEBUG if path in QUIET_PATHS and status < 500 else logging.INFO
+        access_log.log(
+            level,
+            "%s %s %d",
+            scope.get("method"),
+            path,
+            status,
+            extra={
+                "fields": {
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 3),
+                    "bytes_in": received,
+                    "client": (scope.get("client") or ("", 0))[0],
+                }
+            },
+        )
+
+
+def route_paths(routes: Iterable[BaseRoute]) -> Iterator[str]:
+    """The paths of ``routes``, those of included routers too (FastAPI >= 0.16x keeps an included
+    router as one route holding the ``original_router``; older versions copy its routes)."""
+    for route in routes:
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path:
+            yield path
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from route_paths(included.routes)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``limit`` bytes: at once when ``Content-Length`` says so, else
+    :class:`~maskrt.server.errors.BodyTooLarge` from ``receive`` once the bytes read pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await error_response(BodyTooLarge(self.limit))(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,160 @@
+"""What a ``/predict`` request carries: its content type, the image bodies (multipart or raw), the
+parameters (query and form fields), and the OpenAPI description of that body, which FastAPI cannot
+infer because the routes read the body themselves (streamed, under the size limit).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from maskrt.server.errors import ApiError, validation_message
+from maskrt.server.pipeline import PostOptions
+from maskrt.server.schemas import PredictParams
+
+BodyKind = Literal["multipart", "raw"]
+PARAMETERS = list(PredictParams.model_fields)
+_RAW_TYPES = ("application/octet-stream",)
+
+
+def parse_params(items: list[tuple[str, str]]) -> PredictParams:
+    """Query and form fields as :class:`PredictParams`; a name given twice is a 422."""
+    merged: dict[str, str] = {}
+    for key, value in items:
+        if key in merged:
+            raise ApiError(422, "invalid_parameter", f"parameter {key!r} is given more than once")
+        merged[key] = value
+    try:
+        return PredictParams.model_validate(merged)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_parameter", validation_message(exc, PARAMETERS)) from None
+
+
+def post_options(params: PredictParams, default_score_threshold: float) -> PostOptions:
+    """What post-processing does for a request's images."""
+    threshold = params.score_threshold
+    return PostOptions(
+        default_score_threshold if threshold is None else threshold,
+        params.max_detections,
+        params.masks == "rle",
+    )
+
+
+def classify_content_type(content_type: str, batch: bool) -> BodyKind:
+    """``multipart`` or ``raw``; anything else is a 415."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        return "multipart"
+    if not batch and (media.startswith("image/") or media in _RAW_TYPES):
+        return "raw"
+    expected = (
+        "multipart/form-data with one or more files in the field 'images'"
+        if batch
+        else "multipart/form-data with a file in the field 'image', or the image itself as "
+        "the body with Content-Type image/*"
+    )
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"unsupported Content-Type {media or '(none)'!r}: send {expected}",
+    )
+
+
+async def read_images(
+    request: Request, kind: BodyKind, batch: bool, max_images: int
+) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """The image bodies and the form's other fields."""
+    if kind == "raw":
+        return [await read_raw_body(request)], []
+    names = ("images", "image") if batch else ("image",)
+    try:
+        form = await request.form(max_files=max_images + 1, max_fields=64, max_part_size=64 * 1024)
+    except StarletteHTTPException as exc:  # the multipart parser's complaints
+        raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.detail}") from None
+    try:
+        files: list[UploadFile] = []
+        fields: list[tuple[str, str]] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile) and key in names:
+                files.append(value)
+            elif key in names:
+                raise ApiError(
+                    422, "invalid_field", f"multipart field {key!r} must be a file (filename set)"
+                )
+            elif isinstance(value, UploadFile):
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"unexpected file field {key!r}; images go in {names[0]!r}",
+                )
+            else:
+                fields.append((key, value))
+        _check_file_count(len(files), names[0], batch, max_images)
+        return [await f.read() for f in files], fields
+    finally:
+        await form.close()
+
+
+async def read_raw_body(request: Request) -> bytes:
+    """The whole body (the size limit applies as it streams in); an empty one is a 400."""
+    body = b"".join([chunk async for chunk in request.stream()])
+    if not body:
+        raise ApiError(
+            400,
+            "empty_body",
+            "the request body is empty: send the image as the body (Content-Type image/...) "
+            "or as the multipart field 'image'",
+        )
+    return body
+
+
+def _check_file_count(count: int, field: str, batch: bool, max_images: int) -> None:
+    if count == 0:
+        raise ApiError(422, "missing_field", f"the multipart field {field!r} (a file) is required")
+    if not batch and count > 1:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "one image per /predict request; send several to /predict/batch as 'images' fields",
+        )
+    if count > max_images:
+        raise ApiError(
+            413, "too_many_images", f"{count} images in one request; the limit is {max_images}"
+        )
+
+
+def request_body_doc(batch: bool) -> dict[str, Any]:
+    """OpenAPI ``parameters`` and ``requestBody`` of ``/predict`` (``batch``: ``/predict/batch``)."""
+    params = {
+        name: {k: v for k, v in schema.items() if k != "default"}
+        for name, schema in PredictParams.model_json_schema()["properties"].items()
+    }
+    described = "(JPEG, PNG, WebP, BMP, GIF, TIFF)"
+    binary = {"type": "string", "format": "binary"}
+    if batch:
+        field = "images"
+        files: dict[str, Any] = {
+            field: {"type": "array", "items": binary, "description": f"the images {described}"}
+        }
+    else:
+        field = "image"
+        files = {field: {**binary, "description": f"the image {described}"}}
+    multipart = {"type": "object", "required": [field], "properties": {**files, **params}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": multipart}}
+    if not batch:
+        content["image/*"] = {"schema": binary}
+    query = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": schema.get("description", ""),
+        }
+        for name, schema in params.items()
+    ]
+    return {"parameters": query, "requestBody": {"required": True, "content": content}}

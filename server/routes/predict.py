@@ -1,0 +1,106 @@
+"""The native API: ``GET /v1/model``, ``POST /predict``, ``POST /predict/batch`` (DESIGN.md,
+"HTTP contract"); included behind the API key check when keys are configured.
+
+A request to ``/predict``: ready? -> content type (415) -> body, streamed under the size limit
+(413) -> parameters (422) -> decode in a thread (400/413) -> batcher queue (503 when full) -> wait
+for the batch result (504 at the request's deadline; a client that goes away drops its images
+before inference) -> JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from maskrt.server.dependencies import get_state
+from maskrt.server.errors import json_response
+from maskrt.server.inference import ImageResult, Reader, Upload, infer_request
+from maskrt.server.parsing import (
+    classify_content_type,
+    parse_params,
+    post_options,
+    read_images,
+    request_body_doc,
+)
+from maskrt.server.pipeline import PostOptions
+from maskrt.server.schemas import (
+    ERROR_RESPONSES,
+    BatchPredictResponse,
+    ModelInfoResponse,
+    PredictResponse,
+)
+from maskrt.server.state import ServerState
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelInfoResponse,
+    responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
+    summary="the served model",
+)
+async def model_info(state: ServerState = Depends(get_state)) -> Response:
+    if not state.model_info:
+        raise state.not_ready()
+    return json_response(state.model_info)
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body_doc(batch=False),
+    summary="detect and segment the objects of one image",
+)
+async def predict(request: Request, state: ServerState = Depends(get_state)) -> Response:
+    results = await infer_request(state, request, _reader(state, request, batch=False))
+    return json_response(_answer(state, results[0]))
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body_doc(batch=True),
+    summary="several images in one request; results in order",
+)
+async def predict_batch(request: Request, state: ServerState = Depends(get_state)) -> Response:
+    results = await infer_request(state, request, _reader(state, request, batch=True))
+    return json_response({"results": [_answer(state, r) for r in results]})
+
+
+def _reader(state: ServerState, request: Request, batch: bool) -> Reader:
+    """The request's images (multipart or raw body) and its options (query and form fields)."""
+
+    async def read() -> tuple[list[Upload], PostOptions]:
+        kind = classify_content_type(request.headers.get("content-type", ""), batch)
+        datas, fields = await read_images(request, kind, batch, state.settings.max_queue)
+        params = parse_params(list(request.query_params.multi_items()) + fields)
+        names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]
+        uploads = [Upload(data, name) for data, name in zip(datas, names)]
+        return uploads, post_options(params, state.settings.score_threshold)
+
+    return read
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _answer(state: ServerState, r: ImageResult) -> dict[str, Any]:
+    return {
+        "model": state.model_ref,
+        "width": r.image.width,
+        "height": r.image.height,
+        "detections": r.result.detections,
+        "timings_ms": {
+            "decode": _ms(r.image.seconds),
+            "queue": _ms(r.queue_wait_s),
+            "preprocess": _ms(r.result.preprocess_s),
+            "inference": _ms(r.result.inference_s),
+            "postprocess": _ms(r.result.postprocess_s),
+        },
+    }

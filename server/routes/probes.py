@@ -1,0 +1,49 @@
+"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics`` (never behind an API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from maskrt.server.dependencies import get_state
+from maskrt.server.errors import ApiError, json_response
+from maskrt.server.schemas import ErrorResponse, Health, Ready
+from maskrt.server.state import ServerState
+
+router = APIRouter()
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": ErrorResponse}},
+    summary="the process is alive",
+)
+async def healthz(state: ServerState = Depends(get_state)) -> Response:
+    batcher = state.batcher
+    if batcher is not None and batcher.running_for() > state.stuck_after_s:
+        raise ApiError(503, "stuck", f"a batch has been running for {batcher.running_for():.0f} s")
+    return json_response({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses={503: {"model": ErrorResponse}},
+    summary="the model is loaded and warmed up",
+)
+async def readyz(state: ServerState = Depends(get_state)) -> Response:
+    if state.status != "ready":
+        raise state.not_ready()
+    return json_response({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(state: ServerState = Depends(get_state)) -> Response:
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
