@@ -89,11 +89,11 @@ def train(opts: TrainOptions) -> Path:
     torch.manual_seed(opts.seed)
     device = torch.device(resolve_device(opts.device))
     data = open_dataset(opts.data, opts.images, split="train")
-    state, init_config = read_state(opts.init) if opts.init else ({}, None)
+    init_state, init_config = read_state(opts.init) if opts.init else ({}, None)
     if opts.config:
         cfg: ModelConfig = get_config(opts.config)
     elif opts.init:
-        cfg = init_config or fit_config(state, None, opts.init)
+        cfg = init_config or fit_config(init_state, None, opts.init)
     else:
         cfg = get_config("shapes")
     cfg = cfg.with_canvas(opts.canvas)
@@ -101,7 +101,7 @@ def train(opts: TrainOptions) -> Path:
         cfg = cfg.replace(classes=data.classes)  # fine-tuning on another label set
     model = build_model(cfg)
     if opts.init:
-        fresh = init_weights(model, state, opts.init)
+        fresh = init_weights(model, init_state, opts.init)
         say(
             f"--init {opts.init}: weights loaded"
             + (f"; initialised afresh (no fitting weights): {', '.join(fresh)}" if fresh else "")
