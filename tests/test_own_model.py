@@ -35,6 +35,7 @@ def _shapes_layout(num_classes: int) -> dict:
     return build_model(get_config("shapes").replace(classes=("bg",) * num_classes)).state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("builder", "config"),
     [
@@ -91,6 +92,7 @@ def _coco_folder(root: Path, split: str, count: int, seed: int) -> None:
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_a_coco_folder(capsys, tmp_path):
     coco = tmp_path / "my_coco"
     _coco_folder(coco, "train2017", 4, 0)
