@@ -74,4 +74,3 @@ def test_the_bundled_model_sees_few_shapes_in_photos_it_never_saw(capsys):
     out = _evaluate(capsys, "--data", "photos:100:0")  # the last --data wins
     assert out["images"] == 100 and "segm" not in out  # nothing to find: no AP, only false ones
     assert out["per_image_at_0.5"] <= 3.0
-
