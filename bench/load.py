@@ -402,6 +402,10 @@ def run(args) -> int:
             k: v
             for k, v in {
                 "model": args.model,
+                "config": args.config,
+                "labels": args.labels,
+                "canvas": args.canvas,
+                "trust_pickle": args.trust_pickle,
                 "backend": args.backend or model["backend"],
                 "device": args.device or model["device"],
             }.items()
@@ -442,6 +446,8 @@ def run(args) -> int:
 
 
 def add_arguments(p) -> None:
+    from maskrt.model.cli import add_model_options
+
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per level")
@@ -473,6 +479,7 @@ def add_arguments(p) -> None:
         help="model of the direct run (default: the server's default, i.e. "
         "MASKRT_MODEL or the bundled one)",
     )
+    add_model_options(p)  # as the server was told them
     p.add_argument("--backend", help="backend of the direct run (default: the server's)")
     p.add_argument("--device", help="device of the direct run (default: the server's)")
     p.add_argument("--json", help="also write the results as JSON to this file")

@@ -107,6 +107,11 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: bool = True) 
         "by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1)"
         + ("; default: the bundled shapes model" if default_model else ""),
     )
+    add_model_options(p)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--labels``, ``--canvas`` and ``--trust-pickle``."""
     for flag, text in OPTION_HELP.items():
         p.add_argument(flag, type=int if flag == "--canvas" else str, help=text)
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
