@@ -21,6 +21,22 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.parity",
         "per-detection parity of two backends through the serving pipeline",
     ),
+    "v2": (
+        "maskrt.bench.v2",
+        "Open Inference Protocol (tritonclient) against /predict, JSON/base64 against binary",
+    ),
+    "peers": (
+        "maskrt.bench.peers",
+        "maskrt serve against a naive FastAPI server and LitServe, one at a time",
+    ),
+    "json-encode": (
+        "maskrt.bench.json_encode",
+        "serialising a /predict answer, json against orjson",
+    ),
+    "onnx-compare": (
+        "maskrt.bench.onnx_compare",
+        "several ONNX files of one model (mask head, int8) interleaved in ONNX Runtime",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",

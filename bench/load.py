@@ -181,8 +181,11 @@ class LoadClient:
         params: dict,
         headers: dict,
         timeout_s: float,
+        *,
+        scrape_metrics: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
+        self.scrape_metrics = scrape_metrics  # False for servers without maskrt's /metrics
         self.image = image
         self.content_type = content_type
         self.params = params
@@ -211,6 +214,8 @@ class LoadClient:
         return time.perf_counter() - started, status
 
     async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
+        if not self.scrape_metrics:
+            return {}
         r = await client.get("/metrics")
         r.raise_for_status()
         return parse_metrics(r.text)

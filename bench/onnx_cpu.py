@@ -100,18 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.models.detection import maskrcnn_resnet50_fpn
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+    from maskrt.bench.random_model import random_detector
     from maskrt.export.onnx import export_onnx
-    from maskrt.model.build import build_model
     from maskrt.model.checkpoint import load_state_dict
-    from maskrt.model.config import get_config
     from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend, usable_cores
 
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
     size, k = args.canvas, args.detections
-    cfg = get_config("resnet50_fpn").replace(canvas=size, score_threshold=0.0, max_detections=k)
-    ours_model = build_model(cfg).eval()
+    ours_model, cfg = random_detector("resnet50_fpn", size, seed=args.seed, max_detections=k)
 
     # torchvision's own builder (without weights it uses BatchNorm2d, the faster eager kernel), with
     # our random weights; the same inference settings
@@ -128,19 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         box_nms_thresh=cfg.nms_threshold,
         rpn_nms_thresh=cfg.rpn_nms_threshold,
     ).eval()
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)  # the image random_detector calibrated on
     image = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=g)
-    with torch.inference_mode():
-        # random R50 features are large: scale the class logits so the scores spread (no ties)
-        seen = []
-        hook = ours_model.roi_heads.box_predictor.register_forward_pre_hook(
-            lambda m, a: seen.append(a[0])
-        )
-        ours_model([image[0].float() / 255.0])
-        hook.remove()
-        norm = float(seen[0].norm(dim=1).mean())
-        ours_model.roi_heads.box_predictor.cls_score.weight.normal_(0, 2.0 / norm, generator=g)
-        ours_model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 1.0 / norm, generator=g)
     load_state_dict(tv, ours_model.state_dict(), "bench weights")
     loaded = SimpleNamespace(model=ours_model, config=cfg, sha256="0" * 64)
 

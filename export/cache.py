@@ -3,7 +3,7 @@
 One cache directory (``MASKRT_CACHE_DIR``, default ``~/.cache/maskrt``; a volume in
 docker-compose.yml) holds::
 
-    onnx/<checkpoint sha256>-<target>[-fp16]-b<max batch>-maskrt<version>[-<build id>].onnx
+    onnx/<checkpoint sha256>-<target>[-fp16]-b<max batch>[-detmasks]-maskrt<version>[-<build id>].onnx
     engines/<ONNX sha256, 16>-<GPU>-sm<compute capability>-trt<version>-<fp16|fp32>-b<max batch>.plan
     engines/<same>.plan.json                        the engine's sidecar
     engines/timing-<GPU>-sm<cc>-trt<version>.cache  TensorRT's timing cache, shared by builds
@@ -96,10 +96,12 @@ def _source_sha256(model: str) -> str:
 
 def onnx_name(checkpoint_sha256: str, target: str, max_batch: int, fp16: bool) -> str:
     from maskrt import __version__
+    from maskrt.export.onnx import DEFAULT_MASK_HEAD
 
     build = os.environ.get("MASKRT_BUILD_ID", "")
     return (
         f"{checkpoint_sha256}-{target}{'-fp16' if fp16 else ''}-b{max_batch}"
+        f"{'-detmasks' if DEFAULT_MASK_HEAD[target] == 'detections' else ''}"
         f"-maskrt{__version__}{'-' + build if build else ''}.onnx"
     )
 

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_onnx(kinds: argparse._SubParsersAction) -> None:
-    from maskrt.export.onnx import DEFAULT_MAX_BATCH, DEFAULT_OPSET, TARGETS
+    from maskrt.export.onnx import DEFAULT_MAX_BATCH, DEFAULT_OPSET, MASK_HEADS, TARGETS
 
     p = kinds.add_parser(
         "onnx",
@@ -57,6 +57,24 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
         help="backbone and heads in float16, boxes and NMS in float32 (for TensorRT 11, "
         "whose engines keep the ONNX's precision)",
     )
+    p.add_argument(
+        "--mask-head",
+        choices=MASK_HEADS,
+        help="rows the mask head runs on: all K (static shapes; the tensorrt target's only "
+        "choice) or only the detections found (the onnxruntime target's default)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnxruntime target: static int8 quantization (QDQ, per-channel), calibrated on "
+        "--calibration",
+    )
+    p.add_argument(
+        "--calibration",
+        default="shapes:64:3",
+        help="data set the int8 ranges are calibrated on: shapes:COUNT:SEED or a COCO "
+        "directory / annotations JSON (default shapes:64:3, for the bundled model)",
+    )
     p.set_defaults(func=_onnx)
 
 
@@ -75,6 +93,8 @@ def _onnx(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         opset=args.opset,
         fp16=args.fp16,
+        mask_head=args.mask_head,
+        int8_calibration=args.calibration if args.int8 else None,
     )
     print(out)
     return 0

@@ -17,7 +17,17 @@ Targets:
 Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
 ``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
 ``maskrt.target``, plus ``maskrt.max_batch`` and ``maskrt.precision`` (``fp32``, or ``fp16`` for
-``--fp16``: backbone and heads in float16), and passes ``onnx.checker.check_model(full_check=True)``.
+``--fp16``: backbone and heads in float16; ``int8`` for ``--int8``) and ``maskrt.mask_head``, and
+passes ``onnx.checker.check_model(full_check=True)``.
+
+``maskrt.mask_head`` says which rows the mask head runs on: ``all`` (the ``K`` rows, every shape
+static: what TensorRT needs, and the ``tensorrt`` target's only choice) or ``detections`` (the first
+``max(num_detections)`` rows of the batch, a data-dependent shape inside the graph; the outputs keep
+the contract's padded ``[B, K, ...]`` shapes and values). ``detections`` is the ``onnxruntime``
+target's default: the same answers with the mask head's work cut to the objects found.
+
+``--int8`` (``onnxruntime`` target): ONNX Runtime static quantization of the exported graph,
+calibrated on a data set (:mod:`maskrt.export.quantize`).
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ from maskrt.errors import MaskrtError
 log = logging.getLogger("maskrt.export")
 
 TARGETS = ("onnxruntime", "tensorrt")
+MASK_HEADS = ("all", "detections")
+DEFAULT_MASK_HEAD = {"onnxruntime": "detections", "tensorrt": "all"}
 DEFAULT_OPSET = 18
 DEFAULT_MAX_BATCH = 8
 INPUT_NAME = "images"
@@ -50,12 +62,13 @@ def build_onnx(
     max_detections: int | None = None,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
+    mask_head: str = "all",
 ):
     """The ``onnxruntime``-target ``onnx.ModelProto`` of a ``LoadedModel`` (``.model``,
     ``.config``, ``.sha256``), metadata included, checked. ``fp16``: backbone and heads (weights
     and activations) in float16, RoIs, box decoding, scores and NMS in float32 — the mixed
     precision that TensorRT 11's strongly typed engines take as it is; the caller's model is not
-    changed."""
+    changed. ``mask_head``: ``all`` or ``detections`` (module docstring)."""
     import torch
 
     from maskrt.export.onnx_ops import add_functions, drop_default_reductions, translation_table
@@ -69,6 +82,8 @@ def build_onnx(
         raise MaskrtError(f"--canvas {canvas}: must be a positive multiple of 32")
     if max_detections is not None and max_detections < 1:
         raise MaskrtError(f"--max-detections must be at least 1, got {max_detections}")
+    if mask_head not in MASK_HEADS:
+        raise MaskrtError(f"--mask-head {mask_head!r}: expected one of {', '.join(MASK_HEADS)}")
     config = loaded.config.replace(
         **({"canvas": canvas} if canvas else {}),
         **({"max_detections": max_detections} if max_detections else {}),
@@ -76,7 +91,7 @@ def build_onnx(
     model = copy.deepcopy(loaded.model).float().cpu().eval()  # Module.float/cpu/half work in place
     if fp16:
         model = model.half()
-    graph = DeployGraph(model, config).eval()
+    graph = DeployGraph(model, config, masks_on_detections=mask_head == "detections").eval()
     example_batch = 2 if max_batch >= 2 else 1
     example = torch.randint(
         0,
@@ -119,6 +134,7 @@ def build_onnx(
         time.perf_counter() - started,
     )
     set_metadata(proto, config, loaded.sha256, "onnxruntime", max_batch, "fp16" if fp16 else "fp32")
+    set_metadata_props(proto, {"mask_head": mask_head})
     check(proto)
     return proto
 
@@ -147,13 +163,27 @@ def export_onnx(
     max_detections: int | None = None,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
+    mask_head: str | None = None,
+    int8_calibration: str | None = None,
 ) -> Path:
     """Export ``loaded`` to ``out`` for ``target``; returns the path. Written to a temporary name
-    beside ``out`` and renamed, so a reader never sees half a file."""
+    beside ``out`` and renamed, so a reader never sees half a file. ``mask_head`` defaults to the
+    target's :data:`DEFAULT_MASK_HEAD`; ``int8_calibration`` (a data spec such as
+    ``shapes:64:3``) quantizes the ``onnxruntime`` target to int8."""
     from maskrt.export.cache import atomic_write
 
     if target not in TARGETS:
         raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
+    mask_head = mask_head or DEFAULT_MASK_HEAD[target]
+    if target == "tensorrt" and mask_head != "all":
+        raise MaskrtError("--mask-head detections: the tensorrt target is static (all rows)")
+    calibration = None
+    if int8_calibration:
+        if target != "onnxruntime" or fp16:
+            raise MaskrtError("--int8 quantizes the float32 onnxruntime target (no --fp16)")
+        from maskrt.model.coco import open_dataset
+
+        calibration = open_dataset(int8_calibration)  # a bad spec fails before the export
     out = Path(out)
     started = time.perf_counter()
     proto = build_onnx(
@@ -163,19 +193,26 @@ def export_onnx(
         max_detections=max_detections,
         opset=opset,
         fp16=fp16,
+        mask_head=mask_head,
     )
     if target == "tensorrt":
         from maskrt.export.tensorrt_onnx import rewrite
 
         proto = rewrite(proto)
+    if calibration is not None:
+        from maskrt.export.quantize import quantize_int8
+
+        proto = quantize_int8(proto, calibration)
     atomic_write(out, proto.SerializeToString())
     size = out.stat().st_size
     log.info(
-        "wrote %s: %.1f MB, target %s, %s, checkpoint sha256 %s, max batch %d, %.1f s",
+        "wrote %s: %.1f MB, target %s, %s, mask head on %s rows, checkpoint sha256 %s, "
+        "max batch %d, %.1f s",
         out,
         size / 1e6,
         target,
-        "fp16" if fp16 else "fp32",
+        "int8" if int8_calibration else "fp16" if fp16 else "fp32",
+        mask_head,
         loaded.sha256,
         max_batch,
         time.perf_counter() - started,

@@ -33,7 +33,7 @@ within float rounding of a threshold.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torchvision
@@ -191,6 +191,7 @@ class DeployGraph(nn.Module):
         *,
         canvas: int | None = None,
         max_detections: int | None = None,
+        masks_on_detections: bool = False,
     ):
         super().__init__()
         heads, rpn = model.roi_heads, model.rpn
@@ -203,6 +204,9 @@ class DeployGraph(nn.Module):
         self.score_threshold = float(config.score_threshold)
         self.nms_threshold = float(config.nms_threshold)
         self.max_detections = int(max_detections or config.max_detections)
+        # the mask head on the first max(num_detections) rows only (a data-dependent shape inside
+        # the graph, fine for ONNX Runtime, not for TensorRT); the outputs stay padded to K
+        self.masks_on_detections = bool(masks_on_detections)
         self.pre_nms_top_n = int(config.rpn_pre_nms_top_n)
         self.post_nms_top_n = int(config.rpn_post_nms_top_n)
         self.rpn_nms_threshold = float(config.rpn_nms_threshold)
@@ -363,7 +367,27 @@ class DeployGraph(nn.Module):
     def _masks(
         self, batch: int, roi_maps: list[Tensor], boxes: Tensor, labels: Tensor, ok: Tensor
     ) -> Tensor:
-        """Mask head on the K kept boxes: sigmoid of the detected class's logits, [B, K, M, M]."""
+        """Mask head on the K kept boxes: sigmoid of the detected class's logits, [B, K, M, M].
+
+        With ``masks_on_detections`` only the first ``n = max(num_detections, 1)`` rows of each
+        image go through the head (valid rows come first, scores descending) and the masks are
+        zero-padded back to ``K``: the same values with a fraction of the work when few objects
+        are found."""
+        k = boxes.shape[1]
+        if self.masks_on_detections:
+            n = cast(int, ok.sum(1).max().clamp(min=1).item())  # data-dependent: unbacked
+            torch._check(n >= 1)
+            torch._check(n <= k)
+            masks = self._mask_head(batch, roi_maps, boxes[:, :n], labels[:, :n])
+            pad = masks.new_zeros(batch, k - n, self.mask_size, self.mask_size)
+            masks = torch.cat((masks, pad), 1)
+        else:
+            masks = self._mask_head(batch, roi_maps, boxes, labels)
+        return torch.where(ok.reshape(batch, k, 1, 1), masks, torch.zeros_like(masks))
+
+    def _mask_head(
+        self, batch: int, roi_maps: list[Tensor], boxes: Tensor, labels: Tensor
+    ) -> Tensor:
         heads = self.model.roi_heads
         k = boxes.shape[1]
         pooled = torch.ops.maskrt.multilevel_roi_align(boxes, roi_maps, **self.mask_pool)
@@ -387,8 +411,7 @@ class DeployGraph(nn.Module):
                 all_logits, 1, flat_labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
             )
             logits = logits.reshape(batch, k, m, m)
-        masks = torch.sigmoid(logits.float())
-        return torch.where(ok.reshape(batch, k, 1, 1), masks, torch.zeros_like(masks))
+        return torch.sigmoid(logits.float())
 
 
 def deploy_graph(loaded, *, max_detections: int | None = None) -> DeployGraph:

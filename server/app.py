@@ -5,7 +5,8 @@
 - :mod:`~maskrt.server.middleware`: request context (id, metrics, access log, last-resort 500)
   and the body size limit;
 - :mod:`~maskrt.server.errors`: the error JSON of every refused request;
-- :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API);
+- :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API, the page and the
+  API docs);
 - :mod:`~maskrt.server.inference` and :mod:`~maskrt.server.parsing`: what the inference routes
   share. See DESIGN.md ("HTTP contract") for the routes and the error format.
 """
@@ -23,7 +24,7 @@ from maskrt.server.dependencies import api_key_dependencies
 from maskrt.server.errors import install_error_handlers
 from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from maskrt.server.parsing import PARAMETERS
-from maskrt.server.routes import predict, probes
+from maskrt.server.routes import pages, predict, probes, v2
 from maskrt.server.settings import Settings
 from maskrt.server.state import Opener, ServerState
 
@@ -57,11 +58,16 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Mask R-CNN instance segmentation: boxes, classes, scores and COCO RLE masks.",
+        docs_url=None,  # pages.add_pages serves /docs and /redoc from local files
+        redoc_url=None,
     )
     app.state.maskrt = state
     install_error_handlers(app, known_parameters=PARAMETERS)
     app.include_router(probes.router)
     app.include_router(predict.router, dependencies=api_key_dependencies(state))
+    app.include_router(v2.public)
+    app.include_router(v2.router, dependencies=api_key_dependencies(state))
+    pages.add_pages(app)
     # added last = outermost: the context sees every answer, the limit's 413 included
     if settings.cors_origins:
         app.add_middleware(

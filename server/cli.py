@@ -1,4 +1,5 @@
-"""``maskrt serve``: the HTTP server (uvicorn) with flags named as the settings.
+"""``maskrt serve``: the HTTP server (uvicorn) with flags named as the settings; and ``maskrt
+predict`` (:mod:`maskrt.server.predict`).
 
 Every setting of :class:`~maskrt.server.settings.Settings` is a flag (``--max-batch 8``) and an
 environment variable (``MASKRT_MAX_BATCH=8``); flags win. With no argument it serves the bundled
@@ -11,11 +12,13 @@ import argparse
 import socket
 import typing
 
+from maskrt.server import predict
+
 _HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from maskrt.server.settings import Settings, flag_name
+    from maskrt.server.settings import Settings
 
     p = sub.add_parser(
         "serve",
@@ -23,7 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a model over HTTP. Every flag is also an environment variable "
         "MASKRT_<NAME> (flags win).",
     )
-    for name, field in Settings.model_fields.items():
+    add_settings_flags(p, Settings.model_fields)
+    p.set_defaults(func=_serve)
+    predict.register(sub)
+
+
+def add_settings_flags(p: argparse.ArgumentParser, names) -> None:
+    """One flag per setting of ``names`` (``--max-batch``), its help naming the variable and
+    the default."""
+    from maskrt.server.settings import Settings, flag_name
+
+    for name in names:
+        field = Settings.model_fields[name]
         text = field.description or ""
         default = field.get_default(call_default_factory=True)
         if default not in (None, False, []) and "default:" not in text:
@@ -41,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         elif annotation is bool:
             kwargs.update(action="store_const", const=True)
         p.add_argument(flag_name(name), **kwargs)
-    p.set_defaults(func=_serve)
 
 
 def _without_none(annotation: object) -> object:

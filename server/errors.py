@@ -1,20 +1,23 @@
 """Errors the HTTP layer answers with, and the one place their JSON is built.
 
-Every refused request gets ``{"error": {"code", "message"}}`` (DESIGN.md, "HTTP contract"):
+Every refused request gets ``{"error": {"code", "message"}}`` (DESIGN.md, "HTTP contract"), or
+``{"error": "message"}`` under ``/v2`` (the Open Inference Protocol's shape):
 :class:`ApiError` raised anywhere (a route, a dependency, the body reader), FastAPI's own 404/405
 and validation errors, and the middleware's last-resort 500 all go through :func:`error_response`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (maskrt.server.routes.v2)
 
 
 class ApiError(Exception):
@@ -50,13 +53,23 @@ class ClientDisconnected(Exception):
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Compact JSON (no NaN: a non-finite number is a bug, not an answer)."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return Response(body.encode(), status, headers=headers, media_type="application/json")
+    """Compact UTF-8 JSON by orjson (12x the standard library's speed on a ``/predict`` answer,
+    ``maskrt bench json-encode``); numpy scalars and arrays are written as numbers and lists; a
+    non-finite float (never in an answer) would be written as ``null``."""
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status, headers=headers, media_type="application/json")
 
 
-def error_response(exc: ApiError) -> Response:
-    return json_response(exc.body(), exc.status, exc.headers)
+def error_body(exc: ApiError, path: str) -> dict[str, Any]:
+    """The native shape, or under ``/v2`` the Open Inference Protocol's ``{"error": message}``."""
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return {"error": exc.message}
+    return exc.body()
+
+
+def error_response(exc: ApiError, path: str) -> Response:
+    """The answer to ``exc`` for a request to ``path``."""
+    return json_response(error_body(exc, path), exc.status, exc.headers)
 
 
 def validation_message(exc: ValidationError | RequestValidationError, known: list[str]) -> str:
@@ -77,7 +90,7 @@ def install_error_handlers(app: FastAPI, known_parameters: list[str]) -> None:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(exc)
+        return error_response(exc, request.scope["path"])
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -87,12 +100,13 @@ def install_error_handlers(app: FastAPI, known_parameters: list[str]) -> None:
             if exc.status_code == 404
             else str(exc.detail)
         )
-        return error_response(ApiError(exc.status_code, code, message, dict(exc.headers or {})))
+        error = ApiError(exc.status_code, code, message, dict(exc.headers or {}))
+        return error_response(error, request.scope["path"])
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         message = validation_message(exc, known_parameters)
-        return error_response(ApiError(422, "invalid_parameter", message))
+        return error_response(ApiError(422, "invalid_parameter", message), request.scope["path"])
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -34,7 +34,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class RequestContextMiddleware:
     """Request id, metrics, access log and the last-resort error answer of every HTTP request.
 
-    The ``endpoint`` label is the route's path, or ``unmatched`` (so scanners cannot blow up the
+    The ``endpoint`` label is the route's path (its template: ``/v2/models/{name}/infer``), or
+    ``unmatched`` (so scanners cannot blow up the
     label set). ``scope["state"]`` gets ``request_id`` and ``start`` (``perf_counter`` at arrival).
     """
 
@@ -81,14 +82,14 @@ class RequestContextMiddleware:
             status = 499  # nginx's "client closed request"; nothing is sent
         except ApiError as exc:
             if not started:
-                await error_response(exc)(scope, receive, send_with_id)
+                await error_response(exc, scope["path"])(scope, receive, send_with_id)
         except Exception as exc:
             log.error("unhandled error", exc_info=exc)
             if not started:
                 internal = ApiError(
                     500, "internal_error", f"internal server error; request id {rid}"
                 )
-                await error_response(internal)(scope, receive, send_with_id)
+                await error_response(internal, scope["path"])(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - start
             self._record(scope, status, duration, received)
@@ -96,7 +97,8 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, status: int, duration: float, received: int) -> None:
         path = scope.get("path", "")
-        endpoint = path if path in self._known_paths(scope) else "unmatched"
+        endpoint = getattr(scope.get("route"), "path", None) or path  # a route's template
+        endpoint = endpoint if endpoint in self._known_paths(scope) else "unmatched"
         labels = (endpoint, str(status))
         self.metrics.request_duration.labels(*labels).observe(duration)
         self.metrics.requests.labels(*labels).inc()
@@ -146,7 +148,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
-            await error_response(BodyTooLarge(self.limit))(scope, receive, send)
+            await error_response(BodyTooLarge(self.limit), scope["path"])(scope, receive, send)
             return
         received = 0
 

@@ -17,10 +17,11 @@ exactly what the server answers::
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from maskrt.server.preprocess import preprocess
 
 if TYPE_CHECKING:
     from maskrt.model.evaluate import Predictions, Predictor
+
+log = logging.getLogger("maskrt.server")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,52 @@ class BatchOutput:
     postprocess_s: float
 
 
+class StageTimes(Protocol):
+    """Seconds of a batch's stages (a :class:`BatchOutput`, or the server's per-image share)."""
+
+    preprocess_s: float
+    inference_s: float
+    postprocess_s: float
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def model_ref(backend: Backend) -> dict[str, str]:
+    """The answer's ``model`` object (DESIGN.md, "HTTP contract")."""
+    info = backend.info
+    return {
+        "name": info.name,
+        "version": info.version,
+        "backend": backend.name,
+        "device": str(backend.device),
+    }
+
+
+def answer(
+    model: dict[str, str],
+    decoded: DecodedImage,
+    detections: list[Detection],
+    queue_s: float,
+    stages: StageTimes,
+) -> dict[str, Any]:
+    """The ``POST /predict`` answer for one image (``maskrt predict`` writes the same)."""
+    return {
+        "model": model,
+        "width": decoded.width,
+        "height": decoded.height,
+        "detections": detections,
+        "timings_ms": {
+            "decode": _ms(decoded.seconds),
+            "queue": _ms(queue_s),
+            "preprocess": _ms(stages.preprocess_s),
+            "inference": _ms(stages.inference_s),
+            "postprocess": _ms(stages.postprocess_s),
+        },
+    }
+
+
 class Pipeline:
     """The serving pipeline on one backend."""
 
@@ -66,6 +115,7 @@ class Pipeline:
         self.fill = fill_colour(info.image_mean)
         self.labels = tuple(info.classes)
         self.max_batch = backend.max_batch
+        self.model_ref = model_ref(backend)
 
     # -- stages ----------------------------------------------------------------------------------
 
@@ -158,8 +208,9 @@ class Pipeline:
     # -- warm-up ---------------------------------------------------------------------------------
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> dict[int, float]:
-        """Run every batch size once (the whole pipeline, masks included) so that no request pays
-        for lazy initialisation; returns seconds per batch size."""
+        """Run each batch size once (the whole pipeline, masks included; by default the sizes
+        the backend needs, :meth:`Backend.warmup_batch_sizes`) so that no request pays for lazy
+        initialisation; each step is logged with its time; returns seconds per batch size."""
         sizes = list(batch_sizes) if batch_sizes is not None else self.backend.warmup_batch_sizes()
         if self.device.type == "cuda":
             recipes_for(self.device, self.backend.info.mask_size)
@@ -167,10 +218,20 @@ class Pipeline:
         rng = np.random.default_rng(0)
         image = torch.from_numpy(rng.integers(0, 256, (3, 240, 320), dtype=np.uint8))
         seconds: dict[int, float] = {}
-        for size in sizes:
+        for step, size in enumerate(sizes, 1):
             started = time.perf_counter()
             self.run_batch([image] * size, PostOptions(score_threshold=0.0))
             seconds[size] = time.perf_counter() - started
+            log.info(
+                "warm-up run",
+                extra={
+                    "fields": {
+                        "step": f"{step}/{len(sizes)}",
+                        "batch": size,
+                        "seconds": round(seconds[size], 3),
+                    }
+                },
+            )
         return seconds
 
     def _warm_nvjpeg(self) -> None:

@@ -83,6 +83,22 @@ class Settings(BaseSettings):
         default_factory=default_cache_dir,
         description="where ONNX exports and TensorRT engines are cached (default ~/.cache/maskrt)",
     )
+    inference_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads of ONNX Runtime's intra-op pool (torch's with the torch backend); "
+        "default: the cores this process may use",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads for pre- and post-processing beside ONNX Runtime or TensorRT "
+        "(default 1: their small ops only lose time to thread hand-offs, and the cores are "
+        "the inference's)",
+    )
+    decode_threads: int | None = Field(
+        None, ge=1, description="image decoding threads (default: the usable cores, at most 4)"
+    )
     engine_precision: Literal["fp16", "fp32"] = Field(
         "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX"
     )

@@ -24,7 +24,7 @@ from maskrt.server.backends.base import Backend
 from maskrt.server.batcher import Batcher, Job
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics
-from maskrt.server.pipeline import Pipeline, PostOptions
+from maskrt.server.pipeline import Pipeline, PostOptions, model_ref
 from maskrt.server.postprocess import Detection
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
@@ -79,7 +79,8 @@ class ServerState:
         self.warmup_seconds: dict[int, float] = {}  # batch size -> seconds of its warm-up run
         self.infer_executor = ThreadPoolExecutor(1, thread_name_prefix="maskrt-infer")
         self.decode_executor = ThreadPoolExecutor(
-            max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="maskrt-decode"
+            settings.decode_threads or max(1, min(4, os.cpu_count() or 1)),
+            thread_name_prefix="maskrt-decode",
         )
         self.load_task: asyncio.Task[None] | None = None
         # a batch running longer than this marks the process unhealthy (GET /healthz 503)
@@ -146,13 +147,7 @@ class ServerState:
     def _describe(self, backend: Backend) -> int:
         """Fill ``model_ref`` / ``model_info`` and the model metric; returns the max batch."""
         info = backend.info
-        device = str(backend.device)
-        self.model_ref = {
-            "name": info.name,
-            "version": info.version,
-            "backend": backend.name,
-            "device": device,
-        }
+        self.model_ref = model_ref(backend)
         max_batch = min(self.settings.max_batch, backend.max_batch)
         self.model_info = {
             **self.model_ref,
@@ -162,7 +157,7 @@ class ServerState:
             "max_detections": info.max_detections,
             "max_batch": max_batch,
         }
-        self.metrics.set_model(info.name, backend.name, device)
+        self.metrics.set_model(info.name, backend.name, self.model_ref["device"])
         return max_batch
 
     async def shutdown(self) -> None:

@@ -256,3 +256,61 @@ def big_png(width: int, height: int) -> bytes:
     idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def sample_scene() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The README's sample scene (``examples/draw_sample.py``): image, shape masks, labels."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "draw_sample.py"
+    spec = importlib.util.spec_from_file_location("draw_sample", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.scene()
+
+
+def check_overlay(
+    picture: np.ndarray, image: np.ndarray, shapes: np.ndarray, detections: list[dict]
+) -> list[int]:
+    """Assert that ``picture`` (an overlay of ``detections`` on ``image``, both uint8 HxWx3) shows
+    each drawn shape of ``shapes`` (bool [N, H, W]) that a detection found filled with that
+    detection's colour blended into the image (where no label is written over it), and the
+    background mostly as it was. Returns the detection index of each shape (-1 where none
+    matched); masks are decoded with pycocotools."""
+    from maskrt.server.overlay import ALPHA, colour, decode_mask, erode, font_size
+
+    assert picture.shape == image.shape, (picture.shape, image.shape)
+    masks = [decode_mask(d["mask"]) for d in detections]
+    # the "label score" patches (above each box, or inside it at the top), generously
+    height, width = image.shape[:2]
+    patch = font_size(width, height) + 4
+    text = np.zeros((height, width), dtype=bool)
+    for d in detections:
+        x1, y1 = (int(v) for v in d["box"][:2])
+        length = len(f"{d['label']} {d['score']:.2f}") * 0.75 * patch + 4
+        text[max(0, y1 - patch - 1) : y1 + patch + 2, max(0, x1 - 1) : x1 + int(length)] = True
+    matched = []
+    for shape in shapes:
+        ious = [(shape & m).sum() / max((shape | m).sum(), 1) for m in masks]
+        k = int(np.argmax(ious)) if ious and max(ious) > 0.5 else -1
+        matched.append(k)
+        if k < 0:
+            continue
+        inner = erode(shape, 2) & erode(masks[k], 2)
+        assert inner.sum() > 0.5 * shape.sum(), f"shape {len(matched) - 1}: mask {k} misses it"
+        inner &= ~text
+        if inner.sum() < 20:
+            continue  # written over by labels
+        want = image[inner].astype(np.float64)
+        for j, m in enumerate(masks):  # later detections are painted over earlier ones
+            over = m[inner]
+            want[over] = want[over] * (1 - ALPHA) + np.asarray(colour(j)) * ALPHA
+        close = (np.abs(picture[inner].astype(np.float32) - want) <= 3).all(axis=1)
+        assert close.mean() > 0.9, (
+            f"shape {len(matched) - 1}: only {close.mean():.0%} of its pixels carry the colour "
+            f"{colour(k)} of detection {k}"
+        )
+    background = np.logical_and.reduce([erode(~s, 3) for s in shapes])  # 3 px off every shape
+    changed = (np.abs(picture.astype(int) - image.astype(int)) > 10).any(axis=2)[background]
+    assert changed.mean() < 0.25, f"{changed.mean():.0%} of the background is painted over"
+    return matched

@@ -51,13 +51,24 @@ def test_torch_backend_rejects_bad_input(torch_backend):
         TorchBackend(loaded("shapes"), device="cpu", max_batch=1, fp16=True)
 
 
+def test_warmup_runs_once_on_the_cpu_and_logs_each_step(torch_backend, caplog):
+    from maskrt.server.pipeline import Pipeline
+
+    caplog.set_level(logging.INFO, logger="maskrt.server")
+    seconds = Pipeline(torch_backend).warmup()
+    assert list(seconds) == torch_backend.warmup_batch_sizes() == [1]
+    runs = [r for r in caplog.records if r.getMessage() == "warm-up run"]
+    assert [(r.fields["step"], r.fields["batch"]) for r in runs] == [("1/1", 1)]
+    assert runs[0].fields["seconds"] > 0
+
+
 def test_torch_backend_from_a_checkpoint(tmp_path):
     model = loaded("shapes", seed=2)
     path = save_checkpoint(tmp_path / "m.pt", model.model, model.config, {})
     checkpoint = load_checkpoint(path)
     backend = TorchBackend(checkpoint, device="cpu", max_batch=2)
     assert backend.info.version == checkpoint.sha256[:12] and backend.max_batch == 2
-    assert backend.warmup_batch_sizes() == [1, 2]
+    assert backend.warmup_batch_sizes() == [1]  # on the CPU one run initialises every shape
     out = backend.infer(images(1, 192))
     assert int(out.num_detections[0]) == 100
 

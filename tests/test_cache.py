@@ -53,7 +53,7 @@ def test_concurrent_callers_make_it_once(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(300)  # spawned children import torch: slow on a loaded 2-core machine
         assert p.exitcode == 0
     assert counter.read_text() == "x" and (tmp_path / "b.bin").read_text() == "made"
 
@@ -83,7 +83,7 @@ def test_names(monkeypatch):
     monkeypatch.delenv("MASKRT_BUILD_ID", raising=False)
     assert (
         onnx_name("ab" * 32, "onnxruntime", 8, False)
-        == f"{'ab' * 32}-onnxruntime-b8-maskrt{__version__}.onnx"
+        == f"{'ab' * 32}-onnxruntime-b8-detmasks-maskrt{__version__}.onnx"
     )
     monkeypatch.setenv("MASKRT_BUILD_ID", "img42")
     assert (

@@ -209,3 +209,53 @@ def test_bench_helpers():
     after = parse_metrics(m.render()[0].decode())
     got = batch_sizes(before, after)
     assert got["batches"] == 4 and got["images"] == 11 and got["sizes"] == {"1": 1, "3": 2, "4": 1}
+
+
+@pytest.mark.parametrize(
+    ("fields", "ort_threads", "torch_threads"),
+    [({}, None, 1), ({"inference_threads": 1, "torch_threads": 2}, 1, 2)],
+)
+def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch_threads):
+    import torch
+    from deploy_helpers import exported
+
+    from maskrt.server.backends import open_backend
+    from maskrt.server.backends.onnxruntime import usable_cores
+
+    path, _ = exported("shapes", max_batch=2)
+    before = torch.get_num_threads()
+    try:
+        backend = open_backend(
+            Settings(model=str(path), backend="onnxruntime", device="cpu", max_batch=2, **fields)
+        )
+        options = backend.session.get_session_options()
+        assert options.intra_op_num_threads == (ort_threads or usable_cores())
+        assert torch.get_num_threads() == torch_threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_settings_from_flags():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--inference-threads", "2", "--decode-threads", "1"])
+    settings = settings_from_args(args)
+    assert (settings.inference_threads, settings.decode_threads, settings.torch_threads) == (
+        2,
+        1,
+        None,
+    )
+    with pytest.raises(MaskrtError, match="--inference-threads"):
+        settings_from_args(parser.parse_args(["serve", "--inference-threads", "0"]))
+
+
+def test_json_response_is_compact_utf8_and_takes_numpy():
+    import numpy as np
+
+    from maskrt.server.errors import json_response
+
+    response = json_response(
+        {"label": "carré", "score": np.float32(0.5), "box": np.array([1.0, 2.5])}, 201
+    )
+    assert response.status_code == 201 and response.media_type == "application/json"
+    assert response.body == '{"label":"carré","score":0.5,"box":[1.0,2.5]}'.encode()

@@ -152,6 +152,7 @@ def open_backend(settings: Settings) -> Backend:
             }
         },
     )
+    set_torch_threads(settings, backend)
     if backend == "torch":
         from maskrt.model.checkpoint import load_model
         from maskrt.server.backends.torch import TorchBackend
@@ -168,7 +169,9 @@ def open_backend(settings: Settings) -> Backend:
             if kind == "onnx"
             else str(cached_onnx(model, cache_dir, max_batch, options=settings.model_options()))
         )
-        return OnnxRuntimeBackend(onnx, device=device, max_batch=max_batch)
+        return OnnxRuntimeBackend(
+            onnx, device=device, max_batch=max_batch, threads=settings.inference_threads
+        )
     from maskrt.server.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 
     if kind != "engine":
@@ -188,3 +191,18 @@ def open_backend(settings: Settings) -> Backend:
             )
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)
+
+
+def set_torch_threads(settings: Settings, backend: str) -> None:
+    """torch's intra-op threads for this process: the inference's with the torch backend,
+    ``torch_threads`` (default 1) for the pre- and post-processing beside the others, so torch
+    and ONNX Runtime do not oversubscribe the cores."""
+    import torch
+
+    from maskrt.server.backends.onnxruntime import usable_cores
+
+    if backend == "torch":
+        threads = settings.inference_threads or usable_cores()
+    else:
+        threads = settings.torch_threads or 1
+    torch.set_num_threads(threads)

@@ -64,8 +64,13 @@ class Backend(ABC):
             )
 
     def warmup_batch_sizes(self) -> list[int]:
-        """Batch sizes to run once before the server turns ready (engines may specialise)."""
-        return list(range(1, self.max_batch + 1))
+        """Batch sizes to run once before the server turns ready: every size on a GPU (engines,
+        cuDNN's algorithm search and CUDA graphs specialise per shape), one run on the CPU, where
+        the first run initialises kernels and thread pools for every shape (an R50-FPN took
+        minutes to warm up per batch size for nothing)."""
+        if self.device.type == "cuda":
+            return list(range(1, self.max_batch + 1))
+        return [1]
 
 
 def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:

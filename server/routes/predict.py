@@ -25,7 +25,7 @@ from maskrt.server.parsing import (
     read_images,
     request_body_doc,
 )
-from maskrt.server.pipeline import PostOptions
+from maskrt.server.pipeline import PostOptions, answer
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
@@ -88,21 +88,5 @@ def _reader(state: ServerState, request: Request, batch: bool) -> Reader:
     return read
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
 def _answer(state: ServerState, r: ImageResult) -> dict[str, Any]:
-    return {
-        "model": state.model_ref,
-        "width": r.image.width,
-        "height": r.image.height,
-        "detections": r.result.detections,
-        "timings_ms": {
-            "decode": _ms(r.image.seconds),
-            "queue": _ms(r.queue_wait_s),
-            "preprocess": _ms(r.result.preprocess_s),
-            "inference": _ms(r.result.inference_s),
-            "postprocess": _ms(r.result.postprocess_s),
-        },
-    }
+    return answer(state.model_ref, r.image, r.result.detections, r.queue_wait_s, r.result)

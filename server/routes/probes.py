@@ -7,7 +7,13 @@ from fastapi.responses import Response
 
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, json_response
-from maskrt.server.schemas import ErrorResponse, Health, Ready
+from maskrt.server.schemas import (
+    HEALTH_RESPONSES,
+    METRICS_RESPONSES,
+    READY_RESPONSES,
+    Health,
+    Ready,
+)
 from maskrt.server.state import ServerState
 
 router = APIRouter()
@@ -16,7 +22,7 @@ router = APIRouter()
 @router.get(
     "/healthz",
     response_model=Health,
-    responses={503: {"model": ErrorResponse}},
+    responses=HEALTH_RESPONSES,
     summary="the process is alive",
 )
 async def healthz(state: ServerState = Depends(get_state)) -> Response:
@@ -29,7 +35,7 @@ async def healthz(state: ServerState = Depends(get_state)) -> Response:
 @router.get(
     "/readyz",
     response_model=Ready,
-    responses={503: {"model": ErrorResponse}},
+    responses=READY_RESPONSES,
     summary="the model is loaded and warmed up",
 )
 async def readyz(state: ServerState = Depends(get_state)) -> Response:
@@ -42,7 +48,7 @@ async def readyz(state: ServerState = Depends(get_state)) -> Response:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses=METRICS_RESPONSES,
 )
 async def metrics(state: ServerState = Depends(get_state)) -> Response:
     body, content_type = state.metrics.render()

@@ -1,0 +1,219 @@
+"""What the Open Inference Protocol costs against ``/predict``, on one running ``maskrt serve``.
+
+1. The same image through ``tritonclient.http`` ``infer`` (binary tensor data in and out) and
+   through multipart ``/predict``, at each concurrency (default 1 and 8): closed loops of
+   ``--duration`` seconds, the two endpoints alternating for ``--rounds`` rounds so that both see
+   the same background load; printed: p50/p95 latency and throughput of each, and the ratio of
+   the p50s (goal: v2 within 10 % of ``/predict``).
+2. A ~2 MB image (incompressible noise, PNG) sent to ``/v2`` as JSON with base64 and as binary
+   tensor data, ``--big-requests`` interleaved pairs at concurrency 1; printed: both p50s and
+   their ratio (the ``kserve`` package's own server is ~100x slower in JSON).
+
+Needs ``tritonclient[http]`` (in maskrt's ``dev`` extra)::
+
+    python -m maskrt.bench.v2 --url http://127.0.0.1:8000 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+
+from maskrt.bench.load import default_image, percentile, require_loopback, wait_ready
+from maskrt.errors import MaskrtError
+
+GOAL_BINARY = 1.10  # v2 binary p50 / /predict p50
+GOAL_JSON = 100.0  # v2 JSON p50 / v2 binary p50, for a 2 MB image
+
+
+def _triton():
+    try:
+        import tritonclient.http as triton
+    except ImportError:
+        raise MaskrtError(
+            "maskrt bench v2 needs tritonclient: pip install 'tritonclient[http]'"
+        ) from None
+    return triton
+
+
+Call = Callable[[], None]
+
+
+class Endpoints:
+    """One client per thread (tritonclient's connections belong to the thread that made them)."""
+
+    def __init__(self, url: str, headers: dict[str, str], model: str, timeout_s: float) -> None:
+        self.url = url
+        self.headers = headers
+        self.model = model
+        self.timeout_s = timeout_s
+
+    def predict(self, image: bytes) -> tuple[Call, Call]:
+        client = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=self.timeout_s, trust_env=False
+        )
+
+        def call() -> None:
+            r = client.post("/predict", files={"image": ("image", image, "image/*")})
+            if r.status_code != 200:
+                raise MaskrtError(f"/predict: HTTP {r.status_code} {r.text[:200]}")
+
+        return call, client.close
+
+    def v2(self, image: bytes, binary: bool) -> tuple[Call, Call]:
+        triton = _triton()
+        client = triton.InferenceServerClient(
+            self.url.removeprefix("http://"),
+            connection_timeout=self.timeout_s,
+            network_timeout=self.timeout_s,
+        )
+        tensor = triton.InferInput("image", [1], "BYTES")
+        element = image if binary else base64.b64encode(image)
+        tensor.set_data_from_numpy(np.array([element], dtype=np.object_), binary_data=binary)
+        outputs = None
+        if not binary:
+            names = ("num_detections", "boxes", "scores", "class_ids", "labels", "masks")
+            outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in names]
+
+        def call() -> None:
+            client.infer(self.model, [tensor], outputs=outputs, headers=dict(self.headers))
+
+        return call, client.close
+
+
+def closed_loop(make: Callable[[], tuple[Call, Call]], concurrency: int, seconds: float) -> list:
+    """Latencies (s) of ``concurrency`` threads calling in a loop for ``seconds``."""
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+
+    def worker() -> None:
+        call, close = make()
+        try:
+            call()  # connect and warm up, unmeasured
+            start.wait()
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                call()
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+        except BaseException as exc:
+            errors.append(exc)
+            start.abort()
+        finally:
+            close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a worker failed: joined below
+        start.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise MaskrtError(f"a request failed: {errors[0]}")
+    return latencies
+
+
+def summary(latencies: list[float], seconds: float) -> str:
+    ms = [t * 1000 for t in latencies]
+    return (
+        f"p50 {percentile(ms, 50):8.1f} ms  p95 {percentile(ms, 95):8.1f} ms  "
+        f"{len(ms) / seconds:7.1f} req/s  ({len(ms)} requests)"
+    )
+
+
+def noise_png(size: int, seed: int = 0) -> bytes:
+    """An incompressible RGB PNG of about ``size`` bytes."""
+    from PIL import Image
+
+    side = max(1, int((size / 3) ** 0.5))
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="maskrt bench v2",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
+    p.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint and round")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the two endpoints")
+    p.add_argument("--big-bytes", type=int, default=2_000_000, help="size of the big image")
+    p.add_argument("--big-requests", type=int, default=10, help="JSON/binary pairs of it")
+    p.add_argument(
+        "--api-key", default=os.environ.get("MASKRT_API_KEY"), help="API key (env MASKRT_API_KEY)"
+    )
+    p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
+    args = p.parse_args(argv)
+    url = args.url.rstrip("/")
+    require_loopback(url)
+    levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model = wait_ready(url, headers, 300)
+    endpoints = Endpoints(url, headers, model["name"], args.request_timeout)
+    image, _ = default_image()
+    print(
+        f"server {url}: model {model['name']} on {model['backend']}/{model['device']}, "
+        f"max batch {model['max_batch']}; image {len(image)} bytes; "
+        f"{args.rounds} x {args.duration:g} s per endpoint and level",
+        flush=True,
+    )
+    for c in levels:
+        samples: dict[str, list[float]] = {"/predict": [], "v2 binary": []}
+        makers = {
+            "/predict": lambda: endpoints.predict(image),
+            "v2 binary": lambda: endpoints.v2(image, binary=True),
+        }
+        for _ in range(args.rounds):
+            for name, make in makers.items():
+                samples[name] += closed_loop(make, c, args.duration)
+        total = args.rounds * args.duration
+        print(f"concurrency {c}:")
+        for name, latencies in samples.items():
+            print(f"  {name:<10} {summary(latencies, total)}")
+        ratio = statistics.median(samples["v2 binary"]) / statistics.median(samples["/predict"])
+        verdict = "met" if ratio <= GOAL_BINARY else "NOT met"
+        print(f"  v2 binary / /predict p50: {ratio:.3f} (goal <= {GOAL_BINARY:.2f}: {verdict})")
+
+    big = noise_png(args.big_bytes)
+    binary_call, close_binary = endpoints.v2(big, binary=True)
+    json_call, close_json = endpoints.v2(big, binary=False)
+    times: dict[str, list[float]] = {"binary": [], "JSON/base64": []}
+    try:
+        binary_call(), json_call()  # warm up
+        for _ in range(args.big_requests):
+            for name, call in (("binary", binary_call), ("JSON/base64", json_call)):
+                t = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t)
+    finally:
+        close_binary(), close_json()
+    p50 = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    ratio = p50["JSON/base64"] / p50["binary"]
+    verdict = "met" if ratio < GOAL_JSON else "NOT met"
+    print(f"{len(big) / 1e6:.2f} MB image at concurrency 1, {args.big_requests} pairs:")
+    print(f"  binary p50 {p50['binary']:.1f} ms, JSON/base64 p50 {p50['JSON/base64']:.1f} ms")
+    print(f"  JSON / binary p50: {ratio:.3f} (goal < {GOAL_JSON:.0f}: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

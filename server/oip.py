@@ -1,0 +1,381 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP/REST API) for maskrt's one model, as plain
+functions: parse an infer request, encode its response, describe the server and the model.
+
+The model takes one input, ``image`` (BYTES ``[B]``, each element an encoded image), and answers
+with the tensors of :data:`OUTPUTS` (N = the largest detection count of the request; rows past an
+image's count are zero or empty). A request comes in one of three forms:
+
+1. JSON: ``{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [B], "data": [...]}]}``
+   with each image a base64 string (JSON strings cannot carry arbitrary bytes);
+2. the binary tensor data extension: the JSON header (its length in the
+   ``Inference-Header-Content-Length`` header), then each input's bytes as its
+   ``parameters.binary_data_size`` declares them; BYTES elements are a 4-byte little-endian
+   length followed by the bytes (what ``tritonclient.http`` sends);
+3. raw binary: ``Inference-Header-Content-Length: 0`` and the body is one encoded image.
+
+An output is binary when its own ``parameters.binary_data`` says so, else when the request's
+``parameters.binary_data_output`` does; a request that names no outputs gets all of them, binary
+unless it is plain JSON (so that ``curl`` users read JSON and Triton's clients get binary).
+
+Bad requests raise :class:`~maskrt.server.errors.ApiError` (400, 413 for too many images); the
+routes answer them in the protocol's shape, ``{"error": "..."}``
+(:func:`maskrt.server.errors.error_body`).
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from maskrt import __version__
+from maskrt.server.errors import ApiError
+from maskrt.server.inference import ImageResult
+from maskrt.server.postprocess import Detection
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+VERSION = "1"
+INPUT = "image"
+
+# name -> (datatype, shape with -1 for variable dimensions)
+OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "num_detections": ("INT32", (-1,)),
+    "boxes": ("FP32", (-1, -1, 4)),
+    "scores": ("FP32", (-1, -1)),
+    "class_ids": ("INT32", (-1, -1)),
+    "labels": ("BYTES", (-1, -1)),
+    "image_size": ("INT32", (-1, 2)),
+    "masks": ("BYTES", (-1, -1)),
+}
+_NUMPY = {"INT32": np.dtype("<i4"), "FP32": np.dtype("<f4")}
+_LENGTH = struct.Struct("<I")
+_NUMBERS: dict[str, Callable[[Detection], Any]] = {
+    "boxes": lambda d: d["box"],
+    "scores": lambda d: d["score"],
+    "class_ids": lambda d: d["class_id"],
+}
+
+
+@dataclass
+class InferRequest:
+    """A parsed infer request: the images, the model parameters, the outputs it asks for."""
+
+    images: list[bytes]
+    parameters: dict[str, Any] = field(default_factory=dict)  # for PredictParams
+    outputs: dict[str, bool | None] = field(default_factory=dict)  # name -> binary (None: default)
+    binary_output: bool = True  # default of outputs that do not say
+    id: str | None = None
+
+    def selected_outputs(self, masks: bool) -> dict[str, bool]:
+        """Output name -> binary; ``masks`` is false when the request's ``masks`` is ``none``."""
+        if not self.outputs:
+            return {n: self.binary_output for n in OUTPUTS if masks or n != "masks"}
+        if "masks" in self.outputs and not masks:
+            raise ApiError(400, "invalid_output", "output 'masks' is requested with masks=none")
+        return {
+            n: self.binary_output if binary is None else binary
+            for n, binary in self.outputs.items()
+        }
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+    """The body of a request sent with ``Content-Encoding`` ``gzip`` or ``deflate`` (what
+    ``tritonclient``'s ``request_compression_algorithm`` sends), at most ``limit`` bytes once
+    inflated (413 past it)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none",
+        )
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _bad(f"the {encoding} body is corrupt ({exc})") from None
+    if len(out) > limit:
+        raise ApiError(
+            413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
+        )
+    if not inflater.eof:
+        raise _bad(f"the {encoding} body is truncated")
+    return out
+
+
+def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int) -> InferRequest:
+    """The request in ``body``; ``header_length`` is the ``Inference-Header-Content-Length``
+    header (``None`` for a JSON request)."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not header_length.strip().isdigit():
+            raise _bad(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
+        size = int(header_length)
+        if size == 0:
+            if not body:
+                raise _bad("the request body is empty: send the image as the body")
+            return InferRequest([body])
+        if size > len(body):
+            raise _bad(f"{HEADER_LENGTH} is {size}, but the body has only {len(body)} bytes")
+        header, binary = body[:size], memoryview(body)[size:]
+    if not header:
+        raise _bad("the request body is empty: send an inference request (JSON)")
+    try:
+        doc = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(f"the inference request is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _bad("the inference request must be a JSON object")
+    images, used = _parse_inputs(doc.get("inputs"), binary, max_images)
+    if used != len(binary):
+        raise _bad(
+            f"the binary data after the JSON header is {len(binary)} bytes, but the inputs "
+            f"declare {used} (binary_data_size)"
+        )
+    parameters = _object(doc.get("parameters"), "parameters")
+    binary_output = parameters.pop("binary_data_output", header_length is not None)
+    if not isinstance(binary_output, bool):
+        raise _bad(f"parameters.binary_data_output must be true or false, got {binary_output!r}")
+    request_id = doc.get("id")
+    return InferRequest(
+        images,
+        parameters,
+        _parse_outputs(doc.get("outputs")),
+        binary_output,
+        None if request_id is None else str(request_id),
+    )
+
+
+def _object(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{what} must be a JSON object, got {value!r}"[:300])
+    return dict(value)
+
+
+def _parse_inputs(inputs: Any, binary: memoryview, max_images: int) -> tuple[list[bytes], int]:
+    """The images of the one input and how many bytes of ``binary`` it used."""
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad(f"'inputs' must be a non-empty list; the model takes one input, {INPUT!r}")
+    for spec in inputs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name != INPUT:
+            raise _bad(f"unknown input {name!r}: the model takes one input, {INPUT!r}")
+    if len(inputs) > 1:
+        raise _bad(f"input {INPUT!r} is given {len(inputs)} times")
+    spec = inputs[0]
+    if spec.get("datatype") != "BYTES":
+        raise _bad(
+            f"input {INPUT!r} must have datatype BYTES (encoded images), got "
+            f"{spec.get('datatype')!r}"
+        )
+    shape = spec.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 1
+        or not isinstance(shape[0], int)
+        or isinstance(shape[0], bool)
+        or shape[0] < 1
+    ):
+        raise _bad(f"input {INPUT!r} must have shape [B] with B >= 1 images, got {shape!r}")
+    count = shape[0]
+    if count > max_images:
+        raise ApiError(
+            413, "too_many_images", f"{count} images in one request; the limit is {max_images}"
+        )
+    size = _object(spec.get("parameters"), f"input {INPUT!r} parameters").get("binary_data_size")
+    if size is None:
+        return _from_json(spec.get("data"), count), 0
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _bad(f"input {INPUT!r}: binary_data_size must be a byte count, got {size!r}")
+    if "data" in spec:
+        raise _bad(f"input {INPUT!r} has both 'data' and binary_data_size")
+    if size > len(binary):
+        raise _bad(
+            f"input {INPUT!r} declares {size} bytes of binary data, but {len(binary)} follow "
+            "the JSON header"
+        )
+    return split_bytes(binary[:size], count), size
+
+
+def _from_json(data: Any, count: int) -> list[bytes]:
+    if not isinstance(data, list):
+        raise _bad(
+            f"input {INPUT!r} needs 'data' (a list of base64 strings) or "
+            "parameters.binary_data_size (binary tensor data)"
+        )
+    if len(data) == 1 and isinstance(data[0], list):  # a nested [[...]] of the one dimension
+        data = data[0]
+    if len(data) != count:
+        raise _bad(f"input {INPUT!r} has shape [{count}] but {len(data)} elements")
+    images = []
+    for i, element in enumerate(data):
+        if not isinstance(element, str):
+            raise _bad(f"{INPUT}[{i}] must be a base64 string, got {type(element).__name__}")
+        try:
+            images.append(binascii.a2b_base64(element, strict_mode=True))
+        except (binascii.Error, ValueError) as exc:
+            raise _bad(f"{INPUT}[{i}] is not valid base64 ({exc})") from None
+    return images
+
+
+def split_bytes(data: memoryview | bytes, count: int) -> list[bytes]:
+    """The ``count`` elements of a serialized BYTES tensor (4-byte little-endian length, bytes)."""
+    view = memoryview(data)
+    out: list[bytes] = []
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise _bad(f"{INPUT}[{i}]: the binary data ends before the element's 4-byte length")
+        (n,) = _LENGTH.unpack_from(view, pos)
+        pos += 4
+        if pos + n > len(view):
+            raise _bad(
+                f"{INPUT}[{i}]: the element declares {n} bytes, but only {len(view) - pos} remain"
+            )
+        out.append(bytes(view[pos : pos + n]))
+        pos += n
+    if pos != len(view):
+        raise _bad(
+            f"input {INPUT!r}: {len(view) - pos} bytes of binary data past its {count} elements"
+        )
+    return out
+
+
+def _parse_outputs(outputs: Any) -> dict[str, bool | None]:
+    if outputs is None:
+        return {}
+    if not isinstance(outputs, list):
+        raise _bad("'outputs' must be a list")
+    known = ", ".join(OUTPUTS)
+    selected: dict[str, bool | None] = {}
+    for spec in outputs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in OUTPUTS:
+            raise _bad(f"unknown output {name!r} (the model's outputs: {known})")
+        if name in selected:
+            raise _bad(f"output {name!r} is requested twice")
+        params = _object(spec.get("parameters"), f"output {name!r} parameters")
+        binary = params.pop("binary_data", None)
+        if binary is not None and not isinstance(binary, bool):
+            raise _bad(f"output {name!r}: binary_data must be true or false, got {binary!r}")
+        if params:
+            raise _bad(f"output {name!r}: unsupported parameters {sorted(params)}")
+        selected[name] = binary
+    return selected
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def output_tensors(results: Sequence[ImageResult], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The outputs ``names`` of a request's results as numpy arrays (BYTES: ``bytes`` objects)."""
+    batch = len(results)
+    detections = [r.result.detections for r in results]
+    width = max((len(d) for d in detections), default=0)
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "num_detections":
+            out[name] = np.array([len(d) for d in detections], dtype=np.int32)
+        elif name == "image_size":
+            sizes = [[r.image.height, r.image.width] for r in results]
+            out[name] = np.array(sizes, dtype=np.int32)
+        elif name in ("boxes", "scores", "class_ids"):
+            value = _NUMBERS[name]
+            dtype = _NUMPY[OUTPUTS[name][0]]
+            array = np.zeros((batch, width, *OUTPUTS[name][1][2:]), dtype=dtype)
+            for i, dets in enumerate(detections):
+                if dets:
+                    array[i, : len(dets)] = [value(d) for d in dets]
+            out[name] = array
+        else:  # labels, masks
+            array = np.full((batch, width), b"", dtype=np.object_)
+            for i, dets in enumerate(detections):
+                array[i, : len(dets)] = [_text(d, name) for d in dets]
+            out[name] = array
+    return out
+
+
+def _text(detection: Detection, name: str) -> bytes:
+    return (detection["label"] if name == "labels" else detection["mask"]["counts"]).encode()
+
+
+def serialize_bytes(tensor: np.ndarray) -> bytes:
+    """A BYTES tensor's binary form: each element (row-major) as a 4-byte little-endian length,
+    then its bytes."""
+    return b"".join(_LENGTH.pack(len(e)) + e for e in tensor.ravel())
+
+
+def encode_infer_response(
+    model_name: str,
+    results: Sequence[ImageResult],
+    outputs: dict[str, bool],
+    request_id: str | None = None,
+) -> tuple[bytes, int | None]:
+    """The response body and, when some output is binary, the JSON header's length (the value
+    of ``Inference-Header-Content-Length``)."""
+    tensors = output_tensors(results, list(outputs))
+    described = []
+    chunks: list[bytes] = []
+    for name, binary in outputs.items():
+        datatype = OUTPUTS[name][0]
+        value = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
+        if binary:
+            raw = serialize_bytes(value) if datatype == "BYTES" else value.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [e.decode() for e in value.ravel()]
+        else:
+            entry["data"] = value.ravel().tolist()
+        described.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": VERSION}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = described
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "maskrt", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+def model_metadata(name: str, backend: str) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: the tensors above, -1 for variable dimensions."""
+    return {
+        "name": name,
+        "versions": [VERSION],
+        "platform": f"maskrt_{backend}",
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": n, "datatype": datatype, "shape": list(shape)}
+            for n, (datatype, shape) in OUTPUTS.items()
+        ],
+    }

@@ -1,0 +1,131 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP/REST API) beside the native API.
+
+``/v2/health/*`` and ``GET /v2`` (:data:`public`) are open, as ``/healthz`` is; the
+``/v2/models/...`` routes (:data:`router`) are included behind the API key check, as ``/predict``
+is. Inference goes
+through :func:`~maskrt.server.inference.infer_request`, so ``/v2`` images share the batcher, the
+limits and the timeouts of ``/predict``; :mod:`maskrt.server.oip` parses and encodes the wire
+format. Errors under ``/v2`` are ``{"error": "..."}`` (:func:`~maskrt.server.errors.error_body`).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from maskrt.server import oip
+from maskrt.server.dependencies import get_state
+from maskrt.server.errors import ApiError, json_response
+from maskrt.server.inference import Upload, infer_request
+from maskrt.server.parsing import parse_params, post_options
+from maskrt.server.pipeline import PostOptions
+from maskrt.server.state import ServerState
+
+public = APIRouter(prefix="/v2", tags=["open inference protocol"])
+router = APIRouter(prefix="/v2/models/{name}", tags=["open inference protocol"])
+_VERSIONED = "/versions/{version}"
+
+
+@public.get("/health/live", summary="the process is alive")
+async def live(state: ServerState = Depends(get_state)) -> Response:
+    batcher = state.batcher
+    alive = batcher is None or batcher.running_for() <= state.stuck_after_s
+    return json_response({"live": alive}, 200 if alive else 503)
+
+
+@public.get("/health/ready", summary="the model is loaded and warmed up")
+async def ready(state: ServerState = Depends(get_state)) -> Response:
+    is_ready = state.status == "ready"
+    return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+
+@public.get("", summary="server metadata")
+async def server_metadata() -> Response:
+    return json_response(oip.server_metadata())
+
+
+def _model(state: ServerState, name: str, version: str | None) -> str:
+    """The served model's name: 503 before it is loaded, 404 for another name or version."""
+    if not state.model_info:
+        raise state.not_ready()
+    served = state.model_info["name"]
+    if name != served:
+        raise ApiError(
+            404, "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
+        )
+    if version is not None and version != oip.VERSION:
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"model {name!r} has no version {version!r}; its one version is {oip.VERSION!r}",
+        )
+    return served
+
+
+@router.get("", summary="model metadata")
+@router.get(_VERSIONED, summary="model metadata")
+async def model_metadata(
+    name: str, version: str | None = None, state: ServerState = Depends(get_state)
+) -> Response:
+    _model(state, name, version)
+    return json_response(oip.model_metadata(name, state.model_ref["backend"]))
+
+
+@router.get("/ready", summary="the model is ready")
+@router.get(_VERSIONED + "/ready", summary="the model is ready")
+async def model_ready(
+    name: str, version: str | None = None, state: ServerState = Depends(get_state)
+) -> Response:
+    _model(state, name, version)
+    if state.status != "ready":
+        raise state.not_ready()
+    return json_response({"name": name, "ready": True})
+
+
+@router.post("/infer", summary="inference (JSON, binary tensor data, or a raw image body)")
+@router.post(_VERSIONED + "/infer", summary="inference (JSON, binary tensor data, or raw)")
+async def infer(
+    request: Request,
+    name: str,
+    version: str | None = None,
+    state: ServerState = Depends(get_state),
+) -> Response:
+    _model(state, name, version)
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if header_length is None and media not in ("", "application/json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported Content-Type {media!r}: send the inference request as JSON "
+            f"(application/json), or binary tensor data with the {oip.HEADER_LENGTH} header",
+        )
+    parsed: oip.InferRequest | None = None
+    outputs: dict[str, bool] = {}
+
+    async def read() -> tuple[list[Upload], PostOptions]:
+        nonlocal parsed, outputs
+        settings = state.settings
+        body = oip.decompress(
+            await request.body(),
+            request.headers.get("content-encoding"),
+            limit=settings.max_upload_bytes,
+        )
+        parsed = oip.parse_infer_request(body, header_length, max_images=settings.max_queue)
+        params = parse_params(
+            list(request.query_params.multi_items()) + list(parsed.parameters.items())
+        )
+        outputs = parsed.selected_outputs(masks=params.masks == "rle")
+        uploads = [Upload(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(parsed.images)]
+        return uploads, post_options(params, settings.score_threshold)
+
+    results = await infer_request(state, request, read)
+    assert parsed is not None
+    body, json_length = oip.encode_infer_response(name, results, outputs, parsed.id)
+    if json_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        headers={oip.HEADER_LENGTH: str(json_length)},
+        media_type="application/octet-stream",
+    )

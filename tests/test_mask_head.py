@@ -1,0 +1,80 @@
+"""The onnxruntime target's lighter graph: the mask head only on the rows that hold detections
+(``maskrt.mask_head = detections``, a data-dependent shape inside the graph) answers exactly what
+the static graph (``all``, the tensorrt target's only form) answers, padded to the same shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskrt.errors import MaskrtError
+from maskrt.export.onnx import export_onnx
+from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
+from maskrt.model.coco import open_dataset
+from maskrt.model.letterbox import fill_colour, letterbox_batch
+from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    """The shipped model (a few to a few dozen detections per image, K = 100) exported twice."""
+    tmp = tmp_path_factory.mktemp("mask-head")
+    shipped = load_checkpoint(default_checkpoint())
+    light = export_onnx(shipped, tmp / "light.onnx", max_batch=4)
+    full = export_onnx(shipped, tmp / "full.onnx", max_batch=4, mask_head="all")
+    return OnnxRuntimeBackend(light, max_batch=4), OnnxRuntimeBackend(full, max_batch=4)
+
+
+def test_onnxruntime_target_defaults_to_the_lighter_graph(backends):
+    light, full = backends
+    assert light.metadata["mask_head"] == "detections"
+    assert full.metadata["mask_head"] == "all"
+
+
+def _batch(backend, indices: list[int]) -> torch.Tensor:
+    data = open_dataset("shapes:8:2")
+    images = [
+        torch.from_numpy(data.load_image(data.image_ids[i])).permute(2, 0, 1).contiguous()
+        for i in indices
+    ]
+    info = backend.info
+    return letterbox_batch(images, info.canvas, fill_colour(info.image_mean))[0]
+
+
+@pytest.mark.parametrize("indices", [[0], [1, 2, 3], [4, 5, 6, 7]])
+def test_same_outputs_as_the_static_graph(backends, indices):
+    light, full = backends
+    batch = _batch(light, indices)
+    a, b = light.infer(batch), full.infer(batch)
+    counts = a.num_detections.tolist()
+    assert min(counts) >= 1 and max(counts) < light.info.max_detections  # rows really skipped
+    for name, x, y in zip(a._fields, a, b):
+        assert x.shape == y.shape, name
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
+    for i, n in enumerate(counts):
+        assert bool((a.masks[i, n:] == 0).all())  # padding past num_detections stays zero
+        assert bool((a.masks[i, :n].amax((1, 2)) > 0.5).all())  # every detection has its mask
+
+
+def test_no_detection_gives_zero_padded_outputs(backends):
+    light, full = backends
+    canvas = light.info.canvas
+    blank = torch.full((2, 3, canvas, canvas), 127, dtype=torch.uint8)
+    a, b = light.infer(blank), full.infer(blank)
+    for name, x, y in zip(a._fields, a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
+    assert a.masks.shape == (
+        2,
+        light.info.max_detections,
+        light.info.mask_size,
+        light.info.mask_size,
+    )
+
+
+def test_tensorrt_target_stays_static(tmp_path):
+    shipped = load_checkpoint(default_checkpoint())
+    with pytest.raises(MaskrtError, match="tensorrt target is static"):
+        export_onnx(shipped, tmp_path / "x.onnx", "tensorrt", mask_head="detections")
+    with pytest.raises(MaskrtError, match="--mask-head"):
+        export_onnx(shipped, tmp_path / "x.onnx", mask_head="some")
+    assert not (tmp_path / "x.onnx").exists()
