@@ -59,7 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "load",
         help="HTTP load against a running `maskrt serve` (loopback)",
         description=load_doc.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(load)
     load.set_defaults(func=_load)

@@ -16,6 +16,7 @@ the same background load. ``overhead = (p50 over HTTP - p50 direct) / p50 direct
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import io
@@ -379,7 +380,8 @@ def run(args) -> int:
         )
     else:
         image, content_type = default_image()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    api_key = args.api_key or os.environ.get("MASKRT_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     params = {"score_threshold": str(args.score_threshold)}
 
     model = wait_ready(url, headers, args.ready_timeout)
@@ -407,6 +409,10 @@ def run(args) -> int:
             k: v
             for k, v in {
                 "model": args.model,
+                "config": args.config,
+                "labels": args.labels,
+                "canvas": args.canvas,
+                "trust_pickle": args.trust_pickle,
                 "backend": args.backend or model["backend"],
                 "device": args.device or model["device"],
             }.items()
@@ -447,6 +453,8 @@ def run(args) -> int:
 
 
 def add_arguments(p) -> None:
+    from maskrt.model.cli import add_model_options
+
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per level")
@@ -458,13 +466,14 @@ def add_arguments(p) -> None:
         default=0.5,
         help="sent with every request and used by the direct run",
     )
-    p.add_argument(
-        "--api-key", default=os.environ.get("MASKRT_API_KEY"), help="API key (env MASKRT_API_KEY)"
-    )
+    p.add_argument("--api-key", help="API key (default: env MASKRT_API_KEY)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="wait this long for /readyz")
     p.add_argument(
-        "--no-direct", dest="direct", action="store_false", help="skip the in-process comparison"
+        "--direct",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the same pipeline in this process (--no-direct skips it)",
     )
     p.add_argument(
         "--direct-runs",
@@ -477,6 +486,7 @@ def add_arguments(p) -> None:
         help="model of the direct run (default: the server's default, i.e. "
         "MASKRT_MODEL or the bundled one)",
     )
+    add_model_options(p)  # as the server was told them
     p.add_argument("--backend", help="backend of the direct run (default: the server's)")
     p.add_argument("--device", help="device of the direct run (default: the server's)")
     p.add_argument("--json", help="also write the results as JSON to this file")

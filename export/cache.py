@@ -31,10 +31,14 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from maskrt.errors import MaskrtError
+
+if TYPE_CHECKING:
+    from maskrt.model.checkpoint import ModelOptions
 
 log = logging.getLogger("maskrt.cache")
 
@@ -59,6 +63,9 @@ def _locked(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        except BaseException:
+            path.unlink(missing_ok=True)  # a failed maker leaves no lock file behind
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -154,17 +161,20 @@ def cached_onnx(
     max_batch: int,
     target: str = "onnxruntime",
     fp16: bool = False,
+    options: ModelOptions | None = None,
 ) -> Path:
     """The ``target`` ONNX export of ``checkpoint`` (a file, or torchvision weights by name) for
-    batches up to ``max_batch``."""
+    batches up to ``max_batch``, loaded with ``options`` (which name the file too)."""
     from maskrt.export.onnx import export_onnx
-    from maskrt.model.checkpoint import load_checkpoint
+    from maskrt.model.checkpoint import load_model
 
-    path = Path(cache_dir) / "onnx" / onnx_name(_source_sha256(checkpoint), target, max_batch, fp16)
+    tag = options.tag() if options else ""
+    source = _source_sha256(checkpoint) + (f"-{tag}" if tag else "")
+    path = Path(cache_dir) / "onnx" / onnx_name(source, target, max_batch, fp16)
     return cached(
         path,
         lambda out: export_onnx(
-            load_checkpoint(checkpoint), out, target, max_batch=max_batch, fp16=fp16
+            load_model(checkpoint, options), out, target, max_batch=max_batch, fp16=fp16
         ),
         f"{target} ONNX of {checkpoint}",
     )

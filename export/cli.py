@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from maskrt.export import console_logging, tensorrt_cli
+from maskrt.model.cli import add_model_arguments, model_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,14 +31,7 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
         "fixed-size detections out, B from 1 to --max-batch. The file passes "
         "onnx.checker (full check) and carries maskrt.* metadata.",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint (.pt), bare torchvision state dict (with --config), or torchvision "
-        "weights by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1); default: the bundled "
-        "shapes model",
-    )
-    p.add_argument("--config", help="layout of a bare torchvision state dict (e.g. resnet50_fpn)")
+    add_model_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.add_argument(
         "--target",
@@ -50,9 +44,6 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_MAX_BATCH,
         help=f"largest batch the graph takes (default {DEFAULT_MAX_BATCH})",
-    )
-    p.add_argument(
-        "--canvas", type=int, help="canvas side S, a multiple of 32 (default: the config's)"
     )
     p.add_argument(
         "--max-detections", type=int, help="K, detections per image (default: the config's)"
@@ -89,17 +80,16 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
 
 def _onnx(args: argparse.Namespace) -> int:
     from maskrt.export.onnx import export_onnx
-    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
+    from maskrt.model.checkpoint import default_checkpoint, load_model
 
     console_logging()
     model = args.model or str(default_checkpoint())
-    loaded = load_checkpoint(model, args.config)
+    loaded = load_model(model, model_options(args))
     out = export_onnx(
         loaded,
         args.out,
         args.target,
         max_batch=args.max_batch,
-        canvas=args.canvas,
         max_detections=args.max_detections,
         opset=args.opset,
         fp16=args.fp16,

@@ -105,6 +105,12 @@ def build_onnx(
     if max_batch >= 2:
         dynamic = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=max_batch)}}
     started = time.perf_counter()
+    log.info(
+        "tracing the deploy graph (canvas %d, batch 1-%d) and translating it to ONNX: step 1/2, "
+        "tens of seconds to minutes",
+        config.canvas,
+        max_batch,
+    )
     with warnings.catch_warnings(), torch.no_grad(), _quiet_libraries():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -124,7 +130,10 @@ def build_onnx(
     if program is None:  # torch.onnx.export returns None only when it writes a file itself
         raise MaskrtError("torch.onnx.export returned no ONNX program")
     proto = drop_default_reductions(add_functions(program.model_proto, opset))
-    log.debug("traced and translated in %.1f s", time.perf_counter() - started)
+    log.info(
+        "traced and translated in %.1f s; step 2/2: checking the graph",
+        time.perf_counter() - started,
+    )
     set_metadata(
         proto,
         config,

@@ -10,16 +10,45 @@ import argparse
 import importlib
 import sys
 
+from maskrt import __version__
 from maskrt.errors import MaskrtError
 
 PARTS = ("maskrt.model.cli", "maskrt.export.cli", "maskrt.server.cli", "maskrt.bench.cli")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that states each option's default (unless it has none or the text already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default:" in text or not _shows(action.default) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _shows(default: object) -> bool:
+    return default is not None and default is not False and default != argparse.SUPPRESS
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _subparsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskrt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"maskrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in PARTS:
         importlib.import_module(name).register(sub)
+    for each in _subparsers(parser):
+        each.formatter_class = HelpFormatter
+        for action in each._actions:
+            if action.help is None and action.option_strings and _shows(action.default):
+                action.help = "(default: %(default)s)"
     return parser
 
 

@@ -11,7 +11,9 @@ is an error, not a model that answers wrong. Other checkpoints carry none; their
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,13 @@ from torchvision.models.detection import MaskRCNN
 
 from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
-from maskrt.model.config import ModelConfig, get_config, torchvision_weights_config
+from maskrt.model.config import (
+    CONFIGS,
+    ModelConfig,
+    default_classes,
+    get_config,
+    torchvision_weights_config,
+)
 
 FORMAT = "maskrt-checkpoint"
 FORMAT_VERSION = 1
@@ -102,8 +110,9 @@ def save_checkpoint(
     return path
 
 
-def read_file(path: Path) -> object:
-    """``torch.load`` without executing pickled code; errors name the file."""
+def read_file(path: Path, trust_pickle: bool = False) -> object:
+    """``torch.load`` without executing pickled code unless ``trust_pickle``; errors name the
+    file."""
     if not path.exists():
         raise MaskrtError(f"{path}: no such file")
     if not path.is_file():
@@ -111,16 +120,34 @@ def read_file(path: Path) -> object:
     try:
         # TorchVersion is a str subclass that checkpoints often carry in their metadata
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:  # torch.load fails in many ways on foreign or damaged bytes
+        if "Weights only load failed" in str(exc):
+            raise MaskrtError(PICKLED.format(path=path)) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MaskrtError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
 
 
+PICKLED = (
+    "{path}: a pickled Python object (e.g. torch.save(model)), not a state dict; it was not "
+    "loaded, because unpickling runs code from the file. If you trust it, convert it once with "
+    "`maskrt convert --model {path} --out model.pt --trust-pickle`, or pass --trust-pickle"
+)
+
+
+def bare_state(payload: object) -> object:
+    """The state dict inside a torchvision-style file: the dict itself, the ``model`` entry of
+    torchvision's detection references, or a whole model's ``state_dict()`` (trusted pickle)."""
+    if isinstance(payload, torch.nn.Module):
+        return payload.state_dict()
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        return payload["model"]
+    return payload
+
+
 def load_state_dict(model: MaskRCNN, state: dict, source: str) -> None:
     """Strict load whose error names the source and the first mismatched keys."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MaskrtError(f"{source}: does not hold a state dict of tensors")
+    _check_tensors(state, source)
     expected = model.state_dict()
     incoming = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in expected if k not in incoming and not k.endswith("num_batches_tracked")]
@@ -145,15 +172,19 @@ def load_state_dict(model: MaskRCNN, state: dict, source: str) -> None:
     model.load_state_dict(cast, strict=False)  # keys already checked; BN counters may be absent
 
 
-def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None) -> LoadedModel:
-    """Load a maskrt checkpoint, a bare torchvision state dict (``config`` names its layout), or
-    torchvision's published weights by name (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``)."""
+def load_checkpoint(
+    source: str | Path, config: str | ModelConfig | None = None, trust_pickle: bool = False
+) -> LoadedModel:
+    """Load a maskrt checkpoint, a bare torchvision state dict (its layout named by ``config`` or
+    recognised by :func:`fit_config`), or torchvision's published weights by name
+    (``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``). A pickled whole model is refused unless
+    ``trust_pickle``."""
     name = str(source)
     weights_config = torchvision_weights_config(name)
     if weights_config is not None:
         return _load_torchvision_weights(name, weights_config)
     path = Path(source)
-    payload = read_file(path)
+    payload = read_file(path, trust_pickle)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         if payload.get("version") != FORMAT_VERSION:
             raise MaskrtError(
@@ -166,13 +197,8 @@ def load_checkpoint(source: str | Path, config: str | ModelConfig | None = None)
         state, meta = payload["state_dict"], payload.get("provenance", {})
         verified = _verify(path, payload)
     else:
-        if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-            payload = payload["model"]  # torchvision's detection references save {"model": ...}
-        if config is None:
-            raise MaskrtError(
-                f"{path}: a bare state dict; name its layout with a config "
-                f"(e.g. --config resnet50_fpn)"
-            )
+        payload = bare_state(payload)
+        config = fit_config(payload, config, str(path))
         cfg, state, meta, verified = _resolve(config), payload, {}, False
     model = build_model(cfg)
     load_state_dict(model, state, str(path))
@@ -185,9 +211,7 @@ def _verify(path: Path, payload: dict) -> bool:
     recorded = payload.get("tensors_sha256")
     if recorded is None:
         return False
-    state = payload["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MaskrtError(f"{path}: does not hold a state dict of tensors")
+    state = _check_tensors(payload["state_dict"], str(path))
     if tensors_sha256(state) != recorded:
         raise MaskrtError(
             f"{path}: the weights do not match the digest recorded when the checkpoint was saved "
@@ -196,22 +220,129 @@ def _verify(path: Path, payload: dict) -> bool:
     return True
 
 
+# weights whose shape follows the class count: a checkpoint for other classes differs only here
+CLASS_KEY = "roi_heads.box_predictor.cls_score.weight"
+_PER_CLASS = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+def _check_tensors(state: object, source: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MaskrtError(f"{source}: does not hold a state dict of tensors")
+    return state
+
+
+def _layout(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the weights that do not depend on the class count."""
+    return {
+        k: tuple(v.shape)
+        for k, v in state.items()
+        if not k.startswith(_PER_CLASS) and not k.endswith("num_batches_tracked")
+    }
+
+
+@functools.cache
+def _config_layout(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised for real
+        return _layout(build_model(cfg).state_dict())
+
+
+def fit_config(state: object, config: str | ModelConfig | None, source: str) -> ModelConfig:
+    """The config of a bare state dict: ``config`` when given, else the one known config whose
+    layout the weights have; its classes are as many as the weights' (named by
+    :func:`~maskrt.model.config.default_classes` unless they already are that many)."""
+    state = _check_tensors(state, source)
+    if CLASS_KEY not in state:
+        raise MaskrtError(f"{source}: no {CLASS_KEY}; not the state dict of a torchvision MaskRCNN")
+    if config is None:
+        layout = _layout(state)
+        fits = [name for name, cfg in CONFIGS.items() if _config_layout(cfg) == layout]
+        if len(fits) != 1:
+            found = f"fits {' and '.join(fits)}" if fits else "fits none of the known configs"
+            raise MaskrtError(
+                f"{source}: a bare state dict whose layout {found}; name it with --config "
+                f"(known: {', '.join(sorted(CONFIGS))})"
+            )
+        config = fits[0]
+    cfg = _resolve(config)
+    count = state[CLASS_KEY].shape[0]
+    return cfg if cfg.num_classes == count else cfg.replace(classes=default_classes(count))
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What a user can say about a model besides its file: ``--config`` (the layout of a bare
+    state dict), ``--labels`` (class names, background excluded), ``--canvas`` (side of the
+    square input) and ``--trust-pickle`` (load a pickled whole model)."""
+
+    config: str | None = None
+    labels: tuple[str, ...] | None = None
+    canvas: int | None = None
+    trust_pickle: bool = False
+
+    def tag(self) -> str:
+        """A short digest of what changes the model (for cache names); empty when nothing
+        does."""
+        said = {"config": self.config, "labels": self.labels, "canvas": self.canvas}
+        if not any(v is not None for v in said.values()):
+            return ""
+        return hashlib.sha256(json.dumps(said, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_model(source: str | Path, options: ModelOptions | None = None) -> LoadedModel:
+    """:func:`load_checkpoint` with the user's :class:`ModelOptions` applied."""
+    options = options or ModelOptions()
+    loaded = load_checkpoint(source, options.config, options.trust_pickle)
+    cfg = loaded.config
+    if options.labels is not None:
+        if len(options.labels) != cfg.num_classes - 1:
+            raise MaskrtError(
+                f"--labels names {len(options.labels)} classes; {loaded.source} has "
+                f"{cfg.num_classes - 1} (besides the background)"
+            )
+        cfg = cfg.replace(classes=("__background__", *options.labels))
+    cfg = cfg.with_canvas(options.canvas)
+    loaded.model.transform.min_size = (cfg.canvas,)  # torchvision's own resize (eager) follows
+    loaded.model.transform.max_size = cfg.canvas
+    loaded.config = cfg
+    return loaded
+
+
+def read_state(
+    source: str, trust_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+    """The weights of a maskrt checkpoint, a torchvision state dict or torchvision weights by
+    name, and their config where the source records one."""
+    config_name = torchvision_weights_config(source)
+    if config_name is not None:
+        return _download_state(source)[1], get_config(config_name)
+    payload = read_file(Path(source), trust_pickle)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        cfg = ModelConfig.from_dict(payload["config"])
+        return _check_tensors(payload.get("state_dict"), source), cfg
+    return _check_tensors(bare_state(payload), source), None
+
+
+def init_weights(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Copy into ``model`` every weight of ``state`` whose name and shape match (fine-tuning);
+    returns the modules left as initialised (such as heads for another class count)."""
+    own = model.state_dict()
+    matching = {
+        k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape
+    }
+    if not any(k.startswith("backbone.") for k in matching):
+        raise MaskrtError(f"{source}: none of its backbone weights fits this model's layout")
+    model.load_state_dict(matching, strict=False)
+    fresh = [k for k in own if k not in matching and not k.endswith("num_batches_tracked")]
+    return sorted({k.rsplit(".", 1)[0] for k in fresh})
+
+
 def _resolve(config: str | ModelConfig) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else get_config(config)
 
 
 def _load_torchvision_weights(name: str, config: str) -> LoadedModel:
-    from torchvision.models import get_weight
-
-    try:
-        weights = get_weight(name)
-    except (ValueError, KeyError, AttributeError):
-        raise MaskrtError(f"{name}: not a torchvision weights name") from None
+    weights, state = _download_state(name)
     cfg = get_config(config)
-    try:
-        state = weights.get_state_dict(progress=True)
-    except OSError as exc:
-        raise MaskrtError(f"{name}: could not download torchvision weights ({exc})") from None
     model = build_model(cfg)
     load_state_dict(model, state, name)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
@@ -222,3 +353,17 @@ def _load_torchvision_weights(name: str, config: str) -> LoadedModel:
     )
     meta = {"dataset": "COCO 2017", "source": weights.url, "metrics": weights.meta.get("_metrics")}
     return LoadedModel(model.eval(), cfg, digest, name, meta)
+
+
+def _download_state(name: str):
+    """torchvision's weights enum of ``name`` and its state dict (downloaded once, cached)."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise MaskrtError(f"{name}: not a torchvision weights name") from None
+    try:
+        return weights, weights.get_state_dict(progress=True)
+    except OSError as exc:
+        raise MaskrtError(f"{name}: could not download torchvision weights ({exc})") from None

@@ -1,8 +1,10 @@
 """COCO-format instance data for training and evaluation.
 
 Any COCO instances JSON plus an image folder (polygon or RLE segmentations, crowd flags, images
-without annotations), or the synthetic shapes set given as ``shapes:COUNT:SEED``. Category ids are
-mapped to contiguous 1-based class ids in ascending id order, as torchvision's references do.
+without annotations), or a data set generated in memory: the synthetic shapes set
+(``shapes:COUNT:SEED``) and the photo sets of :mod:`maskrt.model.photos` (``photoshapes:…``,
+``photos:…``). Category ids are mapped to contiguous 1-based class ids in ascending id order, as
+torchvision's references do.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +87,11 @@ class CocoInstances(torch.utils.data.Dataset):
 
 
 class ShapesInstances(CocoInstances):
-    """The shapes set generated in memory: same interface, no files."""
+    """A set generated in memory (``KIND:COUNT:SEED``): same interface, no files."""
 
-    def __init__(self, count: int, seed: int):
-        data, self._pixels = shapes.coco_dataset(count, seed)
-        super().__init__(_coco_from_dict(data), None, f"shapes:{count}:{seed}")
+    def __init__(self, count: int, seed: int, kind: str = "shapes"):
+        data, self._pixels = shapes.coco_dataset(count, seed, _generators()[kind])
+        super().__init__(_coco_from_dict(data), None, f"{kind}:{count}:{seed}")
 
     def load_image(self, image_id: int) -> np.ndarray:
         return self._pixels[image_id - 1]
@@ -113,19 +116,68 @@ def _coco_from_dict(data: dict) -> COCO:
     return coco
 
 
-def open_dataset(spec: str) -> CocoInstances:
-    """``shapes:COUNT:SEED``, a COCO directory (``annotations.json`` + images), or a JSON file
-    whose images lie next to it."""
-    if spec.startswith("shapes:"):
-        try:
-            _, count, seed = spec.split(":")
-            return ShapesInstances(int(count), int(seed))
-        except ValueError:
-            raise MaskrtError(f"bad data spec {spec!r}: expected shapes:COUNT:SEED") from None
+def _generators() -> dict[str, Callable[[int, int], shapes.ShapesSample]]:
+    from maskrt.model import photos
+
+    return {
+        "shapes": shapes.generate,
+        "photoshapes": photos.photoshapes_sample,
+        "photos": photos.held_out_sample,
+    }
+
+
+def _split_files(root: Path) -> list[Path]:
+    return sorted((root / "annotations").glob("instances_*.json"))
+
+
+def coco_files(spec: str, images: Path | None = None, split: str = "train") -> tuple[Path, Path]:
+    """The annotations JSON and image folder that ``spec`` names.
+
+    ``spec`` is a COCO folder in the standard layout (``annotations/instances_<split>.json`` beside
+    ``<split>/``; with several splits, the one whose name starts with ``split``), a folder with
+    ``annotations.json`` beside the images, or an annotations JSON: its images are ``images`` when
+    given, else ``<root>/<split>/`` for ``<root>/annotations/instances_<split>.json``, else the
+    JSON's own folder.
+    """
     path = Path(spec)
-    json_path = path / "annotations.json" if path.is_dir() else path
-    if not json_path.is_file():
-        raise MaskrtError(f"{json_path}: no such COCO annotations file")
+    if path.is_dir():
+        if (path / "annotations.json").is_file():
+            path = path / "annotations.json"
+        else:
+            found = _split_files(path)
+            chosen = [f for f in found if f.stem.removeprefix("instances_").startswith(split)]
+            if len(found) == 1:
+                path = found[0]
+            elif len(chosen) == 1:
+                path = chosen[0]
+            else:
+                names = ", ".join(f.name for f in found) or "none"
+                raise MaskrtError(
+                    f"{spec}: expected annotations.json or one annotations/instances_{split}*.json "
+                    f"(found: {names}); name the file: --data FILE.json --images DIR"
+                )
+    if not path.is_file():
+        raise MaskrtError(f"{path}: no such COCO annotations file")
+    if images is None:
+        split_dir = path.parent.parent / path.stem.removeprefix("instances_")
+        standard = path.parent.name == "annotations" and path.stem.startswith("instances_")
+        images = split_dir if standard and split_dir.is_dir() else path.parent
+    if not images.is_dir():
+        raise MaskrtError(f"{images}: no such image folder")
+    return path, images
+
+
+def open_dataset(spec: str, images: Path | None = None, split: str = "train") -> CocoInstances:
+    """A generated set (``KIND:COUNT:SEED``, KIND one of shapes, photoshapes, photos) or COCO files
+    (:func:`coco_files`)."""
+    kind, _, rest = spec.partition(":")
+    if kind in _generators():
+        try:
+            count, seed = (int(v) for v in rest.split(":"))
+        except ValueError:
+            raise MaskrtError(f"bad data spec {spec!r}: expected {kind}:COUNT:SEED") from None
+        return ShapesInstances(count, seed, kind)
+    json_path, image_dir = coco_files(spec, images, split)
     try:
         data = json.loads(json_path.read_text())
         for key in ("images", "annotations", "categories"):
@@ -133,4 +185,4 @@ def open_dataset(spec: str) -> CocoInstances:
                 raise MaskrtError(f"{json_path}: not a COCO instances file (no '{key}' list)")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MaskrtError(f"{json_path}: not valid JSON ({exc})") from None
-    return CocoInstances(_coco_from_dict(data), json_path.parent, str(json_path))
+    return CocoInstances(_coco_from_dict(data), image_dir, str(json_path))

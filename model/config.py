@@ -154,6 +154,14 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def with_canvas(self, canvas: int | None) -> ModelConfig:
+        """This config at another canvas side (``--canvas``); None keeps its own."""
+        if canvas is None:
+            return self
+        if canvas < 32 or canvas % 32:
+            raise MaskrtError(f"--canvas {canvas}: must be a positive multiple of 32")
+        return self.replace(canvas=canvas)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -183,6 +191,10 @@ CONFIGS: dict[str, ModelConfig] = {
         canvas=1344,
         fpn_v2=True,
         frozen_bn=False,
+    ),
+    # torchvision's MaskRCNN(resnet_fpn_backbone("resnet18", ...)): a small layout to try things on
+    "resnet18_fpn": ModelConfig(
+        name="resnet18_fpn", backbone="resnet18", classes=COCO_CLASSES, canvas=800
     ),
     "shapes": ModelConfig(
         name="shapes",
@@ -218,6 +230,30 @@ def torchvision_weights_config(name: str) -> str | None:
     ``None`` for any other name, or for an existing file of that name."""
     config = TORCHVISION_WEIGHTS.get(name.split(".")[0])
     return None if config is None or Path(name).exists() else config
+
+
+def default_classes(count: int) -> tuple[str, ...]:
+    """Names for a predictor with ``count`` outputs (background included): torchvision's COCO
+    names for its 91, else ``class_1`` .. ``class_<count - 1>``."""
+    if count == len(COCO_CLASSES):
+        return COCO_CLASSES
+    return ("__background__", *(f"class_{i}" for i in range(1, count)))
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    """``--labels``: a file with one name per line, or a comma-separated list."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MaskrtError(f"{path}: cannot read the labels file ({exc})") from None
+        names = [line.strip() for line in lines if line.strip()]
+    else:
+        names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise MaskrtError(f"--labels {value!r}: no names (a comma list, or a file of one per line)")
+    return tuple(names)
 
 
 def get_config(name: str) -> ModelConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +81,16 @@ def _draw(kind: int, rng: np.random.Generator, height: int, width: int) -> np.nd
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def generate(seed: int, index: int) -> ShapesSample:
-    """Image ``index`` of the data set with this ``seed``."""
+# A background maker: (rng, height, width) -> float [H, W, 3] pixels.
+Background = Callable[[np.random.Generator, int, int], np.ndarray]
+
+
+def generate(seed: int, index: int, background: Background | None = None) -> ShapesSample:
+    """Image ``index`` of the data set with this ``seed``; ``background`` replaces the drawn
+    plain, gradient, striped or noisy backgrounds (:mod:`maskrt.model.photos` passes photos)."""
     rng = np.random.default_rng([seed, index])
     height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
-    image = _background(rng, height, width)
+    image = (background or _background)(rng, height, width)
     count = int(rng.integers(1, MAX_INSTANCES + 1))
     full_masks: list[np.ndarray] = []
     visible: list[np.ndarray] = []
@@ -147,13 +153,16 @@ def coco_annotations(sample: ShapesSample, image_id: int, first_ann_id: int) -> 
     return anns
 
 
-def coco_dataset(count: int, seed: int) -> tuple[dict, list[np.ndarray]]:
-    """A COCO instances dict and the images of ``count`` samples (ids 1..count)."""
+def coco_dataset(
+    count: int, seed: int, sample_of: Callable[[int, int], ShapesSample] = generate
+) -> tuple[dict, list[np.ndarray]]:
+    """A COCO instances dict and the images of ``count`` samples (ids 1..count);
+    ``sample_of(seed, index)`` makes each one."""
     images: list[dict] = []
     annotations: list[dict] = []
     pixels: list[np.ndarray] = []
     for i in range(count):
-        sample = generate(seed, i)
+        sample = sample_of(seed, i)
         h, w = sample.image.shape[:2]
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": w, "height": h})
         annotations += coco_annotations(sample, i + 1, len(annotations) + 1)

@@ -10,21 +10,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from maskrt.devices import resolve_device
 from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
-from maskrt.model.checkpoint import FORMAT, load_state_dict, read_file, save_checkpoint
+from maskrt.model.checkpoint import (
+    FORMAT,
+    fit_config,
+    init_weights,
+    load_state_dict,
+    read_file,
+    read_state,
+    save_checkpoint,
+)
 from maskrt.model.coco import CocoInstances, Sample, open_dataset
 from maskrt.model.config import ModelConfig, get_config
+from maskrt.progress import Progress, say
 
 
 @dataclass
 class TrainOptions:
-    config: str
+    config: str | None  # None: the --init checkpoint's, else "shapes"
     data: str
     out: Path
+    images: Path | None = None  # image folder of an annotations JSON given as ``data``
+    init: str | None = None  # weights to start from (fine-tuning)
+    canvas: int | None = None  # None: the config's
     epochs: int = 12
     steps: int | None = None  # overrides epochs when given
     batch_size: int = 8
@@ -77,11 +88,25 @@ def train(opts: TrainOptions) -> Path:
     """Train and return the path of the final model (fp16 weights, no optimizer state)."""
     torch.manual_seed(opts.seed)
     device = torch.device(resolve_device(opts.device))
-    data = open_dataset(opts.data)
-    cfg: ModelConfig = get_config(opts.config)
+    data = open_dataset(opts.data, opts.images, split="train")
+    init_state, init_config = read_state(opts.init) if opts.init else ({}, None)
+    if opts.config:
+        cfg: ModelConfig = get_config(opts.config)
+    elif opts.init:
+        cfg = init_config or fit_config(init_state, None, opts.init)
+    else:
+        cfg = get_config("shapes")
+    cfg = cfg.with_canvas(opts.canvas)
     if data.classes[1:] != cfg.classes[1:]:
         cfg = cfg.replace(classes=data.classes)  # fine-tuning on another label set
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if opts.init:
+        fresh = init_weights(model, init_state, opts.init)
+        say(
+            f"--init {opts.init}: weights loaded"
+            + (f"; initialised afresh (no fitting weights): {', '.join(fresh)}" if fresh else "")
+        )
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay
@@ -123,7 +148,8 @@ def train(opts: TrainOptions) -> Path:
     opts.out.mkdir(parents=True, exist_ok=True)
     provenance = {
         "dataset": opts.data,
-        "config": opts.config,
+        "config": cfg.name,
+        **({"init": opts.init} if opts.init else {}),
         "batch_size": opts.batch_size,
         "lr": opts.lr,
         "schedule": opts.schedule,
@@ -131,10 +157,11 @@ def train(opts: TrainOptions) -> Path:
     }
     started = time.monotonic()
     model.train()
+    progress = Progress(total, "train", "steps")
+    progress.update(step)  # a resumed run starts where the last one stopped
     for epoch in range(first_epoch, epochs):
         dataset.epoch = epoch
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True, mininterval=5)
-        for images, targets in bar:
+        for images, targets in loader:
             if step >= total:
                 break
             images = [im.to(device, non_blocking=True) for im in images]
@@ -153,8 +180,9 @@ def train(opts: TrainOptions) -> Path:
             scaler.update()
             scheduler.step()
             step += 1
-            bar.set_postfix_str(
-                f"loss {loss.item():.3f} {_fmt(losses)} lr {scheduler.get_last_lr()[0]:.4f}"
+            progress.update(
+                note=f"epoch {epoch + 1}/{epochs}, loss {loss.item():.3f} {_fmt(losses)} "
+                f"lr {scheduler.get_last_lr()[0]:.4f}"
             )
         training = {
             "optimizer": optimizer.state_dict(),
@@ -169,9 +197,8 @@ def train(opts: TrainOptions) -> Path:
             {**provenance, "steps": step, "epoch": epoch + 1},
             training=training,
         )
-        tqdm.write(
-            f"epoch {epoch + 1}: step {step}/{total}, {time.monotonic() - started:.0f} s, {path}"
-        )
+        say(f"epoch {epoch + 1}: step {step}/{total}, {time.monotonic() - started:.0f} s, {path}")
+    progress.close()
     final = save_checkpoint(
         opts.out / "model.pt",
         model,

@@ -9,6 +9,7 @@ shapes model on whatever device exists.
 from __future__ import annotations
 
 import argparse
+import socket
 import typing
 
 from maskrt.server import predict
@@ -31,24 +32,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_settings_flags(p: argparse.ArgumentParser, names) -> None:
-    """One flag per setting of ``names`` (``--max-batch``), its help naming the variable."""
+    """One flag per setting of ``names`` (``--max-batch``), its help naming the variable and
+    the default."""
     from maskrt.server.settings import Settings, flag_name
 
     for name in names:
         field = Settings.model_fields[name]
-        kwargs: dict = {
-            "dest": name,
-            "default": None,
-            "help": f"{field.description or ''} (env MASKRT_{name.upper()})",
-        }
-        annotation = field.annotation
+        text = field.description or ""
+        default = field.get_default(call_default_factory=True)
+        if default not in (None, False, []) and "default:" not in text:
+            text += f" (default: {default}; env MASKRT_{name.upper()})"
+        else:
+            text += f" (env MASKRT_{name.upper()})"
+        kwargs: dict = {"dest": name, "default": None, "help": text}
+        annotation = _without_none(field.annotation)
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = list(args)
         elif annotation is int or annotation is float:
             kwargs["type"] = annotation
             kwargs["metavar"] = _HELP_TYPES[annotation]
+        elif annotation is bool:
+            kwargs.update(action="store_const", const=True)
         p.add_argument(flag_name(name), **kwargs)
+
+
+def _without_none(annotation: object) -> object:
+    """``int`` for ``int | None``: the type a given flag has."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(annotation) else annotation
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -85,6 +97,24 @@ def serve_metrics(registry, host: str, port: int) -> None:
         raise MaskrtError(f"cannot serve metrics on {host}:{port}: {exc}") from None
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything slow starts: a port in use is a user error at
+    once (exit status 2), not a failure after the model has loaded."""
+    from maskrt.errors import MaskrtError
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MaskrtError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server may be using "
+            f"it; choose another with --port or MASKRT_PORT)"
+        ) from None
+    return sock
+
+
 def _serve(args: argparse.Namespace) -> int:
     import signal
     import sys
@@ -102,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
+    sock = listening_socket(settings.host, settings.port)
     # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
 
@@ -147,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, exit_cleanly)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:
         return int(exc.code or 0)
     if not server.started and exit_code == 0:

@@ -53,9 +53,12 @@ def post_options(params: PredictParams, default_score_threshold: float) -> PostO
     )
 
 
-def classify_content_type(content_type: str, batch: bool) -> BodyKind:
-    """``multipart`` or ``raw``; anything else is a 415."""
+def classify_content_type(content_type: str, batch: bool, has_body: bool = True) -> BodyKind:
+    """``multipart`` or ``raw``; no body and no type is a 400 (nothing uploaded), anything else a
+    415."""
     media = content_type.split(";", 1)[0].strip().lower()
+    if not media and not has_body:
+        raise _empty_body()
     if media == "multipart/form-data":
         return "multipart"
     if not batch and (media.startswith("image/") or media in _RAW_TYPES):
@@ -93,6 +96,11 @@ async def read_images(
             form = await parser.parse()
     except MultiPartException as exc:  # the multipart parser's complaints
         raise ApiError(400, "invalid_multipart", f"invalid multipart body: {exc.message}") from None
+    if not form.multi_items():
+        await form.close()
+        raise ApiError(
+            400, "invalid_multipart", "invalid multipart body: no parts (is the boundary right?)"
+        )
     try:
         files: list[UploadFile] = []
         fields: list[tuple[str, str]] = []
@@ -148,13 +156,23 @@ async def read_raw_body(request: Request) -> bytes:
     """The whole body (the size limit applies as it streams in); an empty one is a 400."""
     body = b"".join([chunk async for chunk in request.stream()])
     if not body:
-        raise ApiError(
-            400,
-            "empty_body",
-            "the request body is empty: send the image as the body (Content-Type image/...) "
-            "or as the multipart field 'image'",
-        )
+        raise _empty_body()
     return body
+
+
+def has_body(request: Request) -> bool:
+    """Whether the request declares a body (a non-zero Content-Length, or chunks)."""
+    headers = request.headers
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
+def _empty_body() -> ApiError:
+    return ApiError(
+        400,
+        "empty_body",
+        "the request body is empty: send the image as the body (Content-Type image/...) "
+        "or as the multipart field 'image'",
+    )
 
 
 def _check_file_count(count: int, field: str, batch: bool, max_images: int) -> None:

@@ -22,7 +22,18 @@ if TYPE_CHECKING:
     from maskrt.server.decode import DecodedImage
 
 # Settings the local run takes (``--url`` asks a server, which has its own).
-LOCAL_SETTINGS = ("model", "backend", "device", "max_batch", "cache_dir", "engine_precision")
+LOCAL_SETTINGS = (
+    "model",
+    "config",
+    "labels",
+    "canvas",
+    "trust_pickle",
+    "backend",
+    "device",
+    "max_batch",
+    "cache_dir",
+    "engine_precision",
+)
 JPEG_FORMATS = ("JPEG", "MPO")
 
 

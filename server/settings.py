@@ -10,10 +10,15 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from maskrt.model.cli import OPTION_HELP, TRUST_PICKLE_HELP
+
+if TYPE_CHECKING:
+    from maskrt.model.checkpoint import ModelOptions
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -34,6 +39,10 @@ class Settings(BaseSettings):
         description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
         "path; default: the bundled shapes model",
     )
+    config: str | None = Field(None, description=OPTION_HELP["--config"])
+    labels: str | None = Field(None, description=OPTION_HELP["--labels"])
+    canvas: int | None = Field(None, ge=32, description=OPTION_HELP["--canvas"])
+    trust_pickle: bool = Field(False, description=TRUST_PICKLE_HELP)
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
         "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime"
     )
@@ -180,6 +189,18 @@ class Settings(BaseSettings):
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(f"METRICS_PORT must differ from PORT ({self.port})")
         return self
+
+    def model_options(self) -> ModelOptions:
+        """What these settings say about the model besides its file."""
+        from maskrt.model.checkpoint import ModelOptions
+        from maskrt.model.config import parse_labels
+
+        return ModelOptions(
+            config=self.config,
+            labels=parse_labels(self.labels) if self.labels else None,
+            canvas=self.canvas,
+            trust_pickle=self.trust_pickle,
+        )
 
     def resolved_device(self) -> str:
         """``auto`` made concrete: ``cuda`` when torch sees a GPU, else ``cpu``."""

@@ -63,12 +63,17 @@ def test_wrong_config_for_the_keys_names_them(shapes_checkpoint):
     assert "shape mismatches" in message
 
 
-def test_bare_state_dict_needs_a_config(tmp_path):
+def test_bare_state_dict_layout_is_recognised_or_named(tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(build_model(get_config("shapes")).state_dict(), path)
-    with pytest.raises(MaskrtError, match=r"bare\.pth: a bare state dict; name its layout"):
-        load_checkpoint(path)
+    assert load_checkpoint(path).config.name == "shapes"
     assert load_checkpoint(path, config="shapes").config.name == "shapes"
+    other = tmp_path / "other.pth"
+    torch.save(build_model(get_config("shapes").replace(fpn_channels=32)).state_dict(), other)
+    with pytest.raises(
+        MaskrtError, match=r"other\.pth: a bare state dict whose layout fits none of the known"
+    ):
+        load_checkpoint(other)
 
 
 def test_partial_state_dict_is_refused(tmp_path):
@@ -87,7 +92,7 @@ def test_partial_state_dict_is_refused(tmp_path):
 
 def test_unknown_config_lists_known_ones(shapes_checkpoint):
     with pytest.raises(
-        MaskrtError, match="unknown model config 'r101'; known configs: resnet50_fpn"
+        MaskrtError, match="unknown model config 'r101'; known configs: resnet18_fpn, resnet50_fpn"
     ):
         load_checkpoint(shapes_checkpoint[0], config="r101")
 

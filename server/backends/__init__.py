@@ -100,6 +100,11 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
     impossible backend/model/device combination is an error here, not after start-up."""
     model = model_path(settings)
     kind = model_kind(model)
+    if kind != "checkpoint" and settings.model_options().tag():
+        raise MaskrtError(
+            f"{model}: --config, --labels and --canvas apply to a checkpoint; an {kind} file "
+            f"fixes them (export it again with them)"
+        )
     device = settings.resolved_device()
     backend = resolve_backend(settings.backend, kind, device)
     if torchvision_weights_config(model) is None:
@@ -149,16 +154,21 @@ def open_backend(settings: Settings) -> Backend:
     )
     set_torch_threads(settings, backend)
     if backend == "torch":
-        from maskrt.model.checkpoint import load_checkpoint
+        from maskrt.model.checkpoint import load_model
         from maskrt.server.backends.torch import TorchBackend
 
-        return TorchBackend(load_checkpoint(model), device=device, max_batch=max_batch)
+        loaded = load_model(model, settings.model_options())
+        return TorchBackend(loaded, device=device, max_batch=max_batch)
     cache_dir = Path(settings.cache_dir)
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
         from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
 
-        onnx = model if kind == "onnx" else str(cached_onnx(model, cache_dir, max_batch))
+        onnx = (
+            model
+            if kind == "onnx"
+            else str(cached_onnx(model, cache_dir, max_batch, options=settings.model_options()))
+        )
         return OnnxRuntimeBackend(
             onnx, device=device, max_batch=max_batch, threads=settings.inference_threads
         )
@@ -175,7 +185,10 @@ def open_backend(settings: Settings) -> Backend:
             fp16 = read_metadata(onnx).get("precision") == "fp16"
         else:
             fp16 = settings.engine_precision == "fp16"
-            onnx = str(cached_onnx(model, cache_dir, max_batch, "tensorrt", fp16=fp16))
+            options = settings.model_options()
+            onnx = str(
+                cached_onnx(model, cache_dir, max_batch, "tensorrt", fp16=fp16, options=options)
+            )
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)
 

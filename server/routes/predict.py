@@ -19,6 +19,7 @@ from maskrt.server.errors import json_response
 from maskrt.server.inference import ImageResult, Reader, Upload, infer_request
 from maskrt.server.parsing import (
     classify_content_type,
+    has_body,
     parse_params,
     post_options,
     read_images,
@@ -76,7 +77,8 @@ def _reader(state: ServerState, request: Request, batch: bool) -> Reader:
     """The request's images (multipart or raw body) and its options (query and form fields)."""
 
     async def read() -> tuple[list[Upload], PostOptions]:
-        kind = classify_content_type(request.headers.get("content-type", ""), batch)
+        content_type = request.headers.get("content-type", "")
+        kind = classify_content_type(content_type, batch, has_body(request))
         datas, fields = await read_images(request, kind, batch, state.settings.max_queue)
         params = parse_params(list(request.query_params.multi_items()) + fields)
         names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]

@@ -1,0 +1,114 @@
+"""Real photos for the shapes model: backgrounds and negatives in training, and the measure of
+false detections on photos it never saw.
+
+The photos are scikit-image's sample images that ship inside its wheel (read from the package's
+folder, never downloaded); they are needed only to train or to measure (``pip install
+'maskrt[train]'``). Photos of drawn shapes (coins, the chessboard, logos, the horse silhouette)
+are left out. The rest are split once: :data:`TRAIN_PHOTOS` are seen in training,
+:data:`HELD_OUT_PHOTOS` never are.
+
+Two data sets (``open_dataset`` specs), each a pure function of ``(seed, index)``:
+
+- ``photoshapes:COUNT:SEED``: a third each of the plain shapes images, shapes drawn over a crop of
+  a training photo, and a crop of a training photo with no shapes at all.
+- ``photos:COUNT:SEED``: held-out photos and no annotations: the whole photos first, then crops.
+  Every detection on it is a false one.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from maskrt.errors import MaskrtError
+from maskrt.model import shapes
+
+TRAIN_PHOTOS = (
+    "chelsea.png",
+    "rocket.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+    "ihc.png",
+    "cell.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+)
+HELD_OUT_PHOTOS = ("astronaut.png", "camera.png", "coffee.png", "motorcycle_left.png")
+MIN_CROP = 0.25  # smallest crop side, as a fraction of the photo's side
+
+
+def photo_dir() -> Path:
+    try:
+        from skimage import data
+    except ImportError:
+        raise MaskrtError(
+            "the photo data sets need scikit-image's sample photos: pip install 'maskrt[train]'"
+        ) from None
+    return Path(data.__file__).parent
+
+
+@functools.cache
+def photo(name: str) -> np.ndarray:
+    """A sample photo as uint8 RGB ``[H, W, 3]`` (grey ones repeated over the channels)."""
+    path = photo_dir() / name
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise MaskrtError(f"{path}: cannot read this sample photo ({exc})") from None
+
+
+def crop(rng: np.random.Generator, image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A random crop of ``image`` (each side ``MIN_CROP`` to all of the photo's), flipped half
+    the time, resized to ``height`` x ``width``."""
+    rows, cols = image.shape[:2]
+    h = int(rows * rng.uniform(MIN_CROP, 1.0))
+    w = int(cols * rng.uniform(MIN_CROP, 1.0))
+    top, left = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
+    window = image[top : top + h, left : left + w]
+    if rng.random() < 0.5:
+        window = window[:, ::-1]
+    return np.asarray(Image.fromarray(window).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _photo_background(names: tuple[str, ...]) -> shapes.Background:
+    def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        name = names[int(rng.integers(0, len(names)))]
+        return crop(rng, photo(name), height, width).astype(np.float32)
+
+    return background
+
+
+def _without_shapes(image: np.ndarray) -> shapes.ShapesSample:
+    height, width = image.shape[:2]
+    return shapes.ShapesSample(image, np.zeros((0, height, width), np.uint8), np.zeros(0, np.int64))
+
+
+def photoshapes_sample(seed: int, index: int) -> shapes.ShapesSample:
+    """Image ``index`` of ``photoshapes:COUNT:SEED`` (see the module docstring)."""
+    kind = index % 3
+    if kind == 0:
+        return shapes.generate(seed, index)
+    background = _photo_background(TRAIN_PHOTOS)
+    if kind == 1:
+        return shapes.generate(seed, index, background)
+    rng = np.random.default_rng([seed, index, 1])
+    height, width = (int(v) for v in rng.integers(shapes.MIN_SIDE, shapes.MAX_SIDE + 1, size=2))
+    return _without_shapes(background(rng, height, width).astype(np.uint8))
+
+
+def held_out_sample(seed: int, index: int) -> shapes.ShapesSample:
+    """Image ``index`` of ``photos:COUNT:SEED``: held-out photo ``index`` whole while there are,
+    then random crops of them."""
+    if index < len(HELD_OUT_PHOTOS):
+        return _without_shapes(photo(HELD_OUT_PHOTOS[index]))
+    rng = np.random.default_rng([seed, index])
+    height, width = (int(v) for v in rng.integers(shapes.MIN_SIDE, shapes.MAX_SIDE + 1, size=2))
+    return _without_shapes(_photo_background(HELD_OUT_PHOTOS)(rng, height, width).astype(np.uint8))
