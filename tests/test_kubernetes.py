@@ -6,9 +6,10 @@ Rendering uses ``kubectl kustomize`` (or ``kustomize build``); without either th
 skip with the reason. Core objects validate with ``kubernetes-validate`` (strict: unknown fields
 fail) for the oldest and newest Kubernetes it knows from 1.30 on; custom resources (KServe, KEDA,
 Prometheus Operator, KubeRay) validate with ``check-jsonschema`` against the upstream CRDs kept in
-``tests/data/crds`` (README there: source and version). The metric names of the HPA, the
-prometheus-adapter rules and the KEDA queries are checked against a real ``maskrt serve``'s
-``/metrics``, with the settings of the cpu overlay's ConfigMap.
+``tests/data/crds`` (README there: source and version). The PodMonitors' scrape ports are checked
+against ``MASKRT_METRICS_PORT``, and the metric names of the HPA, the prometheus-adapter rules and
+the KEDA queries against a real ``maskrt serve``'s ``/metrics`` on its metrics port, with the
+settings of the cpu overlay's ConfigMap.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from server_harness import start_server
+from server_harness import free_port, start_server
 from test_docker_config import DOCKERFILE, ROOT, metric_names
 from test_prometheus import exported_names
 
@@ -299,11 +300,16 @@ def test_hpa_metrics_are_served_by_the_adapter_and_keda_asks_the_same():
 
 @pytest.fixture(scope="module")
 def cpu_server(tmp_path_factory):
-    """``maskrt serve`` with the cpu overlay's settings (host, port and cache made local; batches
+    """``maskrt serve`` with the cpu overlay's settings (host, ports and cache made local; batches
     of one, so the warm-up is short)."""
     env = settings_env(render("overlays/cpu"))
     settings = {k[len("MASKRT_") :].lower(): v for k, v in env.items()}
-    settings.update(host="127.0.0.1", cache_dir=tmp_path_factory.mktemp("cache"), max_batch=1)
+    settings.update(
+        host="127.0.0.1",
+        metrics_port=free_port(),
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        max_batch=1,
+    )
     settings.pop("port")
     server = start_server(tmp_path_factory, "k8s-cpu", settings)
     yield server
@@ -314,16 +320,52 @@ def _probes(container: dict) -> dict[str, dict]:
     return {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
 
 
+def scraped_port(endpoint: dict, ports: dict[str | int, int]) -> int:
+    """The port Prometheus scrapes for a PodMonitor endpoint: the declared container port it selects
+    (Prometheus drops targets on undeclared ones), moved by relabelings of ``__address__``
+    (Prometheus' semantics: an anchored regex, ``$1`` or ``${1}`` in the replacement)."""
+    declared = endpoint.get("portNumber") or ports.get(endpoint.get("port"))
+    assert declared in ports.values(), f"{endpoint}: selects no declared container port"
+    address = f"10.0.0.1:{declared}"
+    for rule in endpoint.get("relabelings", []):
+        if rule.get("targetLabel") != "__address__":
+            continue
+        assert rule.get("action", "replace") == "replace" and rule["sourceLabels"] == [
+            "__address__"
+        ], rule
+        if m := re.fullmatch(rule.get("regex", "(.*)"), address):
+            address = m.expand(re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", rule.get("replacement", "$1")))
+    return int(address.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("directory", ["overlays/gpu", "overlays/cpu", "kserve"])
+def test_the_metrics_port_stays_inside_the_cluster(directory):
+    """No Service routes to the metrics port: clients reach MASKRT_PORT only."""
+    objects = render(directory)
+    metrics_port = int(settings_env(objects)["MASKRT_METRICS_PORT"])
+    for service in of_kind(objects, "Service"):
+        for p in service["spec"]["ports"]:
+            assert metrics_port not in (p["port"], p.get("targetPort")), service
+            assert p.get("targetPort") != "metrics", service
+
+
 @pytest.mark.slow
 def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
     checked = []
     for directory in ("overlays/gpu", "overlays/cpu", "kserve"):
         objects = render(directory)
         port = int(settings_env(objects)["MASKRT_PORT"])
+        metrics_port = int(settings_env(objects)["MASKRT_METRICS_PORT"])
         containers = [s["containers"][0] for s in pod_specs(objects)]
-        containers += [
-            c for o in of_kind(objects, "ServingRuntime") for c in o["spec"]["containers"]
-        ]
+        for container in containers:
+            assert {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"} in (
+                container["ports"]
+            ), f"{directory}: no container port named metrics on MASKRT_METRICS_PORT"
+        for runtime in of_kind(objects, "ServingRuntime"):
+            for container in runtime["spec"]["containers"]:
+                # Knative rejects a serving container with more than one port
+                assert len(container["ports"]) == 1, f"{directory}: {container['ports']}"
+                containers.append(container)
         assert containers, directory
         for container in containers:
             ports = {
@@ -338,12 +380,16 @@ def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
                     r = c.get(get["path"])
                 assert r.status_code == 200, f"{directory} {probe} {get['path']}: {r.text}"
                 checked.append(get["path"])
-        for monitor in of_kind(objects, "PodMonitor"):
+        monitors = of_kind(objects, "PodMonitor")
+        assert monitors, directory
+        for monitor in monitors:
             for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-                named = endpoint.get("portNumber") or ports.get(endpoint.get("port"))
-                assert named == port, f"{directory}: PodMonitor scrapes port {named}"
-                with httpx.Client(base_url=cpu_server.url, trust_env=False, timeout=10) as c:
-                    assert c.get(endpoint["path"]).status_code == 200
+                scraped = scraped_port(endpoint, ports)
+                assert scraped == metrics_port, f"{directory}: PodMonitor scrapes port {scraped}"
+                with httpx.Client(trust_env=False, timeout=10) as c:
+                    metrics = httpx.URL(cpu_server.metrics_url).copy_with(path=endpoint["path"])
+                    assert c.get(metrics).status_code == 200, f"{directory}: {metrics}"
+                    assert c.get(cpu_server.url + endpoint["path"]).status_code == 404
     assert {"/healthz", "/readyz"} <= set(checked)
 
     # the InferenceService's protocolVersion v2: KServe's clients find the Open Inference Protocol
@@ -354,8 +400,8 @@ def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
         for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready"):
             assert c.get(path).status_code == 200, path
 
-    with httpx.Client(base_url=cpu_server.url, trust_env=False, timeout=10) as c:
-        exported = exported_names(c.get("/metrics").text)
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        exported = exported_names(c.get(cpu_server.metrics_url).text)
     for where, names in _autoscaling_metrics().items():
         assert names and names <= exported, f"{where}: {names - exported} not in /metrics"
 
