@@ -122,7 +122,7 @@ def read_file(path: Path, trust_pickle: bool = False) -> object:
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:  # torch.load fails in many ways on foreign or damaged bytes
-        if "Weights only load failed" in str(exc):
+        if "Unsupported global" in str(exc):  # torch's weights-only loader met a pickled class
             raise MaskrtError(PICKLED.format(path=path)) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MaskrtError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
