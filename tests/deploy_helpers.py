@@ -82,7 +82,13 @@ def loaded(
     model, cfg = make_model(name, seed, calibrate, **changes)
     sha = f"{seed:02d}" + "ab" * 31
     return SimpleNamespace(
-        model=model, config=cfg, sha256=sha, version=sha[:12], source="test", meta={}
+        model=model,
+        config=cfg,
+        sha256=sha,
+        version=sha[:12],
+        source="test",
+        meta={},
+        weights_verified=False,
     )
 
 

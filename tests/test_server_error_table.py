@@ -34,7 +34,7 @@ def error_table() -> dict[str, int]:
     return rows
 
 
-def _multipart(fields: dict[str, tuple]) -> dict:
+def _multipart(fields: dict[str, tuple] | list[tuple[str, tuple]]) -> dict:
     return {"files": fields, "headers": HEADERS}
 
 
@@ -95,11 +95,7 @@ REQUESTS = {
     "invalid_field": (
         "POST",
         "/predict",
-        {
-            "data": {"image": "not a file"},
-            "files": {"other": ("", b"", "text/plain")},
-            "headers": HEADERS,
-        },
+        _multipart([("image", ("a.png", IMAGE, "image/png"))] * 2),  # one image per /predict
     ),
 }
 # answers that depend on timing or a failing backend, provoked by the tests named here
@@ -109,6 +105,14 @@ ELSEWHERE = {
     "not_ready": "test_server_app.py",
     "shutting_down": "test_server_shutdown.py",
     "timeout": "test_server_timeout.py",
+    # per-request pixel admission and the global budget of decoded pixels in flight
+    "too_many_pixels": "test_server_admission.py",
+    "pixel_budget_full": "test_server_admission.py",
+    # answered by the connection guard before any route (server/protocol.py)
+    "invalid_http": "test_server_connections.py",
+    "header_timeout": "test_server_connections.py",
+    "headers_too_large": "test_server_connections.py",
+    "too_many_connections": "test_server_connections.py",
 }
 
 

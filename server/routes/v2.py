@@ -10,6 +10,8 @@ format. Errors under ``/v2`` are ``{"error": "..."}`` (:func:`~maskrt.server.err
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -26,20 +28,61 @@ router = APIRouter(prefix="/v2/models/{name}", tags=["open inference protocol"])
 _VERSIONED = "/versions/{version}"
 
 
-@public.get("/health/live", summary="the process is alive")
+def _example(answer: dict[str, Any], *, with_path: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answers of a v2 route: ``answer`` for 200, and the protocol's error shape for
+    bad parameter."""
+    examples: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {"example": answer}}}
+    }
+    if with_path:
+        error = {"error": "score_threshold: Input should be a valid number (got 'high')"}
+        examples[422] = {"content": {"application/json": {"example": error}}}
+    return examples
+
+
+_MODEL_METADATA = {
+    "name": "shapes",
+    "versions": ["1"],
+    "platform": "maskrt_onnxruntime",
+    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [{"name": "num_detections", "datatype": "INT32", "shape": [-1]}],
+}
+_INFER_ANSWER = {
+    "model_name": "shapes",
+    "model_version": "1",
+    "outputs": [{"name": "num_detections", "datatype": "INT32", "shape": [1], "data": [2]}],
+}
+
+
+@public.get(
+    "/health/live",
+    summary="the process is alive",
+    responses=_example({"live": True}, with_path=False),
+)
 async def live(state: ServerState = Depends(get_state)) -> Response:
     batcher = state.batcher
     alive = batcher is None or batcher.running_for() <= state.stuck_after_s
     return json_response({"live": alive}, 200 if alive else 503)
 
 
-@public.get("/health/ready", summary="the model is loaded and warmed up")
+@public.get(
+    "/health/ready",
+    summary="the model is loaded and warmed up",
+    responses=_example({"ready": True}, with_path=False),
+)
 async def ready(state: ServerState = Depends(get_state)) -> Response:
     is_ready = state.status == "ready"
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
 
-@public.get("", summary="server metadata")
+@public.get(
+    "",
+    summary="server metadata",
+    responses=_example(
+        {"name": "maskrt", "version": "0.1.0", "extensions": ["binary_tensor_data"]},
+        with_path=False,
+    ),
+)
 async def server_metadata() -> Response:
     return json_response(oip.server_metadata())
 
@@ -62,8 +105,8 @@ def _model(state: ServerState, name: str, version: str | None) -> str:
     return served
 
 
-@router.get("", summary="model metadata")
-@router.get(_VERSIONED, summary="model metadata")
+@router.get("", summary="model metadata", responses=_example(_MODEL_METADATA))
+@router.get(_VERSIONED, summary="model metadata", responses=_example(_MODEL_METADATA))
 async def model_metadata(
     name: str, version: str | None = None, state: ServerState = Depends(get_state)
 ) -> Response:
@@ -71,8 +114,14 @@ async def model_metadata(
     return json_response(oip.model_metadata(name, state.model_ref["backend"]))
 
 
-@router.get("/ready", summary="the model is ready")
-@router.get(_VERSIONED + "/ready", summary="the model is ready")
+@router.get(
+    "/ready", summary="the model is ready", responses=_example({"name": "shapes", "ready": True})
+)
+@router.get(
+    _VERSIONED + "/ready",
+    summary="the model is ready",
+    responses=_example({"name": "shapes", "ready": True}),
+)
 async def model_ready(
     name: str, version: str | None = None, state: ServerState = Depends(get_state)
 ) -> Response:
@@ -82,8 +131,16 @@ async def model_ready(
     return json_response({"name": name, "ready": True})
 
 
-@router.post("/infer", summary="inference (JSON, binary tensor data, or a raw image body)")
-@router.post(_VERSIONED + "/infer", summary="inference (JSON, binary tensor data, or raw)")
+@router.post(
+    "/infer",
+    summary="inference (JSON, binary tensor data, or a raw image body)",
+    responses=_example(_INFER_ANSWER),
+)
+@router.post(
+    _VERSIONED + "/infer",
+    summary="inference (JSON, binary tensor data, or raw)",
+    responses=_example(_INFER_ANSWER),
+)
 async def infer(
     request: Request,
     name: str,
