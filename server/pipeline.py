@@ -96,6 +96,20 @@ def model_ref(backend: Backend) -> dict[str, str]:
     }
 
 
+def model_info(backend: Backend, max_batch: int) -> dict[str, Any]:
+    """``GET /v1/model``: the answer's ``model`` object and what a client needs to call it."""
+    info = backend.info
+    return {
+        **model_ref(backend),
+        "classes": list(info.classes),
+        "canvas": info.canvas,
+        "mask_size": info.mask_size,
+        "max_detections": info.max_detections,
+        "max_batch": max_batch,
+        "weights_verified": info.weights_verified,
+    }
+
+
 def answer(
     model: dict[str, str],
     decoded: DecodedImage,

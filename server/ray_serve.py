@@ -59,7 +59,7 @@ from maskrt.server.parsing import (
     read_images,
     request_body_doc,
 )
-from maskrt.server.pipeline import Pipeline, PostOptions, answer
+from maskrt.server.pipeline import Pipeline, PostOptions, answer, model_info
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
@@ -118,17 +118,7 @@ class MaskrtModel:
         self._run.set_max_batch_size(max_batch)
         self._run.set_batch_wait_timeout_s(self.settings.max_delay_ms / 1000)
         info = backend.info
-        self.model_info = {  # GET /v1/model of maskrt serve
-            "name": info.name,
-            "version": info.version,
-            "backend": backend.name,
-            "device": str(backend.device),
-            "classes": list(info.classes),
-            "canvas": info.canvas,
-            "mask_size": info.mask_size,
-            "max_detections": info.max_detections,
-            "max_batch": max_batch,
-        }
+        self.model_info = model_info(backend, max_batch)  # GET /v1/model of maskrt serve
         tags = {"model": info.name, "backend": backend.name}
         self.batch_size = Histogram(
             "maskrt_batch_size",

@@ -25,7 +25,13 @@ from maskrt.server.backends.base import Backend
 from maskrt.server.batcher import Batcher, Job
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics
-from maskrt.server.pipeline import InferredBatch, Pipeline, PostOptions, model_ref
+from maskrt.server.pipeline import (
+    InferredBatch,
+    Pipeline,
+    PostOptions,
+    model_info,
+    model_ref,
+)
 from maskrt.server.postprocess import Detection
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
@@ -160,15 +166,7 @@ class ServerState:
         info = backend.info
         self.model_ref = model_ref(backend)
         max_batch = min(self.settings.max_batch, backend.max_batch)
-        self.model_info = {
-            **self.model_ref,
-            "classes": list(info.classes),
-            "canvas": info.canvas,
-            "mask_size": info.mask_size,
-            "max_detections": info.max_detections,
-            "max_batch": max_batch,
-            "weights_verified": info.weights_verified,
-        }
+        self.model_info = model_info(backend, max_batch)
         self.metrics.set_model(info.name, backend.name, self.model_ref["device"])
         return max_batch
 
