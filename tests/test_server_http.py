@@ -3,7 +3,8 @@ dynamic batching under concurrency, every bad input a clear 4xx JSON error with 
 afterwards, API keys, probes, model info, metrics, OpenAPI and structured logs.
 
 One server for the whole module (torch backend, so that the reference below runs the very same
-graph in this process); API keys on, a 2 MB upload limit.
+graph in this process, with the same number of torch threads: oneDNN's sums depend on it); API keys
+on, a 2 MB upload limit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server_harness import (
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 UPLOAD_LIMIT = 2_000_000
+THREADS = 2  # the server's and the reference's intra-op threads
 pytestmark = [
     pytest.mark.slow,
 ]
@@ -46,6 +48,7 @@ def server(tmp_path_factory, checkpoint):
         {
             "model": checkpoint,
             "backend": "torch",
+            "inference_threads": THREADS,
             "max_batch": 8,
             "max_delay_ms": 50,
             "max_queue": 64,
@@ -88,6 +91,14 @@ def reference(checkpoint, model_info):
 
     @torch.inference_mode()
     def predict(image: np.ndarray, score_threshold: float) -> list[dict]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            return run(image, score_threshold)
+        finally:
+            torch.set_num_threads(threads)
+
+    def run(image: np.ndarray, score_threshold: float) -> list[dict]:
         tensor = torch.from_numpy(image).permute(2, 0, 1).to(device)
         batch, (box,) = letterbox_batch([tensor], loaded.config.canvas, fill)
         out = graph(batch)
