@@ -168,7 +168,7 @@ def test_prediction_equals_the_deploy_graph(client, reference, index):
     assert len(got) == len(expected) > 0
     for g, e in zip(got, expected):
         assert g["class_id"] == e["class_id"]
-        assert g["score"] == pytest.approx(e["score"], abs=1e-4)  # thread counts may differ
+        assert g["score"] == pytest.approx(e["score"], abs=1e-4)
         np.testing.assert_allclose(g["box"], e["box"], atol=1e-3)
         assert g["mask"]["size"] == [h, w]
         decoded = mask_utils.decode(
