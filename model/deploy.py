@@ -210,7 +210,8 @@ class DeployGraph(nn.Module):
         self.masks_on_detections = bool(masks_on_detections)
         # the mask predictor's 2x2 stride-2 ConvTranspose as a 1x1 Conv with 4x the channels, the
         # 2x2 rearrangement done on the one-channel logits: ONNX Runtime's CPU ConvTranspose is
-        # slow and its int8 quantization runs it in float (module-level for ONNX Runtime only)
+        # slow and its int8 quantization runs it in float (the onnxruntime target only; the
+        # tensorrt target keeps the ConvTranspose)
         self.upsample_as_conv = bool(upsample_as_conv) and _is_2x2_upsampling(
             getattr(heads.mask_predictor, "conv5_mask", None)
         )
@@ -408,7 +409,7 @@ class DeployGraph(nn.Module):
                 flat_labels
             ]  # [BK, Cin]
             if self.upsample_as_conv:
-                # [BK, Cin * 4, h, w], channel c * 4 + 2 * a + b is output pixel (2i + a, 2j + b)
+                # [BK, C * 4, h, w]: channel c * 4 + 2 * a + b is pixel (2i + a, 2j + b) of c
                 x = predictor.relu(_upsampling_conv(predictor.conv5_mask, x))
                 h, w = x.shape[-2:]
                 logits = torch.bmm(weight.unsqueeze(1), x.reshape(x.shape[0], -1, 4 * h * w))
