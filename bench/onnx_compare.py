@@ -10,6 +10,9 @@ graph against ``all``, and for ``--int8`` against float32:
     maskrt export onnx --out light.onnx
     maskrt export onnx --int8 --calibration shapes:64:3 --out int8.onnx
     python -m maskrt.bench.onnx_compare all.onnx light.onnx int8.onnx --data shapes:20:2
+
+``--spinning both`` opens every file twice, with ONNX Runtime's intra-op threads sleeping between
+operators (the server's default) and spinning (``maskrt serve --inference-spinning``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="images per batch")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--spinning",
+        choices=("off", "on", "both"),
+        default="off",
+        help="intra-op threads spin between operators (both: each file both ways)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -36,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from maskrt.model.letterbox import fill_colour, letterbox_batch
     from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
 
+    spins = {"off": [False], "on": [True], "both": [False, True]}[args.spinning]
+    runs = [(f, spin) for f in args.files for spin in spins]
     backends = [
-        OnnxRuntimeBackend(f, max_batch=args.batch, threads=args.threads) for f in args.files
+        OnnxRuntimeBackend(f, max_batch=args.batch, threads=args.threads, spinning=spin)
+        for f, spin in runs
     ]
     info = backends[0].info
     if any((b.info.canvas, b.info.version) != (info.canvas, info.version) for b in backends):
@@ -62,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                 spent.append((time.perf_counter() - started) * 1000)
     base = statistics.median(times[0])
     print(f"{len(batches)} batches of {args.batch} from {args.data}, {args.rounds} rounds")
-    print("| file | precision | mask head | median ms per batch | speed vs first |")
-    print("| --- | --- | --- | --- | --- |")
-    for path, backend, spent in zip(args.files, backends, times):
+    print("| file | precision | mask head | spinning | median ms per batch | speed vs first |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (path, spin), backend, spent in zip(runs, backends, times):
         meta = backend.metadata
         median = statistics.median(spent)
         print(
             f"| {path.name} | {meta.get('precision', 'fp32')} | {meta.get('mask_head', 'all')} "
-            f"| {median:.1f} | {base / median:.2f}x |"
+            f"| {'on' if spin else 'off'} | {median:.1f} | {base / median:.2f}x |"
         )
     return 0
 

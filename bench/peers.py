@@ -94,15 +94,14 @@ class Prepared:
 def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
     """The checkpoint every server loads and the ONNX ``maskrt serve`` serves."""
     from maskrt.export.onnx import export_onnx
-    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
+    from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
 
     if args.model == "r50":
-        from maskrt.bench.random_model import random_detector
+        from maskrt.bench.random_model import save_random_checkpoint
 
         canvas = args.canvas or 640
-        model, config = random_detector("resnet50_fpn", canvas, seed=args.seed)
-        checkpoint = save_checkpoint(
-            workdir / "r50.pt", model, config, {"source": "bench peers: random weights"}
+        checkpoint = save_random_checkpoint(
+            workdir / "r50.pt", "resnet50_fpn", canvas, seed=args.seed
         )
         threshold = 0.0 if args.score_threshold is None else args.score_threshold
         describe = f"R50-FPN, random weights, canvas {canvas}"

@@ -64,12 +64,15 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
     mask_head: str = "all",
+    upsample_as_conv: bool = True,
 ):
     """The ``onnxruntime``-target ``onnx.ModelProto`` of a ``LoadedModel`` (``.model``,
     ``.config``, ``.sha256``), metadata included, checked. ``fp16``: backbone and heads (weights
     and activations) in float16, RoIs, box decoding, scores and NMS in float32 — the mixed
     precision that TensorRT 11's strongly typed engines take as it is; the caller's model is not
-    changed. ``mask_head``: ``all`` or ``detections`` (module docstring)."""
+    changed. ``mask_head``: ``all`` or ``detections`` (module docstring). ``upsample_as_conv``:
+    the mask predictor's 2x2 ``ConvTranspose`` as a 1x1 ``Conv`` (ONNX Runtime's faster kernel,
+    and one its int8 quantization covers); False for the ``tensorrt`` target."""
     import torch
 
     from maskrt.export.onnx_ops import add_functions, drop_default_reductions, translation_table
@@ -92,7 +95,12 @@ def build_onnx(
     model = copy.deepcopy(loaded.model).float().cpu().eval()  # Module.float/cpu/half work in place
     if fp16:
         model = model.half()
-    graph = DeployGraph(model, config, masks_on_detections=mask_head == "detections").eval()
+    graph = DeployGraph(
+        model,
+        config,
+        masks_on_detections=mask_head == "detections",
+        upsample_as_conv=upsample_as_conv,
+    ).eval()
     example_batch = 2 if max_batch >= 2 else 1
     example = torch.randint(
         0,
@@ -203,6 +211,7 @@ def export_onnx(
         opset=opset,
         fp16=fp16,
         mask_head=mask_head,
+        upsample_as_conv=target == "onnxruntime",
     )
     if target == "tensorrt":
         from maskrt.export.tensorrt_onnx import rewrite

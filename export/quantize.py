@@ -2,12 +2,13 @@
 
 ONNX Runtime's static quantization: QDQ format, int8 weights per output channel, uint8
 activations with ranges calibrated (min/max) on the images of a data set (``shapes:64:3`` for the
-bundled model, or a COCO directory), letterboxed exactly as the server letterboxes them. Only the
-convolutions and fully connected layers are quantized (the backbone, FPN, RPN head, box head and
-mask head: nearly all the arithmetic); box decoding, NMS, RoIAlign and the mask logits of the
-detected class (a MatMul with weights gathered per detection) stay float32. Outputs and metadata
-are the float graph's (``maskrt.precision`` becomes ``int8``), so the onnxruntime backend serves the
-file unchanged.
+bundled model, or a COCO directory), letterboxed exactly as the server letterboxes them. The frozen
+batch norms are first folded into their convolutions; then only the convolutions and fully
+connected layers are quantized (the backbone, FPN, RPN head, box head and mask head, its 2x
+upsampling included, which the onnxruntime target exports as a convolution: nearly all the
+arithmetic); box decoding, NMS, RoIAlign and the mask logits of the detected class (a MatMul with
+weights gathered per detection) stay float32. Outputs and metadata are the float graph's
+(``maskrt.precision`` becomes ``int8``), so the onnxruntime backend serves the file unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def calibration_images(data, canvas: int, image_mean) -> Iterator[np.ndarray]:
     for index in range(len(data)):
         image = torch.from_numpy(np.ascontiguousarray(data[index].image)).permute(2, 0, 1)
         yield letterbox_batch([image], canvas, fill)[0].numpy()
+
+
+def fold_for_quantization(source: Path, out: Path):
+    """The ``ModelProto`` of ``source`` after ONNX Runtime's basic graph optimisations (constant
+    folding, the frozen batch norms folded into their convolutions, functions inlined): what the
+    quantizer should see, or every frozen batch norm stays a float ``Mul`` + ``Add`` between a
+    ``DequantizeLinear`` and a ``QuantizeLinear``. This is the optimisation step of ONNX Runtime's
+    ``quant_pre_process`` (its shape inference passes left out); the model is tagged as
+    pre-processed, as that function tags it."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load_model(str(out))
+    add_pre_process_metadata(folded)
+    return folded
 
 
 def quantize_int8(proto, data):
@@ -72,8 +94,9 @@ def quantize_int8(proto, data):
     with tempfile.TemporaryDirectory(prefix="maskrt-int8-") as tmp:
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, str(source))
+        folded = fold_for_quantization(source, Path(tmp) / "folded.onnx")
         quantize_static(
-            str(source),
+            folded,
             str(out),
             Reader(),
             quant_format=QuantFormat.QDQ,

@@ -192,6 +192,7 @@ class DeployGraph(nn.Module):
         canvas: int | None = None,
         max_detections: int | None = None,
         masks_on_detections: bool = False,
+        upsample_as_conv: bool = False,
     ):
         super().__init__()
         heads, rpn = model.roi_heads, model.rpn
@@ -207,6 +208,13 @@ class DeployGraph(nn.Module):
         # the mask head on the first max(num_detections) rows only (a data-dependent shape inside
         # the graph, fine for ONNX Runtime, not for TensorRT); the outputs stay padded to K
         self.masks_on_detections = bool(masks_on_detections)
+        # the mask predictor's 2x2 stride-2 ConvTranspose as a 1x1 Conv with 4x the channels, the
+        # 2x2 rearrangement done on the one-channel logits: ONNX Runtime's CPU ConvTranspose is
+        # slow and its int8 quantization runs it in float (the onnxruntime target only; the
+        # tensorrt target keeps the ConvTranspose)
+        self.upsample_as_conv = bool(upsample_as_conv) and _is_2x2_upsampling(
+            getattr(heads.mask_predictor, "conv5_mask", None)
+        )
         self.pre_nms_top_n = int(config.rpn_pre_nms_top_n)
         self.post_nms_top_n = int(config.rpn_post_nms_top_n)
         self.rpn_nms_threshold = float(config.rpn_nms_threshold)
@@ -396,13 +404,20 @@ class DeployGraph(nn.Module):
         flat_labels = labels.reshape(-1)
         if isinstance(predictor, MaskRCNNPredictor):
             # only the detected class's 1x1 logits conv: C times less work than all classes
-            x = predictor.relu(predictor.conv5_mask(x))
             conv = predictor.mask_fcn_logits
             weight = conv.weight.reshape(conv.out_channels, conv.in_channels)[
                 flat_labels
             ]  # [BK, Cin]
-            m = x.shape[-1]
-            logits = torch.bmm(weight.unsqueeze(1), x.reshape(x.shape[0], x.shape[1], m * m))
+            if self.upsample_as_conv:
+                # [BK, C * 4, h, w]: channel c * 4 + 2 * a + b is pixel (2i + a, 2j + b) of c
+                x = predictor.relu(_upsampling_conv(predictor.conv5_mask, x))
+                h, w = x.shape[-2:]
+                logits = torch.bmm(weight.unsqueeze(1), x.reshape(x.shape[0], -1, 4 * h * w))
+                logits = logits.reshape(-1, 2, 2, h, w).permute(0, 3, 1, 4, 2)
+            else:
+                x = predictor.relu(predictor.conv5_mask(x))
+                logits = torch.bmm(weight.unsqueeze(1), x.flatten(2))
+            m = self.mask_size
             logits = logits.reshape(batch, k, m, m) + conv.bias[flat_labels].reshape(batch, k, 1, 1)
         else:
             all_logits = predictor(x)
@@ -412,6 +427,28 @@ class DeployGraph(nn.Module):
             )
             logits = logits.reshape(batch, k, m, m)
         return torch.sigmoid(logits.float())
+
+
+def _is_2x2_upsampling(module: nn.Module | None) -> bool:
+    """A ConvTranspose2d that writes each input pixel to its own 2x2 block (torchvision's
+    ``conv5_mask``): kernel = stride = 2, no padding, dilation or groups."""
+    return (
+        isinstance(module, nn.ConvTranspose2d)
+        and tuple(module.kernel_size) == tuple(module.stride) == (2, 2)
+        and tuple(module.padding) == tuple(module.output_padding) == (0, 0)
+        and tuple(module.dilation) == (1, 1)
+        and module.groups == 1
+    )
+
+
+def _upsampling_conv(deconv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
+    """``deconv(x)`` before its 2x2 rearrangement: a 1x1 convolution to ``Cout * 4`` channels,
+    output channel ``o * 4 + 2 * a + b`` holding output pixel ``(2i + a, 2j + b)`` of channel
+    ``o`` (the same products and sums as the ConvTranspose)."""
+    cin, cout = deconv.weight.shape[:2]
+    weight = deconv.weight.permute(1, 2, 3, 0).reshape(cout * 4, cin, 1, 1)
+    bias = None if deconv.bias is None else deconv.bias.repeat_interleave(4)
+    return nn.functional.conv2d(x, weight, bias)
 
 
 def deploy_graph(loaded, *, max_detections: int | None = None) -> DeployGraph:

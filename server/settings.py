@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         description="threads of ONNX Runtime's intra-op pool (torch's with the torch backend); "
         "default: the cores this process may use",
     )
+    inference_spinning: bool = Field(
+        False,
+        description="ONNX Runtime's intra-op threads spin-wait for work between operators (its "
+        "own default); off, they sleep, leaving the cores to decoding, post-processing and "
+        "anything else on the machine (faster on a small shared or virtual machine)",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

@@ -11,6 +11,7 @@ from maskrt.errors import MaskrtError
 from maskrt.export.onnx import export_onnx
 from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
 from maskrt.model.coco import open_dataset
+from maskrt.model.deploy import DeployGraph
 from maskrt.model.letterbox import fill_colour, letterbox_batch
 from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -32,13 +33,17 @@ def test_onnxruntime_target_defaults_to_the_lighter_graph(backends):
 
 
 def _batch(backend, indices: list[int]) -> torch.Tensor:
+    info = backend.info
+    return _letterboxed(indices, info.canvas, info.image_mean)
+
+
+def _letterboxed(indices: list[int], canvas: int, image_mean) -> torch.Tensor:
     data = open_dataset("shapes:8:2")
     images = [
         torch.from_numpy(data.load_image(data.image_ids[i])).permute(2, 0, 1).contiguous()
         for i in indices
     ]
-    info = backend.info
-    return letterbox_batch(images, info.canvas, fill_colour(info.image_mean))[0]
+    return letterbox_batch(images, canvas, fill_colour(image_mean))[0]
 
 
 @pytest.mark.parametrize("indices", [[0], [1, 2, 3], [4, 5, 6, 7]])
@@ -69,6 +74,23 @@ def test_no_detection_gives_zero_padded_outputs(backends):
         light.info.mask_size,
         light.info.mask_size,
     )
+
+
+def test_upsampling_as_a_conv_gives_the_same_masks():
+    """The onnxruntime target's mask predictor: its 2x2 stride-2 ConvTranspose as a 1x1 Conv to
+    4x the channels, the 2x2 rearrangement on the detected class's logits (PyTorch graph, every
+    one of the K rows a detection)."""
+    shipped = load_checkpoint(default_checkpoint())
+    config = shipped.config.replace(score_threshold=0.0)
+    plain = DeployGraph(shipped.model.eval(), config).eval()
+    as_conv = DeployGraph(shipped.model.eval(), config, upsample_as_conv=True).eval()
+    assert as_conv.upsample_as_conv and not plain.upsample_as_conv
+    batch = _letterboxed([0, 1], config.canvas, config.image_mean)
+    with torch.inference_mode():
+        a, b = as_conv(batch), plain(batch)
+    assert a.num_detections.tolist() == [config.max_detections] * 2
+    for name, x, y in zip(a._fields, a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
 
 
 def test_tensorrt_target_stays_static(tmp_path):

@@ -42,6 +42,28 @@ def test_int8_file_keeps_the_contract(pipelines):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_int8_runs_every_convolution_in_int8(pipelines):
+    """Every Conv and Gemm reads dequantized int8 (ONNX Runtime fuses them into QLinearConv /
+    QGemm), the frozen batch norms were folded into the convolutions before quantizing (no float
+    Mul on a convolution's output) and no ConvTranspose is left in float."""
+    model = onnx.load(str(pipelines[2]))
+    producer = {out: n for n in model.graph.node for out in n.output}
+
+    def source(name: str) -> str:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node = producer.get(node.input[0])
+        return "" if node is None else node.op_type
+
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "ConvTranspose")]
+    assert len(convs) > 20 and all(n.op_type != "ConvTranspose" for n in convs)
+    for n in convs:
+        assert [producer[i].op_type for i in n.input[:2]] == ["DequantizeLinear"] * 2, n.name
+    assert not [
+        n.name for n in model.graph.node if n.op_type == "Mul" and source(n.input[0]) == "Conv"
+    ]
+
+
 def test_int8_finds_what_float_finds(pipelines):
     fp32, int8, _ = pipelines
     data = open_dataset("shapes:6:2")

@@ -212,10 +212,13 @@ def test_bench_helpers():
 
 
 @pytest.mark.parametrize(
-    ("fields", "ort_threads", "torch_threads"),
-    [({}, None, 1), ({"inference_threads": 1, "torch_threads": 2}, 1, 2)],
+    ("fields", "ort_threads", "torch_threads", "spinning"),
+    [
+        ({}, None, 1, "0"),
+        ({"inference_threads": 1, "torch_threads": 2, "inference_spinning": True}, 1, 2, "1"),
+    ],
 )
-def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch_threads):
+def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch_threads, spinning):
     import torch
     from deploy_helpers import exported
 
@@ -230,6 +233,7 @@ def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch
         )
         options = backend.session.get_session_options()
         assert options.intra_op_num_threads == (ort_threads or usable_cores())
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
         assert torch.get_num_threads() == torch_threads
     finally:
         torch.set_num_threads(before)
@@ -245,6 +249,10 @@ def test_thread_settings_from_flags():
         1,
         None,
     )
+    assert not settings.inference_spinning
+    assert settings_from_args(
+        parser.parse_args(["serve", "--inference-spinning"])
+    ).inference_spinning
     with pytest.raises(MaskrtError, match="--inference-threads"):
         settings_from_args(parser.parse_args(["serve", "--inference-threads", "0"]))
 

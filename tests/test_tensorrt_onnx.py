@@ -165,6 +165,15 @@ def test_exported_graphs_keep_the_parser_rules(tensorrt_exports, precision):
     assert ops <= supported, ops - supported
 
 
+def test_only_the_onnxruntime_target_upsamples_masks_with_a_conv(tensorrt_exports, graphs):
+    """The tensorrt target keeps the mask predictor's ConvTranspose as it was; the onnxruntime
+    target exports it as a 1x1 Conv (ONNX Runtime's faster kernel, one its int8 covers)."""
+    for precision in ("fp32", "fp16"):
+        ops = [n.op_type for n in onnx.load(str(tensorrt_exports[precision])).graph.node]
+        assert ops.count("ConvTranspose") == 1, precision
+    assert "ConvTranspose" not in {n.op_type for n in graphs[0].graph.node}
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_runs_in_onnxruntime_like_the_onnxruntime_target(graphs, tmp_path, batch):
     source, target, _ = graphs

@@ -170,7 +170,11 @@ def open_backend(settings: Settings) -> Backend:
             else str(cached_onnx(model, cache_dir, max_batch, options=settings.model_options()))
         )
         return OnnxRuntimeBackend(
-            onnx, device=device, max_batch=max_batch, threads=settings.inference_threads
+            onnx,
+            device=device,
+            max_batch=max_batch,
+            threads=settings.inference_threads,
+            spinning=settings.inference_spinning,
         )
     from maskrt.server.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 

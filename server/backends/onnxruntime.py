@@ -9,8 +9,9 @@ is checked without a GPU, not a way to serve it.
   with a warning (the backend's :attr:`device` then says ``cpu``, so the server pre- and
   post-processes there).
 - Session options for throughput: all graph optimisations, intra-op threads = the cores this
-  process may use (or ``threads``), one inter-op thread (the graph is one sequential chain),
-  memory pattern and CPU arena on.
+  process may use (or ``threads``), sleeping rather than spinning between operators (unless
+  ``spinning``), one inter-op thread (the graph is one sequential chain), memory pattern and CPU
+  arena on.
 - On CUDA, I/O binding: the uint8 image batch is bound straight from the torch CUDA tensor
   (``data_ptr``), outputs are preallocated torch CUDA tensors that ONNX Runtime writes into, and ONNX
   Runtime runs on torch's current CUDA stream, so nothing is copied through the host.
@@ -62,9 +63,12 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, *, spinning: bool = False):
     """The server's ONNX Runtime session options: full graph optimisation, sequential execution,
-    ``threads`` intra-op threads (default: the usable cores), errors-only logging."""
+    ``threads`` intra-op threads (default: the usable cores) that sleep rather than spin between
+    operators unless ``spinning`` (spinning threads take the cores that decoding and
+    post-processing need; on a small VM they slow the graph itself: docs/benchmarks.md),
+    errors-only logging."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,6 +76,7 @@ def session_options(threads: int | None = None):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = int(threads or usable_cores())
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.enable_mem_pattern = True
     options.enable_cpu_mem_arena = True
     options.log_severity_level = 3  # errors only: ORT warns about every CPU fallback node
@@ -101,6 +106,7 @@ class OnnxRuntimeBackend(Backend):
         max_batch: int = 8,
         *,
         threads: int | None = None,
+        spinning: bool = False,
     ):
         import onnxruntime as ort
 
@@ -140,7 +146,7 @@ class OnnxRuntimeBackend(Backend):
                 device = torch.device("cpu")
         self.device = device
 
-        options = session_options(threads)
+        options = session_options(threads, spinning=spinning)
         proto = _load(path)
         if proto is not None and read_metadata(proto).get("target") == "tensorrt":
             from maskrt.export.tensorrt_onnx import register_python_ops
