@@ -9,7 +9,8 @@ from pathlib import Path
 DATA_HELP = (
     "a COCO folder (annotations/instances_<split>.json beside <split>/, or annotations.json "
     "beside the images), an annotations JSON, or a generated set: shapes:COUNT:SEED, "
-    "photoshapes:COUNT:SEED (shapes on photos and shape-free photos), photos:COUNT:SEED "
+    "photoshapes:COUNT:SEED (shapes on photos and shape-free photos), photomix:COUNT:SEED (the "
+    "same over more photos, colour-jittered), photos:COUNT:SEED "
     "(held-out photos, no shapes)"
 )
 IMAGES_HELP = "image folder of an annotations JSON given as --data (default: found beside it)"

@@ -1,16 +1,20 @@
 """Real photos for the shapes model: backgrounds and negatives in training, and the measure of
 false detections on photos it never saw.
 
-The photos are scikit-image's sample images that ship inside its wheel (read from the package's
-folder, never downloaded); they are needed only to train or to measure (``pip install
-'maskrt[train]'``). Photos of drawn shapes (coins, the chessboard, logos, the horse silhouette)
-are left out. The rest are split once: :data:`TRAIN_PHOTOS` are seen in training,
-:data:`HELD_OUT_PHOTOS` never are.
+The photos are sample images that ship inside scikit-image's wheel, and for ``photomix`` also
+scikit-learn's and matplotlib's (read from the packages' folders, never downloaded); they are needed
+only to train or to measure (``pip install 'maskrt[train]'``). Photos of drawn shapes (coins, the
+chessboard, logos, the colour wheel, the phantom's ellipses, the horse silhouette) are left out, and
+so is ``motorcycle_right`` (the other eye of a held-out photo). The rest are split once:
+:data:`TRAIN_PHOTOS` and :data:`MORE_TRAIN_PHOTOS` are seen in training, :data:`HELD_OUT_PHOTOS`
+never are.
 
-Two data sets (``open_dataset`` specs), each a pure function of ``(seed, index)``:
+Three data sets (``open_dataset`` specs), each a pure function of ``(seed, index)``:
 
 - ``photoshapes:COUNT:SEED``: a third each of the plain shapes images, shapes drawn over a crop of
   a training photo, and a crop of a training photo with no shapes at all.
+- ``photomix:COUNT:SEED``: the same thirds over more photos (:data:`MORE_TRAIN_PHOTOS` too:
+  a portrait and colour scenes like the held-out ones), each crop colour-jittered (:func:`jitter`).
 - ``photos:COUNT:SEED``: held-out photos and no annotations: the whole photos first, then crops.
   Every detection on it is a false one.
 """
@@ -40,24 +44,45 @@ TRAIN_PHOTOS = (
     "retina.jpg",
     "hubble_deep_field.jpg",
 )
+# "PACKAGE:FILE" names a sample image of another package (see :func:`photo_path`)
+MORE_TRAIN_PHOTOS = (
+    "clock_motion.png",
+    "microaneurysms.png",
+    "sklearn:china.jpg",
+    "sklearn:flower.jpg",
+    "matplotlib:grace_hopper.jpg",
+)
 HELD_OUT_PHOTOS = ("astronaut.png", "camera.png", "coffee.png", "motorcycle_left.png")
 MIN_CROP = 0.25  # smallest crop side, as a fraction of the photo's side
 
 
-def photo_dir() -> Path:
+def photo_path(name: str) -> Path:
+    """The file of sample photo ``name``: ``FILE`` in scikit-image's data folder, or
+    ``sklearn:FILE`` / ``matplotlib:FILE`` in scikit-learn's sample images / matplotlib's sample
+    data."""
+    package, _, file = name.rpartition(":")
     try:
+        if package == "sklearn":
+            from sklearn import datasets
+
+            return Path(datasets.__file__).parent / "images" / file
+        if package == "matplotlib":
+            import matplotlib
+
+            return Path(matplotlib.get_data_path()) / "sample_data" / file
         from skimage import data
     except ImportError:
         raise MaskrtError(
-            "the photo data sets need scikit-image's sample photos: pip install 'maskrt[train]'"
+            f"the photo data sets need {package or 'scikit-image'}'s sample photos: "
+            "pip install 'maskrt[train]'"
         ) from None
-    return Path(data.__file__).parent
+    return Path(data.__file__).parent / file
 
 
 @functools.cache
 def photo(name: str) -> np.ndarray:
     """A sample photo as uint8 RGB ``[H, W, 3]`` (grey ones repeated over the channels)."""
-    path = photo_dir() / name
+    path = photo_path(name)
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -78,10 +103,21 @@ def crop(rng: np.random.Generator, image: np.ndarray, height: int, width: int) -
     return np.asarray(Image.fromarray(window).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _photo_background(names: tuple[str, ...]) -> shapes.Background:
+def jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` (float RGB) with random brightness, contrast and saturation (grey a fifth of the
+    time), so that a few photos stand for many lightings and colourings."""
+    grey = image.mean(-1, keepdims=True)
+    saturation = 0.0 if rng.random() < 0.2 else rng.uniform(0.5, 1.5)
+    image = grey + (image - grey) * saturation
+    image = image.mean() + (image - image.mean()) * rng.uniform(0.6, 1.4)
+    return np.clip(image * rng.uniform(0.7, 1.3), 0, 255)
+
+
+def _photo_background(names: tuple[str, ...], jittered: bool = False) -> shapes.Background:
     def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         name = names[int(rng.integers(0, len(names)))]
-        return crop(rng, photo(name), height, width).astype(np.float32)
+        image = crop(rng, photo(name), height, width).astype(np.float32)
+        return jitter(rng, image) if jittered else image
 
     return background
 
@@ -91,17 +127,27 @@ def _without_shapes(image: np.ndarray) -> shapes.ShapesSample:
     return shapes.ShapesSample(image, np.zeros((0, height, width), np.uint8), np.zeros(0, np.int64))
 
 
-def photoshapes_sample(seed: int, index: int) -> shapes.ShapesSample:
-    """Image ``index`` of ``photoshapes:COUNT:SEED`` (see the module docstring)."""
+def photoshapes_sample(seed: int, index: int, mix: bool = False) -> shapes.ShapesSample:
+    """Image ``index`` of ``photoshapes:COUNT:SEED``, or of ``photomix:COUNT:SEED`` with ``mix``
+    (see the module docstring)."""
     kind = index % 3
     if kind == 0:
         return shapes.generate(seed, index)
-    background = _photo_background(TRAIN_PHOTOS)
+    background = (
+        _photo_background(TRAIN_PHOTOS + MORE_TRAIN_PHOTOS, jittered=True)
+        if mix
+        else _photo_background(TRAIN_PHOTOS)
+    )
     if kind == 1:
         return shapes.generate(seed, index, background)
     rng = np.random.default_rng([seed, index, 1])
     height, width = (int(v) for v in rng.integers(shapes.MIN_SIDE, shapes.MAX_SIDE + 1, size=2))
     return _without_shapes(background(rng, height, width).astype(np.uint8))
+
+
+def photomix_sample(seed: int, index: int) -> shapes.ShapesSample:
+    """Image ``index`` of ``photomix:COUNT:SEED`` (see the module docstring)."""
+    return photoshapes_sample(seed, index, mix=True)
 
 
 def held_out_sample(seed: int, index: int) -> shapes.ShapesSample:

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrt.errors import MaskrtError
-from maskrt.model import shapes
+from maskrt.model import photos, shapes
 from maskrt.model.coco import open_dataset
 
 
@@ -155,3 +155,26 @@ def test_not_coco_json(tmp_path):
         open_dataset(str(tmp_path / "x.json"))
     with pytest.raises(MaskrtError, match="expected shapes:COUNT:SEED"):
         open_dataset("shapes:ten")
+
+
+def test_photomix_thirds_over_more_photos_never_the_held_out_ones():
+    data = open_dataset("photomix:9:3")
+    assert data.classes == ("__background__", "square", "circle", "triangle")
+    again = open_dataset("photomix:9:3")
+    for index in range(9):
+        sample = data[index]
+        assert np.array_equal(sample.image, again[index].image)  # a pure function of (seed, i)
+        assert (len(sample.labels) == 0) == (index % 3 == 2)  # every third is a bare photo
+    plain = data[0]
+    assert np.array_equal(plain.image, shapes.generate(3, 0).image)
+    seen = {photos.photo_path(n).name for n in photos.TRAIN_PHOTOS + photos.MORE_TRAIN_PHOTOS}
+    assert all(photos.photo_path(n).is_file() for n in photos.MORE_TRAIN_PHOTOS)
+    assert not seen & {*photos.HELD_OUT_PHOTOS, "motorcycle_right.png"}
+
+
+def test_jitter_keeps_pixels_in_range_and_changes_them():
+    rng = np.random.default_rng(0)
+    image = photos.photo("chelsea.png")[:64, :64].astype(np.float32)
+    out = photos.jitter(rng, image)
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
+    assert not np.allclose(out, image)
