@@ -59,6 +59,7 @@ def test_local_and_remote_answers_are_the_servers_and_overlays_show_the_shapes(s
     )
     assert remote.returncode == 0, remote.stderr
     assert "3 of 3 images written" in local.stderr
+    assert "Warning" not in local.stderr + remote.stderr
 
     with server.client() as c:
         for name, data in files.items():
