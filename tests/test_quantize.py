@@ -66,7 +66,7 @@ def test_int8_runs_every_convolution_in_int8(pipelines):
 
 def test_int8_finds_what_float_finds(pipelines):
     fp32, int8, _ = pipelines
-    data = open_dataset("shapes:6:2")
+    data = open_dataset("shapes:20:2")
     images = [data.load_image(i) for i in data.image_ids]
     matched = total = 0
     for a, b in zip(
