@@ -10,7 +10,8 @@ DATA_HELP = (
     "a COCO folder (annotations/instances_<split>.json beside <split>/, or annotations.json "
     "beside the images), an annotations JSON, or a generated set: shapes:COUNT:SEED, "
     "photoshapes:COUNT:SEED (shapes on photos and shape-free photos), photomix:COUNT:SEED (the "
-    "same over more photos, colour-jittered), photos:COUNT:SEED "
+    "same over more photos, colour-jittered), photoneg:COUNT:SEED (photomix with half negatives "
+    "and unlabelled non-shape blobs), photos:COUNT:SEED "
     "(held-out photos, no shapes)"
 )
 IMAGES_HELP = "image folder of an annotations JSON given as --data (default: found beside it)"
@@ -176,7 +177,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from maskrt.model.checkpoint import default_checkpoint, load_model
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
+    from maskrt.server.decode import ignore_expected_warnings
 
+    ignore_expected_warnings()
     data = open_dataset(args.data, args.images, split="val")
     if args.backend == "eager":
         device = torch.device(resolve_device(args.device))

@@ -15,6 +15,12 @@ Three data sets (``open_dataset`` specs), each a pure function of ``(seed, index
   a training photo, and a crop of a training photo with no shapes at all.
 - ``photomix:COUNT:SEED``: the same thirds over more photos (:data:`MORE_TRAIN_PHOTOS` too:
   a portrait and colour scenes like the held-out ones), each crop colour-jittered (:func:`jitter`).
+- ``photoneg:COUNT:SEED``: ``photomix`` weighted towards negatives (a quarter plain shapes images,
+  a quarter shapes over a photo crop, half bare photo crops), the photo crops' channels shuffled
+  half the time, and on half of every kind one to three unlabelled blobs (:func:`blobs`): flat
+  shapes that are not squares, circles or triangles, drawn under the labelled shapes. The held-out
+  photos' false detections are mostly flat, sharp-edged regions; the blobs teach that flatness and
+  a sharp edge are not enough.
 - ``photos:COUNT:SEED``: held-out photos and no annotations: the whole photos first, then crops.
   Every detection on it is a false one.
 """
@@ -22,10 +28,11 @@ Three data sets (``open_dataset`` specs), each a pure function of ``(seed, index
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from maskrt.errors import MaskrtError
 from maskrt.model import shapes
@@ -122,6 +129,55 @@ def _photo_background(names: tuple[str, ...], jittered: bool = False) -> shapes.
     return background
 
 
+def blob(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A binary mask of one shape that is none of the three: an ellipse no rounder than 5:3 or
+    an irregular polygon of five to nine corners, any rotation, centre anywhere in the image."""
+    size = rng.uniform(8, min(height, width) / 3)
+    cx, cy, rotation = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0, 2 * math.pi)
+    if rng.random() < 0.5:
+        corners = 48
+        angles = np.linspace(0, 2 * math.pi, corners, endpoint=False)
+        x, y = size * np.cos(angles), size * rng.uniform(0.2, 0.6) * np.sin(angles)
+    else:
+        corners = int(rng.integers(5, 10))
+        angles = np.sort(rng.uniform(0, 2 * math.pi, corners))
+        radii = size * rng.uniform(0.35, 1.0, corners)
+        x, y = radii * np.cos(angles), radii * np.sin(angles)
+    cos, sin = math.cos(rotation), math.sin(rotation)
+    points = [(cx + a * cos - b * sin, cy + a * sin + b * cos) for a, b in zip(x, y)]
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon(points, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def blobs(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` (float RGB) with one to three :func:`blob` s in flat random colours (a third
+    of them textured with noise, as the shapes are)."""
+    height, width = image.shape[:2]
+    for _ in range(int(rng.integers(1, 4))):
+        mask = blob(rng, height, width)
+        colour = rng.integers(0, 256, size=3).astype(np.float32)
+        texture = rng.normal(0, rng.uniform(0, 12), (height, width, 1)) if rng.random() < 0.3 else 0
+        image = np.where(mask[..., None], colour + texture, image)
+    return image
+
+
+def _with_blobs(background: shapes.Background) -> shapes.Background:
+    def with_blobs(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        image = background(rng, height, width)
+        return blobs(rng, image) if rng.random() < 0.5 else image
+
+    return with_blobs
+
+
+def _shuffled(background: shapes.Background) -> shapes.Background:
+    def shuffled(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        image = background(rng, height, width)
+        return image[..., rng.permutation(3)] if rng.random() < 0.5 else image
+
+    return shuffled
+
+
 def _without_shapes(image: np.ndarray) -> shapes.ShapesSample:
     height, width = image.shape[:2]
     return shapes.ShapesSample(image, np.zeros((0, height, width), np.uint8), np.zeros(0, np.int64))
@@ -148,6 +204,20 @@ def photoshapes_sample(seed: int, index: int, mix: bool = False) -> shapes.Shape
 def photomix_sample(seed: int, index: int) -> shapes.ShapesSample:
     """Image ``index`` of ``photomix:COUNT:SEED`` (see the module docstring)."""
     return photoshapes_sample(seed, index, mix=True)
+
+
+def photoneg_sample(seed: int, index: int) -> shapes.ShapesSample:
+    """Image ``index`` of ``photoneg:COUNT:SEED`` (see the module docstring)."""
+    kind = index % 4
+    if kind == 0:
+        return shapes.generate(seed, index, _with_blobs(shapes.drawn_background))
+    photo_crop = _shuffled(_photo_background(TRAIN_PHOTOS + MORE_TRAIN_PHOTOS, jittered=True))
+    if kind == 1:
+        return shapes.generate(seed, index, _with_blobs(photo_crop))
+    rng = np.random.default_rng([seed, index, 1])
+    height, width = (int(v) for v in rng.integers(shapes.MIN_SIDE, shapes.MAX_SIDE + 1, size=2))
+    image = _with_blobs(photo_crop)(rng, height, width)
+    return _without_shapes(np.clip(image, 0, 255).round().astype(np.uint8))
 
 
 def held_out_sample(seed: int, index: int) -> shapes.ShapesSample:

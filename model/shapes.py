@@ -33,7 +33,8 @@ class ShapesSample:
     labels: np.ndarray  # int64 [N], 1-based index into SHAPES_CLASSES
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def drawn_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A plain, gradient, striped or noisy background (float RGB ``[H, W, 3]``)."""
     base = rng.integers(0, 256, size=3).astype(np.float32)
     kind = rng.integers(0, 4)
     image: np.ndarray = np.broadcast_to(base, (height, width, 3)).copy()
@@ -90,7 +91,7 @@ def generate(seed: int, index: int, background: Background | None = None) -> Sha
     plain, gradient, striped or noisy backgrounds (:mod:`maskrt.model.photos` passes photos)."""
     rng = np.random.default_rng([seed, index])
     height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
-    image = (background or _background)(rng, height, width)
+    image = (background or drawn_background)(rng, height, width)
     count = int(rng.integers(1, MAX_INSTANCES + 1))
     full_masks: list[np.ndarray] = []
     visible: list[np.ndarray] = []

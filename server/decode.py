@@ -43,8 +43,8 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 
 def ignore_expected_warnings() -> None:
     """Silence the warnings decoding raises by design; the commands call it (``maskrt serve``,
-    ``maskrt predict``; the tests list the same filters in pyproject.toml), importing this module
-    does not.
+    ``maskrt predict``, ``maskrt evaluate``; the tests list the same filters in pyproject.toml),
+    importing this module does not.
 
     - torch warns when it wraps a read-only buffer (Pillow's pixels, the upload's bytes) without
       copying; the decoded tensor is never written in place, and the copy would cost time;

@@ -178,3 +178,14 @@ def test_jitter_keeps_pixels_in_range_and_changes_them():
     out = photos.jitter(rng, image)
     assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
     assert not np.allclose(out, image)
+
+
+def test_photoneg_half_negatives_and_unlabelled_blobs():
+    data = open_dataset("photoneg:8:3")
+    again = open_dataset("photoneg:8:3")
+    for index in range(8):
+        sample = data[index]
+        assert np.array_equal(sample.image, again[index].image)  # a pure function of (seed, i)
+        assert (len(sample.labels) == 0) == (index % 4 >= 2)  # half are bare photos
+    image = np.full((64, 64, 3), 128.0)
+    assert not np.array_equal(photos.blobs(np.random.default_rng(1), image), image)
