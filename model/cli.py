@@ -11,7 +11,8 @@ DATA_HELP = (
     "beside the images), an annotations JSON, or a generated set: shapes:COUNT:SEED, "
     "photoshapes:COUNT:SEED (shapes on photos and shape-free photos), photomix:COUNT:SEED (the "
     "same over more photos, colour-jittered), photoneg:COUNT:SEED (photomix with half negatives "
-    "and unlabelled non-shape blobs), photos:COUNT:SEED "
+    "and unlabelled non-shape blobs), photohard:COUNT:SEED (photoneg with shaded shapes and "
+    "blobs among the unlabelled ones), photos:COUNT:SEED "
     "(held-out photos, no shapes)"
 )
 IMAGES_HELP = "image folder of an annotations JSON given as --data (default: found beside it)"

@@ -3,8 +3,8 @@
 Any COCO instances JSON plus an image folder (polygon or RLE segmentations, crowd flags, images
 without annotations), or a data set generated in memory: the synthetic shapes set
 (``shapes:COUNT:SEED``) and the photo sets of :mod:`maskrt.model.photos` (``photoshapes:…``,
-``photomix:…``, ``photoneg:…``, ``photos:…``). Category ids are mapped to contiguous 1-based class
-ids in ascending id order, as torchvision's references do.
+``photomix:…``, ``photoneg:…``, ``photohard:…``, ``photos:…``). Category ids are mapped to
+contiguous 1-based class ids in ascending id order, as torchvision's references do.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def _generators() -> dict[str, Callable[[int, int], shapes.ShapesSample]]:
         "photoshapes": photos.photoshapes_sample,
         "photomix": photos.photomix_sample,
         "photoneg": photos.photoneg_sample,
+        "photohard": photos.photohard_sample,
         "photos": photos.held_out_sample,
     }
 
@@ -171,7 +172,7 @@ def coco_files(spec: str, images: Path | None = None, split: str = "train") -> t
 
 def open_dataset(spec: str, images: Path | None = None, split: str = "train") -> CocoInstances:
     """A generated set (``KIND:COUNT:SEED``, KIND one of shapes, photoshapes, photomix, photoneg,
-    photos) or
+    photohard, photos) or
     COCO files (:func:`coco_files`)."""
     kind, _, rest = spec.partition(":")
     if kind in _generators():

@@ -21,6 +21,10 @@ Three data sets (``open_dataset`` specs), each a pure function of ``(seed, index
   shapes that are not squares, circles or triangles, drawn under the labelled shapes. The held-out
   photos' false detections are mostly flat, sharp-edged regions; the blobs teach that flatness and
   a sharp edge are not enough.
+- ``photohard:COUNT:SEED``: ``photoneg`` where a third of the blobs are shaded ones
+  (:func:`shaded_blobs`): squares, circles, triangles and blobs filled with a gradient or a photo
+  crop. The false detections left after ``photoneg`` are mostly shaded round regions (a cup's
+  coffee seen from above); the labelled shapes are always flat, so the outline is not enough either.
 - ``photos:COUNT:SEED``: held-out photos and no annotations: the whole photos first, then crops.
   Every detection on it is a false one.
 """
@@ -36,6 +40,7 @@ from PIL import Image, ImageDraw
 
 from maskrt.errors import MaskrtError
 from maskrt.model import shapes
+from maskrt.model.config import SHAPES_CLASSES
 
 TRAIN_PHOTOS = (
     "chelsea.png",
@@ -162,10 +167,63 @@ def blobs(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _with_blobs(background: shapes.Background) -> shapes.Background:
+MIN_SHADING = 24.0  # a shaded fill's least spread (std of its pixels), so it never looks flat
+
+
+def _shade(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with ``mask`` filled by a jittered training-photo crop, or (when the crop is
+    too flat there, and half the time anyway) a linear or radial gradient spanning the mask
+    between two distant colours."""
+    height, width = mask.shape
+    if rng.random() < 0.5:
+        fill = _photo_background(TRAIN_PHOTOS + MORE_TRAIN_PHOTOS, jittered=True)(
+            rng, height, width
+        )
+        if float(fill[mask].std(0).mean()) >= MIN_SHADING:
+            return np.where(mask[..., None], fill, image)
+    inner = rng.integers(0, 256, size=3).astype(np.float32)
+    u = rng.random(3).astype(np.float32)  # each channel at least 100 levels away from inner's
+    outer = np.where(inner < 128, inner + 100 + u * (155 - inner), (inner - 100) * u)
+    yy, xx = np.nonzero(mask)
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, 2 * math.pi)
+        t = xx * math.cos(angle) + yy * math.sin(angle)
+    else:
+        pick = int(rng.integers(0, len(yy)))
+        t = np.hypot(xx - xx[pick], yy - yy[pick])
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    image = image.copy()
+    image[yy, xx] = inner + (outer - inner) * t[:, None].astype(np.float32)
+    return image
+
+
+def shaded_blobs(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` (float RGB) with one to three shapes that are not flat: a square, circle or
+    triangle drawn as the shapes set draws them, or a :func:`blob`, shaded by :func:`_shade`."""
+    height, width = image.shape[:2]
+    for _ in range(int(rng.integers(1, 4))):
+        if rng.random() < 0.5:
+            kind = int(rng.integers(1, len(SHAPES_CLASSES)))
+            mask = shapes.draw(kind, rng, height, width).astype(bool)
+        else:
+            mask = blob(rng, height, width)
+        if mask.any():
+            image = _shade(rng, image, mask)
+    return image
+
+
+def _with_blobs(background: shapes.Background, shaded: bool = False) -> shapes.Background:
+    """``background`` with :func:`blobs` half the time, or with ``shaded`` a third of the
+    time each :func:`blobs` and :func:`shaded_blobs`."""
+
     def with_blobs(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         image = background(rng, height, width)
-        return blobs(rng, image) if rng.random() < 0.5 else image
+        if not shaded:
+            return blobs(rng, image) if rng.random() < 0.5 else image
+        pick = rng.random()
+        if pick < 1 / 3:
+            return image
+        return blobs(rng, image) if pick < 2 / 3 else shaded_blobs(rng, image)
 
     return with_blobs
 
@@ -206,18 +264,24 @@ def photomix_sample(seed: int, index: int) -> shapes.ShapesSample:
     return photoshapes_sample(seed, index, mix=True)
 
 
-def photoneg_sample(seed: int, index: int) -> shapes.ShapesSample:
-    """Image ``index`` of ``photoneg:COUNT:SEED`` (see the module docstring)."""
+def photoneg_sample(seed: int, index: int, shaded: bool = False) -> shapes.ShapesSample:
+    """Image ``index`` of ``photoneg:COUNT:SEED``, or of ``photohard:COUNT:SEED`` with
+    ``shaded`` (see the module docstring)."""
     kind = index % 4
     if kind == 0:
-        return shapes.generate(seed, index, _with_blobs(shapes.drawn_background))
+        return shapes.generate(seed, index, _with_blobs(shapes.drawn_background, shaded))
     photo_crop = _shuffled(_photo_background(TRAIN_PHOTOS + MORE_TRAIN_PHOTOS, jittered=True))
     if kind == 1:
-        return shapes.generate(seed, index, _with_blobs(photo_crop))
+        return shapes.generate(seed, index, _with_blobs(photo_crop, shaded))
     rng = np.random.default_rng([seed, index, 1])
     height, width = (int(v) for v in rng.integers(shapes.MIN_SIDE, shapes.MAX_SIDE + 1, size=2))
-    image = _with_blobs(photo_crop)(rng, height, width)
+    image = _with_blobs(photo_crop, shaded)(rng, height, width)
     return _without_shapes(np.clip(image, 0, 255).round().astype(np.uint8))
+
+
+def photohard_sample(seed: int, index: int) -> shapes.ShapesSample:
+    """Image ``index`` of ``photohard:COUNT:SEED`` (see the module docstring)."""
+    return photoneg_sample(seed, index, shaded=True)
 
 
 def held_out_sample(seed: int, index: int) -> shapes.ShapesSample:

@@ -55,7 +55,7 @@ def drawn_background(rng: np.random.Generator, height: int, width: int) -> np.nd
     return image
 
 
-def _draw(kind: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def draw(kind: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A binary mask of one shape: centre anywhere in the image, may cross its border."""
     size = rng.uniform(8, min(height, width) / 3.5)
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
@@ -98,7 +98,7 @@ def generate(seed: int, index: int, background: Background | None = None) -> Sha
     labels: list[int] = []
     for _ in range(count):
         kind = int(rng.integers(1, len(SHAPES_CLASSES)))
-        shape = _draw(kind, rng, height, width)
+        shape = draw(kind, rng, height, width)
         if shape.sum() < MIN_VISIBLE_PIXELS:
             continue
         colour = rng.integers(0, 256, size=3).astype(np.float32)

@@ -180,12 +180,23 @@ def test_jitter_keeps_pixels_in_range_and_changes_them():
     assert not np.allclose(out, image)
 
 
-def test_photoneg_half_negatives_and_unlabelled_blobs():
-    data = open_dataset("photoneg:8:3")
-    again = open_dataset("photoneg:8:3")
+@pytest.mark.parametrize("kind", ["photoneg", "photohard"])
+def test_half_negatives_and_unlabelled_blobs(kind):
+    data = open_dataset(f"{kind}:8:3")
+    again = open_dataset(f"{kind}:8:3")
     for index in range(8):
         sample = data[index]
         assert np.array_equal(sample.image, again[index].image)  # a pure function of (seed, i)
         assert (len(sample.labels) == 0) == (index % 4 >= 2)  # half are bare photos
-    image = np.full((64, 64, 3), 128.0)
-    assert not np.array_equal(photos.blobs(np.random.default_rng(1), image), image)
+
+
+def test_shaded_blobs_are_never_flat():
+    """A shaded square, circle or triangle must not pass for a labelled (flat) one."""
+    rng = np.random.default_rng(0)
+    grey = np.full((128, 128, 3), 128.0)
+    for _ in range(20):
+        image = photos.shaded_blobs(rng, grey)
+        changed = (image != grey).any(-1)
+        if changed.sum() >= 50:
+            assert image[changed].std(0).mean() >= 10
+    assert not np.array_equal(photos.blobs(np.random.default_rng(1), grey), grey)
