@@ -62,6 +62,7 @@ def _batches(data: CocoInstances, batch_size: int) -> Iterator[tuple[list[int], 
 
 
 CONFIDENT = 0.5  # the server's default score threshold: what a user sees
+RECALL = f"recall_at_{CONFIDENT}"
 
 
 def coco_results(
@@ -103,24 +104,37 @@ def coco_results(
 
 
 def coco_metrics(data: CocoInstances, results: list[dict]) -> dict:
-    """AP, AP50 and AP75 for ``bbox`` and ``segm`` (zeros when nothing was detected)."""
+    """AP, AP50 and AP75 for ``bbox`` and ``segm`` (zeros when nothing was detected), and the
+    recall a user sees: the share of objects found (IoU >= 0.5, right class) by detections
+    scoring at least :data:`CONFIDENT`. AP alone would hide a model that stops reporting
+    objects at the server's threshold."""
     metrics = {}
+    confident = [r for r in results if r["score"] >= CONFIDENT]
     for iou_type in ("bbox", "segm"):
         if not data.coco.anns:
             continue  # nothing to find: AP is undefined, every detection is a false one
         if not results:
-            metrics[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+            metrics[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, RECALL: 0.0}
             continue
-        with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
-            detections = data.coco.loadRes(results)
-            ev = COCOeval(data.coco, detections, iou_type)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
+        ev = _cocoeval(data, results, iou_type)
         metrics[iou_type] = {
             k: round(float(ev.stats[i]), 4) for i, k in enumerate(("AP", "AP50", "AP75"))
         }
+        recall = (
+            _cocoeval(data, confident, iou_type).eval["recall"][0, :, 0, -1] if confident else []
+        )
+        found = [float(r) for r in recall if r >= 0]  # -1: a category with no objects
+        metrics[iou_type][RECALL] = round(float(np.mean(found)), 4) if found else 0.0
     return metrics
+
+
+def _cocoeval(data: CocoInstances, results: list[dict], iou_type: str) -> COCOeval:
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
+        ev = COCOeval(data.coco, data.coco.loadRes(results), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
 
 
 def evaluate(

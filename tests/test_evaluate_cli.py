@@ -70,7 +70,8 @@ def test_a_failed_load_leaves_no_lock_in_the_cache(capsys, tmp_path):
 @pytest.mark.slow
 def test_the_bundled_model_sees_few_shapes_in_photos_it_never_saw(capsys):
     """Held-out photos (no shapes): the shapes-only model answered 8.6 detections per photo at
-    score >= 0.5; the one fine-tuned with photos answers far fewer, 0.98 (docs/benchmarks.md)."""
+    score >= 0.5; the one fine-tuned with photos and look-alikes answers far fewer, 0.35
+    (docs/benchmarks.md)."""
     out = _evaluate(capsys, "--data", "photos:100:0")  # the last --data wins
     assert out["images"] == 100 and "segm" not in out  # nothing to find: no AP, only false ones
-    assert out["per_image_at_0.5"] <= 1.2
+    assert out["per_image_at_0.5"] <= 0.5

@@ -49,7 +49,10 @@ def test_a_few_steps_lower_the_loss_and_resume_continues(tmp_path):
     assert load_checkpoint(resumed).meta["steps"] == 14
 
 
-def test_evaluation_of_the_ground_truth_scores_one():
+@pytest.mark.parametrize("score", [1.0, 0.4])
+def test_evaluation_of_the_ground_truth_scores_one(score):
+    """The ground truth has AP 1 at any score; a user at the server's threshold (0.5) sees all
+    of it at score 1 and none of it at 0.4, which ``recall_at_0.5`` says."""
     data = open_dataset("shapes:12:5")
 
     def ground_truth(images):
@@ -62,11 +65,11 @@ def test_evaluation_of_the_ground_truth_scores_one():
             )
             sample = data[index]
             rles = [mask_utils.encode(np.asfortranarray(m)) for m in sample.masks]
-            out.append((sample.boxes, np.ones(len(rles)), sample.labels, rles))
+            out.append((sample.boxes, np.full(len(rles), score), sample.labels, rles))
         return out
 
     metrics = evaluate(data, ground_truth, data.classes, batch_size=5)
     assert metrics["images"] == 12
-    assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(
-        1.0
-    )
+    for iou_type in ("segm", "bbox"):
+        assert metrics[iou_type]["AP"] == pytest.approx(1.0)
+        assert metrics[iou_type]["recall_at_0.5"] == (1.0 if score >= 0.5 else 0.0)
