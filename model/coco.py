@@ -172,8 +172,7 @@ def coco_files(spec: str, images: Path | None = None, split: str = "train") -> t
 
 def open_dataset(spec: str, images: Path | None = None, split: str = "train") -> CocoInstances:
     """A generated set (``KIND:COUNT:SEED``, KIND one of shapes, photoshapes, photomix, photoneg,
-    photohard, photos) or
-    COCO files (:func:`coco_files`)."""
+    photohard, photos) or COCO files (:func:`coco_files`)."""
     kind, _, rest = spec.partition(":")
     if kind in _generators():
         try:

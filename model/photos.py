@@ -156,14 +156,12 @@ def blob(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def blobs(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """``image`` (float RGB) with one to three :func:`blob` s in flat random colours (a third
-    of them textured with noise, as the shapes are)."""
+    """``image`` (float RGB) with one to three :func:`blob` s painted as the shapes are
+    (:func:`shapes.flat_fill`)."""
     height, width = image.shape[:2]
     for _ in range(int(rng.integers(1, 4))):
         mask = blob(rng, height, width)
-        colour = rng.integers(0, 256, size=3).astype(np.float32)
-        texture = rng.normal(0, rng.uniform(0, 12), (height, width, 1)) if rng.random() < 0.3 else 0
-        image = np.where(mask[..., None], colour + texture, image)
+        image = np.where(mask[..., None], shapes.flat_fill(rng, height, width), image)
     return image
 
 

@@ -82,6 +82,14 @@ def draw(kind: int, rng: np.random.Generator, height: int, width: int) -> np.nda
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def flat_fill(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A shape's paint: one random colour, with sensor-like noise a third of the time."""
+    colour = rng.integers(0, 256, size=3).astype(np.float32)
+    if rng.random() < 0.3:
+        return colour + rng.normal(0, rng.uniform(0, 12), size=(height, width, 1))
+    return colour
+
+
 # A background maker: (rng, height, width) -> float [H, W, 3] pixels.
 Background = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -101,11 +109,7 @@ def generate(seed: int, index: int, background: Background | None = None) -> Sha
         shape = draw(kind, rng, height, width)
         if shape.sum() < MIN_VISIBLE_PIXELS:
             continue
-        colour = rng.integers(0, 256, size=3).astype(np.float32)
-        texture = (
-            rng.normal(0, rng.uniform(0, 12), size=(height, width, 1)) if rng.random() < 0.3 else 0
-        )
-        image = np.where(shape[..., None].astype(bool), colour + texture, image)
+        image = np.where(shape[..., None].astype(bool), flat_fill(rng, height, width), image)
         for m in visible:
             m &= ~shape.astype(bool)
         full_masks.append(shape.astype(bool))
