@@ -42,6 +42,7 @@ class MaskRCNNAPI(ls.LitAPI):
 
 def serve(model_args: dict, port: int, max_batch: int, timeout_s: float) -> None:
     api = MaskRCNNAPI(model_args, max_batch_size=max_batch, batch_timeout=timeout_s)
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+    accelerator = "cuda" if model_args["device"].startswith("cuda") else "cpu"
+    ls.LitServer(api, accelerator=accelerator, workers_per_device=1).run(
         host="127.0.0.1", port=port, log_level="warning", generate_client_file=False
     )

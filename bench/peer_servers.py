@@ -29,24 +29,26 @@ KINDS = ("naive", "litserve")
 class EagerModel:
     """A checkpoint's torchvision ``MaskRCNN``, eager, answering in the ``/predict`` format."""
 
-    def __init__(self, model: str | None, canvas: int | None, score_threshold: float) -> None:
+    def __init__(
+        self, model: str | None, canvas: int | None, score_threshold: float, device: str = "cpu"
+    ) -> None:
         from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
 
         loaded = load_checkpoint(model or default_checkpoint())
-        self.model = loaded.model.eval()
+        self.device = torch.device(device)
+        self.model = loaded.model.eval().to(self.device)
         if canvas:
             self.model.transform.min_size = (canvas,)
             self.model.transform.max_size = canvas
         self.labels = loaded.config.classes
         self.score_threshold = score_threshold
 
-    @staticmethod
-    def decode(data: bytes) -> torch.Tensor:
+    def decode(self, data: bytes) -> torch.Tensor:
         from PIL import Image, ImageOps
         from torchvision.transforms.functional import pil_to_tensor
 
         image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-        return pil_to_tensor(image).float() / 255.0
+        return pil_to_tensor(image).to(self.device).float() / 255.0
 
     @torch.inference_mode()
     def predict(self, images: list[torch.Tensor]) -> list[dict]:
@@ -57,7 +59,7 @@ class EagerModel:
 
         height, width = image.shape[-2:]
         keep = out["scores"] >= self.score_threshold
-        masks = (out["masks"][keep, 0] > 0.5).numpy().astype(np.uint8)
+        masks = (out["masks"][keep, 0] > 0.5).cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
         return {
             "width": int(width),
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="checkpoint (default: the bundled shapes model)")
     parser.add_argument("--canvas", type=int, help="min_size = max_size (default: the config's)")
     parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-batch", type=int, default=8, help="litserve: max_batch_size")
     parser.add_argument("--batch-timeout-ms", type=float, default=5.0, help="litserve")
     args = parser.parse_args(argv)
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "canvas": args.canvas,
         "score_threshold": args.score_threshold,
+        "device": args.device,
     }
     if args.kind == "naive":
         serve_naive(EagerModel(**model_args), args.port)

@@ -15,11 +15,14 @@ at the end of each level), then maskrt's throughput and p50 as ratios to each pe
   ``--canvas`` (default 640) for maskrt's export and for the peers' ``min_size = max_size``.
 
 ``--int8`` has maskrt serve its export quantized to int8 (calibrated on ``--calibration``);
-``--maskrt-model FILE`` serves that ONNX instead of maskrt's own export.
+``--maskrt-model FILE`` serves that ONNX instead of maskrt's own export. ``--device cuda`` runs
+every server on the GPU; ``--backend`` picks maskrt's (``torch`` and ``tensorrt`` serve the
+checkpoint itself, ``onnxruntime`` maskrt's ONNX export).
 Only one server runs at a time: an idle server still costs CPU on a small machine.
 
     maskrt bench peers --concurrency 1,4,16 --duration 20
     maskrt bench peers --model r50 --canvas 640 --concurrency 1,4 --duration 30 --max-batch 4
+    maskrt bench peers --model r50 --canvas 800 --device cuda --backend torch --servers maskrt,naive
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def peers_image() -> tuple[bytes, str]:
 @dataclasses.dataclass
 class Prepared:
     checkpoint: str
-    onnx: str
+    served: str  # what maskrt serves: its ONNX for onnxruntime, else the checkpoint
     canvas: int | None  # the peers' min_size = max_size (None: the config's)
     score_threshold: float
     describe: str
@@ -110,7 +113,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
         threshold = 0.5 if args.score_threshold is None else args.score_threshold
         describe = "bundled shapes model" + (f", canvas {canvas}" if canvas else "")
     onnx = args.maskrt_model
-    if onnx is None:
+    if onnx is None and args.backend == "onnxruntime":
         print(f"exporting the onnxruntime-target ONNX of {describe} ...", flush=True)
         onnx = export_onnx(
             load_checkpoint(checkpoint),
@@ -120,14 +123,16 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
             int8_calibration=args.calibration if args.int8 else None,
         )
         describe += ", maskrt int8" if args.int8 else ""
-    return Prepared(str(checkpoint), str(onnx), canvas, threshold, describe)
+    describe += f"; on {args.device}, maskrt's backend {args.backend}"
+    model = str(onnx) if args.backend == "onnxruntime" else str(checkpoint)
+    return Prepared(str(checkpoint), model, canvas, threshold, describe)
 
 
 def command(server: str, port: int, prepared: Prepared, args: argparse.Namespace) -> list[str]:
     if server == "maskrt":
         return [
-            *(sys.executable, "-m", "maskrt", "serve", "--model", prepared.onnx),
-            *("--backend", "onnxruntime", "--device", "cpu", "--port", str(port)),
+            *(sys.executable, "-m", "maskrt", "serve", "--model", prepared.served),
+            *("--backend", args.backend, "--device", args.device, "--port", str(port)),
             *("--max-batch", str(args.max_batch), "--log-level", "warning"),
             *("--request-timeout-s", str(args.request_timeout)),
             *("--max-queue", str(max(64, 2 * max(args.levels)))),
@@ -137,7 +142,7 @@ def command(server: str, port: int, prepared: Prepared, args: argparse.Namespace
         *(sys.executable, "-m", "maskrt.bench.peer_servers", server, "--port", str(port)),
         *("--model", prepared.checkpoint, "--score-threshold", str(prepared.score_threshold)),
         *(("--canvas", str(prepared.canvas)) if prepared.canvas else ()),
-        *("--max-batch", str(args.peer_batch)),
+        *("--max-batch", str(args.peer_batch), "--device", args.device),
     ]
 
 
@@ -274,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score-threshold", type=float, help="every server's (default: 0.5; r50: 0)"
     )
+    parser.add_argument("--device", default="cpu", help="every server's device (cpu, cuda, cuda:N)")
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch", "tensorrt"),
+        default="onnxruntime",
+        help="maskrt's backend",
+    )
     parser.add_argument("--maskrt-model", help="serve this ONNX instead of exporting one")
     parser.add_argument(
         "--serve-args",
@@ -299,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         raise MaskrtError(f"--servers: known servers are {', '.join(SERVERS)}")
     if not args.levels or min(args.levels) < 1:
         raise MaskrtError("--concurrency: a comma-separated list of positive integers")
+    if args.backend != "onnxruntime" and (args.int8 or args.maskrt_model):
+        raise MaskrtError("--int8 and --maskrt-model are ONNX: they need --backend onnxruntime")
     if args.image:
         path = Path(args.image)
         if not path.is_file():
