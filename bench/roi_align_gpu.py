@@ -46,7 +46,8 @@ def _proposals(torch, boxes: int, batch: int, seed: int):
     return xyxy.cuda()
 
 
-def _time(torch, fn, warmup: int, iters: int) -> float:
+def cuda_median_ms(torch, fn, warmup: int, iters: int) -> float:
+    """Median milliseconds of ``fn`` between CUDA events, after ``warmup`` unmeasured calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -114,9 +115,9 @@ def run(boxes: int = 1000, batch: int = 1, iters: int = 50, warmup: int = 10) ->
                 OrderedDict(zip(NAMES, [f.float() for f in feats])), list(rois), shapes
             )
             err = (ours().float().flatten(0, 1) - exact).abs().max().item()
-            t_ours = _time(torch, ours, warmup, iters)
-            t_pooler = _time(torch, theirs, warmup, iters)
-            t_kernels = _time(torch, their_kernels, warmup, iters)
+            t_ours = cuda_median_ms(torch, ours, warmup, iters)
+            t_pooler = cuda_median_ms(torch, theirs, warmup, iters)
+            t_kernels = cuda_median_ms(torch, their_kernels, warmup, iters)
             results.append(
                 {
                     "dtype": str(dtype).replace("torch.", ""),
