@@ -20,6 +20,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return serving_checkpoint(tmp_path_factory.mktemp("model"))
 
 
+@pytest.fixture
+def exact_float32():
+    """float32 on CUDA as on the CPU: cuDNN's TF32 convolutions (PyTorch's default) round
+    products to 10 mantissa bits, enough to reorder near-equal detections against the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
     no_trt = pytest.mark.skip(

@@ -130,7 +130,7 @@ def test_onnxruntime_cuda_io_binding_equals_cpu():
 
 
 @pytest.mark.gpu
-def test_torch_backend_cuda_fp16():
+def test_torch_backend_cuda_fp16(exact_float32):
     model = loaded("shapes")
     cpu = TorchBackend(model, device="cpu", max_batch=2)
     imgs = images(2, 192, seed=31)

@@ -172,6 +172,7 @@ def test_cuda_equals_cpu(dtype):
         boxes.cuda(), [f.cuda().to(dtype) for f in features], 7, 2, False
     )
     assert gpu.dtype == dtype and gpu.is_cuda
+    # float32: the GPU fuses multiply-adds (an H200 gave 1.6e-5 on values of magnitude ~4)
     assert (gpu.float().cpu() - cpu).abs().max().item() <= (
-        1e-5 if dtype == torch.float32 else 1e-2
+        5e-5 if dtype == torch.float32 else 1e-2
     )
