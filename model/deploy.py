@@ -95,13 +95,21 @@ def grouped_nms(
             b = b - lo + (group.double() * (b.max() - lo + 1.0))[:, None]
             kept = torchvision.ops.nms(b, s.double(), iou_threshold)
         else:
-            # many candidates: one nms per non-empty group, torchvision's own _batched_nms_vanilla
-            # (a single call would compare every pair of candidates across groups)
-            mask = torch.zeros_like(s, dtype=torch.bool)
-            for g in torch.unique(group).tolist():
-                members = torch.nonzero(group == g).squeeze(1)
-                mask[members[torchvision.ops.nms(b[members], s[members], iou_threshold)]] = True
-            kept = torch.nonzero(mask).squeeze(1)
+            # many candidates: one nms per non-empty group, as torchvision's _batched_nms_vanilla
+            # (a single call would compare every pair of candidates across groups), each on its
+            # run of the candidates sorted by group; the run lengths are read back once, where a
+            # search per group made the GPU wait twice per group
+            order = torch.argsort(group, stable=True)
+            b, s = b.index_select(0, order), s.index_select(0, order)
+            runs, start = [], 0
+            for size in torch.bincount(group).tolist():
+                if size:
+                    end = start + size
+                    runs.append(
+                        torchvision.ops.nms(b[start:end], s[start:end], iou_threshold) + start
+                    )
+                    start = end
+            kept = order.index_select(0, torch.cat(runs))
         keep[candidates.index_select(0, kept)] = True
     keep = keep.reshape(groups, n)
     if max_per_group < n:
