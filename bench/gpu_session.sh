@@ -10,8 +10,9 @@
 #   bash bench/gpu_session.sh OUTDIR
 #
 # It runs from the repo root under the machine's python3, which must have torch and torchvision.
-# Packages missing there may come as wheels in .wheels-gpu/ (maskrt's own wheel among them): they
-# are installed into a private folder first and put on PYTHONPATH.
+# Packages missing there may come as wheels in .wheels-gpu/ (maskrt's own wheel among them;
+# `bash bench/gpu_wheels.sh` makes them): they are installed into a private folder first and put on
+# PYTHONPATH.
 set -u
 out=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 mkdir -p "$out"
