@@ -13,7 +13,7 @@ from pydantic.config import JsonDict
 # A real answer of the bundled shapes model for examples/shapes.png (max_detections=2).
 EXAMPLE_MODEL: JsonDict = {
     "name": "shapes",
-    "version": "5da77ec8b1d7",
+    "version": "f16d25e43c29",
     "backend": "onnxruntime",
     "device": "cpu",
 }
@@ -23,34 +23,34 @@ EXAMPLE_ANSWER: JsonDict = {
     "height": 192,
     "detections": [
         {
-            "box": [24.0076, 26.3429, 92.1468, 94.8038],
-            "score": 0.99994,
+            "box": [39.664581298828125, 105.11457824707031, 102.0516586303711, 161.25680541992188],
+            "score": 0.999474823474884,
+            "class_id": 3,
+            "label": "triangle",
+            "mask": {
+                "size": [192, 256],
+                "counts": "kd77h51N2O1M3O1N2O1N2O1O1N2O1M3O1N2O1M3O1O1N2N2N2O1N2N2N2M3O1O1001O1O001O3M"
+                "2N1O3M1O2N1O3M1O2N2N2N2N1O2N1O3M2N1O1O2N2N1O3M003M1NSgl0",
+            },
+        },
+        {
+            "box": [125.76145935058594, 116.09786224365234, 175.2109832763672, 163.9188232421875],
+            "score": 0.9993112087249756,
             "class_id": 2,
             "label": "circle",
             "mask": {
                 "size": [192, 256],
-                "counts": "ba4f0X53L5M2N4K3N2M3N2N3M2N1O2N2N3N0O2O0O1O3N1O000O1O2O0000000000000000"
-                "00000000000000000000O101O0O2O001N1O2O001N2N2N1O2N2N3M2N2M3O1N5J2O2M5K:@_`n0",
-            },
-        },
-        {
-            "box": [154.706, 30.9827, 208.9964, 85.1376],
-            "score": 0.99994,
-            "class_id": 1,
-            "label": "square",
-            "mask": {
-                "size": [192, 256],
-                "counts": "Pml0c0c0Ji3Y1N1O000000000000000000000000000000000000000000000000000000"
-                "0000000000000000000000000000000000000000000001O1POgK6Ym8",
+                "counts": "Vbg0=a54L3M5L2N3M2M3O1N2N2M20001N2N101O000O1000000000000000000"
+                "1O000000001N101O0O2N2O1N2N2N1N3N3M2M4M4K5KjQ?",
             },
         },
     ],
     "timings_ms": {
-        "decode": 0.93,
-        "queue": 0.05,
-        "preprocess": 1.2,
-        "inference": 160.4,
-        "postprocess": 2.1,
+        "decode": 1.037,
+        "queue": 0.0,
+        "preprocess": 0.669,
+        "inference": 40.828,
+        "postprocess": 1.402,
     },
 }
 
@@ -62,7 +62,7 @@ class ModelRef(BaseModel):
 
     name: str = Field(description="model config name", examples=["shapes"])
     version: str = Field(
-        description="first 12 hex digits of the checkpoint's sha256", examples=["5da77ec8b1d7"]
+        description="first 12 hex digits of the checkpoint's sha256", examples=["f16d25e43c29"]
     )
     backend: str = Field(description="torch, onnxruntime or tensorrt", examples=["onnxruntime"])
     device: str = Field(description="cpu or cuda:N", examples=["cpu"])
@@ -93,9 +93,11 @@ class Detection(BaseModel):
         description="[x1, y1, x2, y2]: left, top, right and bottom edges in pixels of the "
         "original (upright) image; x to the right, y down, (0, 0) at its top-left corner, so "
         "x2 - x1 is the width",
-        examples=[[24.0076, 26.3429, 92.1468, 94.8038]],
+        examples=[[125.76145935058594, 116.09786224365234, 175.2109832763672, 163.9188232421875]],
     )
-    score: float = Field(ge=0, le=1, description="confidence of the class", examples=[0.99994])
+    score: float = Field(
+        ge=0, le=1, description="confidence of the class", examples=[0.9993112087249756]
+    )
     class_id: int = Field(
         ge=1,
         description="1-based index into GET /v1/model's classes (0 is the background and "
@@ -109,12 +111,12 @@ class Detection(BaseModel):
 class Timings(BaseModel):
     """Where the request's time went, in milliseconds (batch stages are the whole batch's)."""
 
-    decode: float = Field(description="ms decoding the image", examples=[0.93])
-    queue: float = Field(description="ms waiting in the batch queue", examples=[0.05])
-    preprocess: float = Field(description="ms letterboxing the batch", examples=[1.2])
-    inference: float = Field(description="ms running the batch", examples=[160.4])
+    decode: float = Field(description="ms decoding the image", examples=[1.037])
+    queue: float = Field(description="ms waiting in the batch queue", examples=[0.0])
+    preprocess: float = Field(description="ms letterboxing the batch", examples=[0.669])
+    inference: float = Field(description="ms running the batch", examples=[40.828])
     postprocess: float = Field(
-        description="ms thresholding, pasting and RLE-encoding the batch's masks", examples=[2.1]
+        description="ms thresholding, pasting and RLE-encoding the batch's masks", examples=[1.402]
     )
 
 
