@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+
+from server_harness import maskrt_command
 
 
 def peers(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "maskrt", "bench", "peers", *args],
+        [*maskrt_command(), "bench", "peers", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
