@@ -24,6 +24,7 @@ COPY maskrt/ maskrt/
 COPY model/ model/
 COPY export/ export/
 COPY plugins/ plugins/
+COPY runtime/ runtime/
 COPY server/ server/
 COPY bench/ bench/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \

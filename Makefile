@@ -29,14 +29,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy cannot follow setuptools' editable import hook, so the package-dir mapping of pyproject.toml
-# is rebuilt as links: $(MYPY_TREE)/maskrt/{server,model,...} (pyproject's [tool.mypy] mypy_path).
-MYPY_TREE := $(VENV)/mypy-path/maskrt
 typecheck: install
-	@mkdir -p $(MYPY_TREE)
-	@for f in maskrt/*.py; do ln -sfn ../../../$$f $(MYPY_TREE)/; done
-	@for d in model export plugins server bench; do ln -sfn ../../../$$d $(MYPY_TREE)/$$d; done
-	$(BIN)/mypy -p maskrt.server -p maskrt.model -p maskrt.export -p maskrt.plugins
+	$(BIN)/mypy -p maskrt
 
 # The browser tests drive Debian's chromium; as root (CI) it is installed when missing. Elsewhere
 # nothing changes and those tests skip, saying why.

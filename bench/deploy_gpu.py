@@ -5,7 +5,7 @@ score threshold 0, so every image gives ``K`` = 100 detections with masks on bot
 images of ``canvas x canvas`` (no resize on either side). Per batch size, CUDA events around the
 whole forward, median of ``--iters``:
 
-- ``deploy_fp32`` / ``deploy_fp16``: :class:`maskrt.server.backends.torch.TorchBackend` (what
+- ``deploy_fp32`` / ``deploy_fp16``: :class:`maskrt.runtime.backends.torch.TorchBackend` (what
   ``maskrt serve --backend torch`` runs), float32 and float16 autocast; masks stay ``M x M``;
 - ``torchvision_fp32`` / ``torchvision_fp16``: ``model(list_of_images)`` as torchvision documents
   it, its own mask pasting into the image included, float32 and float16 autocast.
@@ -45,7 +45,7 @@ def _deploy(backend, images: torch.Tensor) -> list[int]:
 def run(canvas: int, batches: list[int], iters: int, warmup: int) -> dict:
     from maskrt.bench.random_model import random_detector
     from maskrt.model.checkpoint import LoadedModel
-    from maskrt.server.backends.torch import TorchBackend
+    from maskrt.runtime.backends.torch import TorchBackend
 
     if not torch.cuda.is_available():
         return {"bench": "deploy_gpu", "skipped": "no CUDA device"}

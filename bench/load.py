@@ -316,8 +316,8 @@ def overhead(
     otherwise idle) and right after it the same per-request work here (decode, letterbox, infer,
     post-process with the same parameters), never both at once. Interleaving makes both sides see
     the same background load, which matters on a shared machine."""
-    from maskrt.server.backends import open_backend
-    from maskrt.server.pipeline import Pipeline, PostOptions
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.pipeline import Pipeline, PostOptions
 
     pipeline = Pipeline(open_backend(settings))
     pipeline.warmup([1])
@@ -453,7 +453,7 @@ def run(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from maskrt.model.cli import add_model_options
+    from maskrt.cli.model import add_model_options
 
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskrt.errors import MaskrtError
     from maskrt.model.coco import open_dataset
     from maskrt.model.letterbox import fill_colour, letterbox_batch
-    from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+    from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     spins = {"off": [False], "on": [True], "both": [False, True]}[args.spinning]
     runs = [(f, spin) for f in args.files for spin in spins]

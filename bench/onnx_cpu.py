@@ -4,7 +4,7 @@ One process, one set of random weights, one input image (uint8, canvas x canvas,
 happens on either side), detections forced (score threshold 0, K = 100 on every path):
 
 - ``ours``: the ``onnxruntime``-target ONNX of :class:`maskrt.model.deploy.DeployGraph`, run by
-  :class:`maskrt.server.backends.onnxruntime.OnnxRuntimeBackend` (the server's session options);
+  :class:`maskrt.runtime.backends.onnxruntime.OnnxRuntimeBackend` (the server's session options);
   outputs the 28x28 masks (the server pastes them itself);
 - ``ours_paste``: the same plus torchvision's ``paste_masks_in_image`` of the 100 masks into the full
   image, so its output matches torchvision's;
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskrt.bench.random_model import random_detector
     from maskrt.export.onnx import export_onnx
     from maskrt.model.checkpoint import load_state_dict
-    from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend, usable_cores
+    from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, usable_cores
 
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
@@ -203,7 +203,7 @@ def _stock_onnx(tv, tv_input, tmp: Path, threads: int, args, ort, np, torch) -> 
     import logging
     import warnings
 
-    from maskrt.server.backends.onnxruntime import session_options
+    from maskrt.runtime.backends.onnxruntime import session_options
 
     attempts = []
     path = tmp / "torchvision.onnx"

@@ -1,6 +1,6 @@
 """Per-detection parity of two backends through the serving pipeline (``maskrt bench parity``).
 
-Both backends run the same images through :class:`maskrt.server.pipeline.Pipeline` (letterbox,
+Both backends run the same images through :class:`maskrt.runtime.pipeline.Pipeline` (letterbox,
 deploy graph, post-processing, RLE), so what is compared is what the server would answer. Each
 detection of ``--a`` is paired, in score order, with the unused detection of ``--b`` of the same class
 whose box overlaps it most; a pair matches when box IoU >= 0.99 and mask IoU >= 0.98 (COCO RLE IoU
@@ -113,8 +113,8 @@ class Parity:
 
 def main(argv: list[str] | None = None) -> int:
     from maskrt.model.coco import open_dataset
-    from maskrt.server.backends import open_backend
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.pipeline import Pipeline
     from maskrt.server.settings import Settings
 
     parser = argparse.ArgumentParser(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import litserve as ls
 import torch
 
-from maskrt.bench.peer_servers import EagerModel
+from maskrt.bench.eager_model import EagerModel
 
 
 class MaskRCNNAPI(ls.LitAPI):

@@ -3,7 +3,7 @@
 Both sides start from one image's deploy-graph outputs on the device (canvas boxes, scores,
 classes, 28x28 mask probabilities) and end with COCO RLE dicts on the host:
 
-- ours: :func:`maskrt.server.postprocess.postprocess_image` (window-only paste on the device,
+- ours: :func:`maskrt.runtime.postprocess.postprocess_image` (window-only paste on the device,
   run boundaries to the host, vectorised RLE);
 - reference: ``boxes_to_original``, torchvision's ``paste_masks_in_image`` into the full image,
   ``> 0.5``, then ``pycocotools.mask.encode`` of each full mask in Fortran order, exactly as
@@ -73,7 +73,7 @@ def reference(boxes, masks, lb) -> list[dict]:
 
 
 def ours(boxes, scores, classes, masks, lb, strategy: str) -> list[dict]:
-    from maskrt.server.postprocess import postprocess_image
+    from maskrt.runtime.postprocess import postprocess_image
 
     dets = postprocess_image(
         boxes,
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         b, dt = _timed(lambda: reference(boxes, masks, lb), device)
         t_ref.append(dt)
         identical = identical and a == b
-    from maskrt.server.postprocess import paste_strategy
+    from maskrt.runtime.postprocess import paste_strategy
 
     ours_ms = statistics.median(t_ours) * 1e3
     ref_ms = statistics.median(t_ref) * 1e3

@@ -36,25 +36,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from maskrt.errors import MaskrtError
+from maskrt.export.artifacts import atomic_write
 
 if TYPE_CHECKING:
     from maskrt.model.checkpoint import ModelOptions
 
 log = logging.getLogger("maskrt.cache")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a temporary file renamed over it): readers never see
-    half a file, and a failed write leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        raise MaskrtError(f"cannot write {path}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -191,10 +178,10 @@ def cached_engine(
 ) -> Path:
     """A TensorRT engine of a tensorrt-target ONNX for this GPU and TensorRT (builds it the first
     time: minutes), with the shared timing cache."""
+    from maskrt.export.artifacts import gpu_description
     from maskrt.export.tensorrt import build_engine
     from maskrt.model.checkpoint import file_sha256
     from maskrt.plugins import import_tensorrt
-    from maskrt.server.backends.tensorrt_engine import gpu_description
 
     gpu = gpu_description(device)
     hardware = hardware_tag(

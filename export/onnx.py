@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 
 from maskrt.errors import MaskrtError
+from maskrt.export.artifacts import INPUT_NAME, atomic_write, check, set_metadata_props
 
 log = logging.getLogger("maskrt.export")
 
@@ -51,8 +52,6 @@ MASK_HEADS = ("all", "detections")
 DEFAULT_MASK_HEAD = {"onnxruntime": "detections", "tensorrt": "all"}
 DEFAULT_OPSET = 18
 DEFAULT_MAX_BATCH = 8
-INPUT_NAME = "images"
-METADATA_PREFIX = "maskrt."
 
 
 def build_onnx(
@@ -187,8 +186,6 @@ def export_onnx(
     beside ``out`` and renamed, so a reader never sees half a file. ``mask_head`` defaults to the
     target's :data:`DEFAULT_MASK_HEAD`; ``int8_calibration`` (a data spec such as
     ``shapes:64:3``) quantizes the ``onnxruntime`` target to int8."""
-    from maskrt.export.cache import atomic_write
-
     if target not in TARGETS:
         raise MaskrtError(f"unknown ONNX target {target!r}; known targets: {', '.join(TARGETS)}")
     mask_head = mask_head or DEFAULT_MASK_HEAD[target]
@@ -266,39 +263,3 @@ def set_metadata(
     from maskrt import __version__ as version
 
     proto.producer_version = str(version)
-
-
-def set_metadata_props(proto, values: dict[str, str]) -> None:
-    """Set ``maskrt.<key>`` entries of ``proto.metadata_props`` (replacing existing ones)."""
-    keep = [p for p in proto.metadata_props if p.key not in {METADATA_PREFIX + k for k in values}]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in values.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, str(value)
-
-
-def read_metadata(proto_or_path) -> dict[str, str]:
-    """``maskrt.*`` metadata of an ONNX file or ``ModelProto`` (keys without the prefix)."""
-    import onnx
-
-    if isinstance(proto_or_path, (str, os.PathLike)):
-        proto_or_path = onnx.load_model(str(proto_or_path), load_external_data=False)
-    return maskrt_entries({p.key: p.value for p in proto_or_path.metadata_props})
-
-
-def maskrt_entries(metadata: dict[str, str]) -> dict[str, str]:
-    """The ``maskrt.*`` entries of ONNX metadata, keys without the prefix."""
-    return {
-        k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)
-    }
-
-
-def check(proto) -> None:
-    """``onnx.checker.check_model(full_check=True)``; a failure is a MaskrtError."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise MaskrtError(f"the exported ONNX graph does not pass onnx.checker: {exc}") from None

@@ -76,7 +76,7 @@ def quantize_int8(proto, data):
         quantize_static,
     )
 
-    from maskrt.export.onnx import INPUT_NAME, check, read_metadata, set_metadata_props
+    from maskrt.export.artifacts import INPUT_NAME, check, read_metadata, set_metadata_props
 
     meta = read_metadata(proto)
     canvas = int(meta["canvas"])

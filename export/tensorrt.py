@@ -1,8 +1,8 @@
 """Building TensorRT engines (``maskrt export engine``): the builder half of the TensorRT API (the
-runtime half is :mod:`maskrt.server.backends.tensorrt_engine`). ``tensorrt`` is imported inside
-:func:`build_engine`, so nothing of TensorRT loads until an engine is built. Written against the
-TensorRT 10 Python API (``IBuilder``/``INetworkDefinition``/``OnnxParser``) and TensorRT 11's
-removals.
+runtime half is :mod:`maskrt.runtime.backends.tensorrt_engine`; the sidecar's format is
+:mod:`maskrt.export.artifacts`). ``tensorrt`` is imported inside :func:`build_engine`, so nothing
+of TensorRT loads until an engine is built. Written against the TensorRT 10 Python API
+(``IBuilder``/``INetworkDefinition``/``OnnxParser``) and TensorRT 11's removals.
 
 Precision is the ONNX's, on TensorRT 10 as on 11: networks are created strongly typed (TensorRT 10:
 flag ``STRONGLY_TYPED``; TensorRT 11 has no other kind), so an fp16 engine comes from the fp16
@@ -29,8 +29,13 @@ import torch
 
 from maskrt import plugins
 from maskrt.errors import MaskrtError
-from maskrt.export.cache import atomic_write
-from maskrt.server.backends.tensorrt_engine import INPUT, gpu_description, sidecar_path
+from maskrt.export.artifacts import (
+    INPUT_NAME,
+    atomic_write,
+    gpu_description,
+    read_metadata,
+    sidecar_path,
+)
 
 log = logging.getLogger("maskrt.export.tensorrt")
 
@@ -41,7 +46,6 @@ def _onnx_facts(onnx_path: Path) -> tuple[dict[str, str], bool, int, str]:
     """(maskrt metadata, holds fp16 tensors, canvas, sha256) of a tensorrt-target ONNX."""
     import onnx
 
-    from maskrt.export.onnx import read_metadata
     from maskrt.model.checkpoint import file_sha256
 
     if not onnx_path.is_file():
@@ -127,7 +131,7 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
         profile = builder.create_optimization_profile()
         shape = lambda b: (b, 3, canvas, canvas)  # noqa: E731
-        profile.set_shape(INPUT, shape(1), shape(max_batch), shape(max_batch))
+        profile.set_shape(INPUT_NAME, shape(1), shape(max_batch), shape(max_batch))
         config.add_optimization_profile(profile)
         cache_file = Path(timing_cache) if timing_cache else None
         if cache_file is not None:

@@ -42,7 +42,7 @@ def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:
     ``maskrt.target`` set)."""
     import onnx_graphsurgeon as gs
 
-    from maskrt.export.onnx import set_metadata_props
+    from maskrt.export.artifacts import set_metadata_props
 
     functions = [f for f in model.functions if (f.domain, f.name) != (DOMAIN, ROI_ALIGN_OP)]
     graph = gs.import_onnx(model)

@@ -5,7 +5,7 @@
 creator (``MaskrtMultiLevelRoIAlign``, version "1", namespace "") with TensorRT's global plugin
 registry, so that the ONNX parser and engine deserialization find it. ``import_tensorrt()`` is the
 one place maskrt imports TensorRT's Python bindings (engine building in ``maskrt.export.tensorrt``,
-running in ``maskrt.server.backends.tensorrt_engine``). Importing this package needs neither
+running in ``maskrt.runtime.backends.tensorrt_engine``). Importing this package needs neither
 TensorRT nor a GPU.
 """
 

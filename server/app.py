@@ -36,11 +36,11 @@ def create_app(
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The app for ``settings`` (default: from the environment). ``opener(settings) -> Backend``
-    defaults to :func:`maskrt.server.backends.open_backend`; ``on_fatal(exc)`` is called when the
+    defaults to :func:`maskrt.runtime.backends.open_backend`; ``on_fatal(exc)`` is called when the
     model cannot be loaded (``maskrt serve`` then exits)."""
     settings = settings or Settings()
     if opener is None:
-        from maskrt.server.backends import open_backend
+        from maskrt.runtime.backends import open_backend
 
         opener = open_backend
     state = ServerState(settings, opener, on_fatal)

@@ -4,7 +4,7 @@
 counts the request in flight, holds it to its deadline (``request_timeout_s`` from its arrival:
 upload, decode, queue and inference together), announces the images to the batcher while the
 route reads them (so a batch forming may wait for them), admits their decoded size read from their
-headers (:mod:`~maskrt.server.admission`: 413 over the per-request pixel budget, 503 over the
+headers (:mod:`~maskrt.runtime.admission`: 413 over the per-request pixel budget, 503 over the
 in-flight one), decodes them in threads, queues them (503 when full), and waits for their results
 while watching for the client going away (its images are dropped before inference). It answers
 with one :class:`ImageResult` per image or raises :class:`~maskrt.server.errors.ApiError` (413,
@@ -25,10 +25,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive
 
-from maskrt.server.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
-from maskrt.server.decode import DecodedImage, image_pixels
+from maskrt.runtime.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
+from maskrt.runtime.decode import DecodedImage, image_pixels
+from maskrt.runtime.pipeline import Pipeline, PostOptions
 from maskrt.server.errors import ApiError, ClientDisconnected
-from maskrt.server.pipeline import Pipeline, PostOptions
 from maskrt.server.state import JobResult, ServerState, Work
 
 

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from maskrt import __version__
+from maskrt.runtime.postprocess import Detection
 from maskrt.server.errors import ApiError
 from maskrt.server.inference import ImageResult
-from maskrt.server.postprocess import Detection
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"

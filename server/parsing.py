@@ -13,8 +13,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import Request
 
+from maskrt.runtime.pipeline import PostOptions
 from maskrt.server.errors import ApiError, validation_message
-from maskrt.server.pipeline import PostOptions
 from maskrt.server.schemas import PredictParams
 
 BodyKind = Literal["multipart", "raw"]

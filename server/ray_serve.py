@@ -47,7 +47,8 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maskrt.server.decode import decode_image
+from maskrt.runtime.decode import decode_image
+from maskrt.runtime.pipeline import Pipeline, PostOptions, answer, model_info
 from maskrt.server.errors import ApiError, install_error_handlers, json_response
 from maskrt.server.metrics import LATENCY_BUCKETS, Metrics, batch_size_buckets
 from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -59,7 +60,6 @@ from maskrt.server.parsing import (
     read_images,
     request_body_doc,
 )
-from maskrt.server.pipeline import Pipeline, PostOptions, answer, model_info
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
@@ -108,7 +108,7 @@ class MaskrtModel:
     """One backend and pipeline per replica; images from every ingress batched together."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from maskrt.server.backends import open_backend
+        from maskrt.runtime.backends import open_backend
 
         self.settings = Settings(**settings)
         backend = open_backend(self.settings)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from maskrt.model.cli import OPTION_HELP, TRUST_PICKLE_HELP
+from maskrt.cli.model import OPTION_HELP, TRUST_PICKLE_HELP
 
 if TYPE_CHECKING:
     from maskrt.model.checkpoint import ModelOptions

@@ -20,19 +20,19 @@ from typing import Any
 from torch import Tensor
 
 from maskrt.errors import MaskrtError
-from maskrt.server.admission import PixelBudget
-from maskrt.server.backends.base import Backend
-from maskrt.server.batcher import Batcher, Job
-from maskrt.server.errors import ApiError
-from maskrt.server.metrics import Metrics
-from maskrt.server.pipeline import (
+from maskrt.runtime.admission import PixelBudget
+from maskrt.runtime.backends.base import Backend
+from maskrt.runtime.batcher import Batcher, Job
+from maskrt.runtime.pipeline import (
     InferredBatch,
     Pipeline,
     PostOptions,
     model_info,
     model_ref,
 )
-from maskrt.server.postprocess import Detection
+from maskrt.runtime.postprocess import Detection
+from maskrt.server.errors import ApiError
+from maskrt.server.metrics import Metrics
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
 

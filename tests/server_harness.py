@@ -270,7 +270,7 @@ def check_overlay(
     detection's colour blended into the image (where no label is written over it), and the
     background mostly as it was. Returns the detection index of each shape (-1 where none
     matched); masks are decoded with pycocotools."""
-    from maskrt.server.overlay import ALPHA, colour, decode_mask, erode, font_size
+    from maskrt.runtime.overlay import ALPHA, colour, decode_mask, erode, font_size
 
     assert picture.shape == image.shape, (picture.shape, image.shape)
     masks = [decode_mask(d["mask"]) for d in detections]

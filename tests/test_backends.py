@@ -11,12 +11,12 @@ import torch
 from deploy_helpers import assert_outputs_match, exported, images, loaded
 
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import set_metadata_props
+from maskrt.export.artifacts import set_metadata_props
 from maskrt.model.checkpoint import load_checkpoint, save_checkpoint
 from maskrt.model.deploy import DeployGraph
-from maskrt.server.backends.base import DeployOutputs
-from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
-from maskrt.server.backends.torch import TorchBackend
+from maskrt.runtime.backends.base import DeployOutputs
+from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from maskrt.runtime.backends.torch import TorchBackend
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_torch_backend_rejects_bad_input(torch_backend):
 
 
 def test_warmup_runs_once_on_the_cpu_and_logs_each_step(torch_backend, caplog):
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.pipeline import Pipeline
 
     caplog.set_level(logging.INFO, logger="maskrt.server")
     seconds = Pipeline(torch_backend).warmup()

@@ -14,8 +14,8 @@ import pytest
 from deploy_helpers import loaded
 
 from maskrt.errors import MaskrtError
+from maskrt.export.artifacts import read_metadata
 from maskrt.export.cache import cached, cached_onnx, hardware_tag, onnx_name, record_path
-from maskrt.export.onnx import read_metadata
 from maskrt.model.checkpoint import file_sha256, save_checkpoint
 
 
@@ -142,7 +142,7 @@ def test_cached_onnx_per_target(tmp_path, monkeypatch):
 def test_tensorrt_backend_from_a_checkpoint(tmp_path):
     import torch
 
-    from maskrt.server.backends import open_backend
+    from maskrt.runtime.backends import open_backend
     from maskrt.server.settings import Settings
 
     model = loaded("shapes", seed=6)

@@ -16,7 +16,8 @@ from deploy_helpers import assert_outputs_match, exported, images, loaded, roi_a
 
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import export_onnx, read_metadata
+from maskrt.export.artifacts import read_metadata
+from maskrt.export.onnx import export_onnx
 from maskrt.export.onnx_ops import (
     DOMAIN,
     ROI_ALIGN_OP,

@@ -13,7 +13,7 @@ from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
 from maskrt.model.coco import open_dataset
 from maskrt.model.deploy import DeployGraph
 from maskrt.model.letterbox import fill_colour, letterbox_batch
-from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 
 @pytest.fixture(scope="module")

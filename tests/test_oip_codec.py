@@ -20,7 +20,7 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import serialize_byte_tensor
 
-from maskrt.server.decode import DecodedImage
+from maskrt.runtime.decode import DecodedImage
 from maskrt.server.errors import ApiError
 from maskrt.server.inference import ImageResult
 from maskrt.server.oip import (

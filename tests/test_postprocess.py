@@ -1,4 +1,4 @@
-"""Post-processing (maskrt.server.postprocess) against torchvision + pycocotools, exactly.
+"""Post-processing (maskrt.runtime.postprocess) against torchvision + pycocotools, exactly.
 
 The reference for every mask is what torchvision's eager Mask R-CNN and its detection references
 produce: ``paste_masks_in_image(masks[:, None], boxes_orig, (H, W))[:, 0] > 0.5`` then
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import expand_boxes, paste_masks_in_image
 
 from maskrt.model.letterbox import Letterbox, boxes_to_original
-from maskrt.server import postprocess as pp
-from maskrt.server.backends.base import DeployOutputs
-from maskrt.server.postprocess import geometry, recipes, transitions
+from maskrt.runtime import postprocess as pp
+from maskrt.runtime.backends.base import DeployOutputs
+from maskrt.runtime.postprocess import geometry, recipes, transitions
 
 STRATEGIES = ("interpolate", "vectorized")
 

@@ -14,8 +14,8 @@ from maskrt.export.onnx import build_onnx, export_onnx
 from maskrt.export.quantize import quantize_int8
 from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
 from maskrt.model.coco import open_dataset
-from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
-from maskrt.server.pipeline import Pipeline
+from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from maskrt.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -244,8 +244,8 @@ def wait_until(what: str, check, timeout: float, every: float = 1.0):
 
 
 def test_predict_matches_the_pipeline(cluster):
-    from maskrt.server.backends import open_backend
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.pipeline import Pipeline
     from maskrt.server.settings import Settings
 
     image = shapes_image(3)

@@ -1,4 +1,4 @@
-"""COCO RLE (maskrt.server.rle) against pycocotools, the reference, byte for byte."""
+"""COCO RLE (maskrt.runtime.rle) against pycocotools, the reference, byte for byte."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from maskrt.server.rle import (
+from maskrt.runtime.rle import (
     Rle,
     counts_to_strings,
     rle_from_transitions,

@@ -16,8 +16,8 @@ import pytest
 from server_harness import maskrt_command, png, shapes_image
 
 from maskrt.errors import MaskrtError
+from maskrt.runtime.backends import open_backend
 from maskrt.server.app import create_app
-from maskrt.server.backends import open_backend
 from maskrt.server.settings import Settings
 
 
@@ -231,7 +231,7 @@ def test_pipeline_without_http_is_what_the_server_answers(checkpoint):
     records (and the Predictor tuples) the server would answer for the same image."""
     import numpy as np
 
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.pipeline import Pipeline
 
     pipeline = Pipeline(open_backend(settings(checkpoint)))
     images = [shapes_image(0), shapes_image(1), shapes_image(2)]
@@ -271,7 +271,7 @@ def test_stages_of_consecutive_batches_in_two_threads_give_the_serial_answers(ch
     as the server's pipeline does: each batch's outputs are its own, so nothing changes."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from maskrt.server.pipeline import Pipeline, PostOptions
+    from maskrt.runtime.pipeline import Pipeline, PostOptions
 
     pipeline = Pipeline(open_backend(settings(checkpoint)))
     opts = PostOptions(score_threshold=0.0)

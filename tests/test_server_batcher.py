@@ -1,4 +1,4 @@
-"""The dynamic batcher on its own (``maskrt.server.batcher``): the work is a plain function of the
+"""The dynamic batcher on its own (``maskrt.runtime.batcher``): the work is a plain function of the
 jobs' payloads, so batching, waiting, dropping, failures and draining are checked exactly."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from maskrt.server.batcher import Batcher, BatcherClosed, BatchFailed, QueueFull
+from maskrt.runtime.batcher import Batcher, BatcherClosed, BatchFailed, QueueFull
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""Image decoding (``maskrt.server.decode``): formats, modes, EXIF orientation, bad data, the
+"""Image decoding (``maskrt.runtime.decode``): formats, modes, EXIF orientation, bad data, the
 pixel guard (checked from the header, before any pixel is decoded) and nvJPEG on a GPU."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from server_harness import big_png
 
-from maskrt.server.decode import apply_orientation, decode_image
+from maskrt.runtime.decode import apply_orientation, decode_image
 from maskrt.server.errors import ApiError
 
 LIMIT = 40_000_000

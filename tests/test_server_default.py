@@ -20,7 +20,7 @@ def _skip_reason() -> str | None:
 
     if not default_checkpoint().is_file():
         return f"the shipped model {default_checkpoint()} is not there yet"
-    if importlib.util.find_spec("maskrt.server.backends.onnxruntime") is None:
+    if importlib.util.find_spec("maskrt.runtime.backends.onnxruntime") is None:
         return "the onnxruntime backend does not exist yet"
     return None
 
@@ -76,8 +76,8 @@ def test_the_cached_onnx_serves_the_same_answers(server):
     process with backend=auto, gives exactly what the server answered (same graph, same batch)."""
     from maskrt.export.cache import cached_onnx
     from maskrt.model.checkpoint import default_checkpoint
-    from maskrt.server.backends import open_backend
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.pipeline import Pipeline
     from maskrt.server.settings import Settings, default_cache_dir
 
     with server.client() as c:

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from maskrt.cli.serve import register, settings_from_args
 from maskrt.errors import MaskrtError
-from maskrt.server.backends import model_kind, resolve_backend
-from maskrt.server.cli import register, settings_from_args
+from maskrt.runtime.backends import model_kind, resolve_backend
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics, batch_size_buckets
 from maskrt.server.security import ApiKeys
@@ -222,8 +222,8 @@ def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch
     import torch
     from deploy_helpers import exported
 
-    from maskrt.server.backends import open_backend
-    from maskrt.server.backends.onnxruntime import usable_cores
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.backends.onnxruntime import usable_cores
 
     path, _ = exported("shapes", max_batch=2)
     before = torch.get_num_threads()

@@ -20,12 +20,12 @@ from deploy_helpers import assert_outputs_match, exported, images
 
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import export_onnx, set_metadata_props
+from maskrt.export.artifacts import read_sidecar, set_metadata_props, sidecar_path
+from maskrt.export.onnx import export_onnx
 from maskrt.export.tensorrt import build_engine, check_build_request
 from maskrt.export.tensorrt_onnx import rewrite
 from maskrt.plugins import tensorrt_importable
-from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
-from maskrt.server.backends.tensorrt_engine import read_sidecar, sidecar_path
+from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 TRT_AND_GPU = torch.cuda.is_available() and tensorrt_importable()
 
@@ -81,7 +81,7 @@ def test_cli_explains_what_is_missing(trt_onnx, tmp_path, capsys):
 
 
 def test_backend_errors_before_tensorrt(tmp_path):
-    from maskrt.server.backends.tensorrt import TensorRTBackend
+    from maskrt.runtime.backends.tensorrt import TensorRTBackend
 
     with pytest.raises(MaskrtError, match="CUDA device, not 'cpu'"):
         TensorRTBackend(tmp_path / "m.plan", device="cpu")
@@ -99,11 +99,11 @@ def test_backend_errors_before_tensorrt(tmp_path):
 def test_server_never_imports_tensorrt():
     """Import the app, build it and open the default backend: no ``tensorrt`` module is loaded."""
     code = (
-        "import sys, maskrt.server.app as a, maskrt.server.backends as b, maskrt.cli as c\n"
+        "import sys, maskrt.server.app as a, maskrt.runtime.backends as b, maskrt.cli as c\n"
         "from maskrt.server.settings import Settings\n"
         "c.build_parser(); a.create_app(Settings(backend='torch', device='cpu', max_batch=1))\n"
         "b.open_backend(Settings(backend='torch', device='cpu', max_batch=1))\n"
-        "import maskrt.server.backends.tensorrt, maskrt.export.tensorrt\n"
+        "import maskrt.runtime.backends.tensorrt, maskrt.export.tensorrt\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorrt'))\n"
     )
     assert _python(code).strip() == "[]"
@@ -150,7 +150,7 @@ def test_a_stubs_only_tensorrt_is_not_taken_for_tensorrt(tmp_path):
 def test_engine_runs_on_its_own_gpu_whatever_gpu_is_current(trt_onnx, tmp_path):
     """An engine on the last GPU, run while GPU 0 is current (a fresh thread): Engine.run makes
     its device current, so TensorRT enqueues there."""
-    from maskrt.server.backends.tensorrt import TensorRTBackend
+    from maskrt.runtime.backends.tensorrt import TensorRTBackend
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA GPUs")
@@ -168,7 +168,7 @@ def test_engine_runs_on_its_own_gpu_whatever_gpu_is_current(trt_onnx, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 def test_engine_fp32_matches_onnxruntime(trt_onnx, tmp_path):
-    from maskrt.server.backends.tensorrt import TensorRTBackend
+    from maskrt.runtime.backends.tensorrt import TensorRTBackend
 
     path, source = trt_onnx
     plan, cache = tmp_path / "m.plan", tmp_path / "timing.cache"
@@ -193,8 +193,8 @@ def test_engine_fp16_and_the_shipped_model_through_the_pipeline(tmp_path):
     from maskrt.bench.parity import Parity
     from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
     from maskrt.model.coco import open_dataset
-    from maskrt.server.backends.tensorrt import TensorRTBackend
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.backends.tensorrt import TensorRTBackend
+    from maskrt.runtime.pipeline import Pipeline
 
     shipped = load_checkpoint(default_checkpoint())
     trt_onnx = export_onnx(shipped, tmp_path / "s.trt.onnx", "tensorrt", max_batch=4)

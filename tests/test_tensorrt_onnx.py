@@ -17,7 +17,8 @@ from deploy_helpers import assert_outputs_match, exported, images, loaded, roi_a
 from maskrt.bench.parity import Parity
 from maskrt.cli import main
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import export_onnx, read_metadata
+from maskrt.export.artifacts import read_metadata
+from maskrt.export.onnx import export_onnx
 from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_ATTRIBUTES
 from maskrt.export.tensorrt_onnx import (
     PLUGIN_OP,
@@ -28,9 +29,9 @@ from maskrt.export.tensorrt_onnx import (
 )
 from maskrt.model.checkpoint import default_checkpoint, save_checkpoint
 from maskrt.model.coco import open_dataset
-from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
-from maskrt.server.backends.torch import TorchBackend
-from maskrt.server.pipeline import Pipeline
+from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from maskrt.runtime.backends.torch import TorchBackend
+from maskrt.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from maskrt.runtime.pipeline import PostOptions, answer
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import json_response
 from maskrt.server.inference import ImageResult, Reader, Upload, infer_request
@@ -25,7 +26,6 @@ from maskrt.server.parsing import (
     read_images,
     request_body_doc,
 )
-from maskrt.server.pipeline import PostOptions, answer
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,

@@ -15,12 +15,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, json_response
 from maskrt.server.inference import Upload, infer_request
 from maskrt.server.parsing import parse_params, post_options
-from maskrt.server.pipeline import PostOptions
 from maskrt.server.state import ServerState
 
 public = APIRouter(prefix="/v2", tags=["open inference protocol"])

@@ -1,6 +1,6 @@
 // The page at GET /: upload an image to POST /predict and draw the answer. No framework, no
 // network access beyond this server. Colours and alpha are those of maskrt predict
-// (server/overlay.py), so a picture and the page look alike.
+// (runtime/overlay.py), so a picture and the page look alike.
 "use strict";
 
 const PALETTE = [

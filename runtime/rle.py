@@ -9,7 +9,7 @@ stop once the rest is the sign extension of bit ``0x10``, each character offset 
 
 Nothing here loops over pixels in Python. Masks are described by their *transitions*: the sorted
 column-major linear indices where the value changes (a run of 1s starting at ``s`` and ending
-before ``e`` contributes ``s`` and ``e``). :mod:`maskrt.server.postprocess` finds them on the
+before ``e`` contributes ``s`` and ``e``). :mod:`maskrt.runtime.postprocess` finds them on the
 device from the box window alone; zeros outside the window are folded in arithmetically here.
 The only Python loop is one string slice per mask.
 """

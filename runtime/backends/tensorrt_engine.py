@@ -1,5 +1,5 @@
 """Running TensorRT engines: the runtime half of the TensorRT API (the building half is
-:mod:`maskrt.export.tensorrt`), and the engine's JSON sidecar both halves agree on.
+:mod:`maskrt.export.tensorrt`; the engine's JSON sidecar is :mod:`maskrt.export.artifacts`).
 
 :class:`Engine` deserializes a plan with maskrt's plugin library loaded and runs it on torch CUDA
 tensors bound by device pointer (TensorRT 10 and 11 Python API: named I/O tensors,
@@ -8,7 +8,6 @@ tensors bound by device pointer (TensorRT 10 and 11 Python API: named I/O tensor
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,39 +15,7 @@ import torch
 
 from maskrt import plugins
 from maskrt.errors import MaskrtError
-
-INPUT = "images"
-
-
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    return Path(f"{engine}.json")
-
-
-def read_sidecar(engine: str | os.PathLike) -> dict:
-    """An engine's JSON sidecar; a MaskrtError when it is missing or malformed."""
-    path = sidecar_path(engine)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MaskrtError(
-            f"{engine}: no sidecar {path.name} beside it; build engines with "
-            f"`maskrt export engine`, which writes one"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise MaskrtError(f"{path}: unreadable engine sidecar ({exc})") from None
-    if not isinstance(data, dict):
-        raise MaskrtError(f"{path}: unreadable engine sidecar (not a JSON object)")
-    return data
-
-
-def gpu_description(device: torch.device) -> dict[str, str]:
-    """Name and compute capability (``"9.0"``) of a CUDA device, as the sidecar records them."""
-    major, minor = torch.cuda.get_device_capability(device)
-    return {
-        "gpu_name": torch.cuda.get_device_name(device),
-        "compute_capability": f"{major}.{minor}",
-    }
-
+from maskrt.export.artifacts import INPUT_NAME
 
 _TORCH_DTYPES = {
     "FLOAT": torch.float32,
@@ -82,12 +49,14 @@ class Engine:
                 )
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.inputs = [
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT_NAME
+        ]
         self.outputs = [n for n in names if n not in self.inputs]
-        if self.inputs != [INPUT]:
-            raise MaskrtError(f"{path}: engine inputs {self.inputs}, expected [{INPUT!r}]")
+        if self.inputs != [INPUT_NAME]:
+            raise MaskrtError(f"{path}: engine inputs {self.inputs}, expected [{INPUT_NAME!r}]")
         self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
-        self.max_batch = int(self.engine.get_tensor_profile_shape(INPUT, 0)[2][0])
+        self.max_batch = int(self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
 
     def run(self, images: torch.Tensor, stream: torch.cuda.Stream) -> dict[str, torch.Tensor]:
         """Outputs by name for a contiguous ``images`` batch on :attr:`device`, enqueued on
@@ -96,8 +65,8 @@ class Engine:
         which need not be this one (any GPU but 0, called from a thread that never chose)."""
         context = self.context
         with torch.cuda.device(self.device):
-            context.set_input_shape(INPUT, tuple(images.shape))
-            context.set_tensor_address(INPUT, images.data_ptr())
+            context.set_input_shape(INPUT_NAME, tuple(images.shape))
+            context.set_tensor_address(INPUT_NAME, images.data_ptr())
             outputs = {}
             for name in self.outputs:
                 out = torch.empty(

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
-from maskrt.export.onnx import maskrt_entries, read_metadata
-from maskrt.server.backends.base import (
+from maskrt.export.artifacts import maskrt_entries, read_metadata
+from maskrt.runtime.backends.base import (
     OUTPUT_NAMES,
     Backend,
     DeployOutputs,

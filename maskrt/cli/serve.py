@@ -1,5 +1,4 @@
-"""``maskrt serve``: the HTTP server (uvicorn) with flags named as the settings; and ``maskrt
-predict`` (:mod:`maskrt.server.predict`).
+"""``maskrt serve``: the HTTP server (uvicorn) with flags named as the settings.
 
 Every setting of :class:`~maskrt.server.settings.Settings` is a flag (``--max-batch 8``) and an
 environment variable (``MASKRT_MAX_BATCH=8``); flags win. With no argument it serves the bundled
@@ -11,8 +10,6 @@ from __future__ import annotations
 import argparse
 import socket
 import typing
-
-from maskrt.server import predict
 
 _HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
 
@@ -28,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_settings_flags(p, Settings.model_fields)
     p.set_defaults(func=_serve)
-    predict.register(sub)
 
 
 def add_settings_flags(p: argparse.ArgumentParser, names) -> None:
@@ -122,9 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from PIL import Image
 
+    from maskrt.runtime.backends import check_model
+    from maskrt.runtime.decode import ignore_expected_warnings
     from maskrt.server.app import create_app
-    from maskrt.server.backends import check_model
-    from maskrt.server.decode import ignore_expected_warnings
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
 

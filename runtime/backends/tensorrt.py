@@ -6,7 +6,7 @@ batch and the outputs are torch CUDA tensors bound by device pointer, so nothing
 the host. Any batch of 1 to the engine's profile maximum runs. :class:`ModelInfo` comes from the
 engine's JSON sidecar; an engine built for another GPU or TensorRT version is refused with the
 reason. The TensorRT runtime API itself is used only in
-:mod:`maskrt.server.backends.tensorrt_engine`.
+:mod:`maskrt.runtime.backends.tensorrt_engine`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from torch import Tensor
 
 from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
-from maskrt.server.backends.base import (
+from maskrt.runtime.backends.base import (
     OUTPUT_NAMES as OUTPUTS,
 )
-from maskrt.server.backends.base import (
+from maskrt.runtime.backends.base import (
     Backend,
     DeployOutputs,
     model_info_from_metadata,
@@ -43,7 +43,8 @@ class TensorRTBackend(Backend):
         device: torch.device | str = "cuda",
         max_batch: int = 8,
     ):
-        from maskrt.server.backends.tensorrt_engine import Engine, gpu_description, read_sidecar
+        from maskrt.export.artifacts import gpu_description, read_sidecar
+        from maskrt.runtime.backends.tensorrt_engine import Engine
 
         path = Path(engine_path)
         device = torch.device(device)

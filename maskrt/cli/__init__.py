@@ -1,7 +1,7 @@
 """The ``maskrt`` console script: one entry point, one subcommand family per part.
 
-Each part owns its subcommands in its own ``cli.py`` (``register(subparsers)``); this module only
-assembles them, so ``maskrt --help`` stays fast (parts import torch lazily, inside ``run``).
+Each part's subcommands have a module here (``register(subparsers)``); this one only assembles
+them, so ``maskrt --help`` stays fast (parts import torch lazily, inside ``run``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import sys
 from maskrt import __version__
 from maskrt.errors import MaskrtError
 
-PARTS = ("maskrt.model.cli", "maskrt.export.cli", "maskrt.server.cli", "maskrt.bench.cli")
+PARTS = (
+    "maskrt.cli.model",
+    "maskrt.cli.export",
+    "maskrt.cli.serve",
+    "maskrt.cli.predict",
+    "maskrt.cli.bench",
+)
 
 
 class HelpFormatter(argparse.HelpFormatter):

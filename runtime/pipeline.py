@@ -2,11 +2,11 @@
 
 The server's batch worker calls :meth:`Pipeline.run_batch`; the evaluation (``maskrt evaluate
 --backend ...``) and the load benchmark call :meth:`Pipeline.predict` or :meth:`Pipeline.predictor`
-on a backend opened with :func:`maskrt.server.backends.open_backend`, so what they measure is
+on a backend opened with :func:`maskrt.runtime.backends.open_backend`, so what they measure is
 exactly what the server answers::
 
-    from maskrt.server.backends import open_backend
-    from maskrt.server.pipeline import Pipeline
+    from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.pipeline import Pipeline
     from maskrt.server.settings import Settings
 
     pipeline = Pipeline(open_backend(Settings(backend="onnxruntime")))
@@ -31,10 +31,10 @@ from torch import Tensor
 
 from maskrt.model.deploy import DeployOutputs
 from maskrt.model.letterbox import Letterbox, fill_colour
-from maskrt.server.backends.base import Backend
-from maskrt.server.decode import DecodedImage, decode_image
-from maskrt.server.postprocess import Detection, postprocess_batch, recipes_for
-from maskrt.server.preprocess import preprocess
+from maskrt.runtime.backends.base import Backend
+from maskrt.runtime.decode import DecodedImage, decode_image
+from maskrt.runtime.postprocess import Detection, postprocess_batch, recipes_for
+from maskrt.runtime.preprocess import preprocess
 
 if TYPE_CHECKING:
     from maskrt.model.evaluate import Predictions, Predictor

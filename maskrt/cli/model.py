@@ -178,7 +178,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from maskrt.model.checkpoint import default_checkpoint, load_model
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
-    from maskrt.server.decode import ignore_expected_warnings
+    from maskrt.runtime.decode import ignore_expected_warnings
 
     ignore_expected_warnings()
     data = open_dataset(args.data, args.images, split="val")
@@ -188,8 +188,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         predict = eager_predictor(loaded, device)
         classes, source, version = loaded.config.classes, loaded.source, loaded.version
     else:
-        from maskrt.server.backends import model_path, open_backend
-        from maskrt.server.pipeline import Pipeline
+        from maskrt.runtime.backends import model_path, open_backend
+        from maskrt.runtime.pipeline import Pipeline
         from maskrt.server.settings import Settings
 
         said = ("cache_dir", "config", "labels", "canvas")

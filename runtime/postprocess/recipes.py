@@ -2,7 +2,7 @@
 
 A bilinear value can sit within an ulp of 0.5, so a paste equal to torchvision's needs the same
 float32 arithmetic as ``F.interpolate`` on that device, and that differs by build and regime (see
-:mod:`maskrt.server.postprocess`). :func:`bilinear_windows` evaluates a :class:`Recipe` for many
+:mod:`maskrt.runtime.postprocess`). :func:`bilinear_windows` evaluates a :class:`Recipe` for many
 windows at once; :func:`recipes_for` finds, once per device, the recipe that matches
 ``F.interpolate`` bit for bit on a set of probes.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maskrt.server.postprocess.geometry import axis_tables
+from maskrt.runtime.postprocess.geometry import axis_tables
 
 # torchvision's F.interpolate picks another CPU kernel when out_h + out_w <= 128.
 SMALL_SUM = 128
@@ -84,7 +84,7 @@ def bilinear_windows(
     """Bilinear values ``[n, Wc, Hr]`` (column-major windows) of padded masks ``[n, S, S]``.
 
     ``cols = (x0, x1, b0, b1)`` are ``[n, Wc]``, ``rows = (y0, y1, a0, a1)`` are ``[n, Hr]``
-    (from :func:`~maskrt.server.postprocess.geometry.axis_tables`); zero weights give exact zeros.
+    (from :func:`~maskrt.runtime.postprocess.geometry.axis_tables`); zero weights give exact zeros.
     """
     n, s, _ = padded.shape
     x0, x1, b0, b1 = cols

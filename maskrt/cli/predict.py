@@ -1,9 +1,9 @@
 """``maskrt predict``: overlay pictures and JSON answers for image files.
 
-The model runs here, through :class:`~maskrt.server.pipeline.Pipeline` on any backend (the same
+The model runs here, through :class:`~maskrt.runtime.pipeline.Pipeline` on any backend (the same
 flags as ``maskrt serve``), or a running server answers (``--url``). For each ``IMAGE`` it writes
 ``OUT/<stem>.json`` (the ``POST /predict`` answer) and ``OUT/<stem>.png`` (``.jpg`` for a JPEG) with
-the detections drawn by :func:`maskrt.server.overlay.draw_overlay`. An image that cannot be read or
+the detections drawn by :func:`maskrt.runtime.overlay.draw_overlay`. An image that cannot be read or
 decoded is reported with its file name; the others are still written.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from maskrt.server.decode import DecodedImage
+    from maskrt.runtime.decode import DecodedImage
 
 # Settings the local run takes (``--url`` asks a server, which has its own).
 LOCAL_SETTINGS = (
@@ -38,7 +38,7 @@ JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from maskrt.server.cli import add_settings_flags
+    from maskrt.cli.serve import add_settings_flags
 
     p = sub.add_parser(
         "predict",
@@ -73,7 +73,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from maskrt.errors import MaskrtError
-    from maskrt.server.decode import ignore_expected_warnings
+    from maskrt.runtime.decode import ignore_expected_warnings
 
     ignore_expected_warnings()
     stems: dict[str, Path] = {}
@@ -121,7 +121,7 @@ def _load(path: Path, decode: Callable[..., DecodedImage]) -> tuple[bytes, Decod
 
 def _write(out: Path, path: Path, answer: dict, image: DecodedImage) -> None:
     """``<stem>.json`` and the overlay, ``<stem>.jpg`` for a JPEG, else ``<stem>.png``."""
-    from maskrt.server.overlay import draw_overlay
+    from maskrt.runtime.overlay import draw_overlay
 
     (out / f"{path.stem}.json").write_text(json.dumps(answer, indent=1) + "\n")
     picture = draw_overlay(image.tensor.permute(1, 2, 0).cpu().numpy(), answer["detections"])
@@ -136,9 +136,9 @@ class Local:
     Called with paths, it yields each path with its (answer, image) or its error message."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from maskrt.server.backends import open_backend
-        from maskrt.server.cli import settings_from_args
-        from maskrt.server.pipeline import Pipeline
+        from maskrt.cli.serve import settings_from_args
+        from maskrt.runtime.backends import open_backend
+        from maskrt.runtime.pipeline import Pipeline
 
         self.settings = settings_from_args(args)
         self.pipeline = Pipeline(open_backend(self.settings))
@@ -148,7 +148,7 @@ class Local:
         return self.pipeline.decode(data, max_pixels=self.settings.max_image_pixels, name=name)
 
     def __call__(self, paths: list[Path]) -> Iterator[tuple[Path, tuple[dict, DecodedImage] | str]]:
-        from maskrt.server.pipeline import PostOptions, answer
+        from maskrt.runtime.pipeline import PostOptions, answer
 
         decoded = []
         for path in paths:
@@ -191,7 +191,7 @@ class Remote:
         import httpx
 
         from maskrt.errors import MaskrtError
-        from maskrt.server.decode import decode_image
+        from maskrt.runtime.decode import decode_image
 
         for path in paths:
             loaded = _load(path, functools.partial(decode_image, max_pixels=1 << 62))

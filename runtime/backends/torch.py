@@ -4,7 +4,7 @@ It runs exactly the graph that is exported to ONNX and built into TensorRT engin
 ``torch.inference_mode``; on CUDA ``fp16=True`` runs it under float16 autocast (box arithmetic,
 NMS and RoI coordinates stay float32 inside the graph). Outputs follow the deploy-graph contract:
 detections padded to ``K`` with the ``M x M`` mask probabilities of each detection's class;
-pasting happens once, in :mod:`maskrt.server.postprocess`, for every backend.
+pasting happens once, in :mod:`maskrt.runtime.postprocess`, for every backend.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from maskrt.devices import check_device, check_max_batch
 from maskrt.errors import MaskrtError
-from maskrt.server.backends.base import Backend, DeployOutputs, ModelInfo
+from maskrt.runtime.backends.base import Backend, DeployOutputs, ModelInfo
 
 log = logging.getLogger("maskrt.backends.torch")
 

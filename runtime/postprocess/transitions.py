@@ -2,7 +2,7 @@
 
 :func:`paste_transitions` pastes ``M x M`` mask probabilities into their windows (the boxes
 clipped to the image), thresholds them ``> 0.5`` and returns the column-major linear indices where
-each mask's value changes, which :func:`maskrt.server.rle.rle_from_transitions` turns into COCO RLE.
+each mask's value changes, which :func:`maskrt.runtime.rle.rle_from_transitions` turns into COCO RLE.
 Every boundary of every mask of a batch lands in one boolean buffer on the device, and one
 ``nonzero`` copies them to the host. Steps: plan (which windows are evaluated together, and how),
 one upload of the bilinear tables, the paste of each plan into its slice of the buffer, and the
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maskrt.server.postprocess.geometry import PasteGeometry, axis_tables
-from maskrt.server.postprocess.recipes import SMALL_SUM, Recipe, bilinear_windows, recipes_for
+from maskrt.runtime.postprocess.geometry import PasteGeometry, axis_tables
+from maskrt.runtime.postprocess.recipes import SMALL_SUM, Recipe, bilinear_windows, recipes_for
 
 STRATEGIES = ("auto", "vectorized", "interpolate")
 # Padded-volume cost (in pixels) of one more bucket, and the largest bucket (memory bound).
@@ -56,7 +56,7 @@ def paste_transitions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paste ``masks [N, M, M]`` (probabilities, any float dtype, any device) by ``geom`` and
     threshold ``> 0.5``; returns the host int64 arrays ``(transitions, mask_ids)``: column-major
-    linear indices in each mask's image where its value changes (see :mod:`maskrt.server.rle`),
+    linear indices in each mask's image where its value changes (see :mod:`maskrt.runtime.rle`),
     sorted by mask, then index.
 
     ``strategy``: ``vectorized`` evaluates all windows in a few batched operations (padded

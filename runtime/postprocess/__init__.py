@@ -24,7 +24,7 @@ the part inside the image.
 
 Here only the *window* (the box clipped to the image) is computed, on the masks' device, for all
 masks at once, and only the run boundaries of the thresholded window (column-major transitions)
-come back to the host; :mod:`maskrt.server.rle` folds the zeros outside the window into the runs.
+come back to the host; :mod:`maskrt.runtime.rle` folds the zeros outside the window into the runs.
 No full-image mask exists anywhere.
 
 Exactness. A bilinear value can sit within an ulp of 0.5, so equality with torchvision needs the
@@ -49,11 +49,11 @@ import torch
 from torch import Tensor
 
 from maskrt.model.letterbox import Letterbox, boxes_to_original
-from maskrt.server.backends.base import DeployOutputs
-from maskrt.server.postprocess.geometry import paste_geometry
-from maskrt.server.postprocess.recipes import recipes_for
-from maskrt.server.postprocess.transitions import paste_strategy, paste_transitions
-from maskrt.server.rle import Rle, rle_from_transitions
+from maskrt.runtime.backends.base import DeployOutputs
+from maskrt.runtime.postprocess.geometry import paste_geometry
+from maskrt.runtime.postprocess.recipes import recipes_for
+from maskrt.runtime.postprocess.transitions import paste_strategy, paste_transitions
+from maskrt.runtime.rle import Rle, rle_from_transitions
 
 __all__ = [
     "Detection",

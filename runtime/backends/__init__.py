@@ -27,7 +27,7 @@ from maskrt.errors import MaskrtError
 from maskrt.model.config import torchvision_weights_config
 
 if TYPE_CHECKING:
-    from maskrt.server.backends.base import Backend
+    from maskrt.runtime.backends.base import Backend
     from maskrt.server.settings import Settings
 
 log = logging.getLogger("maskrt.backends")
@@ -155,14 +155,14 @@ def open_backend(settings: Settings) -> Backend:
     set_torch_threads(settings, backend)
     if backend == "torch":
         from maskrt.model.checkpoint import load_model
-        from maskrt.server.backends.torch import TorchBackend
+        from maskrt.runtime.backends.torch import TorchBackend
 
         loaded = load_model(model, settings.model_options())
         return TorchBackend(loaded, device=device, max_batch=max_batch)
     cache_dir = Path(settings.cache_dir)
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
-        from maskrt.server.backends.onnxruntime import OnnxRuntimeBackend
+        from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         onnx = (
             model
@@ -176,11 +176,11 @@ def open_backend(settings: Settings) -> Backend:
             threads=settings.inference_threads,
             spinning=settings.inference_spinning,
         )
-    from maskrt.server.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
+    from maskrt.runtime.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 
     if kind != "engine":
+        from maskrt.export.artifacts import read_metadata
         from maskrt.export.cache import cached_engine, cached_onnx
-        from maskrt.export.onnx import read_metadata
 
         # fp16 engines come from the fp16 export on every TensorRT (boxes and NMS stay fp32); a
         # given ONNX keeps its own precision
@@ -203,7 +203,7 @@ def set_torch_threads(settings: Settings, backend: str) -> None:
     and ONNX Runtime do not oversubscribe the cores."""
     import torch
 
-    from maskrt.server.backends.onnxruntime import usable_cores
+    from maskrt.runtime.backends.onnxruntime import usable_cores
 
     if backend == "torch":
         threads = settings.inference_threads or usable_cores()
