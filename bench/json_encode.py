@@ -28,7 +28,8 @@ def answer(detections: int, seed: int = 0) -> dict:
     from maskrt.model.shapes import SHAPES_CLASSES, generate
 
     rng = np.random.default_rng(seed)
-    dets, index = [], 0
+    dets: list[dict] = []
+    index = 0
     while len(dets) < detections:
         sample = generate(seed, index)
         index += 1

@@ -51,7 +51,7 @@ def require_loopback(url: str) -> None:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise MaskrtError(f"--url {url!r}: cannot resolve {parts.hostname!r} ({exc})") from None
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     if not addresses or not all(
         ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
     ):
@@ -403,22 +403,16 @@ def run(args) -> int:
 
     report: dict = {"url": url, "model": model, "levels": [dataclasses.asdict(r) for r in results]}
     if args.direct:
-        from maskrt.server.settings import Settings
+        from maskrt.runtime.options import MODEL_OPTIONS, RuntimeOptions, from_flags
 
-        overrides = {
-            k: v
-            for k, v in {
-                "model": args.model,
-                "config": args.config,
-                "labels": args.labels,
-                "canvas": args.canvas,
-                "trust_pickle": args.trust_pickle,
-                "backend": args.backend or model["backend"],
-                "device": args.device or model["device"],
-            }.items()
-            if v
-        }
-        settings = Settings(**overrides, max_batch=max(1, int(model["max_batch"])))
+        settings = from_flags(
+            args,
+            RuntimeOptions,
+            ("model", *MODEL_OPTIONS),
+            backend=args.backend or model["backend"],
+            device=args.device or model["device"],
+            max_batch=max(1, int(model["max_batch"])),
+        )
         print(
             f"overhead at concurrency 1: opening {settings.backend} on {settings.device} in this "
             f"process, then {args.direct_runs} interleaved pairs (one request over HTTP, the "
@@ -453,7 +447,7 @@ def run(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from maskrt.cli.model import add_model_options
+    from maskrt.runtime.options import MODEL_OPTIONS, add_flags
 
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
@@ -486,7 +480,7 @@ def add_arguments(p) -> None:
         help="model of the direct run (default: the server's default, i.e. "
         "MASKRT_MODEL or the bundled one)",
     )
-    add_model_options(p)  # as the server was told them
+    add_flags(p, MODEL_OPTIONS)  # as the server was told them
     p.add_argument("--backend", help="backend of the direct run (default: the server's)")
     p.add_argument("--device", help="device of the direct run (default: the server's)")
     p.add_argument("--json", help="also write the results as JSON to this file")

@@ -63,7 +63,8 @@ def _error(exc: BaseException) -> str:
     library line that caused it when there is one."""
     import re
 
-    chain, seen = [], exc
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
     while seen is not None and len(chain) < 10:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from maskrt.bench.random_model import random_detector
+    from maskrt.devices import usable_cores
     from maskrt.export.onnx import export_onnx
     from maskrt.model.checkpoint import load_state_dict
-    from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, usable_cores
+    from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)

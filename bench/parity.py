@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -57,7 +59,7 @@ def _mask_iou(a: dict, b: dict) -> float:
     return float(mask_utils.iou([a], [b], [0])[0, 0])
 
 
-def pair_detections(a: list[dict], b: list[dict]) -> list[Pair]:
+def pair_detections(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> list[Pair]:
     """Greedy one-to-one pairs of two detection lists of one image (the server's detection dicts:
     ``box``, ``score``, ``class_id``, ``mask``); every detection of ``a`` with a same-class partner
     left gets one."""
@@ -94,7 +96,7 @@ class Parity:
     worst_box_iou: float = 1.0
     worst_mask_iou: float = 1.0
 
-    def add(self, a: list[dict], b: list[dict]) -> None:
+    def add(self, a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> None:
         self.detections_a += len(a)
         self.detections_b += len(b)
         for pair in pair_detections(a, b):
@@ -114,8 +116,8 @@ class Parity:
 def main(argv: list[str] | None = None) -> int:
     from maskrt.model.coco import open_dataset
     from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.options import RuntimeOptions
     from maskrt.runtime.pipeline import Pipeline
-    from maskrt.server.settings import Settings
 
     parser = argparse.ArgumentParser(
         prog="maskrt bench parity", description=__doc__.split("\n\n")[0]
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     def pipeline(backend: str, model: str | None) -> Pipeline:
         return Pipeline(
             open_backend(
-                Settings(
+                RuntimeOptions(
                     model=model or args.model,
                     backend=backend,
                     device=args.device,

@@ -80,7 +80,7 @@ def peers_image() -> tuple[bytes, str]:
     from maskrt.model.shapes import generate
 
     buf = io.BytesIO()
-    image = Image.fromarray(generate(7, 19).image).resize((640, 480), Image.BILINEAR)
+    image = Image.fromarray(generate(7, 19).image).resize((640, 480), Image.Resampling.BILINEAR)
     image.save(buf, format="JPEG", quality=90)
     return buf.getvalue(), "image/jpeg"
 

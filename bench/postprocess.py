@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrt.runtime.rle import Rle
+
 
 def make_inputs(
     num: int, width: int, height: int, canvas: int, mask_size: int, seed: int, device: torch.device
@@ -55,7 +57,7 @@ def make_inputs(
     return (boxes.to(device), scores.to(device), classes.to(device), masks.to(device), lb)
 
 
-def reference(boxes, masks, lb) -> list[dict]:
+def reference(boxes, masks, lb) -> list[Rle]:
     """What a user of torchvision does: full-image paste, threshold, pycocotools per mask."""
     import pycocotools.mask as mask_util
     from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -68,11 +70,12 @@ def reference(boxes, masks, lb) -> list[dict]:
     out = []
     for m in full:
         rle = mask_util.encode(np.array(m[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0]
-        out.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        size = [int(v) for v in rle["size"]]
+        out.append(Rle(size=size, counts=rle["counts"].decode("ascii")))
     return out
 
 
-def ours(boxes, scores, classes, masks, lb, strategy: str) -> list[dict]:
+def ours(boxes, scores, classes, masks, lb, strategy: str) -> list[Rle]:
     from maskrt.runtime.postprocess import postprocess_image
 
     dets = postprocess_image(

@@ -1,6 +1,8 @@
-"""Device names and batch sizes as every command and backend checks them, in one place."""
+"""Devices, cores and batch sizes as every command and backend sees them, in one place."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -20,6 +22,15 @@ def check_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MaskrtError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU")
     return device
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, ``taskset``),
+    not all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_max_batch(max_batch: int) -> None:

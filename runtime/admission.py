@@ -4,10 +4,10 @@ A PNG of 6000x6000 zeros is a few kB on the wire and 108 MB decoded, so neither 
 nor the per-image pixel limit bounds what a request costs. Before anything is decoded, the sizes
 in the images' headers are added up and checked against two budgets:
 
-- per request (``max_request_pixels``): more is a 413, whatever the server is doing;
+- per request (``max_request_pixels``): more is refused (HTTP 413), whatever the server is doing;
 - in flight (``max_inflight_pixels``): the pixels of every admitted request that is decoding,
-  queued or in a batch; a request that would go past it is a 503 with ``Retry-After`` until
-  others finish.
+  queued or in a batch; a request that would go past it is refused until others finish (HTTP 503
+  with ``Retry-After``).
 
 A decoded pixel is 3 bytes (uint8 RGB) while it waits, and at most ~8 while Pillow decodes it, so
 the in-flight budget bounds the decoded images' memory (docs/server.md states the figures).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from maskrt.server.errors import ApiError
+from maskrt.runtime.errors import TooLarge, Unavailable
 
 
 class PixelBudget:
@@ -34,22 +34,21 @@ class PixelBudget:
 
     @contextlib.contextmanager
     def admit(self, pixels: int) -> Iterator[None]:
-        """Hold ``pixels`` of the in-flight budget for the ``with`` block, or refuse them: 413 over
-        the per-request budget, 503 with ``Retry-After`` when the server holds too many."""
+        """Hold ``pixels`` of the in-flight budget for the ``with`` block, or refuse them:
+        :class:`TooLarge` over the per-request budget, :class:`Unavailable` (retry in 1 s) when
+        the server holds too many."""
         if pixels > self.per_request:
-            raise ApiError(
-                413,
+            raise TooLarge(
                 "too_many_pixels",
                 f"the request's images have {pixels} pixels in all; the limit is "
                 f"{self.per_request} per request",
             )
         if self.in_flight + pixels > self.limit:
-            raise ApiError(
-                503,
+            raise Unavailable(
                 "pixel_budget_full",
                 f"the server is busy with {self.in_flight} decoded pixels in flight (limit "
                 f"{self.limit}); retry in 1 s",
-                {"Retry-After": "1"},
+                retry_after_s=1,
             )
         self.in_flight += pixels
         self.on_change(self.in_flight)

@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from maskrt.server.errors import ApiError
+from maskrt.runtime.errors import InvalidImage, TooLarge
 
 # What the server accepts (Pillow format names). MPO is what many cameras write for JPEG.
 Image.init()  # register every plugin now (Pillow loads most lazily)
@@ -79,7 +79,8 @@ def decode_image(
 ) -> DecodedImage:
     """Decode ``data``; ``device`` is the backend's (nvJPEG is used when it is a CUDA device).
 
-    Raises :class:`ApiError`: 400 ``empty_image`` / ``invalid_image``, 413 ``image_too_large``.
+    Raises :class:`~maskrt.runtime.errors.InvalidImage` (``empty_image``, ``invalid_image``) or
+    :class:`~maskrt.runtime.errors.TooLarge` (``image_too_large``).
     ``name`` labels the image in messages (``images[2]`` of a batch).
     """
     started = time.perf_counter()
@@ -106,32 +107,30 @@ def image_pixels(data: bytes, *, max_pixels: int, name: str = "image") -> int:
 def open_image(data: bytes, *, max_pixels: int, name: str = "image") -> Image.Image:
     """Pillow's lazy open (header only) with the format and pixel-count checks."""
     if not data:
-        raise ApiError(400, "empty_image", f"{name}: the image is empty (0 bytes)")
+        raise InvalidImage("empty_image", f"{name}: the image is empty (0 bytes)")
     supported = ", ".join(FORMATS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ApiError(
-            413,
+        raise TooLarge(
             "image_too_large",
             f"{name}: the image has more pixels than the limit of {max_pixels}",
         ) from None
     except UnidentifiedImageError:
-        raise ApiError(
-            400, "invalid_image", f"{name}: not an image in a supported format ({supported})"
+        raise InvalidImage(
+            "invalid_image", f"{name}: not an image in a supported format ({supported})"
         ) from None
     except Exception as exc:  # broken headers make plugins raise all sorts of errors
-        raise ApiError(
-            400, "invalid_image", f"{name}: the image header is corrupt ({_reason(exc)})"
+        raise InvalidImage(
+            "invalid_image", f"{name}: the image header is corrupt ({_reason(exc)})"
         ) from None
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise ApiError(400, "invalid_image", f"{name}: the image has no pixels ({width}x{height})")
+        raise InvalidImage("invalid_image", f"{name}: the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ApiError(
-            413,
+        raise TooLarge(
             "image_too_large",
             f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
             f"{max_pixels} pixels",
@@ -155,14 +154,14 @@ def _decode_pillow(img: Image.Image, name: str) -> Tensor:
         with contextlib.suppress(Exception):  # a corrupt EXIF block: keep the stored orientation
             img = ImageOps.exif_transpose(img)
         array = to_rgb(img)
-    except ApiError:
+    except (InvalidImage, TooLarge):
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(
-            400, "invalid_image", f"{name}: the image data is truncated or corrupt ({_reason(exc)})"
+        raise InvalidImage(
+            "invalid_image", f"{name}: the image data is truncated or corrupt ({_reason(exc)})"
         ) from None
     except Image.DecompressionBombError:
-        raise ApiError(413, "image_too_large", f"{name}: the image has too many pixels") from None
+        raise TooLarge("image_too_large", f"{name}: the image has too many pixels") from None
     return torch.from_numpy(array).permute(2, 0, 1)
 
 

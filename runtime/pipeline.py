@@ -1,15 +1,16 @@
 """decode -> letterbox -> infer -> postprocess, as plain functions of a backend (no HTTP).
 
-The server's batch worker calls :meth:`Pipeline.run_batch`; the evaluation (``maskrt evaluate
---backend ...``) and the load benchmark call :meth:`Pipeline.predict` or :meth:`Pipeline.predictor`
-on a backend opened with :func:`maskrt.runtime.backends.open_backend`, so what they measure is
-exactly what the server answers::
+The data plane's batch worker calls :meth:`Pipeline.infer_batch` and :meth:`Pipeline.finish_batch`
+(:mod:`maskrt.runtime.local`); the evaluation (``maskrt evaluate --backend ...``) and the load
+benchmark call :meth:`Pipeline.predict` or :meth:`Pipeline.predictor` on a backend opened with
+:func:`maskrt.runtime.backends.open_backend`, so what they measure is exactly what the server
+answers::
 
     from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.options import RuntimeOptions
     from maskrt.runtime.pipeline import Pipeline
-    from maskrt.server.settings import Settings
 
-    pipeline = Pipeline(open_backend(Settings(backend="onnxruntime")))
+    pipeline = Pipeline(open_backend(RuntimeOptions(backend="onnxruntime")))
     detections = pipeline.predict([hwc_uint8_array], score_threshold=0.0)[0]
     # [{"box": [x1, y1, x2, y2], "score", "class_id", "label", "mask": {"size", "counts"}}, ...]
 """
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from maskrt.runtime.preprocess import preprocess
 if TYPE_CHECKING:
     from maskrt.model.evaluate import Predictions, Predictor
 
-log = logging.getLogger("maskrt.server")
+log = logging.getLogger("maskrt.runtime")
 
 
 @dataclass(frozen=True)
@@ -73,66 +74,6 @@ class InferredBatch:
     inference_s: float
 
 
-class StageTimes(Protocol):
-    """Seconds of a batch's stages (a :class:`BatchOutput`, or the server's per-image share)."""
-
-    preprocess_s: float
-    inference_s: float
-    postprocess_s: float
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
-def model_ref(backend: Backend) -> dict[str, str]:
-    """The answer's ``model`` object (DESIGN.md, "HTTP contract")."""
-    info = backend.info
-    return {
-        "name": info.name,
-        "version": info.version,
-        "backend": backend.name,
-        "device": str(backend.device),
-    }
-
-
-def model_info(backend: Backend, max_batch: int) -> dict[str, Any]:
-    """``GET /v1/model``: the answer's ``model`` object and what a client needs to call it."""
-    info = backend.info
-    return {
-        **model_ref(backend),
-        "classes": list(info.classes),
-        "canvas": info.canvas,
-        "mask_size": info.mask_size,
-        "max_detections": info.max_detections,
-        "max_batch": max_batch,
-        "weights_verified": info.weights_verified,
-    }
-
-
-def answer(
-    model: dict[str, str],
-    decoded: DecodedImage,
-    detections: list[Detection],
-    queue_s: float,
-    stages: StageTimes,
-) -> dict[str, Any]:
-    """The ``POST /predict`` answer for one image (``maskrt predict`` writes the same)."""
-    return {
-        "model": model,
-        "width": decoded.width,
-        "height": decoded.height,
-        "detections": detections,
-        "timings_ms": {
-            "decode": _ms(decoded.seconds),
-            "queue": _ms(queue_s),
-            "preprocess": _ms(stages.preprocess_s),
-            "inference": _ms(stages.inference_s),
-            "postprocess": _ms(stages.postprocess_s),
-        },
-    }
-
-
 class Pipeline:
     """The serving pipeline on one backend."""
 
@@ -144,7 +85,6 @@ class Pipeline:
         self.fill = fill_colour(info.image_mean)
         self.labels = tuple(info.classes)
         self.max_batch = backend.max_batch
-        self.model_ref = model_ref(backend)
         self._local = threading.local()  # each thread's post-processing CUDA stream
 
     # -- stages ----------------------------------------------------------------------------------

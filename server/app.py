@@ -1,14 +1,16 @@
-"""The FastAPI app: :func:`create_app` puts the parts together.
+"""The FastAPI app: :func:`create_app` puts the HTTP front door together over a data plane.
 
-- :mod:`~maskrt.server.state`: the model, the batcher and the app's life cycle (load, warm-up,
-  ready, drain);
+- :class:`~maskrt.runtime.dataplane.DataPlane`: what the routes call to infer, and ask readiness
+  and the model (in this process, :class:`~maskrt.runtime.local.LocalDataPlane`; on Ray Serve, the
+  model deployment's, :mod:`maskrt.server.ray_serve`); its life cycle runs with the app's;
 - :mod:`~maskrt.server.middleware`: request context (id, metrics, access log, last-resort 500)
   and the body size limit;
-- :mod:`~maskrt.server.errors`: the error JSON of every refused request;
-- :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API, the page and the
-  API docs);
+- :mod:`~maskrt.server.errors`: the error JSON of every refused request, the runtime's errors'
+  statuses among them;
+- :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API, the Open
+  Inference Protocol, the page and the API docs);
 - :mod:`~maskrt.server.inference` and :mod:`~maskrt.server.parsing`: what the inference routes
-  share. See DESIGN.md ("HTTP contract") for the routes and the error format.
+  share. See docs/architecture.md ("HTTP contract") for the routes and the error format.
 """
 
 from __future__ import annotations
@@ -20,38 +22,44 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from maskrt import __version__
+from maskrt.runtime.dataplane import DataPlane
+from maskrt.runtime.local import LocalDataPlane
+from maskrt.runtime.statistics import Statistics
 from maskrt.server.dependencies import api_key_dependencies
 from maskrt.server.errors import install_error_handlers
+from maskrt.server.metrics import Metrics
 from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from maskrt.server.parsing import PARAMETERS
 from maskrt.server.routes import pages, predict, probes, v2
+from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
-from maskrt.server.state import Opener, ServerState
+from maskrt.server.state import AppState
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    opener: Opener | None = None,
-    on_fatal: Callable[[BaseException], None] | None = None,
+    data_plane: Callable[[Statistics], DataPlane] | None = None,
 ) -> FastAPI:
-    """The app for ``settings`` (default: from the environment). ``opener(settings) -> Backend``
-    defaults to :func:`maskrt.runtime.backends.open_backend`; ``on_fatal(exc)`` is called when the
-    model cannot be loaded (``maskrt serve`` then exits)."""
+    """The app for ``settings`` (default: from the environment). ``data_plane(statistics)`` makes
+    the data plane the routes call, reporting to ``statistics`` (the app's metrics); by default a
+    :class:`~maskrt.runtime.local.LocalDataPlane` that opens ``settings``' model in this
+    process."""
     settings = settings or Settings()
-    if opener is None:
-        from maskrt.runtime.backends import open_backend
-
-        opener = open_backend
-    state = ServerState(settings, opener, on_fatal)
+    device = settings.resolved_device()
+    metrics = Metrics(
+        max_batch=settings.max_batch, gpu_device=device if device.startswith("cuda") else None
+    )
+    plane = LocalDataPlane(settings, metrics) if data_plane is None else data_plane(metrics)
+    state = AppState(settings, plane, metrics, ApiKeys(settings.api_keys))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.start_loading()
+        plane.start()
         try:
             yield
         finally:
-            await state.shutdown()
+            await plane.stop()
 
     app = FastAPI(
         title="maskrt",

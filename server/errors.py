@@ -1,9 +1,10 @@
 """Errors the HTTP layer answers with, and the one place their JSON is built.
 
-Every refused request gets ``{"error": {"code", "message"}}`` (DESIGN.md, "HTTP contract"), or
-``{"error": "message"}`` under ``/v2`` (the Open Inference Protocol's shape):
-:class:`ApiError` raised anywhere (a route, a dependency, the body reader), FastAPI's own 404/405
-and validation errors, and the middleware's last-resort 500 all go through :func:`error_response`.
+Every refused request gets ``{"error": {"code", "message"}}`` (docs/architecture.md, "HTTP
+contract"), or ``{"error": "message"}`` under ``/v2`` (the Open Inference Protocol's shape):
+:class:`ApiError` raised anywhere (a route, a dependency, the body reader), the runtime's errors
+(their HTTP status from :data:`STATUS`), FastAPI's own 404/405 and validation errors, and the
+middleware's last-resort 500 all go through :func:`error_response`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from maskrt.runtime.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    InferenceFailed,
+    InvalidImage,
+    TooLarge,
+    Unavailable,
+)
 
 OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (maskrt.server.routes.v2)
 
@@ -48,8 +58,22 @@ class BodyTooLarge(ApiError):
         )
 
 
-class ClientDisconnected(Exception):
-    """The client went away while its request waited; nothing is sent back."""
+# The HTTP status of each kind of runtime error: the one table of the HTTP front door.
+STATUS: dict[type[InferenceError], int] = {
+    InvalidImage: 400,
+    TooLarge: 413,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+    InferenceFailed: 500,
+}
+
+
+def from_runtime(exc: InferenceError) -> ApiError:
+    """The HTTP answer to a runtime error: its status from :data:`STATUS`, its code and message,
+    and ``Retry-After`` where waiting helps."""
+    status = next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
+    headers = {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return ApiError(status, exc.code, exc.message, headers)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -85,12 +109,16 @@ def validation_message(exc: ValidationError | RequestValidationError, known: lis
 
 
 def install_error_handlers(app: FastAPI, known_parameters: list[str]) -> None:
-    """Answer :class:`ApiError`, FastAPI's HTTP errors (404, 405) and its request validation
-    errors (422, naming ``known_parameters``) as error JSON."""
+    """Answer :class:`ApiError`, the runtime's errors, FastAPI's HTTP errors (404, 405) and its
+    request validation errors (422, naming ``known_parameters``) as error JSON."""
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error_response(exc, request.scope["path"])
+
+    async def runtime_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InferenceError)
+        return error_response(from_runtime(exc), request.scope["path"])
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -109,5 +137,6 @@ def install_error_handlers(app: FastAPI, known_parameters: list[str]) -> None:
         return error_response(ApiError(422, "invalid_parameter", message), request.scope["path"])
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(InferenceError, runtime_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,8 +1,10 @@
-"""Prometheus metrics, named as DESIGN.md fixes them (prefix ``maskrt_``, base units).
+"""Prometheus metrics, named as docs/architecture.md fixes them (prefix ``maskrt_``, base units).
 
-Each app owns a :class:`Metrics` on its own ``CollectorRegistry`` (so several apps can live in one
-process, as in tests); ``GET /metrics`` renders that registry, which also carries the process,
-platform and garbage-collector collectors of ``prometheus_client``.
+:class:`Metrics` is the data plane's :class:`~maskrt.runtime.statistics.Statistics`, exported as
+the events happen, plus the HTTP requests' own metrics (kept by the request middleware). Each app
+owns one on its own ``CollectorRegistry`` (so several apps can live in one process, as in tests);
+``GET /metrics`` renders that registry, which also carries the process, platform and
+garbage-collector collectors of ``prometheus_client``.
 
 Buckets: the stage and request latencies of this server range from ~0.1 ms (post-processing of an
 image without detections, a health probe) to tens of seconds (a big batch on a CPU under load,
@@ -14,7 +16,7 @@ per decade. Batch sizes get one bucket per size up to 16, then a geometric serie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +29,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+
+from maskrt.runtime.statistics import Statistics
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
@@ -61,7 +65,7 @@ def batch_size_buckets(max_batch: int) -> tuple[float, ...]:
     return tuple(float(s) for s in sorted(sizes))
 
 
-class Metrics:
+class Metrics(Statistics):
     """All ``maskrt_*`` metrics of one server.
 
     ``gpu_device``: a CUDA device string; only then ``maskrt_gpu_memory_used_bytes`` exists
@@ -75,6 +79,7 @@ class Metrics:
         gpu_device: str | None = None,
         process: bool = True,
     ) -> None:
+        super().__init__()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process:
@@ -98,26 +103,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.preprocess = Histogram(
+        self.preprocess_seconds = Histogram(
             "maskrt_preprocess_duration_seconds",
             "batch letterboxing on the backend's device",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.inference = Histogram(
+        self.inference_seconds = Histogram(
             "maskrt_inference_duration_seconds",
             "deploy graph run of one batch",
             ["backend"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.postprocess = Histogram(
+        self.postprocess_seconds = Histogram(
             "maskrt_postprocess_duration_seconds",
             "post-processing (paste, RLE) of one batch",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.decode = Histogram(
+        self.decode_seconds = Histogram(
             "maskrt_decode_duration_seconds",
             "decoding of one uploaded image, by decoder (nvjpeg, pillow)",
             ["decoder"],
@@ -130,18 +135,18 @@ class Metrics:
             buckets=batch_size_buckets(max_batch),
             registry=r,
         )
-        self.images = Counter("maskrt_images", "images inferred", registry=r)
-        self.detections = Counter("maskrt_detections", "detections returned", registry=r)
+        self.images_total = Counter("maskrt_images", "images inferred", registry=r)
+        self.detections_total = Counter("maskrt_detections", "detections returned", registry=r)
         self.dropped_images = Counter(
             "maskrt_dropped_images",
             "images dropped before inference because their request gave up",
             ["reason"],
             registry=r,
         )
-        self.failed_batches = Counter(
+        self.failed_batches_total = Counter(
             "maskrt_failed_batches", "inference batches whose backend call raised", registry=r
         )
-        self.queue_depth = Gauge(
+        self.queue_depth_gauge = Gauge(
             "maskrt_queue_depth", "images waiting in the batch queue", registry=r
         )
         self.inflight_pixels = Gauge(
@@ -149,15 +154,16 @@ class Metrics:
             "decoded pixels of the admitted requests (decoding, queued, in a batch)",
             registry=r,
         )
-        self.inflight = Gauge(
+        self.inflight_requests = Gauge(
             "maskrt_inflight_requests", "inference requests being handled", registry=r
         )
-        self.model_info = Gauge(
+        self.model_gauge = Gauge(
             "maskrt_model_info",
             "the served model (value 1)",
             ["name", "backend", "device"],
             registry=r,
         )
+        self.backend = ""  # the inference histogram's label, once a model is loaded
         self.gpu_memory: Gauge | None = None
         if gpu_device is not None and gpu_device.startswith("cuda"):
             self.gpu_memory = Gauge(
@@ -172,12 +178,58 @@ class Metrics:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def count_drop(self, reason: str) -> None:
-        self.dropped_images.labels(reason).inc()
+    # -- the data plane's events, exported -----------------------------------------------------
 
-    def set_model(self, name: str, backend: str, device: str) -> None:
-        self.model_info.clear()
-        self.model_info.labels(name, backend, device).set(1)
+    def model_loaded(self, name: str, backend: str, device: str) -> None:
+        super().model_loaded(name, backend, device)
+        self.backend = backend
+        self.model_gauge.clear()
+        self.model_gauge.labels(name, backend, device).set(1)
+
+    def request_started(self) -> None:
+        super().request_started()
+        self.inflight_requests.inc()
+
+    def request_ended(self, seconds: float, ok: bool) -> None:
+        super().request_ended(seconds, ok)
+        self.inflight_requests.dec()
+
+    def image_decoded(self, decoder: str, seconds: float) -> None:
+        super().image_decoded(decoder, seconds)
+        self.decode_seconds.labels(decoder).observe(seconds)
+
+    def pixels_admitted(self, in_flight: int) -> None:
+        super().pixels_admitted(in_flight)
+        self.inflight_pixels.set(in_flight)
+
+    def queued(self, depth: int) -> None:
+        super().queued(depth)
+        self.queue_depth_gauge.set(depth)
+
+    def batch_started(self, queue_waits: Sequence[float]) -> None:
+        super().batch_started(queue_waits)
+        for wait in queue_waits:
+            self.queue_wait.observe(wait)
+
+    def batch_inferred(self, images: int, preprocess_s: float, inference_s: float) -> None:
+        super().batch_inferred(images, preprocess_s, inference_s)
+        self.batch_size.observe(images)
+        self.images_total.inc(images)
+        self.preprocess_seconds.observe(preprocess_s)
+        self.inference_seconds.labels(self.backend).observe(inference_s)
+
+    def batch_finished(self, postprocess_s: float, detections: int) -> None:
+        super().batch_finished(postprocess_s, detections)
+        self.postprocess_seconds.observe(postprocess_s)
+        self.detections_total.inc(detections)
+
+    def batch_failed(self) -> None:
+        super().batch_failed()
+        self.failed_batches_total.inc()
+
+    def image_dropped(self, reason: str) -> None:
+        super().image_dropped(reason)
+        self.dropped_images.labels(reason).inc()
 
 
 def _gpu_used(device: str) -> Callable[[], float]:

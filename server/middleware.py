@@ -20,7 +20,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maskrt.server.errors import ApiError, BodyTooLarge, ClientDisconnected, error_response
+from maskrt.runtime.errors import ClientGone, InferenceError
+from maskrt.server.errors import ApiError, BodyTooLarge, error_response, from_runtime
 from maskrt.server.logging import request_id_var
 from maskrt.server.metrics import Metrics
 
@@ -78,11 +79,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, counting_receive, send_with_id)
-        except (ClientDisconnected, ClientDisconnect):
+        except (ClientGone, ClientDisconnect):
             status = 499  # nginx's "client closed request"; nothing is sent
-        except ApiError as exc:
+        except (ApiError, InferenceError) as exc:
             if not started:
-                await error_response(exc, scope["path"])(scope, receive, send_with_id)
+                error = exc if isinstance(exc, ApiError) else from_runtime(exc)
+                await error_response(error, scope["path"])(scope, receive, send_with_id)
         except Exception as exc:
             log.error("unhandled error", exc_info=exc)
             if not started:

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from maskrt import __version__
+from maskrt.runtime.dataplane import ImageResult
 from maskrt.runtime.postprocess import Detection
 from maskrt.server.errors import ApiError
-from maskrt.server.inference import ImageResult
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"
@@ -290,7 +290,7 @@ def _parse_outputs(outputs: Any) -> dict[str, bool | None]:
 def output_tensors(results: Sequence[ImageResult], names: Sequence[str]) -> dict[str, np.ndarray]:
     """The outputs ``names`` of a request's results as numpy arrays (BYTES: ``bytes`` objects)."""
     batch = len(results)
-    detections = [r.result.detections for r in results]
+    detections = [r.inferred.detections for r in results]
     width = max((len(d) for d in detections), default=0)
     out: dict[str, Any] = {}
     for name in names:

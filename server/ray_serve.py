@@ -4,17 +4,17 @@ maskrt's own HTTP API, on a Ray cluster of any size.
 Two deployments::
 
     HTTP -> MaskrtIngress (CPU)  --one call per image-->  MaskrtModel (one GPU each)
-            /predict, /predict/batch, /v1/model,          @serve.batch -> Pipeline.run_batch
-            /healthz, /readyz; API keys, body and         (letterbox, deploy graph, paste, RLE)
-            pixel limits, request ids, decoding
+            maskrt serve's app: /predict, /v2,            @serve.batch -> Pipeline.run_batch
+            probes, page; keys, body and pixel            (letterbox, deploy graph, paste, RLE)
+            limits, request ids, decoding
 
-The ingress speaks maskrt's API with the same answers and errors as ``maskrt serve`` (it reuses the
-server's request middleware, body reading, parameter parsing and answer format). It decodes each
-image on its CPU and sends it to the model deployment, whose replicas batch images from all
-ingress replicas with ``@serve.batch`` (up to ``max_batch``, waiting at most ``max_delay_ms``) and
-run maskrt's pipeline on their device. Replica autoscaling follows the images in flight per model
-replica (``target_ongoing_requests``; 2 x ``max_batch`` by default: one batch running, one
-forming). Past ``max_queue`` images waiting in front of the replicas a request gets 503
+The ingress serves the very app ``maskrt serve`` serves (:func:`~maskrt.server.app.create_app`:
+every route, limit, key and answer), over a data plane (:class:`RayDataPlane`) that admits and
+decodes each image on the ingress's CPU and sends it to the model deployment, whose replicas batch
+images from all ingress replicas with ``@serve.batch`` (up to ``max_batch``, waiting at most
+``max_delay_ms``) and run maskrt's pipeline on their device. Replica autoscaling follows the
+images in flight per model replica (``target_ongoing_requests``; 2 x ``max_batch`` by default: one
+batch running, one forming). Past ``max_queue`` images waiting in front of the replicas a request gets 503
 ``queue_full``; a request whose replica dies is sent to another one (predict is idempotent) and
 gets a clean 503 if none answers; 504 at ``request_timeout_s``.
 
@@ -29,15 +29,13 @@ through Ray's metrics agent (batch size, stage times, images), beside Ray Serve'
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+import torch
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -47,28 +45,15 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from maskrt.runtime.decode import decode_image
-from maskrt.runtime.pipeline import Pipeline, PostOptions, answer, model_info
-from maskrt.server.errors import ApiError, install_error_handlers, json_response
-from maskrt.server.metrics import LATENCY_BUCKETS, Metrics, batch_size_buckets
-from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from maskrt.server.parsing import (
-    PARAMETERS,
-    classify_content_type,
-    parse_params,
-    post_options,
-    read_images,
-    request_body_doc,
-)
-from maskrt.server.schemas import (
-    ERROR_RESPONSES,
-    BatchPredictResponse,
-    ModelInfoResponse,
-    PredictResponse,
-)
-from maskrt.server.security import ApiKeys
+from maskrt.runtime.backends import open_backend
+from maskrt.runtime.dataplane import DataPlane, Inferred, ServedModel, unless_gone
+from maskrt.runtime.errors import InferenceFailed, Unavailable
+from maskrt.runtime.options import RuntimeOptions
+from maskrt.runtime.pipeline import Pipeline, PostOptions
+from maskrt.runtime.statistics import Statistics
+from maskrt.server.app import create_app
+from maskrt.server.metrics import LATENCY_BUCKETS, batch_size_buckets
 from maskrt.server.settings import Settings
-from maskrt.server.state import JobResult
 
 log = logging.getLogger("maskrt.ray_serve")
 RETRIES = 2  # extra attempts for an image whose model replica died or went away
@@ -96,29 +81,19 @@ class RayOptions(BaseModel):
 # The model deployment
 
 
-@dataclass
-class ImageOut:
-    """What a model replica returns for one image."""
-
-    result: JobResult
-    queue_wait_s: float
-
-
 class MaskrtModel:
     """One backend and pipeline per replica; images from every ingress batched together."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from maskrt.runtime.backends import open_backend
-
-        self.settings = Settings(**settings)
-        backend = open_backend(self.settings)
+        self.options = RuntimeOptions(**settings)
+        backend = open_backend(self.options)
         self.pipeline = Pipeline(backend)
-        max_batch = min(self.settings.max_batch, backend.max_batch)
+        max_batch = min(self.options.max_batch, backend.max_batch)
         self.pipeline.warmup([s for s in backend.warmup_batch_sizes() if s <= max_batch])
         self._run.set_max_batch_size(max_batch)
-        self._run.set_batch_wait_timeout_s(self.settings.max_delay_ms / 1000)
+        self._run.set_batch_wait_timeout_s(self.options.max_delay_ms / 1000)
         info = backend.info
-        self.model_info = model_info(backend, max_batch)  # GET /v1/model of maskrt serve
+        self.model = ServedModel.of(backend, max_batch)  # GET /v1/model of maskrt serve
         tags = {"model": info.name, "backend": backend.name}
         self.batch_size = Histogram(
             "maskrt_batch_size",
@@ -140,18 +115,21 @@ class MaskrtModel:
         self.stage.set_default_tags(dict(tags))  # Ray adds its own tags to the dict it gets
         self.images.set_default_tags(dict(tags))
 
-    def info(self) -> dict[str, Any]:
-        return self.model_info
+    def info(self) -> ServedModel:
+        return self.model
 
-    async def predict(self, image, options: PostOptions) -> ImageOut:
+    async def predict(self, image: torch.Tensor, options: PostOptions) -> Inferred:
         """One decoded uint8 ``[3, H, W]`` image through the next batch of this replica."""
         arrived = time.perf_counter()
-        result, started = await self._run(image, options)
-        self.queue_wait.observe(started - arrived)
-        return ImageOut(result, started - arrived)
+        inferred, started = await self._run(image, options)
+        inferred.queue_s = started - arrived
+        self.queue_wait.observe(inferred.queue_s)
+        return inferred
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _run(self, images: list, options: list[PostOptions]) -> list[tuple[JobResult, float]]:
+    async def _run(
+        self, images: list[torch.Tensor], options: list[PostOptions]
+    ) -> list[tuple[Inferred, float]]:
         started = time.perf_counter()
         # in a thread: the replica keeps taking requests (the next batch forms meanwhile)
         out = await asyncio.to_thread(self.pipeline.run_batch, images, options)
@@ -160,7 +138,7 @@ class MaskrtModel:
             self.stage.observe(getattr(out, f"{stage}_s"), tags={"stage": stage})
         self.images.inc(len(images))
         return [
-            (JobResult(d, out.preprocess_s, out.inference_s, out.postprocess_s), started)
+            (Inferred(d, 0.0, out.preprocess_s, out.inference_s, out.postprocess_s), started)
             for d in out.detections
         ]
 
@@ -169,55 +147,65 @@ class MaskrtModel:
 # The HTTP ingress
 
 
-class IngressState:
-    """What the ingress app needs: settings, the metrics of the request middleware (this
-    replica's requests), the API keys, the model handle and, once known, the model's info."""
+class RayDataPlane(DataPlane):
+    """The data plane of an ingress replica: admission and decoding here, inference in the model
+    deployment (one call per image, batched there with every other ingress replica's images)."""
 
-    def __init__(self, settings: Settings, model: DeploymentHandle) -> None:
-        self.settings = settings
-        self.metrics = Metrics(max_batch=settings.max_batch, process=False)
+    def __init__(
+        self, options: RuntimeOptions, model: DeploymentHandle, statistics: Statistics
+    ) -> None:
+        super().__init__(options, statistics)
+        self.handle = model
+        self._waiting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Ready once a model replica has described the model."""
+        self._waiting = asyncio.get_running_loop().create_task(self._ask_model())
+
+    async def _ask_model(self) -> None:
+        while True:
+            try:
+                model: ServedModel = await self.handle.info.remote()
+                break
+            except (RayActorError, ReplicaUnavailableError, BackPressureError) as exc:
+                log.info("no model replica answers yet (%s); asking again in 1 s", exc)
+                await asyncio.sleep(1)
         self.model = model
-        self.keys = ApiKeys(settings.api_keys)
-        self.model_info: dict[str, Any] = {}
-        self.model_ref: dict[str, str] = {}  # what each answer names, as maskrt serve's
-        self.decode_executor = ThreadPoolExecutor(2, thread_name_prefix="maskrt-decode")
+        self.statistics.model_loaded(model.name, model.backend, model.device)
+        if self.status == "loading":
+            self.status = "ready"
 
-    async def info(self) -> dict[str, Any]:
-        """The model's info (asked once); 503 while no model replica is up."""
-        if not self.model_info:
-            try:
-                info = await self.model.info.remote()
-            except (RayActorError, ReplicaUnavailableError, BackPressureError):
-                raise ApiError(
-                    503, "not_ready", "no model replica is ready yet", {"Retry-After": "5"}
-                ) from None
-            self.model_ref = {k: info[k] for k in ("name", "version", "backend", "device")}
-            self.model_info = info
-        return self.model_info
+    async def stop(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+        await super().stop()
 
-    async def decode(self, data: bytes, name: str):
-        loop = asyncio.get_running_loop()
-        call = functools.partial(
-            decode_image, data, max_pixels=self.settings.max_image_pixels, name=name
-        )
-        return await loop.run_in_executor(self.decode_executor, call)
+    async def _run(
+        self,
+        images: Sequence[torch.Tensor],
+        options: PostOptions,
+        request_id: str,
+        expired: Callable[[], bool],
+        gone: Callable[[], Awaitable[None]] | None,
+    ) -> list[Inferred]:
+        calls = asyncio.gather(*(self._infer(image, options, request_id) for image in images))
+        return list(await unless_gone(calls, gone))
 
-    async def infer(self, image, options: PostOptions, request_id: str) -> ImageOut:
+    async def _infer(self, image: torch.Tensor, options: PostOptions, request_id: str) -> Inferred:
         for attempt in range(RETRIES + 1):
+            response = self.handle.predict.remote(image, options)
             try:
-                out: ImageOut = await self.model.predict.remote(image, options)
-                return out
+                inferred: Inferred = await response
+                return inferred
             except BackPressureError:
-                raise ApiError(
-                    503,
+                raise Unavailable(
                     "queue_full",
-                    f"the server is busy (more than {self.settings.max_queue} images queued); "
+                    f"the server is busy (more than {self.options.max_queue} images queued); "
                     "retry in 1 s",
-                    {"Retry-After": "1"},
+                    retry_after_s=1,
                 ) from None
             except RayTaskError:  # the batch failed in the replica (logged there)
-                raise ApiError(
-                    500,
+                raise InferenceFailed(
                     "inference_failed",
                     f"inference failed for this request's batch; request id {request_id}",
                 ) from None
@@ -227,95 +215,14 @@ class IngressState:
                     type(exc).__name__,
                     "answering 503" if attempt == RETRIES else "sending the image again",
                 )
-        raise ApiError(
-            503,
+            except asyncio.CancelledError:  # the deadline, or the client gone: stop the work
+                response.cancel()
+                raise
+        raise Unavailable(
             "replica_unavailable",
             f"no model replica could take this request (request id {request_id}); retry in 1 s",
-            {"Retry-After": "1"},
+            retry_after_s=1,
         )
-
-
-def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
-    """maskrt's HTTP API in front of the model deployment."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
-    state = IngressState(settings, model)
-    app = FastAPI(title="maskrt on Ray Serve", description="maskrt's API; see docs/scaling.md")
-
-    async def require_key(request: Request) -> None:
-        state.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
-
-    auth = [Depends(require_key)] if state.keys.enabled else []
-
-    @app.get("/healthz", summary="the ingress answers")
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz", summary="a model replica has answered")
-    async def readyz() -> Response:
-        await state.info()
-        return json_response({"status": "ready"})
-
-    @app.get("/metrics", summary="this ingress replica's request metrics")
-    async def metrics() -> Response:
-        """The model replicas' metrics are Ray's: ``ray_maskrt_*`` from each node's agent."""
-        body, content_type = state.metrics.render()
-        return Response(body, media_type=content_type)
-
-    @app.get("/v1/model", response_model=ModelInfoResponse, dependencies=auth)
-    async def model_info() -> Response:
-        return json_response(await state.info())
-
-    async def handle(request: Request, batch: bool) -> list[dict[str, Any]]:
-        await state.info()
-        kind = classify_content_type(request.headers.get("content-type", ""), batch)
-        rid = request.scope["state"]["request_id"]
-        elapsed = time.perf_counter() - request.scope["state"]["start"]
-        try:
-            async with asyncio.timeout(settings.request_timeout_s - elapsed):
-                datas, fields = await read_images(request, kind, batch, settings.max_queue)
-                params = parse_params(list(request.query_params.multi_items()) + fields)
-                options = post_options(params, settings.score_threshold)
-                names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]
-                decoded = await asyncio.gather(*map(state.decode, datas, names))
-                outs = await asyncio.gather(*(state.infer(d.tensor, options, rid) for d in decoded))
-        except TimeoutError:
-            raise ApiError(
-                504,
-                "timeout",
-                f"no answer within the request timeout of {settings.request_timeout_s:g} s",
-            ) from None
-        return [
-            answer(state.model_ref, d, o.result.detections, o.queue_wait_s, o.result)
-            for d, o in zip(decoded, outs)
-        ]
-
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=request_body_doc(batch=False),
-        dependencies=auth,
-    )
-    async def predict(request: Request) -> Response:
-        return json_response((await handle(request, batch=False))[0])
-
-    @app.post(
-        "/predict/batch",
-        response_model=BatchPredictResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=request_body_doc(batch=True),
-        dependencies=auth,
-    )
-    async def predict_batch(request: Request) -> Response:
-        return json_response({"results": await handle(request, batch=True)})
-
-    install_error_handlers(app, known_parameters=PARAMETERS)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
-    app.add_middleware(_ProxySetsRequestId)
-    return app
 
 
 class _ProxySetsRequestId:
@@ -333,6 +240,15 @@ class _ProxySetsRequestId:
             await send(message)
 
         await self.app(scope, receive, send_once if scope["type"] == "http" else send)
+
+
+def ingress_app(settings: Settings, model: DeploymentHandle) -> FastAPI:
+    """``maskrt serve``'s app (:func:`~maskrt.server.app.create_app`) over the model deployment."""
+    app = create_app(
+        settings, data_plane=lambda statistics: RayDataPlane(settings, model, statistics)
+    )
+    app.add_middleware(_ProxySetsRequestId)
+    return app
 
 
 class MaskrtIngress:
@@ -387,4 +303,5 @@ def build(args: dict[str, Any]) -> serve.Application:
         max_ongoing_requests=4 * settings.max_queue,
         graceful_shutdown_timeout_s=settings.request_timeout_s + 5,
     )
-    return ingress.bind(model.bind(given), given)
+    runtime = {k: v for k, v in given.items() if k in RuntimeOptions.model_fields}
+    return ingress.bind(model.bind(runtime), given)

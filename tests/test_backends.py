@@ -54,7 +54,7 @@ def test_torch_backend_rejects_bad_input(torch_backend):
 def test_warmup_runs_once_on_the_cpu_and_logs_each_step(torch_backend, caplog):
     from maskrt.runtime.pipeline import Pipeline
 
-    caplog.set_level(logging.INFO, logger="maskrt.server")
+    caplog.set_level(logging.INFO, logger="maskrt.runtime")
     seconds = Pipeline(torch_backend).warmup()
     assert list(seconds) == torch_backend.warmup_batch_sizes() == [1]
     runs = [r for r in caplog.records if r.getMessage() == "warm-up run"]

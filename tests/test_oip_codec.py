@@ -20,9 +20,9 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import serialize_byte_tensor
 
+from maskrt.runtime.dataplane import ImageResult, Inferred
 from maskrt.runtime.decode import DecodedImage
 from maskrt.server.errors import ApiError
-from maskrt.server.inference import ImageResult
 from maskrt.server.oip import (
     OUTPUTS,
     decompress,
@@ -31,7 +31,6 @@ from maskrt.server.oip import (
     parse_infer_request,
     serialize_bytes,
 )
-from maskrt.server.state import JobResult
 
 IMAGES = [b"\x89PNG first image", b"", b"\xff\xd8 third \x00 image \xff\xd9"]
 
@@ -215,7 +214,7 @@ def test_serialize_bytes_is_tritons():
 
 def image_result(height: int, width: int, detections: list) -> ImageResult:
     image = DecodedImage(torch.zeros((3, height, width), dtype=torch.uint8), "PNG", "pillow", 0.0)
-    return ImageResult(image, 0.0, JobResult(detections, 0.0, 0.0, 0.0))
+    return ImageResult(image, Inferred(detections, 0.0, 0.0, 0.0, 0.0))
 
 
 RESULTS = [

@@ -9,10 +9,12 @@ inherits), so nothing Ray listens on is reachable from outside this machine; wit
 privilege for that (CAP_SYS_ADMIN) it runs on the host's network with every node's address set to
 127.0.0.1 (Ray may then still listen on all interfaces).
 
-Checked: maskrt's API (answers equal to the pipeline's own, errors, limits, keys, request ids), the
-model replicas on the GPU node, images of different sizes in one batch, scale-up under load, a
-model replica killed under load (every request answered 200 or a clean 503, none lost) and
-replaced, and scale-down after the load. Slow (about 2-4 minutes on 2 cores); skipped with the
+Checked: the ingress serves ``maskrt serve``'s own app (answers equal to the pipeline's own, errors,
+limits, keys, request ids; a decompression bomb of 64 images refused by the pixel budget before
+anything is decoded; ``/v2`` through tritonclient answering as a ``maskrt serve`` does), the model
+replicas on the GPU node, images of different sizes in one batch, scale-up under load, a model
+replica killed under load (every request answered 200 or a clean 503, none lost) and replaced, and
+scale-down after the load. Slow (about 2-4 minutes on 2 cores); skipped with the
 reason when the optional ``ray`` extra is not installed.
 """
 
@@ -34,7 +36,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_harness import big_png, free_port, jpeg, png, shapes_image
+from server_harness import big_png, free_port, jpeg, png, shapes_image, start_server
 
 pytest.importorskip(
     "ray.serve", reason="the optional `ray` extra is not installed (pip install -e '.[ray]')"
@@ -52,10 +54,9 @@ SETTINGS = {
     "device": "cpu",
     "max_batch": 4,
     "max_delay_ms": 50,
-    "max_queue": 32,
+    "max_queue": 64,
     "request_timeout_s": 60,
     "max_upload_bytes": 2_000_000,
-    "max_image_pixels": 4_000_000,
     "api_keys": KEY,
     "score_threshold": 0.3,
 }
@@ -290,7 +291,7 @@ def test_errors_limits_keys_and_request_ids(cluster):
         assert code(c.post("/predict?score_threshold=2", content=image, headers=raw))[0] == 422
         assert code(c.post("/predict?colour=red", content=image, headers=raw))[0] == 422
         assert c.post("/predict", content=b"x" * 3_000_000, headers=raw).status_code == 413
-        assert code(c.post("/predict", content=big_png(3000, 2000), headers=raw)) == (
+        assert code(c.post("/predict", content=big_png(8000, 6000), headers=raw)) == (
             413,
             "image_too_large",
         )
@@ -301,6 +302,70 @@ def test_errors_limits_keys_and_request_ids(cluster):
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
 
 
+@pytest.fixture(scope="module")
+def served(cluster, tmp_path_factory):
+    """``maskrt serve`` with the cluster's settings, beside it (in its network namespace)."""
+    server = start_server(tmp_path_factory, "serve", SETTINGS)
+    yield server
+    server.stop()
+
+
+def ingress_peak_rss() -> int:
+    """Peak resident memory (bytes) of the ingress replica's process."""
+    ingress = [
+        pid
+        for pid, (_, cmd) in _processes().items()
+        if "MaskrtIngress" in cmd and cmd.startswith("ray::")
+    ]
+    assert len(ingress) == 1, f"ingress replica processes: {ingress}"
+    status = Path(f"/proc/{ingress[0]}/status").read_text()
+    return 1024 * int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1])
+
+
+def test_a_pixel_bomb_is_refused_before_decoding(cluster, served):
+    """64 PNGs of 6000x6000 zeros: about 300 kB on the wire, 6.9 GB decoded. The ingress refuses
+    them from their headers (413, the per-request pixel budget) as ``maskrt serve`` does, and its
+    peak memory does not grow by even one decoded image (108 MB)."""
+    body, content_type = _batch_body([big_png(6000, 6000)] * 64, "image/png")
+    assert len(body) < 400_000
+    headers = {**AUTH, "Content-Type": content_type}
+    before = ingress_peak_rss()
+    with client(cluster) as c:
+        r = c.post("/predict/batch", content=body, headers=headers)
+    grown = ingress_peak_rss() - before
+    with served.client() as c:
+        direct = c.post("/predict/batch", content=body, headers=headers)
+    assert r.status_code == direct.status_code == 413, r.text
+    assert r.json()["error"] == direct.json()["error"]
+    assert r.json()["error"]["code"] == "too_many_pixels"
+    print(f"\npixel bomb: the ingress's peak RSS grew by {grown / 2**20:.1f} MiB")
+    assert grown < 50 * 2**20
+
+
+def test_tritonclient_infer_answers_as_maskrt_serve_does(cluster, served):
+    import tritonclient.http as triton
+
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([png(shapes_image(5))], dtype=np.object_))
+
+    def infer(url: str) -> dict[str, np.ndarray]:
+        c = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
+        try:
+            result = c.infer("shapes", [image], headers=dict(AUTH))
+        finally:
+            c.close()
+        names = [o["name"] for o in result.get_response()["outputs"]]
+        return {n: result.as_numpy(n) for n in names}
+
+    ray_answer, direct = infer(cluster["url"]), infer(served.url)
+    assert set(ray_answer) == set(direct) >= {"boxes", "masks", "labels", "num_detections"}
+    assert int(direct["num_detections"][0]) > 0
+    for name in ("num_detections", "image_size", "class_ids", "labels", "masks"):
+        np.testing.assert_array_equal(ray_answer[name], direct[name], err_msg=name)
+    np.testing.assert_allclose(ray_answer["boxes"], direct["boxes"], atol=0.05)
+    np.testing.assert_allclose(ray_answer["scores"], direct["scores"], atol=1e-4)
+
+
 def test_model_replicas_run_on_the_gpu_node(cluster):
     gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
     assert len(gpu_nodes) == 1 and len([n for n in ray.nodes() if n["Alive"]]) == 2
@@ -308,11 +373,11 @@ def test_model_replicas_run_on_the_gpu_node(cluster):
     assert replicas and {a["node_id"] for a in replicas} == gpu_nodes
 
 
-def _batch_body(images: list[bytes]) -> tuple[bytes, str]:
+def _batch_body(images: list[bytes], media_type: str = "image/jpeg") -> tuple[bytes, str]:
     boundary = "maskrt-ray-boundary"
     parts = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
-        f'filename="{i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        f'filename="{i}"\r\nContent-Type: {media_type}\r\n\r\n'.encode()
         + data
         + b"\r\n"
         for i, data in enumerate(images)

@@ -17,6 +17,7 @@ from server_harness import maskrt_command, png, shapes_image
 
 from maskrt.errors import MaskrtError
 from maskrt.runtime.backends import open_backend
+from maskrt.runtime.local import LocalDataPlane
 from maskrt.server.app import create_app
 from maskrt.server.settings import Settings
 
@@ -49,7 +50,8 @@ def test_not_ready_until_loaded_and_warmed(checkpoint):
         return open_backend(s)
 
     async def main():
-        app = create_app(settings(checkpoint), opener=slow_open)
+        s = settings(checkpoint)
+        app = create_app(s, data_plane=lambda stats: LocalDataPlane(s, stats, opener=slow_open))
         async with running(app) as client:
             assert (await client.get("/healthz")).status_code == 200  # alive at once
             r = await client.get("/readyz")
@@ -62,10 +64,10 @@ def test_not_ready_until_loaded_and_warmed(checkpoint):
             release.set()
             await until_ready(client)
             assert (await client.post("/predict", files=files)).status_code == 200
-            state = app.state.maskrt
+            plane = app.state.maskrt.plane
             # warm-up ran every batch size the backend uses before /readyz turned 200
-            sizes = {s for s in state.backend.warmup_batch_sizes() if s <= 2}
-            assert sizes and set(state.warmup_seconds) == sizes
+            sizes = {s for s in plane.backend.warmup_batch_sizes() if s <= 2}
+            assert sizes and set(plane.warmup_seconds) == sizes
 
     asyncio.run(main())
 
@@ -76,8 +78,9 @@ def test_model_that_fails_to_load(tmp_path, caplog):
     fatal = []
 
     async def main():
+        s = Settings(model=str(bad), backend="torch", device="cpu")
         app = create_app(
-            Settings(model=str(bad), backend="torch", device="cpu"), on_fatal=fatal.append
+            s, data_plane=lambda stats: LocalDataPlane(s, stats, on_fatal=fatal.append)
         )
         async with running(app) as client:
             for _ in range(200):
@@ -92,7 +95,7 @@ def test_model_that_fails_to_load(tmp_path, caplog):
             assert str(tmp_path) not in r.text and "checkpoint" not in r.text
             assert (await client.get("/healthz")).status_code == 200
 
-    with caplog.at_level("ERROR", logger="maskrt.server"):
+    with caplog.at_level("ERROR", logger="maskrt.runtime"):
         asyncio.run(main())
     assert len(fatal) == 1 and isinstance(fatal[0], MaskrtError)
     assert "broken.pt: not a readable PyTorch checkpoint" in caplog.text
@@ -123,7 +126,7 @@ def test_backend_exception_fails_only_its_batch(checkpoint):
         app = create_app(settings(checkpoint))
         async with running(app) as client:
             await until_ready(client)
-            backend = app.state.maskrt.backend
+            backend = app.state.maskrt.plane.backend
             real_infer = backend.infer
             calls = []
 
@@ -163,7 +166,7 @@ def test_post_processing_exception_fails_only_its_batch(checkpoint, depth):
         app = create_app(settings(checkpoint, pipeline_depth=depth))
         async with running(app) as client:
             await until_ready(client)
-            pipeline = app.state.maskrt.pipeline
+            pipeline = app.state.maskrt.plane.pipeline
             real_finish = pipeline.finish_batch
             threads = []
 
@@ -190,10 +193,11 @@ def test_post_processing_exception_fails_only_its_batch(checkpoint, depth):
 
 def test_cors_off_unless_configured(checkpoint):
     async def main(origins):
-        app = create_app(
-            settings(checkpoint, cors_origins=origins),
-            opener=lambda s: (_ for _ in ()).throw(MaskrtError("no model needed")),
-        )
+        def no_model(options):
+            raise MaskrtError("no model needed")
+
+        s = settings(checkpoint, cors_origins=origins)
+        app = create_app(s, data_plane=lambda stats: LocalDataPlane(s, stats, opener=no_model))
         async with running(app) as client:
             r = await client.options(
                 "/predict",

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from server_harness import big_png
 
 from maskrt.runtime.decode import apply_orientation, decode_image
-from maskrt.server.errors import ApiError
+from maskrt.runtime.errors import InferenceError, InvalidImage, TooLarge
 
 LIMIT = 40_000_000
 # decode.py wraps Pillow's read-only buffer without a copy (torch warns once per process)
@@ -144,42 +144,42 @@ def test_one_pixel_image_is_valid():
     ],
 )
 def test_bad_bytes_are_400(data, code):
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(data)
-    assert (err.value.status, err.value.code) == (400, code)
+    assert (type(err.value), err.value.code) == (InvalidImage, code)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_image_is_400(fmt):
     data = encode(pattern(200, 150), fmt)
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(data[: len(data) // 2])
-    assert (err.value.status, err.value.code) == (400, "invalid_image")
+    assert (type(err.value), err.value.code) == (InvalidImage, "invalid_image")
     assert "truncated" in err.value.message or "corrupt" in err.value.message
 
 
 def test_svg_is_not_a_supported_format():
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
-    assert err.value.status == 400 and "supported format" in err.value.message
+    assert isinstance(err.value, InvalidImage) and "supported format" in err.value.message
 
 
 def test_pixel_guard_reads_only_the_header():
     data = big_png(20000, 20000)  # 4e8 pixels, ~60 kB on disk
     assert len(data) < 200_000
     started = time.perf_counter()
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(data)
     assert time.perf_counter() - started < 0.5  # decoding 4e8 pixels would take seconds
-    assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert (type(err.value), err.value.code) == (TooLarge, "image_too_large")
 
 
 def test_pixel_guard_uses_the_configured_limit():
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     assert decode(data, max_pixels=10_000).width == 100
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(data, max_pixels=9_999)
-    assert err.value.status == 413 and "10000 pixels" in err.value.message
+    assert isinstance(err.value, TooLarge) and "10000 pixels" in err.value.message
 
 
 def gradients(width: int, height: int) -> Image.Image:
@@ -209,6 +209,6 @@ def test_nvjpeg_on_the_gpu_matches_pillow():
 @pytest.mark.gpu
 def test_truncated_jpeg_on_the_gpu_is_400():
     data = encode(pattern(200, 150), "JPEG")
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         decode(data[: len(data) // 2], device=torch.device("cuda"))
-    assert err.value.status == 400
+    assert isinstance(err.value, InvalidImage)

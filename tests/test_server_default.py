@@ -77,8 +77,9 @@ def test_the_cached_onnx_serves_the_same_answers(server):
     from maskrt.export.cache import cached_onnx
     from maskrt.model.checkpoint import default_checkpoint
     from maskrt.runtime.backends import open_backend
+    from maskrt.runtime.options import default_cache_dir
     from maskrt.runtime.pipeline import Pipeline
-    from maskrt.server.settings import Settings, default_cache_dir
+    from maskrt.server.settings import Settings
 
     with server.client() as c:
         info = c.get("/v1/model").json()

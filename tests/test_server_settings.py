@@ -9,9 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from maskrt.cli.serve import register, settings_from_args
+from maskrt.cli.serve import register
 from maskrt.errors import MaskrtError
 from maskrt.runtime.backends import model_kind, resolve_backend
+from maskrt.runtime.options import RuntimeOptions, from_flags
 from maskrt.server.errors import ApiError
 from maskrt.server.metrics import Metrics, batch_size_buckets
 from maskrt.server.security import ApiKeys
@@ -59,6 +60,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["serve", *argv])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return from_flags(args, Settings)
 
 
 def test_every_design_setting_is_a_field_and_a_flag(clean_env):
@@ -114,6 +119,18 @@ def test_bad_environment_names_the_variable(clean_env):
         settings_from_args(parse([]))
 
 
+def test_runtime_options_ignore_the_http_settings(clean_env):
+    """The offline commands' options neither read nor check what only the HTTP server uses."""
+    clean_env.setenv("MASKRT_API_KEYS", "short")
+    clean_env.setenv("MASKRT_PORT", "not-a-port")
+    clean_env.setenv("MASKRT_MAX_BATCH", "3")
+    options = RuntimeOptions()
+    assert options.max_batch == 3 and not hasattr(options, "api_keys")
+    with pytest.raises(MaskrtError) as err:
+        settings_from_args(parse([]))
+    assert "MASKRT_API_KEYS" in str(err.value) and "MASKRT_PORT" in str(err.value)
+
+
 def test_api_keys():
     keys = ApiKeys(["alpha-123456", "beta-1234567"])
     keys.check("Bearer alpha-123456", None)
@@ -134,10 +151,11 @@ def test_api_keys():
 
 def test_metrics_registry_has_the_design_names():
     m = Metrics(registry=CollectorRegistry(), max_batch=8)
-    m.set_model("shapes", "torch", "cpu")
+    m.model_loaded("shapes", "torch", "cpu")
     m.request_duration.labels("/predict", "200").observe(0.01)
     m.requests.labels("/predict", "200").inc()
-    m.inference.labels("torch").observe(0.02)
+    m.batch_inferred(2, 0.001, 0.02)
+    assert (m.images, m.inference.count, m.inference.seconds) == (2, 1, 0.02)  # the statistics
     body, ctype = m.render()
     assert ctype.startswith("text/plain")
     families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
@@ -148,6 +166,8 @@ def test_metrics_registry_has_the_design_names():
     assert any(n.startswith("process_") for n in families)  # process metrics too
     text = body.decode()
     assert 'maskrt_model_info{backend="torch",device="cpu",name="shapes"} 1.0' in text
+    assert 'maskrt_inference_duration_seconds_sum{backend="torch"} 0.02' in text
+    assert "maskrt_images_total 2.0" in text
     assert 'maskrt_requests_total{endpoint="/predict",status="200"} 1.0' in text
 
 
@@ -222,8 +242,8 @@ def test_thread_settings_reach_onnx_runtime_and_torch(fields, ort_threads, torch
     import torch
     from deploy_helpers import exported
 
+    from maskrt.devices import usable_cores
     from maskrt.runtime.backends import open_backend
-    from maskrt.runtime.backends.onnxruntime import usable_cores
 
     path, _ = exported("shapes", max_batch=2)
     before = torch.get_num_threads()

@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from maskrt.cli.model import add_model_arguments, model_options
+from maskrt.cli.model import add_model_arguments
+from maskrt.runtime.options import MODEL_OPTIONS, RuntimeOptions, from_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,11 +82,12 @@ def register_onnx(kinds: argparse._SubParsersAction) -> None:
 
 def _onnx(args: argparse.Namespace) -> int:
     from maskrt.export.onnx import export_onnx
-    from maskrt.model.checkpoint import default_checkpoint, load_model
+    from maskrt.model.checkpoint import load_model
+    from maskrt.runtime.backends import model_path
 
     console_logging()
-    model = args.model or str(default_checkpoint())
-    loaded = load_model(model, model_options(args))
+    options = from_flags(args, RuntimeOptions, ("model", *MODEL_OPTIONS))
+    loaded = load_model(model_path(options), options.model_options())
     out = export_onnx(
         loaded,
         args.out,

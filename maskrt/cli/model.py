@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from maskrt.runtime.options import MODEL_OPTIONS, RuntimeOptions, add_flags, from_flags
+
+if TYPE_CHECKING:
+    from maskrt.model.checkpoint import ModelOptions
 
 DATA_HELP = (
     "a COCO folder (annotations/instances_<split>.json beside <split>/, or annotations.json "
@@ -16,6 +22,8 @@ DATA_HELP = (
     "(held-out photos, no shapes)"
 )
 IMAGES_HELP = "image folder of an annotations JSON given as --data (default: found beside it)"
+# the runtime options `maskrt evaluate` takes as flags (its backend and batch size are its own)
+EVALUATE_OPTIONS = ("model", *MODEL_OPTIONS, "cache_dir", "device")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dict, or torchvision weights by name; weights that fit load, heads for another class "
         "count start afresh",
     )
-    p.add_argument("--canvas", type=int, help=OPTION_HELP["--canvas"])
+    add_flags(p, ["canvas"])
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints")
     p.add_argument("--epochs", type=int, default=12, help="passes over the data")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
@@ -72,12 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(letterbox, deploy graph, post-processing) exactly as the server does",
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="where a checkpoint's ONNX export is cached (default: MASKRT_CACHE_DIR)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_flags(p, EVALUATE_OPTIONS[-2:])
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -110,39 +113,12 @@ def add_model_arguments(p: argparse.ArgumentParser, default_model: bool = True) 
         "by name (MaskRCNN_ResNet50_FPN_Weights.COCO_V1)"
         + ("; default: the bundled shapes model" if default_model else ""),
     )
-    add_model_options(p)
+    add_flags(p, MODEL_OPTIONS)
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """``--config``, ``--labels``, ``--canvas`` and ``--trust-pickle``."""
-    for flag, text in OPTION_HELP.items():
-        p.add_argument(flag, type=int if flag == "--canvas" else str, help=text)
-    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
-
-
-OPTION_HELP = {
-    "--config": "layout of a bare state dict, e.g. resnet50_fpn (default: recognised from the "
-    "weights where one known config fits)",
-    "--labels": "class names without the background, a comma list or a file with one per line "
-    "(default: the checkpoint's; COCO's for torchvision's 91 classes, else class_1..class_N)",
-    "--canvas": "side of the square input in pixels, a multiple of 32 (default: the config's)",
-}
-TRUST_PICKLE_HELP = (
-    "load a pickled whole model (torch.save(model)); unpickling runs code from the file, so "
-    "only for files you trust"
-)
-
-
-def model_options(args: argparse.Namespace):
-    from maskrt.model.checkpoint import ModelOptions
-    from maskrt.model.config import parse_labels
-
-    return ModelOptions(
-        config=args.config,
-        labels=parse_labels(args.labels) if args.labels else None,
-        canvas=args.canvas,
-        trust_pickle=args.trust_pickle,
-    )
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """What the model flags (and their variables) say about the model besides its file."""
+    return from_flags(args, RuntimeOptions, MODEL_OPTIONS).model_options()
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -174,38 +150,33 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from maskrt.devices import resolve_device
-    from maskrt.model.checkpoint import default_checkpoint, load_model
+    from maskrt.model.checkpoint import load_model
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
+    from maskrt.runtime.backends import model_path, open_backend
     from maskrt.runtime.decode import ignore_expected_warnings
+    from maskrt.runtime.pipeline import Pipeline
 
     ignore_expected_warnings()
+    eager = args.backend == "eager"
+    options = from_flags(
+        args,
+        RuntimeOptions,
+        EVALUATE_OPTIONS,
+        max_batch=args.batch_size,
+        **({} if eager else {"backend": args.backend}),
+    )
     data = open_dataset(args.data, args.images, split="val")
-    if args.backend == "eager":
-        device = torch.device(resolve_device(args.device))
-        loaded = load_model(args.model or default_checkpoint(), model_options(args))
+    if eager:
+        device = torch.device(options.resolved_device())
+        loaded = load_model(model_path(options), options.model_options())
         predict = eager_predictor(loaded, device)
         classes, source, version = loaded.config.classes, loaded.source, loaded.version
     else:
-        from maskrt.runtime.backends import model_path, open_backend
-        from maskrt.runtime.pipeline import Pipeline
-        from maskrt.server.settings import Settings
-
-        said = ("cache_dir", "config", "labels", "canvas")
-        fields = {k: getattr(args, k) for k in said if getattr(args, k) is not None}
-        settings = Settings(
-            model=args.model,
-            backend=args.backend,
-            device=args.device,
-            max_batch=args.batch_size,
-            trust_pickle=args.trust_pickle,
-            **fields,
-        )
-        pipeline = Pipeline(open_backend(settings))
+        pipeline = Pipeline(open_backend(options))
         predict = pipeline.predictor(score_threshold=0.0)
         info = pipeline.backend.info
-        classes, source, version = info.classes, model_path(settings), info.version
+        classes, source, version = info.classes, model_path(options), info.version
         device = pipeline.device
     metrics = evaluate(data, predict, classes, args.batch_size)
     print(

@@ -38,7 +38,7 @@ JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from maskrt.cli.serve import add_settings_flags
+    from maskrt.runtime.options import add_flags
 
     p = sub.add_parser(
         "predict",
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep detections scoring at least this (default: MASKRT_SCORE_THRESHOLD or 0.5; "
         "with --url the server's setting)",
     )
-    add_settings_flags(p, LOCAL_SETTINGS)
+    add_flags(p, LOCAL_SETTINGS)
     p.set_defaults(func=_predict)
 
 
@@ -107,7 +107,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _load(path: Path, decode: Callable[..., DecodedImage]) -> tuple[bytes, DecodedImage] | str:
     """The file's bytes and the decoded image, or what is wrong with it (naming the file)."""
-    from maskrt.server.errors import ApiError
+    from maskrt.runtime.errors import InferenceError
 
     try:
         data = path.read_bytes()
@@ -115,7 +115,7 @@ def _load(path: Path, decode: Callable[..., DecodedImage]) -> tuple[bytes, Decod
         return f"{path}: {exc.strerror or exc}"
     try:
         return data, decode(data, name=str(path))
-    except ApiError as exc:  # its message starts with the name
+    except InferenceError as exc:  # its message starts with the name
         return exc.message
 
 
@@ -136,19 +136,23 @@ class Local:
     Called with paths, it yields each path with its (answer, image) or its error message."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from maskrt.cli.serve import settings_from_args
         from maskrt.runtime.backends import open_backend
+        from maskrt.runtime.dataplane import ServedModel
+        from maskrt.runtime.options import RuntimeOptions, from_flags
         from maskrt.runtime.pipeline import Pipeline
 
-        self.settings = settings_from_args(args)
-        self.pipeline = Pipeline(open_backend(self.settings))
+        self.options = from_flags(args, RuntimeOptions)
+        self.pipeline = Pipeline(open_backend(self.options))
         self.batch = self.pipeline.max_batch
+        self.model = ServedModel.of(self.pipeline.backend, self.batch).ref()
 
     def _decode(self, data: bytes, name: str) -> DecodedImage:
-        return self.pipeline.decode(data, max_pixels=self.settings.max_image_pixels, name=name)
+        return self.pipeline.decode(data, max_pixels=self.options.max_image_pixels, name=name)
 
     def __call__(self, paths: list[Path]) -> Iterator[tuple[Path, tuple[dict, DecodedImage] | str]]:
-        from maskrt.runtime.pipeline import PostOptions, answer
+        from maskrt.runtime.dataplane import ImageResult, Inferred
+        from maskrt.runtime.pipeline import PostOptions
+        from maskrt.server.answers import answer
 
         decoded = []
         for path in paths:
@@ -160,10 +164,13 @@ class Local:
         if not decoded:
             return
         out = self.pipeline.run_batch(
-            [image.tensor for _, image in decoded], PostOptions(self.settings.score_threshold)
+            [image.tensor for _, image in decoded], PostOptions(self.options.score_threshold)
         )
         for (path, image), detections in zip(decoded, out.detections):
-            yield path, (answer(self.pipeline.model_ref, image, detections, 0.0, out), image)
+            inferred = Inferred(
+                detections, 0.0, out.preprocess_s, out.inference_s, out.postprocess_s
+            )
+            yield path, (answer(self.model, ImageResult(image, inferred)), image)
 
 
 class Remote:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import socket
-import typing
 
-_HELP_TYPES: dict[object, str] = {int: "N", float: "X"}
+from maskrt.errors import MaskrtError
+from maskrt.runtime.options import add_flags, from_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,69 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a model over HTTP. Every flag is also an environment variable "
         "MASKRT_<NAME> (flags win).",
     )
-    add_settings_flags(p, Settings.model_fields)
+    add_flags(p, Settings.model_fields, Settings)
     p.set_defaults(func=_serve)
-
-
-def add_settings_flags(p: argparse.ArgumentParser, names) -> None:
-    """One flag per setting of ``names`` (``--max-batch``), its help naming the variable and
-    the default."""
-    from maskrt.server.settings import Settings, flag_name
-
-    for name in names:
-        field = Settings.model_fields[name]
-        text = field.description or ""
-        default = field.get_default(call_default_factory=True)
-        if default not in (None, False, []) and "default:" not in text:
-            text += f" (default: {default}; env MASKRT_{name.upper()})"
-        else:
-            text += f" (env MASKRT_{name.upper()})"
-        kwargs: dict = {"dest": name, "default": None, "help": text}
-        annotation = _without_none(field.annotation)
-        args = typing.get_args(annotation)
-        if typing.get_origin(annotation) is typing.Literal:
-            kwargs["choices"] = list(args)
-        elif annotation is int or annotation is float:
-            kwargs["type"] = annotation
-            kwargs["metavar"] = _HELP_TYPES[annotation]
-        elif annotation is bool:
-            kwargs.update(action="store_const", const=True)
-        p.add_argument(flag_name(name), **kwargs)
-
-
-def _without_none(annotation: object) -> object:
-    """``int`` for ``int | None``: the type a given flag has."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if len(args) == 1 and type(None) in typing.get_args(annotation) else annotation
-
-
-def settings_from_args(args: argparse.Namespace):
-    """Settings from the flags given (over the environment, over the defaults)."""
-    from pydantic import ValidationError
-
-    from maskrt.errors import MaskrtError
-    from maskrt.server.settings import Settings, flag_name
-
-    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            if not err.get("loc"):  # a rule between settings
-                problems.append(err["msg"].removeprefix("Value error, "))
-                continue
-            name = str(err["loc"][0])
-            where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
-            problems.append(f"{where}: {err['msg']}")
-        raise MaskrtError("invalid settings: " + "; ".join(problems)) from None
 
 
 def serve_metrics(registry, host: str, port: int) -> None:
     """``/metrics`` of ``registry`` on its own port (a daemon thread of prometheus_client)."""
     from prometheus_client import start_http_server
-
-    from maskrt.errors import MaskrtError
 
     try:
         start_http_server(port, host, registry=registry)
@@ -96,8 +40,6 @@ def serve_metrics(registry, host: str, port: int) -> None:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before anything slow starts: a port in use is a user error at
     once (exit status 2), not a failure after the model has loaded."""
-    from maskrt.errors import MaskrtError
-
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -120,11 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from maskrt.runtime.backends import check_model
     from maskrt.runtime.decode import ignore_expected_warnings
+    from maskrt.runtime.local import LocalDataPlane
     from maskrt.server.app import create_app
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
+    from maskrt.server.settings import Settings
 
-    settings = settings_from_args(args)
+    settings = from_flags(args, Settings)
     configure_logging(settings.log_format, settings.log_level)
     ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
@@ -141,14 +85,16 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal)
+    app = create_app(
+        settings, data_plane=lambda stats: LocalDataPlane(settings, stats, on_fatal=fatal)
+    )
     state = app.state.maskrt
     if settings.metrics_port is not None:
         serve_metrics(state.metrics.registry, settings.host, settings.metrics_port)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            state.begin_drain()  # /readyz 503 at once; queued requests still finish
+            state.plane.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
     limits = ConnectionLimits(

@@ -28,7 +28,7 @@ from maskrt.model.config import torchvision_weights_config
 
 if TYPE_CHECKING:
     from maskrt.runtime.backends.base import Backend
-    from maskrt.server.settings import Settings
+    from maskrt.runtime.options import RuntimeOptions
 
 log = logging.getLogger("maskrt.backends")
 
@@ -37,10 +37,10 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
-def model_path(settings: Settings) -> str:
-    """``settings.model`` or the bundled shapes checkpoint."""
-    if settings.model:
-        return settings.model
+def model_path(options: RuntimeOptions) -> str:
+    """``options.model`` or the bundled shapes checkpoint."""
+    if options.model:
+        return options.model
     from maskrt.model.checkpoint import default_checkpoint
 
     return str(default_checkpoint())
@@ -95,18 +95,18 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
     return backend
 
 
-def check_model(settings: Settings) -> tuple[str, str, str]:
+def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
     """Cheap checks done before the server starts: ``(model, kind, backend)``; a missing file or an
     impossible backend/model/device combination is an error here, not after start-up."""
-    model = model_path(settings)
+    model = model_path(options)
     kind = model_kind(model)
-    if kind != "checkpoint" and settings.model_options().tag():
+    if kind != "checkpoint" and options.model_options().tag():
         raise MaskrtError(
             f"{model}: --config, --labels and --canvas apply to a checkpoint; an {kind} file "
             f"fixes them (export it again with them)"
         )
-    device = settings.resolved_device()
-    backend = resolve_backend(settings.backend, kind, device)
+    device = options.resolved_device()
+    backend = resolve_backend(options.backend, kind, device)
     if torchvision_weights_config(model) is None:
         path = Path(model)
         if not path.is_file():
@@ -114,7 +114,7 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
                 f"{model}: no such model file"
                 + (
                     ""
-                    if settings.model
+                    if options.model
                     else " (the bundled default model is missing from this "
                     "installation; pass --model)"
                 )
@@ -131,15 +131,15 @@ def check_model(settings: Settings) -> tuple[str, str, str]:
     return model, kind, backend
 
 
-def open_backend(settings: Settings) -> Backend:
-    """Open the backend ``settings`` ask for (see the module docstring); slow (loads weights, may
+def open_backend(options: RuntimeOptions) -> Backend:
+    """Open the backend ``options`` ask for (see the module docstring); slow (loads weights, may
     export an ONNX or build a TensorRT engine the first time), so the server calls it after it
     starts listening."""
     import torch
 
-    model, kind, backend = check_model(settings)
-    device = torch.device(settings.resolved_device())
-    max_batch = settings.max_batch
+    model, kind, backend = check_model(options)
+    device = torch.device(options.resolved_device())
+    max_batch = options.max_batch
     log.info(
         "opening model",
         extra={
@@ -152,14 +152,14 @@ def open_backend(settings: Settings) -> Backend:
             }
         },
     )
-    set_torch_threads(settings, backend)
+    set_torch_threads(options, backend)
     if backend == "torch":
         from maskrt.model.checkpoint import load_model
         from maskrt.runtime.backends.torch import TorchBackend
 
-        loaded = load_model(model, settings.model_options())
+        loaded = load_model(model, options.model_options())
         return TorchBackend(loaded, device=device, max_batch=max_batch)
-    cache_dir = Path(settings.cache_dir)
+    cache_dir = Path(options.cache_dir)
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
         from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -167,14 +167,14 @@ def open_backend(settings: Settings) -> Backend:
         onnx = (
             model
             if kind == "onnx"
-            else str(cached_onnx(model, cache_dir, max_batch, options=settings.model_options()))
+            else str(cached_onnx(model, cache_dir, max_batch, options=options.model_options()))
         )
         return OnnxRuntimeBackend(
             onnx,
             device=device,
             max_batch=max_batch,
-            threads=settings.inference_threads,
-            spinning=settings.inference_spinning,
+            threads=options.inference_threads,
+            spinning=options.inference_spinning,
         )
     from maskrt.runtime.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 
@@ -188,25 +188,31 @@ def open_backend(settings: Settings) -> Backend:
             onnx = model
             fp16 = read_metadata(onnx).get("precision") == "fp16"
         else:
-            fp16 = settings.engine_precision == "fp16"
-            options = settings.model_options()
+            fp16 = options.engine_precision == "fp16"
             onnx = str(
-                cached_onnx(model, cache_dir, max_batch, "tensorrt", fp16=fp16, options=options)
+                cached_onnx(
+                    model,
+                    cache_dir,
+                    max_batch,
+                    "tensorrt",
+                    fp16=fp16,
+                    options=options.model_options(),
+                )
             )
         model = str(cached_engine(onnx, cache_dir, max_batch=max_batch, fp16=fp16, device=device))
     return TensorRTBackend(model, device=device, max_batch=max_batch)
 
 
-def set_torch_threads(settings: Settings, backend: str) -> None:
+def set_torch_threads(options: RuntimeOptions, backend: str) -> None:
     """torch's intra-op threads for this process: the inference's with the torch backend,
     ``torch_threads`` (default 1) for the pre- and post-processing beside the others, so torch
     and ONNX Runtime do not oversubscribe the cores."""
     import torch
 
-    from maskrt.runtime.backends.onnxruntime import usable_cores
+    from maskrt.devices import usable_cores
 
     if backend == "torch":
-        threads = settings.inference_threads or usable_cores()
+        threads = options.inference_threads or usable_cores()
     else:
-        threads = settings.torch_threads or 1
+        threads = options.torch_threads or 1
     torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """The interface every backend (``torch``, ``onnxruntime``, ``tensorrt``) implements.
 
-A backend runs the deploy graph (DESIGN.md, "Deploy graph contract") on its own device: uint8
+A backend runs the deploy graph (docs/architecture.md, "The deploy graph") on its own device: uint8
 letterboxed images in, fixed-size detections out, all as torch tensors on that device so that
 pre- and post-processing stay on the device too.
 """

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrt.devices import check_device, check_max_batch
+from maskrt.devices import check_device, check_max_batch, usable_cores
 from maskrt.errors import MaskrtError
 from maskrt.export.artifacts import maskrt_entries, read_metadata
 from maskrt.runtime.backends.base import (
@@ -54,13 +54,6 @@ _TORCH = {
     np.int64: torch.int64,
     np.uint8: torch.uint8,
 }
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def session_options(threads: int | None = None, *, spinning: bool = False):

@@ -14,7 +14,7 @@ from maskrt.server.schemas import (
     Health,
     Ready,
 )
-from maskrt.server.state import ServerState
+from maskrt.server.state import AppState
 
 router = APIRouter()
 
@@ -25,10 +25,10 @@ router = APIRouter()
     responses=HEALTH_RESPONSES,
     summary="the process is alive",
 )
-async def healthz(state: ServerState = Depends(get_state)) -> Response:
-    batcher = state.batcher
-    if batcher is not None and batcher.running_for() > state.stuck_after_s:
-        raise ApiError(503, "stuck", f"a batch has been running for {batcher.running_for():.0f} s")
+async def healthz(state: AppState = Depends(get_state)) -> Response:
+    stuck = state.plane.stuck_for()
+    if stuck is not None:
+        raise ApiError(503, "stuck", f"a batch has been running for {stuck:.0f} s")
     return json_response({"status": "ok"})
 
 
@@ -38,9 +38,9 @@ async def healthz(state: ServerState = Depends(get_state)) -> Response:
     responses=READY_RESPONSES,
     summary="the model is loaded and warmed up",
 )
-async def readyz(state: ServerState = Depends(get_state)) -> Response:
-    if state.status != "ready":
-        raise state.not_ready()
+async def readyz(state: AppState = Depends(get_state)) -> Response:
+    if not state.plane.ready:
+        raise state.plane.not_ready()
     return json_response({"status": "ready"})
 
 
@@ -50,7 +50,7 @@ async def readyz(state: ServerState = Depends(get_state)) -> Response:
     response_class=Response,
     responses=METRICS_RESPONSES,
 )
-async def metrics(state: ServerState = Depends(get_state)) -> Response:
+async def metrics(state: AppState = Depends(get_state)) -> Response:
     if state.settings.metrics_port is not None:  # kept off the public port
         raise ApiError(404, "not_found", "no route GET /metrics: metrics have a port of their own")
     body, content_type = state.metrics.render()

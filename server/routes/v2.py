@@ -15,13 +15,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from maskrt.runtime.dataplane import EncodedImage
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, json_response
-from maskrt.server.inference import Upload, infer_request
+from maskrt.server.inference import infer_request
 from maskrt.server.parsing import parse_params, post_options
-from maskrt.server.state import ServerState
+from maskrt.server.state import AppState
 
 public = APIRouter(prefix="/v2", tags=["open inference protocol"])
 router = APIRouter(prefix="/v2/models/{name}", tags=["open inference protocol"])
@@ -59,9 +60,8 @@ _INFER_ANSWER = {
     summary="the process is alive",
     responses=_example({"live": True}, with_path=False),
 )
-async def live(state: ServerState = Depends(get_state)) -> Response:
-    batcher = state.batcher
-    alive = batcher is None or batcher.running_for() <= state.stuck_after_s
+async def live(state: AppState = Depends(get_state)) -> Response:
+    alive = state.plane.stuck_for() is None
     return json_response({"live": alive}, 200 if alive else 503)
 
 
@@ -70,8 +70,8 @@ async def live(state: ServerState = Depends(get_state)) -> Response:
     summary="the model is loaded and warmed up",
     responses=_example({"ready": True}, with_path=False),
 )
-async def ready(state: ServerState = Depends(get_state)) -> Response:
-    is_ready = state.status == "ready"
+async def ready(state: AppState = Depends(get_state)) -> Response:
+    is_ready = state.plane.ready
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
 
@@ -87,11 +87,9 @@ async def server_metadata() -> Response:
     return json_response(oip.server_metadata())
 
 
-def _model(state: ServerState, name: str, version: str | None) -> str:
+def _model(state: AppState, name: str, version: str | None) -> str:
     """The served model's name: 503 before it is loaded, 404 for another name or version."""
-    if not state.model_info:
-        raise state.not_ready()
-    served = state.model_info["name"]
+    served = state.plane.served_model().name
     if name != served:
         raise ApiError(
             404, "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
@@ -108,10 +106,10 @@ def _model(state: ServerState, name: str, version: str | None) -> str:
 @router.get("", summary="model metadata", responses=_example(_MODEL_METADATA))
 @router.get(_VERSIONED, summary="model metadata", responses=_example(_MODEL_METADATA))
 async def model_metadata(
-    name: str, version: str | None = None, state: ServerState = Depends(get_state)
+    name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
     _model(state, name, version)
-    return json_response(oip.model_metadata(name, state.model_ref["backend"]))
+    return json_response(oip.model_metadata(name, state.plane.served_model().backend))
 
 
 @router.get(
@@ -123,11 +121,11 @@ async def model_metadata(
     responses=_example({"name": "shapes", "ready": True}),
 )
 async def model_ready(
-    name: str, version: str | None = None, state: ServerState = Depends(get_state)
+    name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
     _model(state, name, version)
-    if state.status != "ready":
-        raise state.not_ready()
+    if not state.plane.ready:
+        raise state.plane.not_ready()
     return json_response({"name": name, "ready": True})
 
 
@@ -145,7 +143,7 @@ async def infer(
     request: Request,
     name: str,
     version: str | None = None,
-    state: ServerState = Depends(get_state),
+    state: AppState = Depends(get_state),
 ) -> Response:
     _model(state, name, version)
     header_length = request.headers.get(oip.HEADER_LENGTH)
@@ -160,7 +158,7 @@ async def infer(
     parsed: oip.InferRequest | None = None
     outputs: dict[str, bool] = {}
 
-    async def read() -> tuple[list[Upload], PostOptions]:
+    async def read() -> tuple[list[EncodedImage], PostOptions]:
         nonlocal parsed, outputs
         settings = state.settings
         body = oip.decompress(
@@ -173,8 +171,8 @@ async def infer(
             list(request.query_params.multi_items()) + list(parsed.parameters.items())
         )
         outputs = parsed.selected_outputs(masks=params.masks == "rle")
-        uploads = [Upload(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(parsed.images)]
-        return uploads, post_options(params, settings.score_threshold)
+        images = [EncodedImage(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(parsed.images)]
+        return images, post_options(params, settings.score_threshold)
 
     results = await infer_request(state, request, read)
     assert parsed is not None

@@ -1,0 +1,248 @@
+"""What every command that opens a model and serves it is told: the model and its backend, batching,
+admission limits, threads, the export cache and precision. ``maskrt serve``, ``evaluate``,
+``export``, ``predict`` and ``bench`` read these; the HTTP server's settings
+(:class:`maskrt.server.settings.Settings`) extend them with what only HTTP needs.
+
+Each option is an environment variable ``MASKRT_<NAME>`` and a flag of the same name (``--max-batch``
+for ``MAX_BATCH``); flags win over the environment, which wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from maskrt.errors import MaskrtError
+
+if TYPE_CHECKING:
+    from maskrt.model.checkpoint import ModelOptions
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# what ModelOptions holds: the model's flags of every command that loads a checkpoint
+MODEL_OPTIONS = ("config", "labels", "canvas", "trust_pickle")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/maskrt`` or ``~/.cache/maskrt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "maskrt"
+
+
+class RuntimeOptions(BaseSettings):
+    """The model, the backend and the data plane's limits (docs/architecture.md, "Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="MASKRT_", extra="ignore", frozen=True)
+
+    model: str | None = Field(
+        None,
+        description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
+        "path; default: the bundled shapes model",
+    )
+    config: str | None = Field(
+        None,
+        description="layout of a bare state dict, e.g. resnet50_fpn (default: recognised from "
+        "the weights where one known config fits)",
+    )
+    labels: str | None = Field(
+        None,
+        description="class names without the background, a comma list or a file with one per "
+        "line (default: the checkpoint's; COCO's for torchvision's 91 classes, else "
+        "class_1..class_N)",
+    )
+    canvas: int | None = Field(
+        None,
+        ge=32,
+        description="side of the square input in pixels, a multiple of 32 (default: the config's)",
+    )
+    trust_pickle: bool = Field(
+        False,
+        description="load a pickled whole model (torch.save(model)); unpickling runs code from "
+        "the file, so only for files you trust",
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (auto: cuda when present)")
+    max_batch: int = Field(8, ge=1, le=1024, description="largest batch the worker forms")
+    max_delay_ms: float = Field(
+        5.0,
+        ge=0,
+        le=60_000,
+        description="longest wait for more images after the first of a batch (only while more "
+        "requests are on their way)",
+    )
+    max_queue: int = Field(64, ge=1, description="images waiting for a batch; more get 503")
+    pipeline_depth: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="batches handed to post-processing (its own thread) while the next batch "
+        "is inferred; 0: every stage of a batch in the inference thread, one batch at a time",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="a request not answered within this many seconds gets 504"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="width x height limit, checked before decoding"
+    )
+    max_request_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="decoded pixels of all the images of one request (from their headers); "
+        "more gets 413",
+    )
+    max_inflight_pixels: int = Field(
+        256_000_000,
+        ge=1,
+        description="decoded pixels of all admitted requests (decoding, queued, in a batch); a "
+        "request that would pass it gets 503 with Retry-After",
+    )
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="default of the score_threshold request parameter"
+    )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="where ONNX exports and TensorRT engines are cached (default ~/.cache/maskrt)",
+    )
+    inference_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads of ONNX Runtime's intra-op pool (torch's with the torch backend); "
+        "default: the cores this process may use",
+    )
+    inference_spinning: bool = Field(
+        False,
+        description="ONNX Runtime's intra-op threads spin-wait for work between operators (its "
+        "own default); off, they sleep, leaving the cores to decoding, post-processing and "
+        "anything else on the machine (faster on a small shared or virtual machine)",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads for pre- and post-processing beside ONNX Runtime or TensorRT "
+        "(default 1: their small ops only lose time to thread hand-offs, and the cores are "
+        "the inference's)",
+    )
+    decode_threads: int | None = Field(
+        None, ge=1, description="image decoding threads (default: the usable cores, at most 4)"
+    )
+    engine_precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _pixel_limits(self) -> RuntimeOptions:
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_inflight_pixels:
+            raise ValueError(
+                f"the pixel limits must grow: MAX_IMAGE_PIXELS ({self.max_image_pixels}) <= "
+                f"MAX_REQUEST_PIXELS ({self.max_request_pixels}) <= MAX_INFLIGHT_PIXELS "
+                f"({self.max_inflight_pixels})"
+            )
+        return self
+
+    def model_options(self) -> ModelOptions:
+        """What these options say about the model besides its file."""
+        from maskrt.model.checkpoint import ModelOptions
+        from maskrt.model.config import parse_labels
+
+        return ModelOptions(
+            config=self.config,
+            labels=parse_labels(self.labels) if self.labels else None,
+            canvas=self.canvas,
+            trust_pickle=self.trust_pickle,
+        )
+
+    def resolved_device(self) -> str:
+        """``auto`` made concrete: ``cuda`` when torch sees a GPU, else ``cpu``."""
+        from maskrt.devices import resolve_device
+
+        return resolve_device(self.device)
+
+
+Options = TypeVar("Options", bound=RuntimeOptions)
+_METAVARS: dict[object, str] = {int: "N", float: "X"}
+
+
+def flag_name(field: str) -> str:
+    """``max_batch`` -> ``--max-batch``."""
+    return "--" + field.replace("_", "-")
+
+
+def add_flags(
+    p: argparse.ArgumentParser, names: Iterable[str], options: type[RuntimeOptions] = RuntimeOptions
+) -> None:
+    """One flag per option of ``names`` (``--max-batch``), its help naming the variable and the
+    default; a flag not given stays ``None``, so :func:`from_flags` leaves the option to the
+    environment."""
+    for name in names:
+        field = options.model_fields[name]
+        text = field.description or ""
+        default = field.get_default(call_default_factory=True)
+        if default not in (None, False, []) and "default:" not in text:
+            text += f" (default: {default}; env MASKRT_{name.upper()})"
+        else:
+            text += f" (env MASKRT_{name.upper()})"
+        kwargs: dict = {"dest": name, "default": None, "help": text}
+        annotation = _without_none(field.annotation)
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Literal:
+            kwargs["choices"] = list(args)
+        elif annotation is int or annotation is float:
+            kwargs["type"] = annotation
+            kwargs["metavar"] = _METAVARS[annotation]
+        elif annotation is bool:
+            kwargs.update(action="store_const", const=True)
+        p.add_argument(flag_name(name), **kwargs)
+
+
+def _without_none(annotation: object) -> object:
+    """``int`` for ``int | None``: the type a given flag has."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(annotation) else annotation
+
+
+def from_flags(
+    args: argparse.Namespace,
+    options: type[Options],
+    names: Iterable[str] | None = None,
+    **given: Any,
+) -> Options:
+    """``options`` from the flags given (``names`` only, when named), then ``given``, over the
+    environment, over the defaults; a bad value is a MaskrtError naming the flag or the
+    variable."""
+    fields = options.model_fields if names is None else set(names)
+    flags = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    given = {**flags, **given}
+    try:
+        return options(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            if not err.get("loc"):  # a rule between options
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
+            where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
+            problems.append(f"{where}: {err['msg']}")
+        raise MaskrtError("invalid settings: " + "; ".join(problems)) from None

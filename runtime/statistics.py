@@ -1,0 +1,89 @@
+"""What the data plane has done since it started, counted as it happens.
+
+The data plane reports each event to one :class:`Statistics` object: a front door reads the counts
+(a statistics answer, a status page), and a subclass exports them as they change (the HTTP server's
+Prometheus metrics, :class:`maskrt.server.metrics.Metrics`, extends each method). Each count is
+written by one thread only (requests and queueing on the event loop, a batch's stages in the
+inference and post-processing threads), so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Tally:
+    """How many, and how many seconds they took in all."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.seconds += seconds
+
+
+class Statistics:
+    """Counts and times of requests, images and batches, and the gauges of what is in flight."""
+
+    def __init__(self) -> None:
+        self.requests_ok = Tally()  # answered, arrival to answer
+        self.requests_failed = Tally()  # refused or failed, arrival to error
+        self.decode = Tally()  # per image
+        self.queue = Tally()  # per image, submitted to its batch's start
+        self.preprocess = Tally()  # per batch; count = batches run
+        self.inference = Tally()
+        self.postprocess = Tally()
+        self.images = 0
+        self.detections = 0
+        self.failed_batches = 0
+        self.dropped: collections.Counter[str] = collections.Counter()  # by reason
+        self.requests_in_flight = 0
+        self.queue_depth = 0
+        self.pixels_in_flight = 0
+
+    def model_loaded(self, name: str, backend: str, device: str) -> None:
+        """The model is loaded and warm (or a new one replaced it)."""
+
+    def request_started(self) -> None:
+        self.requests_in_flight += 1
+
+    def request_ended(self, seconds: float, ok: bool) -> None:
+        self.requests_in_flight -= 1
+        (self.requests_ok if ok else self.requests_failed).add(seconds)
+
+    def image_decoded(self, decoder: str, seconds: float) -> None:
+        """``decoder``: ``pillow`` or ``nvjpeg``."""
+        self.decode.add(seconds)
+
+    def pixels_admitted(self, in_flight: int) -> None:
+        """The decoded pixels of every admitted request, after one came or went."""
+        self.pixels_in_flight = in_flight
+
+    def queued(self, depth: int) -> None:
+        """Images waiting for a batch, after one came or went."""
+        self.queue_depth = depth
+
+    def batch_started(self, queue_waits: Sequence[float]) -> None:
+        """A batch formed; ``queue_waits``: seconds each of its images waited."""
+        self.queue.add(sum(queue_waits), len(queue_waits))
+
+    def batch_inferred(self, images: int, preprocess_s: float, inference_s: float) -> None:
+        self.images += images
+        self.preprocess.add(preprocess_s)
+        self.inference.add(inference_s)
+
+    def batch_finished(self, postprocess_s: float, detections: int) -> None:
+        self.postprocess.add(postprocess_s)
+        self.detections += detections
+
+    def batch_failed(self) -> None:
+        self.failed_batches += 1
+
+    def image_dropped(self, reason: str) -> None:
+        """An image left unrun because its request gave up (``timeout``, ``client
+        disconnected``, ``server stopping``)."""
+        self.dropped[reason] += 1
