@@ -25,9 +25,11 @@ serve: install
 test: lint typecheck browser
 	$(BIN)/python -m pytest
 
+# lint: ruff, then the layers of the package (import-linter's contracts in pyproject.toml)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy -p maskrt
