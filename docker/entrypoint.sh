@@ -6,7 +6,7 @@
 #                                         exec `maskrt serve --backend B [--model M] [SERVE FLAGS...]`
 #   maskrt-entrypoint COMMAND [ARGS...]  run COMMAND instead (e.g. `bash`, `maskrt export ...`)
 #
-# Configuration is the server's own environment (MASKRT_*, DESIGN.md "Settings"; MASKRT_MODEL,
+# Configuration is the server's own environment (MASKRT_*, docs/architecture.md "Settings"; MASKRT_MODEL,
 # MASKRT_BACKEND, MASKRT_ENGINE_PRECISION, MASKRT_CACHE_DIR ...). The server makes what the backend
 # needs once and keeps it in MASKRT_CACHE_DIR (a volume in docker-compose.yml; see
 # maskrt.export.cache): the ONNX export of a checkpoint, and for MASKRT_BACKEND=tensorrt the engine

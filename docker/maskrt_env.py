@@ -8,7 +8,7 @@ Installed in the images as ``maskrt-env`` (docker/entrypoint.sh calls it):
     Exit 3 when no usable CUDA device is visible, 4 when the tensorrt package cannot be imported.
 ``maskrt-env backend``
     What ``MASKRT_BACKEND=auto`` resolves to: ``tensorrt`` on a GPU with TensorRT, else
-    ``onnxruntime`` (DESIGN.md, Settings).
+    ``onnxruntime`` (docs/architecture.md, "Settings").
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ Targets:
 - ``tensorrt``: the same graph rewritten for TensorRT by ``maskrt.export.tensorrt_onnx.rewrite``
   (``ModelProto -> ModelProto``; each ``MultiLevelRoIAlign`` node becomes the plugin node).
 
-Every file carries ``metadata_props`` (DESIGN.md): ``maskrt.classes``, ``maskrt.canvas``,
-``maskrt.mask_size``, ``maskrt.max_detections``, ``maskrt.config``, ``maskrt.checkpoint_sha256``,
-``maskrt.target``, plus ``maskrt.max_batch``, ``maskrt.precision`` (``fp32``, or ``fp16`` for
-``--fp16``: backbone and heads in float16; ``int8`` for ``--int8``), ``maskrt.mask_head`` and
-``maskrt.weights_verified`` (``true`` when the checkpoint's tensors matched their recorded digest),
-and passes ``onnx.checker.check_model(full_check=True)``.
+Every file carries ``metadata_props`` (docs/architecture.md, "The deploy graph"):
+``maskrt.classes``, ``maskrt.canvas``, ``maskrt.mask_size``, ``maskrt.max_detections``,
+``maskrt.config``, ``maskrt.checkpoint_sha256``, ``maskrt.target``, plus ``maskrt.max_batch``,
+``maskrt.precision`` (``fp32``, or ``fp16`` for ``--fp16``: backbone and heads in float16; ``int8``
+for ``--int8``), ``maskrt.mask_head`` and ``maskrt.weights_verified`` (``true`` when the
+checkpoint's tensors matched their recorded digest), and passes ``onnx.checker.check_model(full_check=True)``.
 
 ``maskrt.mask_head`` says which rows the mask head runs on: ``all`` (the ``K`` rows, every shape
 static: what TensorRT needs, and the ``tensorrt`` target's only choice) or ``detections`` (the first

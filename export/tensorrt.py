@@ -13,8 +13,9 @@ and changes NMS. ``--fp16`` on an fp32 ONNX is refused with that explanation.
 
 One optimization profile covers batches 1 to ``max_batch``. A timing cache file, when given, is
 read before and written after the build, so rebuilding (another batch size, another precision) on
-the same GPU is faster. The engine's JSON sidecar (``<engine>.json``) holds the ONNX's ``maskrt.*``
-metadata plus the TensorRT version, GPU name, compute capability and precision (DESIGN.md).
+the same GPU is faster. The engine's JSON sidecar (``<engine>.json``, :mod:`maskrt.export.artifacts`)
+holds the ONNX's ``maskrt.*`` metadata plus the TensorRT version, GPU name, compute capability and
+precision.
 """
 
 from __future__ import annotations

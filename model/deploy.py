@@ -1,4 +1,4 @@
-"""The static-shape deploy graph (DESIGN.md, "Deploy graph contract"): what every backend runs.
+"""The static-shape deploy graph (docs/architecture.md, "The deploy graph"): what every backend runs.
 
 :class:`DeployGraph` wraps a loaded torchvision ``MaskRCNN`` (sharing its modules and weights, no
 copies) and maps uint8 letterboxed images ``[B, 3, S, S]`` to

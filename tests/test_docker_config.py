@@ -51,7 +51,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 HEALTHCHECK = DOCKER / "healthcheck.py"
 
-# DESIGN.md, "Metrics": what the dashboard must show. Only gpu memory is GPU-only.
+# docs/architecture.md, "Metrics": what the dashboard must show. Only gpu memory is GPU-only.
 DESIGN_METRICS = {
     "maskrt_request_duration_seconds",
     "maskrt_queue_wait_seconds",
@@ -545,7 +545,7 @@ def test_dashboard_covers_every_design_metric():
     for name in used:
         families.add(re.sub(r"_(bucket|sum|count)$", "", name))
     missing = DESIGN_METRICS - families
-    assert not missing, f"DESIGN.md metrics without a panel: {sorted(missing)}"
+    assert not missing, f"docs/architecture.md metrics without a panel: {sorted(missing)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def test_label_names_the_dashboard_and_rules_group_by_exist():
 
 def test_gpu_only_metric_is_design_name():
     """The GPU memory metric may be absent from a CPU registry; it must then be exactly the name
-    DESIGN.md fixes, and the panel must say it is GPU-only."""
+    docs/architecture.md fixes, and the panel must say it is GPU-only."""
     exported = server_metrics()
     gpu_panels = [
         p

@@ -418,7 +418,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
             assert not gpu_samples, f"GPU-only samples exported on the CPU: {gpu_samples}"
             report.append(
                 f"{sorted(GPU_ONLY_METRICS)}: no samples in GET /metrics on the CPU, "
-                "as DESIGN.md says"
+                "as docs/architecture.md says"
             )
 
         for where, expr in dashboard_exprs():
