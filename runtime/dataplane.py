@@ -33,7 +33,7 @@ import torch
 from maskrt.devices import usable_cores
 from maskrt.runtime.admission import PixelBudget
 from maskrt.runtime.backends.base import Backend
-from maskrt.runtime.decode import DecodedImage, decode_image, image_pixels
+from maskrt.runtime.decode import DecodedImage, admit_pixels, decode_image, image_pixels
 from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Unavailable
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import PostOptions
@@ -149,6 +149,7 @@ class DataPlane(ABC):
         self.pixels = PixelBudget(
             options.max_request_pixels, options.max_inflight_pixels, self.statistics.pixels_admitted
         )
+        admit_pixels(options.max_image_pixels)
         self.decode_device: torch.device | None = None  # nvJPEG decodes there when it is CUDA
         self.decode_executor = ThreadPoolExecutor(
             options.decode_threads or default_decode_threads(), thread_name_prefix="maskrt-decode"

@@ -98,6 +98,12 @@ def decode_image(
     return DecodedImage(tensor, fmt, "pillow", time.perf_counter() - started)
 
 
+def admit_pixels(max_pixels: int) -> None:
+    """Let Pillow open images of up to ``max_pixels``: its own decompression-bomb check must not
+    refuse, with another message, what :func:`open_image` checks first (process-wide)."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+
+
 def image_pixels(data: bytes, *, max_pixels: int, name: str = "image") -> int:
     """Width x height from the header, with the checks of :func:`open_image`; nothing decoded."""
     with open_image(data, max_pixels=max_pixels, name=name) as img:

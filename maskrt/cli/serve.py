@@ -58,7 +58,6 @@ def _serve(args: argparse.Namespace) -> int:
     import sys
 
     import uvicorn
-    from PIL import Image
 
     from maskrt.runtime.backends import check_model
     from maskrt.runtime.decode import ignore_expected_warnings
@@ -73,8 +72,6 @@ def _serve(args: argparse.Namespace) -> int:
     ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
     sock = listening_socket(settings.host, settings.port)
-    # Pillow's own bomb check must not undercut ours (decode.py checks max_image_pixels first).
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
 
     exit_code = 0
     server: uvicorn.Server | None = None
