@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -221,6 +222,34 @@ def read_response(sock: socket.socket, timeout: float = 60) -> tuple[int, bytes]
             break
         body += chunk
     return status, body
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP response read off a socket; ``headers`` by lower-case name."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
+    """``count`` responses (Content-Length framed) read in order from ``sock``: the answers to
+    requests pipelined on one connection, none of one's bytes lost to the next."""
+    sock.settimeout(timeout)
+    answers = []
+    with sock.makefile("rb") as stream:
+        for _ in range(count):
+            status_line = stream.readline()
+            if not status_line:
+                raise ConnectionError(f"connection closed after {len(answers)} responses")
+            headers = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = stream.read(int(headers.get("content-length", 0)))
+            answers.append(Answer(int(status_line.split(b" ", 2)[1]), headers, body))
+    return answers
 
 
 def multipart(
