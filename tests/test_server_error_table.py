@@ -222,7 +222,7 @@ REQUESTS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = {
-        "model": serving_checkpoint(tmp_path_factory.mktemp("model")),
+        "model": serving_checkpoint(),
         "api_keys": KEY,
         "max_upload_bytes": MAX_UPLOAD,
         "max_image_pixels": 300_000,
