@@ -15,9 +15,9 @@ pytest_plugins = ["tensorrt_toolchain"]
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model the server tests serve (the shipped shapes model, else random weights)."""
-    return serving_checkpoint(tmp_path_factory.mktemp("model"))
+def checkpoint() -> Path:
+    """The model the server tests serve: the shipped shapes model."""
+    return serving_checkpoint()
 
 
 @pytest.fixture

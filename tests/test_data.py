@@ -23,11 +23,15 @@ def test_shapes_are_deterministic_by_seed_and_index():
 
 
 def test_instance_masks_are_disjoint_visible_pixels():
+    counts = []
     for i in range(30):
         sample = shapes.generate(0, i)
-        assert len(sample.masks) == len(sample.labels) >= 0
+        assert len(sample.masks) == len(sample.labels) <= shapes.MAX_INSTANCES
         assert sample.masks.sum(0).max(initial=0) <= 1  # occluded pixels belong to the top shape
+        assert (sample.masks.sum((1, 2)) >= shapes.MIN_VISIBLE_PIXELS).all()  # no sliver labelled
         assert set(np.unique(sample.labels)) <= {1, 2, 3}
+        counts.append(len(sample.labels))
+    assert max(counts) >= 3  # crowded images, where shapes overlap: the checks above bite
 
 
 def test_cli_writes_coco_that_loads_back_exactly(tmp_path):

@@ -28,8 +28,10 @@ def test_backends_score_alike(capsys, tmp_path):
     assert eager["sha256"] == deploy["sha256"] == onnx["sha256"]
     assert onnx["images"] == 8 and onnx["detections"] > 40
     assert eager["segm"]["AP"] > 0.6  # the shipped model is trained, not random
+    # docs/benchmarks.md's limits; on these 8 images onnxruntime - torch is 0.000 and deploy graph -
+    # eager -0.0045 segm AP (eager 0.7493, deploy 0.7448), with 1 or 2 torch threads
     assert abs(onnx["segm"]["AP"] - deploy["segm"]["AP"]) <= 0.005
-    assert abs(deploy["segm"]["AP"] - eager["segm"]["AP"]) <= 0.03
+    assert abs(deploy["segm"]["AP"] - eager["segm"]["AP"]) <= 0.01
     assert list(tmp_path.glob("onnx/*.onnx"))  # the checkpoint was exported into the given cache
 
 

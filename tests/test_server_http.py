@@ -166,10 +166,12 @@ def test_prediction_equals_the_deploy_graph(client, reference, index):
     expected = reference(image, threshold)
     got = body["detections"]
     assert len(got) == len(expected) > 0
+    # exactly: the same graph, the same batch of one and the same torch thread count give the same
+    # float32 sums (0.0 difference in score and box over 72 detections of 12 images, measured)
     for g, e in zip(got, expected):
         assert g["class_id"] == e["class_id"]
-        assert g["score"] == pytest.approx(e["score"], abs=1e-4)
-        np.testing.assert_allclose(g["box"], e["box"], atol=1e-3)
+        assert g["score"] == e["score"]
+        assert g["box"] == e["box"]
         assert g["mask"]["size"] == [h, w]
         decoded = mask_utils.decode(
             {"size": g["mask"]["size"], "counts": g["mask"]["counts"].encode()}
