@@ -215,8 +215,11 @@ class DataPlane(ABC):
         returns when the client goes away (its images are dropped and
         :class:`~maskrt.runtime.errors.ClientGone` is raised).
 
-        Raises :mod:`~maskrt.runtime.errors`' errors, and what ``read`` raises."""
-        self._accepting()
+        Raises :mod:`~maskrt.runtime.errors`' errors, and what ``read`` raises. A request that
+        starts while the data plane is not ready (loading, draining) is refused; one that started
+        before a drain is answered."""
+        if not self.ready:
+            raise self.not_ready()
         arrived = time.perf_counter() if arrived is None else arrived
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.request_timeout_s - (time.perf_counter() - arrived)
@@ -243,11 +246,6 @@ class DataPlane(ABC):
         finally:
             self.statistics.request_ended(time.perf_counter() - arrived, ok)
         return [ImageResult(d, i) for d, i in zip(decoded, inferred)]
-
-    def _accepting(self) -> None:
-        """Raise :meth:`not_ready` unless requests are taken now."""
-        if self.status != "ready":
-            raise self.not_ready()
 
     def _expecting(self) -> contextlib.AbstractContextManager[None]:
         """Held while a request's images are read and decoded (the batcher may wait for them)."""

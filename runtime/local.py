@@ -188,16 +188,6 @@ class LocalDataPlane(DataPlane):
 
     # -- request side --------------------------------------------------------------------------
 
-    def _accepting(self) -> None:
-        # requests already on open connections are still served while draining
-        if (
-            self.status in ("ready", "draining")
-            and self.batcher is not None
-            and not self.batcher.closing
-        ):
-            return
-        raise self.not_ready()
-
     def _expecting(self) -> contextlib.AbstractContextManager[None]:
         assert self.batcher is not None
         return self.batcher.expecting()

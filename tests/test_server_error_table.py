@@ -13,6 +13,8 @@ import httpx
 import pytest
 from server_harness import big_png, png, serving_checkpoint, shapes_image, start_server
 
+from maskrt.server.errors import STATUS
+
 ROOT = Path(__file__).resolve().parents[1]
 # where the server's answers are made: the HTTP app (and the Ray Serve one), the serving runtime,
 # and the command that runs them
@@ -21,6 +23,8 @@ SOURCES.append(ROOT / "maskrt" / "cli" / "serve.py")
 KEY = "table-test-key"
 HEADERS = {"X-API-Key": KEY}
 MAX_UPLOAD = 400_000
+# the runtime's error classes by name, with the HTTP status the server's one table gives each
+RUNTIME_ERRORS = {kind.__name__: status for kind, status in STATUS.items()}
 
 
 def error_table() -> dict[str, int]:
@@ -47,13 +51,18 @@ Emitted = dict[str, set[int | None]]  # code -> its statuses (None: not a litera
 def emitted_codes(sources: dict[str, str]) -> tuple[Emitted, list[str]]:
     """Every error code the source constructs, and the constructions whose code cannot be read.
 
-    ``sources``: file name -> Python source. Two constructions are read:
+    ``sources``: file name -> Python source. Three constructions are read:
 
     1. any call with a keyword argument ``code=``;
     2. ``ApiError(...)`` (or ``x.ApiError(...)``), and ``super().__init__(...)`` in a class
-       based on ``ApiError``: the code is the second positional argument (else ``code=``).
+       based on ``ApiError``: the code is the second positional argument (else ``code=``);
+    3. a runtime error (``InvalidImage(...)``, ``Unavailable(...)``, ...: the classes of
+       ``maskrt.server.errors.STATUS``): the code is the first positional argument (else
+       ``code=``), the status the one that table gives the class.
 
-    The code must be a string literal, or a name assigned exactly once in the enclosing function:
+    A code passed on from another error (``exc.code``) is that error's, read where it is made.
+    Otherwise the code must be a string literal, or a name assigned exactly once in the enclosing
+    function:
     then every string literal of that assignment is a code, the values of a dict literal
     ``{status: code}`` with their keys as statuses. A status is the call's ``status=`` keyword,
     else its first positional argument, when that is an int literal (else None). A construction
@@ -64,10 +73,16 @@ def emitted_codes(sources: dict[str, str]) -> tuple[Emitted, list[str]]:
         tree = ast.parse(text, name)
         for scope, call in _calls(tree):
             keyword = next((k.value for k in call.keywords if k.arg == "code"), None)
-            if keyword is None and not _constructs_api_error(call, scope):
+            runtime = RUNTIME_ERRORS.get(ast.unparse(call.func).rpartition(".")[2])
+            if keyword is None and runtime is None and not _constructs_api_error(call, scope):
                 continue
-            arg = keyword if keyword is not None else (call.args[1] if len(call.args) > 1 else None)
-            found = _codes_of(arg, _status(call), scope)
+            position = 0 if runtime is not None else 1
+            if keyword is None and len(call.args) > position:
+                keyword = call.args[position]
+            if isinstance(keyword, ast.Attribute) and keyword.attr == "code":
+                continue  # another error's code passed on: read where that error is made
+            status = runtime if runtime is not None else _status(call)
+            found = _codes_of(keyword, status, scope)
             if not found:
                 unread.append(f"{name}:{call.lineno}")
             for code, status in found:
@@ -263,6 +278,9 @@ def f(exc, name):
     ApiError(exc.status, code, "...")
     ApiError(500, name, "...")
     ApiError(502, "g_" + name, "...")
+    Unavailable("h_busy", "...", retry_after_s=1)
+    raise errors.TooLarge("i_huge", "...")
+    ApiError(STATUS[type(exc)], exc.code, "...")
 """
     codes, unread = emitted_codes({"made_up.py": source})
     assert codes == {
@@ -272,6 +290,8 @@ def f(exc, name):
         "d_missing": {404},
         "e_method": {405},
         "f_other": {None},
+        "h_busy": {503},
+        "i_huge": {413},
     }
     assert unread == ["made_up.py:12", "made_up.py:15", "made_up.py:16"]
 

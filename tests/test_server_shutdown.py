@@ -139,11 +139,6 @@ def test_readyz_is_shutting_down_during_the_drain(drain):
     assert_shutting_down(drain.pipelined[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServerState.ready_batcher accepts status 'draining': an inference request the server "
-    "starts during the drain is queued and answered 200, not refused",
-)
 def test_inference_started_during_the_drain_is_refused(drain):
     """What the server starts after SIGTERM goes elsewhere (503, ``Retry-After``); what it had
     already started is answered (the test above)."""
