@@ -49,9 +49,7 @@ class Engine:
                 )
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [
-            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT_NAME
-        ]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         if self.inputs != [INPUT_NAME]:
             raise MaskrtError(f"{path}: engine inputs {self.inputs}, expected [{INPUT_NAME!r}]")
