@@ -237,9 +237,9 @@ def test_pod_matches_the_image(overlay, target):
 
 def shutdown_budget_s(request_timeout_s: float) -> int:
     """What ``maskrt serve`` gives open requests after SIGTERM (uvicorn's graceful shutdown)."""
-    from maskrt.server import cli
+    from maskrt.cli import serve
 
-    source = inspect.getsource(cli._serve)
+    source = inspect.getsource(serve._serve)
     assert "timeout_graceful_shutdown=int(settings.request_timeout_s) + 10" in source, (
         "maskrt serve's shutdown budget changed: update shutdown_budget_s"
     )
