@@ -1,7 +1,10 @@
 """The outside tools the tests use, and the one rule for a missing one: under ``CI=true`` it fails
 the run (a green CI must never hide a check that did not run); elsewhere the test skips, saying
 what is missing and how to get it. Only a GPU, TensorRT and a Docker engine may be missing under
-CI too: those skips are conftest.py's markers and the Docker tests' own."""
+CI too: those skips are conftest.py's markers and the Docker tests' own.
+
+The helpers hide their frames (``__tracebackhide__``): a skip or failure is reported at the line of
+the test that asked."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 
 def missing(what: str) -> NoReturn:
     """Fail under CI=true, skip elsewhere (also at module level)."""
+    __tracebackhide__ = True
     if ON_CI:
         pytest.fail(
             f"{what} (CI=true: only a GPU, TensorRT or Docker may be missing)", pytrace=False
@@ -34,6 +38,7 @@ def _extra(extra: str) -> str:
 
 def package(name: str, extra: str = "dev") -> ModuleType:
     """The Python package ``name`` of one of maskrt's extras, imported."""
+    __tracebackhide__ = True
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -43,6 +48,7 @@ def package(name: str, extra: str = "dev") -> ModuleType:
 def program(name: str, extra: str = "dev") -> str:
     """The command ``name`` that a package of one of maskrt's extras installs: in the virtual
     environment pytest runs from (whether or not its bin/ is on PATH), else on PATH."""
+    __tracebackhide__ = True
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.is_file() else shutil.which(name)
     if found is None:
@@ -52,6 +58,7 @@ def program(name: str, extra: str = "dev") -> str:
 
 def cxx() -> str:
     """The host C++ compiler."""
+    __tracebackhide__ = True
     found = shutil.which("g++") or shutil.which("c++")
     if found is None:
         missing("no host C++ compiler (g++ / c++) on PATH: apt-get install g++")
@@ -60,6 +67,7 @@ def cxx() -> str:
 
 def cmake() -> str:
     """CMake, which builds plugins/."""
+    __tracebackhide__ = True
     found = shutil.which("cmake")
     if found is None:
         missing("cmake not found on PATH: apt-get install cmake")
@@ -74,6 +82,7 @@ def find_nvcc() -> str | None:
 
 def nvcc() -> str:
     """CUDA's compiler (no GPU needed to compile)."""
+    __tracebackhide__ = True
     found = find_nvcc()
     if found is None:
         missing("nvcc not found on PATH nor in $CUDA_HOME/bin: install the CUDA toolkit")
@@ -83,6 +92,7 @@ def nvcc() -> str:
 def without_root_privileges() -> tuple[str, ...]:
     """A command prefix under which file permissions hold: as root, ``setpriv`` (util-linux)
     without the capabilities that override them; otherwise nothing."""
+    __tracebackhide__ = True
     if os.geteuid() != 0:
         return ()
     if shutil.which("setpriv") is None:
