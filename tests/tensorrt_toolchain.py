@@ -5,27 +5,25 @@ library against it.
 
 Headers come from ``$TENSORRT_INCLUDE_DIR``, ``$TENSORRT_ROOT/include``, the project's sibling
 ``../shared/third_party/tensorrt-*/include`` (CI and the developer machines) and the usual system
-directories; every version found is tested once. Where none is found the tests skip, except under
-``CI=true``, where they fail: CI must never pass without them.
+directories; every version found is tested once. Where none is found, or a compiler is missing, the
+tests fail under ``CI=true`` and skip elsewhere (``tools.missing``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tools import CUDA_HOME, cmake, cxx, missing, nvcc
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 SRC = PLUGINS / "roi_align"
 TEST_SOURCES = Path(__file__).resolve().parent / "plugins"
-CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
-ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -85,42 +83,17 @@ HEADER_PARAMS = [pytest.param(h, id=f"trt{h.version}") for h in HEADERS] or [
 ]
 
 
-def missing(what: str) -> None:
-    """Fail under CI=true, skip elsewhere."""
-    if ON_CI:
-        pytest.fail(f"{what} (CI=true: the TensorRT checks must run)")
-    pytest.skip(what)
-
-
 def need(headers: Headers | None) -> Headers:
     if headers is None:
         missing(NO_HEADERS)
-    assert headers is not None
     return headers
-
-
-def nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    fallback = CUDA_HOME / "bin" / "nvcc"
-    return str(fallback) if fallback.is_file() else None
-
-
-def cxx() -> str:
-    found = shutil.which("g++") or shutil.which("c++")
-    if found is None:
-        missing("no host C++ compiler (g++ / c++)")
-    assert found is not None
-    return found
 
 
 def cudart_dir() -> Path:
     for d in (CUDA_HOME / "lib64", CUDA_HOME / "lib", CUDA_HOME / "targets/x86_64-linux/lib"):
         if any(d.glob("libcudart.so*")):
             return d
-    missing(f"libcudart not found under {CUDA_HOME}")
-    raise AssertionError
+    missing(f"libcudart not found under {CUDA_HOME}: install the CUDA toolkit")
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -170,17 +143,14 @@ def plugin_builds(tmp_path_factory) -> dict[str, PluginBuild]:
     """The plugin library built with CMake once per header version (sm_80 only, to keep it short)
     against a stand-in libnvinfer.so.<major> that only has the versioned name, as the pip wheels'
     tensorrt_libs/ does."""
-    if shutil.which("cmake") is None:
-        missing("cmake not found")
-    if nvcc() is None:
-        missing("nvcc not found (PATH, $CUDA_HOME/bin)")
+    cmake_exe, nvcc_exe = cmake(), nvcc()
     builds = {}
     for headers in HEADERS:
         work = tmp_path_factory.mktemp(f"plugin-trt{headers.version}")
         standin = standin_libnvinfer(headers, work / "lib")
         configure = run(
             [
-                "cmake",
+                cmake_exe,
                 "-S",
                 PLUGINS,
                 "-B",
@@ -188,10 +158,10 @@ def plugin_builds(tmp_path_factory) -> dict[str, PluginBuild]:
                 f"-DTENSORRT_INCLUDE_DIR={headers.include}",
                 f"-DTENSORRT_ROOT={work}",
                 "-DCMAKE_CUDA_ARCHITECTURES=80-real",
-                f"-DCMAKE_CUDA_COMPILER={nvcc()}",
+                f"-DCMAKE_CUDA_COMPILER={nvcc_exe}",
             ]
         )
-        build = run(["cmake", "--build", work / "build", "-j2"])
+        build = run([cmake_exe, "--build", work / "build", "-j2"])
         builds[headers.version] = PluginBuild(
             headers,
             standin,

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 from deploy_helpers import assert_outputs_match, exported, images, loaded
+from tools import missing
 
 from maskrt.errors import MaskrtError
 from maskrt.export.artifacts import set_metadata_props
@@ -116,8 +117,9 @@ def test_onnxruntime_cuda_io_binding_equals_cpu():
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip(
-            "this ONNX Runtime has no CUDAExecutionProvider (onnxruntime-gpu not installed)"
+        missing(
+            "this ONNX Runtime has no CUDAExecutionProvider: onnxruntime-gpu is not installed "
+            "(a dependency of maskrt on Linux x86-64: pip install -e .)"
         )
     path, _ = exported("shapes", max_batch=3)
     cpu = OnnxRuntimeBackend(path, device="cpu", max_batch=3)

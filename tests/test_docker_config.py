@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tools import without_root_privileges
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -945,10 +946,7 @@ def test_entrypoint_unwritable_cache(entry):
 
 def test_entrypoint_read_only_cache_is_served(entry):
     """A read-only cache that exists (a volume filled once) is the server's to use."""
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: a read-only directory cannot be made")
-    # as root, without the capabilities that override file permissions
-    prefix = ("setpriv", "--bounding-set=-dac_override,-fowner", "--") if os.geteuid() == 0 else ()
+    prefix = without_root_privileges()
     ro = entry.tmp / "filled"
     ro.mkdir(mode=0o555)
     try:

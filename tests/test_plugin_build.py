@@ -15,19 +15,16 @@ import sys
 import onnx
 import pytest
 from tensorrt_toolchain import (
-    CUDA_HOME,
     HEADER_PARAMS,
     HEADERS,
     PLUGINS,
     SRC,
     TEST_SOURCES,
-    cxx,
-    missing,
     need,
-    nvcc,
     run,
     standin_libnvinfer,
 )
+from tools import CUDA_HOME, cmake, cxx, missing, nvcc
 
 ENTRY_POINTS = ["getCreators", "initMaskrtPlugins", "setLoggerFinder"]
 
@@ -62,7 +59,7 @@ def test_configure_refuses_headers_and_library_of_different_majors(tmp_path):
     library = standin_libnvinfer(new, tmp_path / "lib")
     done = subprocess.run(
         [
-            "cmake",
+            cmake(),
             "-S",
             str(PLUGINS),
             "-B",
@@ -166,8 +163,6 @@ def test_kernel_register_budget(arch, tmp_path):
     ``__launch_bounds__``' minimum number of blocks be resident (the launcher sizes its grid from the
     occupancy the GPU reports)."""
     compiler = nvcc()
-    if compiler is None:
-        missing("nvcc not found (PATH, $CUDA_HOME/bin)")
     source = SRC / "roi_align_kernel.cu"
     threads, min_blocks = _launch_bounds(source)
     done = run(

@@ -8,21 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tools import cxx
 
 import maskrt.plugins as plugins
 from maskrt.errors import MaskrtError
-
-CXX = shutil.which("g++") or shutil.which("c++")
-needs_cxx = pytest.mark.skipif(
-    CXX is None, reason="no host C++ compiler (g++ / c++) to build stand-in libraries"
-)
 
 
 def _shared_library(path: Path, source: str) -> Path:
     src = path.with_suffix(".cpp")
     src.write_text(source)
     done = subprocess.run(
-        [CXX, "-shared", "-fPIC", str(src), "-o", str(path)], capture_output=True, text=True
+        [cxx(), "-shared", "-fPIC", str(src), "-o", str(path)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return path
@@ -69,7 +65,6 @@ def test_not_a_shared_library(monkeypatch, tmp_path):
         plugins.load()
 
 
-@needs_cxx
 def test_library_without_the_entry_point(monkeypatch, tmp_path):
     lib = _shared_library(
         tmp_path / "libother.so", 'extern "C" int something_else() { return 1; }\n'
@@ -79,7 +74,6 @@ def test_library_without_the_entry_point(monkeypatch, tmp_path):
         plugins.load()
 
 
-@needs_cxx
 def test_registration_refused(monkeypatch, tmp_path):
     lib = _shared_library(
         tmp_path / "librefuses.so", 'extern "C" bool initMaskrtPlugins(void*) { return false; }\n'
@@ -89,7 +83,6 @@ def test_registration_refused(monkeypatch, tmp_path):
         plugins.load()
 
 
-@needs_cxx
 def test_loads_once_globally_and_returns_the_path(monkeypatch, tmp_path):
     lib = _shared_library(
         tmp_path / "libmaskrt_plugins.so",

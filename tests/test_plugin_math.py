@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
-import shutil
 import subprocess
 from collections import OrderedDict
 from pathlib import Path
@@ -23,33 +21,23 @@ import numpy as np
 import pytest
 import torch
 from roi_align_reference import multilevel_roi_align_reference
+from tools import CUDA_HOME, cxx, find_nvcc, missing, nvcc
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper
 
 SRC = Path(__file__).resolve().parents[1] / "plugins" / "roi_align"
 HOST_SOURCE = Path(__file__).resolve().parent / "plugins" / "roi_align_host.cpp"
-CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+CUDA_INCLUDE = CUDA_HOME / "include"
 CANVAS_H, CANVAS_W = 192, 256  # not square, so that rows and columns cannot be confused
 SIZES = [(48, 64), (24, 32), (12, 16), (6, 8)]  # P2..P5
 FIRST_LEVEL = 2
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    fallback = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
-    return str(fallback) if fallback.is_file() else None
-
-
 def _compile(compiler: str, out: Path) -> Path:
     source = HOST_SOURCE
     if compiler == "nvcc":
-        nvcc = _nvcc()
-        if nvcc is None:
-            pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin)")
         cmd = [
-            nvcc,
+            nvcc(),
             "-std=c++17",
             "-O2",
             "-Xcompiler",
@@ -61,11 +49,8 @@ def _compile(compiler: str, out: Path) -> Path:
             str(out),
         ]
     else:
-        cxx = shutil.which("g++") or shutil.which("c++")
-        if cxx is None:
-            pytest.skip("no host C++ compiler (g++ / c++) found")
         cmd = [
-            cxx,
+            cxx(),
             "-std=c++17",
             "-O2",
             "-fPIC",
@@ -170,7 +155,7 @@ class HostLib:
 
 @pytest.fixture(scope="session")
 def host_lib(tmp_path_factory) -> HostLib:
-    compiler = "nvcc" if _nvcc() else "g++"
+    compiler = "nvcc" if find_nvcc() else "g++"
     return HostLib(
         _compile(compiler, tmp_path_factory.mktemp("roi_align_host") / "libroi_align_host.so")
     )
@@ -386,7 +371,7 @@ def test_kernel_emulation_is_independent_of_block_shape(
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 def test_float16_features_accumulate_in_float32(host_lib, emulate, aligned, sampling_ratio):
     if not host_lib.has_fp16:
-        pytest.skip("this host build has no float16 (cuda_fp16.h not found)")
+        missing(f"this host build has no float16: no cuda_fp16.h in {CUDA_INCLUDE} (CUDA toolkit)")
     feats16 = _features(seed=9, dtype=torch.float16)
     rois = _rois(seed=10)
     # the exact result on the same (float16-representable) values, rounded once to float16
@@ -446,8 +431,6 @@ def test_channels_per_block(host_lib):
 
 def test_gpp_build_agrees_with_the_default_build(host_lib, tmp_path):
     """The math also builds with a plain C++ compiler (the CUDA qualifiers compile away)."""
-    if shutil.which("g++") is None and shutil.which("c++") is None:
-        pytest.skip("no host C++ compiler (g++ / c++) found")
     other = HostLib(_compile("g++", tmp_path / "libroi_align_host_gpp.so"))
     feats = _features(seed=13)
     rois = _rois(seed=14)

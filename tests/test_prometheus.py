@@ -18,8 +18,8 @@ The promtool tests check the config and the rules and run the rules' unit tests
 Prometheus comes from Debian's ``prometheus`` package. Where ``prometheus``/``promtool`` are not on
 PATH the fixture installs the package with apt-get, but only when it runs as root and either
 ``CI=true`` or ``MASKRT_INSTALL_PROMETHEUS=1`` is set (a plain ``pytest`` on a developer's machine
-never changes its system packages); otherwise, or when the install fails, the tests are skipped
-with the reason.
+never changes its system packages). Where Prometheus is still missing (not installed, or the
+install failed) the tests fail under ``CI=true`` and skip, with the reason, elsewhere.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from test_docker_config import (
     rules,
     sample_names,
 )
+from tools import ON_CI, missing
 
 HOST = "127.0.0.1"  # every request of this module goes to this machine only
 
@@ -70,14 +71,13 @@ def prometheus_tools() -> tuple[str, str]:
     prom, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if prom and promtool:
         return prom, promtool
-    allowed = os.environ.get("CI") == "true" or os.environ.get("MASKRT_INSTALL_PROMETHEUS") == "1"
-    if not allowed:
-        pytest.skip(
+    if not (ON_CI or os.environ.get("MASKRT_INSTALL_PROMETHEUS") == "1"):
+        missing(
             "Prometheus is not installed: `apt-get install prometheus` (Debian), or set "
             "MASKRT_INSTALL_PROMETHEUS=1 (as root) to let the test set-up install it"
         )
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
+        missing(
             "Prometheus is not installed and cannot be: installing Debian's `prometheus` "
             "package needs root and apt-get"
         )
@@ -86,15 +86,16 @@ def prometheus_tools() -> tuple[str, str]:
         (["apt-get", "update"], 300),
         (["apt-get", "install", "-y", "--no-install-recommends", "prometheus"], 600),
     ):
+        step = f"Prometheus could not be installed: `{' '.join(cmd)}`"
         try:
             run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
-            pytest.skip(f"`{' '.join(cmd)}` did not finish in {limit} s")
+            missing(f"{step} took over {limit} s")
         if run.returncode != 0:
-            pytest.skip(f"`{' '.join(cmd)}` failed: {run.stderr.strip()[-500:]}")
+            missing(f"{step} failed: {run.stderr.strip()[-500:]}")
     prom, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if not (prom and promtool):
-        pytest.skip("Debian's prometheus package installed no prometheus/promtool on PATH")
+        missing("Debian's prometheus package installed no prometheus/promtool on PATH")
     return prom, promtool
 
 

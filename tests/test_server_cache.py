@@ -3,22 +3,11 @@ start, and a read-only cache that holds the export (a volume filled once) is ser
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 
 import pytest
 from server_harness import Server, png, shapes_image
-
-
-def without_root_privileges() -> tuple[str, ...]:
-    """A command prefix under which file permissions hold: as root, one without the capabilities
-    that override them; otherwise nothing."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: a read-only directory cannot be made")
-    return ("setpriv", "--bounding-set=-dac_override,-fowner", "--")
+from tools import without_root_privileges
 
 
 def serve(tmp_path_factory, settings: dict, name: str, prefix: tuple[str, ...] = ()) -> Server:

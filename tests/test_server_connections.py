@@ -14,6 +14,7 @@ import time
 
 import pytest
 from server_harness import HOST, Server, png, shapes_image
+from tools import missing
 
 SLOW_CONNECTIONS = 300
 HEADER_TIMEOUT_S = 2
@@ -25,7 +26,10 @@ LOW_FILE_LIMIT = 256  # below SLOW_CONNECTIONS: the server must raise it to keep
 def server(tmp_path_factory):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2 * MAX_CONNECTIONS:
-        pytest.skip(f"the hard open-file limit ({hard}) is too low for this test")
+        missing(
+            f"the hard open-file limit ({hard}) is below {2 * MAX_CONNECTIONS}, too low for this "
+            f"test: raise it (`ulimit -Hn {2 * MAX_CONNECTIONS}` as root)"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_FILE_LIMIT, hard))  # inherited by the server
     try:
         server = Server(

@@ -4,8 +4,6 @@ engine), answering like the deploy graph."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from server_harness import png, shapes_image, start_server
@@ -15,21 +13,8 @@ pytestmark = [
 ]
 
 
-def _skip_reason() -> str | None:
-    from maskrt.model.checkpoint import default_checkpoint
-
-    if not default_checkpoint().is_file():
-        return f"the shipped model {default_checkpoint()} is not there yet"
-    if importlib.util.find_spec("maskrt.runtime.backends.onnxruntime") is None:
-        return "the onnxruntime backend does not exist yet"
-    return None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
     srv = start_server(tmp_path_factory, "default", {})  # no MASKRT_* at all
     yield srv
     srv.stop()

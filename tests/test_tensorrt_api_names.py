@@ -21,7 +21,7 @@ NAMES_FILE = Path(__file__).parent / "data" / "tensorrt11_python_names.txt"
 MODULES = [
     ROOT / "export" / "tensorrt.py",
     ROOT / "export" / "cache.py",
-    ROOT / "server" / "backends" / "tensorrt_engine.py",
+    ROOT / "runtime" / "backends" / "tensorrt_engine.py",
     ROOT / "plugins" / "__init__.py",
 ]
 # names bound to TensorRT's module or to objects it returns, in MODULES
