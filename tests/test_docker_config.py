@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tools import without_root_privileges
+from tools import program, without_root_privileges
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -779,9 +779,8 @@ def test_scripts_are_executable_and_valid():
     for script in (ENTRYPOINT, HEALTHCHECK, DOCKER / "maskrt_env.py"):
         assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
     subprocess.run(["bash", "-n", str(ENTRYPOINT)], check=True)
-    if shutil.which("shellcheck"):
-        run = subprocess.run(["shellcheck", str(ENTRYPOINT)], capture_output=True, text=True)
-        assert run.returncode == 0, run.stdout
+    run = subprocess.run([program("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,11 @@ headers fail instead of skipping (tests/tools.py). Build outputs go to pytest's 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from tensorrt_toolchain import HEADER_PARAMS, PLUGINS, SRC, TEST_SOURCES, cudart_dir, need, run
-from tools import CUDA_HOME, cxx, nvcc
+from tools import CUDA_HOME, cuobjdump, cxx, nvcc
 
 CU_FILES = sorted(PLUGINS.rglob("*.cu"))
 
@@ -43,12 +41,8 @@ def test_cuda_translation_unit_compiles_device_code(source, tmp_path):
     # device code was generated, not only host stubs: the object embeds a fat binary (with sm_80
     # machine code, where cuobjdump can list it)
     assert b".nv_fatbin" in obj.read_bytes()
-    cuobjdump = shutil.which("cuobjdump") or str(CUDA_HOME / "bin" / "cuobjdump")
-    if Path(cuobjdump).is_file():
-        listing = subprocess.run(
-            [cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True
-        )
-        assert "sm_80" in listing.stdout, listing.stdout + listing.stderr
+    listing = subprocess.run([cuobjdump(), "--list-elf", str(obj)], capture_output=True, text=True)
+    assert "sm_80" in listing.stdout, listing.stdout + listing.stderr
 
 
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: str(p.relative_to(PLUGINS)))

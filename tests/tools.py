@@ -9,6 +9,7 @@ the test that asked."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -86,6 +87,21 @@ def nvcc() -> str:
     found = find_nvcc()
     if found is None:
         missing("nvcc not found on PATH nor in $CUDA_HOME/bin: install the CUDA toolkit")
+    return found
+
+
+def cuobjdump() -> str:
+    """CUDA's object dumper: the toolkit's, else the one the dev extra installs
+    (``nvidia-cuda-cuobjdump``, under site-packages' ``nvidia/cu*/bin``)."""
+    __tracebackhide__ = True
+    candidates = [shutil.which("cuobjdump"), str(CUDA_HOME / "bin" / "cuobjdump")]
+    nvidia = importlib.util.find_spec("nvidia")
+    roots = (nvidia.submodule_search_locations or []) if nvidia is not None else []
+    for root in roots:
+        candidates += sorted(str(p) for p in Path(root).glob("cu*/bin/cuobjdump"))
+    found = next((c for c in candidates if c and Path(c).is_file()), None)
+    if found is None:
+        missing(f"cuobjdump not found (PATH, $CUDA_HOME/bin, nvidia/cu*/bin; {_extra('dev')})")
     return found
 
 
