@@ -72,6 +72,8 @@ def drain(tmp_path_factory, checkpoint) -> Drain:
         body, ctype = multipart("image", "x.png", png(shapes_image(0)))
         # an upload in progress keeps the worker waiting, so the others stay queued
         slow = send_predict(server, body, ctype, send_body=len(body) // 2)
+        # its images are announced to the batcher once its route runs: only then can no batch form
+        wait_for(server, "the upload", lambda m: metric(m, "maskrt_inflight_requests") == 1)
         pipelined = socket.create_connection((HOST, server.port), timeout=60)
         pipelined.sendall(
             raw_request("/predict", body, ctype)
