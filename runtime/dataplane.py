@@ -36,8 +36,7 @@ from maskrt.runtime.backends.base import Backend
 from maskrt.runtime.decode import DecodedImage, admit_pixels, decode_image, image_pixels
 from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Unavailable
 from maskrt.runtime.options import RuntimeOptions
-from maskrt.runtime.pipeline import PostOptions
-from maskrt.runtime.postprocess import Detection
+from maskrt.runtime.pipeline import Inferred, PostOptions
 from maskrt.runtime.statistics import Statistics
 
 log = logging.getLogger("maskrt.runtime")
@@ -52,17 +51,6 @@ class EncodedImage:
 
     data: bytes
     name: str
-
-
-@dataclass
-class Inferred:
-    """One image's detections and the seconds of each stage of the batch it ran in."""
-
-    detections: list[Detection]
-    queue_s: float
-    preprocess_s: float
-    inference_s: float
-    postprocess_s: float
 
 
 @dataclass

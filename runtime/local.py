@@ -23,11 +23,10 @@ from maskrt.errors import MaskrtError
 from maskrt.runtime.backends import open_backend
 from maskrt.runtime.backends.base import Backend
 from maskrt.runtime.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
-from maskrt.runtime.dataplane import DataPlane, Inferred, ServedModel, unless_gone
+from maskrt.runtime.dataplane import DataPlane, ServedModel, unless_gone
 from maskrt.runtime.errors import ClientGone, InferenceFailed, Unavailable
 from maskrt.runtime.options import RuntimeOptions
-from maskrt.runtime.pipeline import InferredBatch, Pipeline, PostOptions
-from maskrt.runtime.postprocess import Detection
+from maskrt.runtime.pipeline import Inferred, InferredBatch, Pipeline, PostOptions
 from maskrt.runtime.statistics import Statistics
 
 log = logging.getLogger("maskrt.runtime")
@@ -41,16 +40,6 @@ class Work:
 
     image: torch.Tensor  # uint8 [3, H, W]
     options: PostOptions
-
-
-@dataclass
-class BatchShare:
-    """One image's detections and the stage times (seconds) of the batch it ran in."""
-
-    detections: list[Detection]
-    preprocess_s: float
-    inference_s: float
-    postprocess_s: float
 
 
 class LocalDataPlane(DataPlane):
@@ -170,7 +159,7 @@ class LocalDataPlane(DataPlane):
         self.statistics.batch_inferred(len(jobs), inferred.preprocess_s, inferred.inference_s)
         return inferred
 
-    def _finish(self, jobs: list[Job], inferred: InferredBatch) -> list[BatchShare]:
+    def _finish(self, jobs: list[Job], inferred: InferredBatch) -> list[Inferred]:
         """Stage B (post-processing thread): detections and masks; no mask is pasted for an
         image whose request has given up meanwhile."""
         assert self.pipeline is not None
@@ -181,10 +170,7 @@ class LocalDataPlane(DataPlane):
         ]
         out = self.pipeline.finish_batch(inferred, options)
         self.statistics.batch_finished(out.postprocess_s, sum(len(d) for d in out.detections))
-        return [
-            BatchShare(d, out.preprocess_s, out.inference_s, out.postprocess_s)
-            for d in out.detections
-        ]
+        return out.per_image()
 
     # -- request side --------------------------------------------------------------------------
 
@@ -228,7 +214,6 @@ class LocalDataPlane(DataPlane):
             for job in jobs:
                 job.drop("timeout" if expired() else "cancelled")
             raise
-        return [
-            Inferred(s.detections, j.queue_wait_s, s.preprocess_s, s.inference_s, s.postprocess_s)
-            for j, s in zip(jobs, shares)
-        ]
+        for job, share in zip(jobs, shares):
+            share.queue_s = job.queue_wait_s
+        return shares

@@ -53,6 +53,18 @@ class PostOptions:
 
 
 @dataclass
+class Inferred:
+    """One image's detections and the seconds of each stage of the batch it ran in (``queue_s``:
+    what it waited for that batch, which only the batch's caller knows)."""
+
+    detections: list[Detection]
+    queue_s: float
+    preprocess_s: float
+    inference_s: float
+    postprocess_s: float
+
+
+@dataclass
 class BatchOutput:
     """Detections of each image of a batch and the batch's stage times (seconds)."""
 
@@ -60,6 +72,11 @@ class BatchOutput:
     preprocess_s: float
     inference_s: float
     postprocess_s: float
+
+    def per_image(self) -> list[Inferred]:
+        """Each image's detections with the batch's stage times, not yet queued (``queue_s`` 0)."""
+        times = (self.preprocess_s, self.inference_s, self.postprocess_s)
+        return [Inferred(d, 0.0, *times) for d in self.detections]
 
 
 @dataclass

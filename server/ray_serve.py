@@ -46,10 +46,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maskrt.runtime.backends import open_backend
-from maskrt.runtime.dataplane import DataPlane, Inferred, ServedModel, unless_gone
+from maskrt.runtime.dataplane import DataPlane, ServedModel, unless_gone
 from maskrt.runtime.errors import InferenceFailed, Unavailable
 from maskrt.runtime.options import RuntimeOptions
-from maskrt.runtime.pipeline import Pipeline, PostOptions
+from maskrt.runtime.pipeline import Inferred, Pipeline, PostOptions
 from maskrt.runtime.statistics import Statistics
 from maskrt.server.app import create_app
 from maskrt.server.metrics import LATENCY_BUCKETS, batch_size_buckets
@@ -137,10 +137,7 @@ class MaskrtModel:
         for stage in ("preprocess", "inference", "postprocess"):
             self.stage.observe(getattr(out, f"{stage}_s"), tags={"stage": stage})
         self.images.inc(len(images))
-        return [
-            (Inferred(d, 0.0, out.preprocess_s, out.inference_s, out.postprocess_s), started)
-            for d in out.detections
-        ]
+        return [(inferred, started) for inferred in out.per_image()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import serialize_byte_tensor
 
-from maskrt.runtime.dataplane import ImageResult, Inferred
+from maskrt.runtime.dataplane import ImageResult
 from maskrt.runtime.decode import DecodedImage
+from maskrt.runtime.pipeline import Inferred
 from maskrt.server.errors import ApiError
 from maskrt.server.oip import (
     OUTPUTS,

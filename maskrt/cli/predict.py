@@ -150,7 +150,7 @@ class Local:
         return self.pipeline.decode(data, max_pixels=self.options.max_image_pixels, name=name)
 
     def __call__(self, paths: list[Path]) -> Iterator[tuple[Path, tuple[dict, DecodedImage] | str]]:
-        from maskrt.runtime.dataplane import ImageResult, Inferred
+        from maskrt.runtime.dataplane import ImageResult
         from maskrt.runtime.pipeline import PostOptions
         from maskrt.server.answers import answer
 
@@ -166,10 +166,7 @@ class Local:
         out = self.pipeline.run_batch(
             [image.tensor for _, image in decoded], PostOptions(self.options.score_threshold)
         )
-        for (path, image), detections in zip(decoded, out.detections):
-            inferred = Inferred(
-                detections, 0.0, out.preprocess_s, out.inference_s, out.postprocess_s
-            )
+        for (path, image), inferred in zip(decoded, out.per_image()):
             yield path, (answer(self.model, ImageResult(image, inferred)), image)
 
 
