@@ -76,6 +76,8 @@ class ServedModel:
     max_detections: int
     max_batch: int
     weights_verified: bool
+    fallback_from: str | None = None  # the backend that failed to open; ``backend`` serves instead
+    fallback_reason: str | None = None  # why it failed
 
     @classmethod
     def of(cls, backend: Backend, max_batch: int) -> ServedModel:
@@ -91,6 +93,8 @@ class ServedModel:
             max_detections=info.max_detections,
             max_batch=max_batch,
             weights_verified=info.weights_verified,
+            fallback_from=None if backend.fallback is None else backend.fallback.wanted,
+            fallback_reason=None if backend.fallback is None else backend.fallback.reason,
         )
 
     def ref(self) -> dict[str, str]:
@@ -112,6 +116,7 @@ class ServedModel:
             "max_detections": self.max_detections,
             "max_batch": self.max_batch,
             "weights_verified": self.weights_verified,
+            "fallback_reason": self.fallback_reason,
         }
 
 

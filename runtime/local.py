@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from maskrt.errors import MaskrtError
+from maskrt.errors import MaskrtError, describe
 from maskrt.runtime.backends import open_backend
 from maskrt.runtime.backends.base import Backend
 from maskrt.runtime.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
@@ -91,7 +91,9 @@ class LocalDataPlane(DataPlane):
         self.backend, self.pipeline, self.warmup_seconds = backend, pipeline, warm
         self.decode_device = pipeline.device
         self.model = ServedModel.of(backend, max_batch)
-        self.statistics.model_loaded(self.model.name, self.model.backend, self.model.device)
+        self.statistics.model_loaded(
+            self.model.name, self.model.backend, self.model.device, self.model.fallback_from
+        )
         self.batcher = Batcher(
             self._infer,
             max_batch=max_batch,
@@ -123,7 +125,7 @@ class LocalDataPlane(DataPlane):
 
     def _failed(self, exc: Exception) -> None:
         self.status = "failed"
-        self.error = str(exc) if isinstance(exc, MaskrtError) else f"{type(exc).__name__}: {exc}"
+        self.error = describe(exc)
         log.error(
             "the model failed to load: %s",
             self.error,

@@ -45,8 +45,11 @@ class Statistics:
         self.queue_depth = 0
         self.pixels_in_flight = 0
 
-    def model_loaded(self, name: str, backend: str, device: str) -> None:
-        """The model is loaded and warm (or a new one replaced it)."""
+    def model_loaded(
+        self, name: str, backend: str, device: str, fallback_from: str | None = None
+    ) -> None:
+        """The model is loaded and warm (or a new one replaced it); ``fallback_from``: the backend
+        that failed to open, when ``backend`` serves instead of it (a degraded server)."""
 
     def request_started(self) -> None:
         self.requests_in_flight += 1

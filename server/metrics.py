@@ -163,6 +163,13 @@ class Metrics(Statistics):
             ["name", "backend", "device"],
             registry=r,
         )
+        self.fallback_gauge = Gauge(
+            "maskrt_backend_fallback",
+            "1 when the model is served on `backend` because `wanted`, tried first, failed to open "
+            "(see GET /v1/model's fallback_reason); 0, with wanted = backend, when not",
+            ["wanted", "backend"],
+            registry=r,
+        )
         self.backend = ""  # the inference histogram's label, once a model is loaded
         self.gpu_memory: Gauge | None = None
         if gpu_device is not None and gpu_device.startswith("cuda"):
@@ -180,11 +187,17 @@ class Metrics(Statistics):
 
     # -- the data plane's events, exported -----------------------------------------------------
 
-    def model_loaded(self, name: str, backend: str, device: str) -> None:
-        super().model_loaded(name, backend, device)
+    def model_loaded(
+        self, name: str, backend: str, device: str, fallback_from: str | None = None
+    ) -> None:
+        super().model_loaded(name, backend, device, fallback_from)
         self.backend = backend
         self.model_gauge.clear()
         self.model_gauge.labels(name, backend, device).set(1)
+        self.fallback_gauge.clear()
+        self.fallback_gauge.labels(fallback_from or backend, backend).set(
+            0 if fallback_from is None else 1
+        )
 
     def request_started(self) -> None:
         super().request_started()

@@ -168,7 +168,7 @@ class RayDataPlane(DataPlane):
                 log.info("no model replica answers yet (%s); asking again in 1 s", exc)
                 await asyncio.sleep(1)
         self.model = model
-        self.statistics.model_loaded(model.name, model.backend, model.device)
+        self.statistics.model_loaded(model.name, model.backend, model.device, model.fallback_from)
         if self.status == "loading":
             self.status = "ready"
 

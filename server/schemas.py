@@ -178,6 +178,7 @@ class ModelInfoResponse(BaseModel):
                     "max_detections": 100,
                     "max_batch": 8,
                     "weights_verified": True,
+                    "fallback_reason": None,
                 }
             ]
         }
@@ -197,6 +198,13 @@ class ModelInfoResponse(BaseModel):
     weights_verified: bool = Field(
         description="the checkpoint's tensors matched the digest maskrt recorded when it saved "
         "them; false for checkpoints from elsewhere, whose weights nothing could check"
+    )
+    fallback_reason: str | None = Field(
+        description="null, unless backend=auto tried TensorRT on a GPU and it failed (not "
+        "installed, the plugin library, the engine build or load): then why, and `backend` is "
+        "the one serving instead (torch for a checkpoint, onnxruntime for an ONNX file) on the "
+        "same device; maskrt_backend_fallback is 1",
+        examples=[None, "the tensorrt backend failed: TensorRT is not installed here (...)"],
     )
 
 

@@ -10,23 +10,30 @@ The model file decides what each backend does with it:
 | ``.plan`` / ``.engine`` | no | no | serves it (built for this GPU and TensorRT) |
 
 The caches live under ``MASKRT_CACHE_DIR`` (:mod:`maskrt.export.cache`). ``backend=auto`` picks
-``tensorrt`` for an engine, or on a CUDA device where the ``tensorrt`` package is installed, else
-``onnxruntime``; on a CUDA device it imports ``tensorrt`` to tell whether TensorRT works. Otherwise
-nothing of TensorRT is imported unless the TensorRT backend is opened.
+``tensorrt`` for an engine or on a CUDA device, else ``onnxruntime``. On a CUDA device, for a
+checkpoint or an ONNX file, TensorRT is only tried: when it cannot serve (not installed, the
+plugin library fails to load, the engine build or load fails) the model is served on the same
+device by the torch backend (a checkpoint) or ONNX Runtime (an ONNX file, which torch cannot
+run), and the backend says why (:class:`~maskrt.runtime.backends.base.Fallback`). A backend asked
+by name, and an engine, which only TensorRT runs, fail with their error instead. Nothing of
+TensorRT is imported unless TensorRT is tried.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskrt.devices import check_device
-from maskrt.errors import MaskrtError
+from maskrt.errors import MaskrtError, describe
 from maskrt.model.config import torchvision_weights_config
 
 if TYPE_CHECKING:
+    import torch
+
     from maskrt.runtime.backends.base import Backend
     from maskrt.runtime.options import RuntimeOptions
 
@@ -64,20 +71,21 @@ def model_kind(model: str) -> str:
     )
 
 
-def tensorrt_available() -> bool:
-    """A CUDA GPU and TensorRT's Python bindings (imported to tell: a stubs package would pass a
-    ``find_spec`` test; without a GPU nothing of TensorRT is imported)."""
-    import torch
+def tensorrt_device(device: str) -> bool:
+    """Whether TensorRT runs on ``device`` (a CUDA device), so that ``backend=auto`` tries it.
 
-    from maskrt.plugins import tensorrt_importable
-
-    return torch.cuda.is_available() and tensorrt_importable()
+    Also the fallback's one test seam: ``tests/fallback_site/sitecustomize.py``, which a test puts
+    on a real ``maskrt serve``'s path with a broken ``tensorrt`` package beside it, makes this true
+    on a CPU machine, so that the real TensorRT path runs and fails as it does on a GPU host without
+    TensorRT. A module on the path, not a setting: no user can turn it on by mistake."""
+    return device.startswith("cuda")
 
 
 def resolve_backend(backend: str, kind: str, device: str) -> str:
-    """The backend that will serve a model of ``kind`` on ``device`` when ``backend`` is asked."""
+    """The backend that will be tried first for a model of ``kind`` on ``device`` when ``backend``
+    is asked (:func:`fallback_backend` says what serves when it fails)."""
     if backend == "auto":
-        if kind == "engine" or (device.startswith("cuda") and tensorrt_available()):
+        if kind == "engine" or tensorrt_device(device):
             return "tensorrt"
         return "onnxruntime"
     allowed = {
@@ -93,6 +101,16 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
         what = {"checkpoint": "a checkpoint", "onnx": "an ONNX file", "engine": "an engine"}[kind]
         raise MaskrtError(f"backend {backend!r} cannot serve {what}: {hint}")
     return backend
+
+
+def fallback_backend(asked: str, kind: str, backend: str) -> str | None:
+    """What serves, on the same device, when ``backend`` (resolved from ``asked``) fails to open:
+    for ``auto``'s TensorRT the torch backend (a checkpoint) or ONNX Runtime (an ONNX file, which
+    torch cannot run); nothing for an engine, which only TensorRT runs, nor for a backend asked
+    by name, which must fail with its error."""
+    if asked != "auto" or backend != "tensorrt" or kind == "engine":
+        return None
+    return "torch" if kind == "checkpoint" else "onnxruntime"
 
 
 def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
@@ -122,9 +140,10 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
     check_device(device)
-    if backend == "tensorrt" and not device.startswith("cuda"):
-        raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
-    if backend == "tensorrt":
+    # a TensorRT with a fallback is only tried when the model opens; one without must work
+    if backend == "tensorrt" and fallback_backend(options.backend, kind, backend) is None:
+        if not tensorrt_device(device):
+            raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
         from maskrt.plugins import import_tensorrt
 
         import_tensorrt()  # raises the error that says where TensorRT comes from
@@ -132,14 +151,14 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
 
 
 def open_backend(options: RuntimeOptions) -> Backend:
-    """Open the backend ``options`` ask for (see the module docstring); slow (loads weights, may
-    export an ONNX or build a TensorRT engine the first time), so the server calls it after it
-    starts listening."""
+    """Open the backend ``options`` ask for, or its fallback (see the module docstring); slow
+    (loads weights, may export an ONNX or build a TensorRT engine the first time), so the server
+    calls it after it starts listening."""
     import torch
 
     model, kind, backend = check_model(options)
     device = torch.device(options.resolved_device())
-    max_batch = options.max_batch
+    instead = fallback_backend(options.backend, kind, backend)
     log.info(
         "opening model",
         extra={
@@ -147,11 +166,53 @@ def open_backend(options: RuntimeOptions) -> Backend:
                 "model": model,
                 "kind": kind,
                 "backend": backend,
+                "fallback": instead,
                 "device": str(device),
-                "max_batch": max_batch,
+                "max_batch": options.max_batch,
             }
         },
     )
+
+    def opener(name: str) -> Callable[[], Backend]:
+        return lambda: open_named(name, options, model, kind, device)
+
+    if instead is None:
+        return opener(backend)()
+    return with_fallback(backend, opener(backend), instead, opener(instead))
+
+
+def with_fallback(
+    wanted: str, first: Callable[[], Backend], serving: str, instead: Callable[[], Backend]
+) -> Backend:
+    """``first()``, which opens the ``wanted`` backend; when it raises, ``instead()``, which opens
+    ``serving``, marked with the reason, which is logged once at ERROR (with the traceback when it
+    is not a MaskrtError). Any Exception counts: a server that stays up on ``serving`` and says it
+    is degraded beats one that does not come up; when ``instead()`` fails too, its error is the
+    load's."""
+    try:
+        return first()
+    except Exception as exc:
+        error = describe(exc)
+        log.error(
+            "the %s backend failed, serving on the %s backend instead: %s",
+            wanted,
+            serving,
+            error,
+            exc_info=None if isinstance(exc, MaskrtError) else exc,
+            extra={"fields": {"wanted": wanted, "backend": serving}},
+        )
+    from maskrt.runtime.backends.base import Fallback
+
+    backend = instead()
+    backend.fallback = Fallback(wanted, f"the {wanted} backend failed: {error}")
+    return backend
+
+
+def open_named(
+    backend: str, options: RuntimeOptions, model: str, kind: str, device: torch.device
+) -> Backend:
+    """The ``backend`` (torch, onnxruntime or tensorrt) of ``model`` on ``device``."""
+    max_batch = options.max_batch
     set_torch_threads(options, backend)
     if backend == "torch":
         from maskrt.model.checkpoint import load_model
@@ -159,7 +220,6 @@ def open_backend(options: RuntimeOptions) -> Backend:
 
         loaded = load_model(model, options.model_options())
         return TorchBackend(loaded, device=device, max_batch=max_batch)
-    cache_dir = Path(options.cache_dir)
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
         from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -167,7 +227,11 @@ def open_backend(options: RuntimeOptions) -> Backend:
         onnx = (
             model
             if kind == "onnx"
-            else str(cached_onnx(model, cache_dir, max_batch, options=options.model_options()))
+            else str(
+                cached_onnx(
+                    model, Path(options.cache_dir), max_batch, options=options.model_options()
+                )
+            )
         )
         return OnnxRuntimeBackend(
             onnx,
@@ -176,8 +240,20 @@ def open_backend(options: RuntimeOptions) -> Backend:
             threads=options.inference_threads,
             spinning=options.inference_spinning,
         )
+    return open_tensorrt(options, model, kind, device)
+
+
+def open_tensorrt(options: RuntimeOptions, model: str, kind: str, device: torch.device) -> Backend:
+    """The tensorrt backend: TensorRT and the plugin library first (cheap, and what fails most
+    often), then the tensorrt-target ONNX and the engine for this GPU (cached; minutes the first
+    time)."""
+    from maskrt import plugins
     from maskrt.runtime.backends.tensorrt import TensorRTBackend  # TensorRT only from here on
 
+    plugins.import_tensorrt()
+    plugins.load()
+    max_batch = options.max_batch
+    cache_dir = Path(options.cache_dir)
     if kind != "engine":
         from maskrt.export.artifacts import read_metadata
         from maskrt.export.cache import cached_engine, cached_onnx

@@ -17,7 +17,14 @@ from torch import Tensor
 from maskrt.errors import MaskrtError
 from maskrt.model.deploy import OUTPUT_NAMES, DeployOutputs
 
-__all__ = ["OUTPUT_NAMES", "Backend", "DeployOutputs", "ModelInfo", "model_info_from_metadata"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "Backend",
+    "DeployOutputs",
+    "Fallback",
+    "ModelInfo",
+    "model_info_from_metadata",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,15 @@ class ModelInfo:
     weights_verified: bool = False  # the checkpoint's tensors matched their recorded digest
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """Why this backend serves instead of the one ``backend=auto`` tried first: a degraded server
+    that ``GET /v1/model`` and ``maskrt_backend_fallback`` show."""
+
+    wanted: str  # the backend that failed to open: tensorrt
+    reason: str  # its error, one line
+
+
 class Backend(ABC):
     """Runs the deploy graph on one device for batches of 1 to ``max_batch`` images."""
 
@@ -41,6 +57,7 @@ class Backend(ABC):
     device: torch.device
     info: ModelInfo
     max_batch: int
+    fallback: Fallback | None = None  # set by open_backend when it serves instead of another
 
     @abstractmethod
     def infer(self, images: Tensor) -> DeployOutputs:
