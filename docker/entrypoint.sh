@@ -16,8 +16,9 @@
 #
 # This script fails early, with what to do, where the server could not start: an unknown backend,
 # a bad MASKRT_MAX_BATCH or MASKRT_ENGINE_PRECISION, a cache that cannot be created, no GPU or no TensorRT for
-# the tensorrt backend, a missing model file. MASKRT_BACKEND=auto resolves here (tensorrt on a GPU
-# with TensorRT, else onnxruntime) so the log says which backend serves.
+# the tensorrt backend, a missing model file. MASKRT_BACKEND=auto goes to the server as is: on a GPU
+# it tries TensorRT and, when TensorRT cannot serve, stays up on the torch backend and says so
+# (GET /v1/model's fallback_reason, maskrt_backend_fallback); a resolution here would lose that.
 set -euo pipefail
 
 log() { printf '[maskrt-entrypoint] %s\n' "$*" >&2; }
@@ -40,11 +41,8 @@ model="${MASKRT_MODEL:-}"
 [[ "$max_batch" =~ ^[1-9][0-9]*$ ]] || die "MASKRT_MAX_BATCH must be a positive integer, got '$max_batch'"
 [[ "$precision" == fp16 || "$precision" == fp32 ]] ||
     die "MASKRT_ENGINE_PRECISION must be fp16 or fp32, got '$precision'"
-if [[ "$backend" == auto ]]; then
-    backend="$(maskrt-env backend)" || die "could not resolve MASKRT_BACKEND=auto"
-    log "MASKRT_BACKEND=auto resolved to $backend"
-fi
 case "$backend" in
+auto) log "MASKRT_BACKEND=auto: on a GPU the server tries TensorRT and serves on the torch backend when TensorRT cannot (GET /v1/model says which), else on ONNX Runtime" ;;
 tensorrt | onnxruntime | torch) ;;
 *) die "MASKRT_BACKEND must be auto, tensorrt, onnxruntime or torch, got '$backend'" ;;
 esac

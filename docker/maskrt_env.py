@@ -6,9 +6,6 @@ Installed in the images as ``maskrt-env`` (docker/entrypoint.sh calls it):
 ``maskrt-env gpu [INDEX]``
     ``<gpu name>\\t<compute capability, e.g. 90>\\t<TensorRT version>`` of CUDA device INDEX.
     Exit 3 when no usable CUDA device is visible, 4 when the tensorrt package cannot be imported.
-``maskrt-env backend``
-    What ``MASKRT_BACKEND=auto`` resolves to: ``tensorrt`` on a GPU with TensorRT, else
-    ``onnxruntime`` (docs/architecture.md, "Settings").
 """
 
 from __future__ import annotations
@@ -52,19 +49,9 @@ def _tensorrt():
     return tensorrt, ""
 
 
-def backend() -> int:
-    import torch
-
-    usable = torch.cuda.is_available() and _tensorrt()[0] is not None
-    print("tensorrt" if usable else "onnxruntime")
-    return 0
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["gpu"] and len(argv) <= 2:
         return gpu(int(argv[1]) if len(argv) == 2 else 0)
-    if argv == ["backend"]:
-        return backend()
     print(__doc__, file=sys.stderr)
     return 2
 

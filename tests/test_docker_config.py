@@ -798,7 +798,6 @@ case "$1" in
 gpu) [[ -n "${FAKE_GPU:-}" ]] || { echo "no gpu" >&2; exit 3; }
      [[ -z "${FAKE_NO_TRT:-}" ]] || exit 4
      printf '%s\t%s\t%s\n' "$FAKE_GPU" "${FAKE_CC:-90}" "${FAKE_TRT:-10.14.1}" ;;
-backend) if [[ -n "${FAKE_GPU:-}" ]]; then echo tensorrt; else echo onnxruntime; fi ;;
 *) exit 2 ;;
 esac
 """
@@ -896,8 +895,10 @@ def test_entrypoint_onnxruntime_and_torch(entry):
     assert calls == [f"serve --backend onnxruntime --model {entry.ckpt}"]
     proc, calls = entry(MASKRT_BACKEND="torch")
     assert calls == ["serve --backend torch"]
-    proc, calls = entry(MASKRT_BACKEND="auto")  # no GPU here
-    assert calls == ["serve --backend onnxruntime"] and "resolved to onnxruntime" in proc.stderr
+    for gpu in ({}, {"FAKE_GPU": "NVIDIA T4", "FAKE_NO_TRT": "1"}):  # the server decides, and
+        proc, calls = entry(**gpu)  # falls back to torch when TensorRT cannot serve
+        assert proc.returncode == 0, proc.stderr
+        assert calls == ["serve --backend auto"] and "tries TensorRT" in proc.stderr
     proc, calls = entry(
         MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
     )
