@@ -94,13 +94,13 @@ RUN python3 -m venv --system-site-packages /opt/venv \
 # --------------------------------------------------------------------------------------------------
 # gpu: the TensorRT runtime image. At start the server exports the ONNX (unless given) and builds
 # the engine for the GPU it finds, or reuses the cached ones (volume /var/cache/maskrt), then turns
-# ready.
+# ready; MASKRT_BACKEND=auto serves on the torch backend instead when TensorRT cannot (and says so).
 FROM ${TENSORRT_IMAGE} AS gpu
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     MASKRT_HOST=0.0.0.0 \
     MASKRT_PORT=8000 \
-    MASKRT_BACKEND=tensorrt \
+    MASKRT_BACKEND=auto \
     MASKRT_DEVICE=cuda:0 \
     MASKRT_CACHE_DIR=/var/cache/maskrt \
     MASKRT_PLUGIN_LIB=/opt/maskrt/lib/libmaskrt_plugins.so

@@ -64,8 +64,12 @@ mkdir -p "$cache_dir" 2>/dev/null || true
 MASKRT_BUILD_ID="$(cat "${MASKRT_BUILD_ID_FILE:-/opt/maskrt/build-id}" 2>/dev/null || true)"
 export MASKRT_BUILD_ID MASKRT_CACHE_DIR="$cache_dir"
 
-if [[ "$backend" == tensorrt ]]; then
-    device="${MASKRT_DEVICE:-cuda:0}"
+# The GPU for the tensorrt backend, and for auto on a CUDA device (the GPU image's default), which
+# tries TensorRT there: no GPU is an error; no TensorRT is one for tensorrt and an engine only (auto
+# serves a checkpoint on torch, an ONNX file on ONNX Runtime).
+device="${MASKRT_DEVICE:-}"
+if [[ "$backend" == tensorrt || ("$backend" == auto && "$device" == cuda*) ]]; then
+    device="${device:-cuda:0}"
     [[ "$device" =~ ^cuda(:([0-9]+))?$ ]] ||
         die "the tensorrt backend runs on a CUDA device; MASKRT_DEVICE is '$device' (use cuda or cuda:N)"
     index="${BASH_REMATCH[2]:-0}"
@@ -73,17 +77,20 @@ if [[ "$backend" == tensorrt ]]; then
     info="$(maskrt-env gpu "$index")" || rc=$?
     if [[ $rc -eq 3 ]]; then
         die "no NVIDIA GPU is visible in this container (CUDA device $index). Start it with GPU access: \`docker compose up\` reserves one (deploy.resources.reservations.devices), \`docker run\` needs --gpus all; the host needs the NVIDIA driver (R580 or newer) and the NVIDIA Container Toolkit. Without a GPU use the cpu image (docker-compose.cpu.yml) or MASKRT_BACKEND=onnxruntime."
-    elif [[ $rc -eq 4 ]]; then
+    elif [[ $rc -eq 4 && ("$backend" == tensorrt || "$model" == *.plan || "$model" == *.engine) ]]; then
         die "the tensorrt Python package cannot be imported; this is the GPU image's TensorRT install, rebuild the image (target gpu)"
+    elif [[ $rc -eq 4 ]]; then
+        log "the tensorrt Python package cannot be imported: the server serves on the torch backend (ONNX Runtime for an ONNX file) instead and says why (GET /v1/model); rebuild the image (target gpu) for TensorRT"
     elif [[ $rc -ne 0 ]]; then
         die "probing the GPU failed (maskrt-env gpu $index exited $rc)"
+    else
+        IFS=$'\t' read -r gpu_name compute_cap trt_version <<<"$info"
+        log "GPU $index: $gpu_name (sm_$compute_cap), TensorRT $trt_version"
+        case "$model" in
+        *.plan | *.engine) log "serving the given engine $model as is (it must have been built for $gpu_name and TensorRT $trt_version)" ;;
+        *) log "the server builds (first start on this GPU: minutes) or reuses the $precision engine in $cache_dir/engines before it turns ready" ;;
+        esac
     fi
-    IFS=$'\t' read -r gpu_name compute_cap trt_version <<<"$info"
-    log "GPU $index: $gpu_name (sm_$compute_cap), TensorRT $trt_version"
-    case "$model" in
-    *.plan | *.engine) log "serving the given engine $model as is (it must have been built for $gpu_name and TensorRT $trt_version)" ;;
-    *) log "the server builds (first start on this GPU: minutes) or reuses the $precision engine in $cache_dir/engines before it turns ready" ;;
-    esac
 fi
 
 args=(serve --backend "$backend")

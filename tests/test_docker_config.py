@@ -674,7 +674,8 @@ def test_dockerfile_targets_bases_user_and_healthcheck():
         env = " ".join(rest for instr, rest in instrs if instr == "ENV")
         port = re.search(r"MASKRT_PORT=(\d+)", env).group(1)
         assert ("EXPOSE", port) in instrs
-        assert f"MASKRT_BACKEND={'tensorrt' if target == 'gpu' else 'onnxruntime'}" in env
+        # the gpu image tries TensorRT and stays up on torch when TensorRT cannot serve
+        assert f"MASKRT_BACKEND={'auto' if target == 'gpu' else 'onnxruntime'}" in env
         cache = re.search(r"MASKRT_CACHE_DIR=(\S+)", env).group(1)
         assert cache == _env(load_compose()["services"]["maskrt"])["MASKRT_CACHE_DIR"]
     # compose builds targets that exist
@@ -876,6 +877,26 @@ def test_entrypoint_tensorrt_hands_the_model_to_the_server(entry):
     assert "serving the given engine" in proc.stderr
 
 
+def test_entrypoint_auto_on_a_gpu_leaves_the_fallback_to_the_server(entry):
+    """The gpu image's default (auto on cuda:0): the GPU is checked as for tensorrt, but a missing
+    TensorRT is left to the server, which serves on torch and says why."""
+    on_gpu = {"MASKRT_BACKEND": "auto", "MASKRT_DEVICE": "cuda:0"}
+    proc, calls = entry(FAKE_GPU="NVIDIA H100 80GB HBM3", **on_gpu)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["serve --backend auto"]
+    assert "NVIDIA H100 80GB HBM3 (sm_90), TensorRT 10.14.1" in proc.stderr
+    proc, calls = entry(FAKE_GPU="NVIDIA T4", FAKE_NO_TRT="1", **on_gpu)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["serve --backend auto"]
+    assert "cannot be imported: the server serves on the torch backend" in proc.stderr
+    plan = entry.tmp / "given.plan"  # only TensorRT runs an engine
+    plan.write_bytes(b"plan")
+    proc, calls = entry(FAKE_GPU="NVIDIA T4", FAKE_NO_TRT="1", MASKRT_MODEL=str(plan), **on_gpu)
+    assert proc.returncode == 1 and "tensorrt Python package" in proc.stderr and calls == []
+    proc, calls = entry(**on_gpu)
+    assert proc.returncode == 1 and "no NVIDIA GPU is visible" in proc.stderr and calls == []
+
+
 def test_entrypoint_explains_a_missing_gpu(entry):
     proc, calls = entry(MASKRT_BACKEND="tensorrt")
     assert proc.returncode == 1
@@ -895,10 +916,9 @@ def test_entrypoint_onnxruntime_and_torch(entry):
     assert calls == [f"serve --backend onnxruntime --model {entry.ckpt}"]
     proc, calls = entry(MASKRT_BACKEND="torch")
     assert calls == ["serve --backend torch"]
-    for gpu in ({}, {"FAKE_GPU": "NVIDIA T4", "FAKE_NO_TRT": "1"}):  # the server decides, and
-        proc, calls = entry(**gpu)  # falls back to torch when TensorRT cannot serve
-        assert proc.returncode == 0, proc.stderr
-        assert calls == ["serve --backend auto"] and "tries TensorRT" in proc.stderr
+    proc, calls = entry(MASKRT_BACKEND="auto")  # no GPU here: the server decides
+    assert calls == ["serve --backend auto"] and "tries TensorRT" in proc.stderr
+    _real_cli_accepts(calls)
     proc, calls = entry(
         MASKRT_BACKEND="onnxruntime", MASKRT_MODEL="MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
     )
