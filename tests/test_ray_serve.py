@@ -254,6 +254,7 @@ def test_predict_matches_the_pipeline(cluster):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == {k: info.json()[k] for k in ("name", "version", "backend", "device")}
+    assert info.json()["fallback_reason"] is None  # carried from the replica; onnxruntime was asked
     assert (body["width"], body["height"]) == (image.shape[1], image.shape[0])
     assert set(body["timings_ms"]) == {"decode", "queue", "preprocess", "inference", "postprocess"}
 
@@ -413,6 +414,9 @@ def test_replica_and_ingress_metrics(cluster):
     with client(cluster) as c:
         text = c.get("/metrics").text
     assert 'maskrt_requests_total{endpoint="/predict",status="200"}' in text
+    # the model replica's backend, as the ingress learnt it: nothing fell back
+    fallback = 'maskrt_backend_fallback{backend="onnxruntime",wanted="onnxruntime"}'
+    assert parse_metrics(text)[fallback] == 0
 
 
 # -- scaling and failure ---------------------------------------------------------------------------
