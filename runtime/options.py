@@ -68,7 +68,9 @@ class RuntimeOptions(BaseSettings):
         "the file, so only for files you trust",
     )
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
-        "auto", description="auto picks tensorrt on a GPU with TensorRT, else onnxruntime"
+        "auto",
+        description="auto: tensorrt for an engine or on a GPU (there torch, or onnxruntime for an "
+        "ONNX file, when TensorRT cannot serve), else onnxruntime",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (auto: cuda when present)")
     max_batch: int = Field(8, ge=1, le=1024, description="largest batch the worker forms")
