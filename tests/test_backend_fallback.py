@@ -12,6 +12,7 @@ this CPU (see that module).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -62,8 +63,12 @@ def _no_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _stub_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    monkeypatch.syspath_prepend(str(SITE))  # a tensorrt package without the bindings
+    # the tensorrt package of tests/fallback_site, which is not the bindings, as if imported
+    spec = importlib.util.spec_from_file_location("tensorrt", SITE / "tensorrt" / "__init__.py")
+    assert spec is not None and spec.loader is not None
+    stub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stub)
+    monkeypatch.setitem(sys.modules, "tensorrt", stub)  # undone after the test
     plugins.import_tensorrt()
 
 
