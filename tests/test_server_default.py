@@ -20,7 +20,7 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def test_serves_the_shipped_model_on_onnxruntime(server):
+def test_serves_the_shipped_model_on_the_best_backend_here(server):
     import torch
 
     from maskrt.model.checkpoint import default_checkpoint, load_checkpoint
