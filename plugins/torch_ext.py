@@ -1,8 +1,10 @@
-"""The plugin's CUDA kernel as a PyTorch extension, for tests and benchmarks on a GPU.
+"""maskrt's CUDA kernels as a PyTorch extension: the torch backend's ``cuda_roi_align`` setting,
+tests and benchmarks on a GPU.
 
-``load_extension()`` compiles ``roi_align/roi_align_kernel.cu`` (the kernel the TensorRT plugin launches)
-and ``roi_align/roi_align_torch.cpp`` (a pybind11 binding) with ``torch.utils.cpp_extension.load``; no
-TensorRT file takes part. Compiling needs nvcc; running needs a CUDA device.
+``load_extension()`` compiles ``roi_align/roi_align_kernel.cu`` (the kernel the TensorRT plugin launches),
+``nms/grouped_nms_torch.cu`` (grouped NMS without a host sync) and ``roi_align/roi_align_torch.cpp``
+(the pybind11 binding of both) with ``torch.utils.cpp_extension.load``; no TensorRT file takes part.
+Compiling needs nvcc; running needs a CUDA device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 from maskrt.errors import MaskrtError
 
 SRC = Path(__file__).resolve().parent / "roi_align"
-SOURCES = [SRC / "roi_align_kernel.cu", SRC / "roi_align_torch.cpp"]
+NMS = Path(__file__).resolve().parent / "nms"
+SOURCES = [SRC / "roi_align_kernel.cu", NMS / "grouped_nms_torch.cu", SRC / "roi_align_torch.cpp"]
 
 
 def _cuda_root(detected: str | None) -> Path | None:
@@ -55,7 +58,7 @@ def load_extension(build_directory: str | None = None, verbose: bool = False):
     return cpp_extension.load(
         name="maskrt_roi_align_ext",
         sources=[str(s) for s in SOURCES],
-        extra_include_paths=[str(SRC)],
+        extra_include_paths=[str(SRC), str(NMS)],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],
         build_directory=build_directory,

@@ -122,6 +122,7 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
     check_device(device)
+    options.check_cuda_settings(device, backend)
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
     if backend == "tensorrt":
@@ -158,7 +159,15 @@ def open_backend(options: RuntimeOptions) -> Backend:
         from maskrt.runtime.backends.torch import TorchBackend
 
         loaded = load_model(model, options.model_options())
-        return TorchBackend(loaded, device=device, max_batch=max_batch)
+        return TorchBackend(
+            loaded,
+            device=device,
+            max_batch=max_batch,
+            precision=options.torch_precision,
+            channels_last=options.channels_last,
+            cuda_roi_align=options.cuda_roi_align,
+            cuda_graphs=options.cuda_graphs,
+        )
     cache_dir = Path(options.cache_dir)
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
