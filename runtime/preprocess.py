@@ -32,16 +32,17 @@ def to_device(image: Tensor, device: torch.device) -> Tensor:
     return image.to(device)
 
 
-_copies = threading.local()  # each decoding thread's copy stream
+_copies = threading.local()  # each decoding thread's copy stream per device
 
 
 def copy_to_device(image: Tensor, device: torch.device) -> Tensor:
     """:func:`to_device` on this thread's own CUDA stream, waited for here: a decoding thread
     copies its image from pinned memory while the inference stream runs the previous batch, and
     the batch worker finds the image on the GPU (the ``pinned_copies`` setting)."""
-    stream = getattr(_copies, "stream", None)
-    if stream is None or stream.device != device:
-        stream = _copies.stream = torch.cuda.Stream(device)
+    streams = _copies.__dict__.setdefault("streams", {})
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         out = to_device(image, device)
     stream.synchronize()

@@ -4,7 +4,8 @@
 //
 // Same decisions as model/deploy.py's composite: candidates score above `score_threshold`; in
 // descending score order a candidate is kept unless a kept box of its group overlaps it with IoU
-// above `iou_threshold`; IoU in float64 (the composite's arithmetic for its single-call path).
+// above `iou_threshold`; IoU in float64 against the threshold rounded to float32 (the composite's
+// arithmetic on CUDA for its single-call path: torchvision's CUDA nms on float64 boxes).
 // Limiting each group to its best `max_per_group` kept boxes is left to the caller (shared code).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -121,7 +122,8 @@ at::Tensor grouped_nms_keep(const at::Tensor& boxes, const at::Tensor& scores, d
   const dim3 grid(words, words, static_cast<unsigned>(groups));
   suppression_mask<<<grid, kBits, 0, stream>>>(
       boxes_c.data_ptr<float>(), order.data_ptr<int64_t>(), sorted.data_ptr<float>(), static_cast<int>(n), words,
-      threshold, iou_threshold, reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()));
+      threshold, static_cast<double>(static_cast<float>(iou_threshold)),
+      reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int threads = words < 1024 ? ((words + 31) / 32) * 32 : 1024;
   sweep<<<static_cast<unsigned>(groups), threads, words * sizeof(uint64_t), stream>>>(
