@@ -39,6 +39,20 @@ def _cuda_root(detected: str | None) -> Path | None:
     return None
 
 
+def cuda_toolkit() -> Path:
+    """The CUDA toolkit the extension is built with; a MaskrtError saying how to point at one
+    when there is none (checked before a server that needs the extension starts listening)."""
+    from torch.utils import cpp_extension
+
+    root = _cuda_root(cpp_extension.CUDA_HOME)
+    if root is None:
+        raise MaskrtError(
+            "building maskrt's CUDA extension (RoIAlign and NMS kernels) needs the CUDA toolkit "
+            "(bin/nvcc, include/cuda_runtime_api.h); set CUDA_HOME to its directory"
+        )
+    return root
+
+
 @functools.cache
 def load_extension(build_directory: str | None = None, verbose: bool = False):
     """Build (once per process and build directory; torch caches across processes) and import the
@@ -46,13 +60,7 @@ def load_extension(build_directory: str | None = None, verbose: bool = False):
     ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"9.0"``) to build for fewer architectures than torch's default."""
     from torch.utils import cpp_extension
 
-    root = _cuda_root(cpp_extension.CUDA_HOME)
-    if root is None:
-        raise MaskrtError(
-            "building the RoIAlign CUDA extension needs the CUDA toolkit (bin/nvcc, include/"
-            "cuda_runtime_api.h); set CUDA_HOME to its directory"
-        )
-    cpp_extension.CUDA_HOME = str(root)  # what torch's build reads for nvcc, include and lib paths
+    cpp_extension.CUDA_HOME = str(cuda_toolkit())  # what torch's build reads: nvcc, include, lib
     if build_directory is not None:
         os.makedirs(build_directory, exist_ok=True)
     return cpp_extension.load(

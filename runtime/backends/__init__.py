@@ -123,6 +123,10 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
             raise MaskrtError(f"{model}: not readable")
     check_device(device)
     options.check_cuda_settings(device, backend)
+    if options.cuda_roi_align:
+        from maskrt.plugins.torch_ext import cuda_toolkit
+
+        cuda_toolkit()  # the kernels are built at start-up: nvcc must be there
     if backend == "tensorrt" and not device.startswith("cuda"):
         raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
     if backend == "tensorrt":
