@@ -386,3 +386,43 @@ def test_gpu_decode_batch_equals_one_call_per_image():
     for d, (data, name) in zip(batched, items):
         one = decode_image(data, max_pixels=10_000, device=device, name=name)
         assert d.tensor.is_cuda and torch.equal(d.tensor, one.tensor)
+
+
+@pytest.mark.gpu
+def test_serve_on_the_fast_path_answers_as_the_plain_pipeline(
+    tmp_path_factory, monkeypatch, exact_float32
+):
+    """``maskrt serve`` with every float32 setting on, over HTTP, against the plain pipeline in
+    process (the extension it builds at start-up: torch's cache, this GPU's architecture only).
+    Both without TF32 (the server through NVIDIA_TF32_OVERRIDE), whose rounding would move boxes
+    by more than the rule allows."""
+    from server_harness import jpeg, png, serving_checkpoint, shapes_image, start_server
+
+    from maskrt.runtime.pipeline import Pipeline
+
+    major, minor = torch.cuda.get_device_capability()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    files = [jpeg(shapes_image(0)), jpeg(shapes_image(1)), png(shapes_image(2))]
+    settings = {name: "true" for name in FAST_PATH if name != "torch_precision"}
+    settings.update(backend="torch", device="cuda", model=serving_checkpoint(), max_batch=4)
+    server = start_server(tmp_path_factory, "fast_path", settings)
+    try:
+        with server.client() as client:
+            answer = client.post(
+                "/predict/batch",
+                files=[("images", (f"{i}", data)) for i, data in enumerate(files)],
+                data={"score_threshold": "0.3"},
+            )
+            model = client.get("/v1/model").json()
+    finally:
+        server.stop()
+    assert answer.status_code == 200, answer.text
+    assert (model["backend"], model["device"].split(":")[0]) == ("torch", "cuda")
+    expected = Pipeline(_bundled("cuda")).predict(files, score_threshold=0.3)
+    for got, want in zip(answer.json()["results"], expected, strict=True):
+        got = got["detections"]
+        assert [d["class_id"] for d in got] == [d["class_id"] for d in want]
+        assert [d["mask"]["counts"] for d in got] == [d["mask"]["counts"] for d in want]
+        for a, b in zip(got, want):
+            assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 1e-3
