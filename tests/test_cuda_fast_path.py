@@ -115,6 +115,15 @@ def test_serve_refuses_a_cuda_setting_on_the_cpu_before_listening():
     assert "Uvicorn running" not in run.stderr
 
 
+def test_bench_deploy_gpu_checks_its_settings_flags(capsys):
+    from maskrt.bench import deploy_gpu
+
+    assert deploy_gpu.main(["--cuda-graphs"]) == 2
+    assert (
+        "MASKRT_CUDA_GRAPHS (--cuda-graphs) needs MASKRT_CUDA_ROI_ALIGN" in capsys.readouterr().err
+    )
+
+
 # -- CUDA graphs: batch sizes and padding ------------------------------------------------------------
 
 
