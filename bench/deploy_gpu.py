@@ -13,7 +13,12 @@ whole forward, median of ``--iters``:
 ``detections_equal`` says whether each backend found as many detections per image as float32
 torchvision. Prints one JSON line.
 
+The torch backend's CUDA settings (``--cuda-graphs``, ``--cuda-roi-align``, ``--channels-last``, or
+their ``MASKRT_*`` variables) apply to both deploy rows and are named in the report, so two runs,
+with and without, compare them:
+
     python -m maskrt.bench.deploy_gpu [--canvas 800] [--batches 1,8] [--iters 20]
+    maskrt bench deploy-gpu --cuda-roi-align --cuda-graphs --channels-last
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from functools import partial
 import torch
 
 from maskrt.bench.roi_align_gpu import cuda_median_ms
+from maskrt.errors import MaskrtError
+from maskrt.runtime.options import RuntimeOptions, add_flags, from_flags
 
 
 def _torchvision(model, images: torch.Tensor, *, fp16: bool) -> list[int]:
@@ -42,7 +49,13 @@ def _deploy(backend, images: torch.Tensor) -> list[int]:
     return backend.infer(images).num_detections.cpu().tolist()
 
 
-def run(canvas: int, batches: list[int], iters: int, warmup: int) -> dict:
+FAST_PATH = ("cuda_graphs", "cuda_roi_align", "channels_last")  # RuntimeOptions fields
+
+
+def run(
+    canvas: int, batches: list[int], iters: int, warmup: int, settings: dict | None = None
+) -> dict:
+    """``settings``: the :data:`FAST_PATH` keyword arguments of both deploy backends."""
     from maskrt.bench.random_model import random_detector
     from maskrt.model.checkpoint import LoadedModel
     from maskrt.runtime.backends.torch import TorchBackend
@@ -52,9 +65,10 @@ def run(canvas: int, batches: list[int], iters: int, warmup: int) -> dict:
     model, cfg = random_detector("resnet50_fpn", canvas, seed=0)
     eager = copy.deepcopy(model).cuda().eval()  # the deploy graph shares the modules it wraps
     loaded = LoadedModel(model, cfg, sha256="random weights", source="random_detector")
+    settings = settings or {}
     backends = {
-        "deploy_fp32": TorchBackend(loaded, "cuda", max(batches)),
-        "deploy_fp16": TorchBackend(loaded, "cuda", max(batches), fp16=True),
+        "deploy_fp32": TorchBackend(loaded, "cuda", max(batches), **settings),
+        "deploy_fp16": TorchBackend(loaded, "cuda", max(batches), precision="fp16", **settings),
     }
     gen = torch.Generator().manual_seed(1)
     results = []
@@ -80,6 +94,7 @@ def run(canvas: int, batches: list[int], iters: int, warmup: int) -> dict:
         "torch": torch.__version__,
         "canvas": canvas,
         "iters": iters,
+        "settings": settings,
         "results": results,
     }
 
@@ -90,9 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--iters", type=int, default=20, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=3)
+    add_flags(parser, FAST_PATH)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    report = run(args.canvas, batches, args.iters, args.warmup)
+    try:
+        options = from_flags(args, RuntimeOptions, FAST_PATH)
+    except MaskrtError as exc:
+        print(f"deploy_gpu: {exc}", file=sys.stderr)
+        return 2
+    settings = {name: getattr(options, name) for name in FAST_PATH}
+    report = run(args.canvas, batches, args.iters, args.warmup, settings)
     print(json.dumps(report))
     return 0 if "skipped" not in report else 2
 

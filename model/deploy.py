@@ -70,15 +70,18 @@ OUTPUT_NAMES: tuple[str, ...] = DeployOutputs._fields  # the ONNX and engine out
 # NMS with a fixed-size output
 
 
-@torch.library.custom_op("maskrt::grouped_nms", mutates_args=())
-def grouped_nms(
+def grouped_nms_composite(
     boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float, max_per_group: int
 ) -> Tensor:
     """NMS inside each of G groups: ``boxes`` [G, N, 4] (x1 y1 x2 y2), ``scores`` [G, N] ->
     bool [G, N], True for the boxes kept. Candidates are the boxes scoring above
     ``score_threshold``; a box is suppressed by a kept higher-scoring box of its group with IoU
     above ``iou_threshold`` (torchvision's ``nms``); at most ``max_per_group`` boxes per group are
-    kept, the highest-scoring ones (greedy order, as ONNX ``NonMaxSuppression``)."""
+    kept, the highest-scoring ones (greedy order, as ONNX ``NonMaxSuppression``).
+
+    The registered op's implementation on every device (``torch.ops.maskrt.grouped_nms``); its
+    candidate count sizes the work, so it waits for the device (a CUDA graph cannot capture it;
+    the torch backend's ``cuda_roi_align`` setting puts a kernel without that wait in its place)."""
     groups, n = scores.shape
     flat_scores = scores.reshape(-1)
     keep = torch.zeros(groups * n, dtype=torch.bool, device=scores.device)
@@ -111,12 +114,19 @@ def grouped_nms(
                     start = end
             kept = order.index_select(0, torch.cat(runs))
         keep[candidates.index_select(0, kept)] = True
-    keep = keep.reshape(groups, n)
-    if max_per_group < n:
-        masked = torch.where(keep, scores, torch.full_like(scores, -math.inf))
-        values, index = masked.topk(max_per_group, dim=1)
-        keep = torch.zeros_like(keep).scatter_(1, index, values > -math.inf)
-    return keep
+    return limit_per_group(keep.reshape(groups, n), scores, max_per_group)
+
+
+def limit_per_group(keep: Tensor, scores: Tensor, max_per_group: int) -> Tensor:
+    """``keep`` [G, N] reduced to the ``max_per_group`` best-scoring kept boxes of each group."""
+    if max_per_group >= keep.shape[1]:
+        return keep
+    masked = torch.where(keep, scores, torch.full_like(scores, -math.inf))
+    values, index = masked.topk(max_per_group, dim=1)
+    return torch.zeros_like(keep).scatter_(1, index, values > -math.inf)
+
+
+grouped_nms = torch.library.custom_op("maskrt::grouped_nms", grouped_nms_composite, mutates_args=())
 
 
 @grouped_nms.register_fake

@@ -7,8 +7,10 @@ With ``aligned=False`` and ``sampling_ratio=2`` (what torchvision's Mask R-CNN u
 equals torchvision's ``MultiScaleRoIAlign``.
 
 - CPU and CUDA: the same composite over ``torchvision.ops.roi_align``, one call per level on the RoIs
-  of that level (no Python loop over boxes or images). Float16 features are pooled in float32 and
-  the result is rounded once to float16 (the contract's float32 accumulation).
+  of that level (no Python loop over boxes or images). Float16 (and bfloat16) features are pooled
+  in float32 and the result is rounded once to their dtype (the contract's float32 accumulation).
+  On CUDA the torch backend's ``cuda_roi_align`` setting swaps in maskrt's kernel
+  (``maskrt.runtime.backends.cuda_ops``), which needs no host sync.
 - A fake (meta) implementation gives the output shape, so ``torch.export`` / ONNX export can trace
   through the op; ``maskrt.export.onnx_ops`` translates each call into one ONNX node
   ``com.maskrt::MultiLevelRoIAlign`` backed by a local function of standard ONNX ops.
@@ -50,8 +52,7 @@ def roi_levels(
     return k.to(torch.int64) - first_level
 
 
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def multilevel_roi_align(
+def multilevel_roi_align_composite(
     rois: Tensor,
     features: list[Tensor],
     output_size: int,
@@ -63,8 +64,9 @@ def multilevel_roi_align(
 ) -> Tensor:
     """``rois`` float32 [B, R, 4] (x1 y1 x2 y2, canvas pixels; RoIs of image b read features[b]),
     ``features`` L maps [B, C, H_l, W_l] (map l is FPN level ``first_level + l``, spatial scale
-    ``2 ** -(first_level + l)``), float32 or float16 -> [B, R, C, output_size, output_size] in the
-    features' dtype."""
+    ``2 ** -(first_level + l)``), float32, float16 or bfloat16 -> [B, R, C, output_size,
+    output_size] in the features' dtype. The registered op's implementation on every device
+    unless a kernel is registered for it (``maskrt.runtime.backends.cuda_ops``)."""
     _check(rois, features)
     batch, num_rois = rois.shape[:2]
     channels, dtype, device = features[0].shape[1], features[0].dtype, features[0].device
@@ -89,6 +91,11 @@ def multilevel_roi_align(
         )
         out.index_copy_(0, chosen, pooled.to(dtype))
     return out.reshape(batch, num_rois, channels, output_size, output_size)
+
+
+multilevel_roi_align = torch.library.custom_op(
+    OP_NAME, multilevel_roi_align_composite, mutates_args=()
+)
 
 
 @multilevel_roi_align.register_fake

@@ -33,7 +33,13 @@ import torch
 from maskrt.devices import usable_cores
 from maskrt.runtime.admission import PixelBudget
 from maskrt.runtime.backends.base import Backend
-from maskrt.runtime.decode import DecodedImage, admit_pixels, decode_image, image_pixels
+from maskrt.runtime.decode import (
+    DecodedImage,
+    admit_pixels,
+    decode_batch,
+    decode_image,
+    image_pixels,
+)
 from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Unavailable
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import Inferred, PostOptions
@@ -267,17 +273,34 @@ class DataPlane(ABC):
 
     async def _decode_all(self, images: list[EncodedImage]) -> list[DecodedImage]:
         loop = asyncio.get_running_loop()
-        decode = functools.partial(
-            decode_image, max_pixels=self.options.max_image_pixels, device=self.decode_device
-        )
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self.decode_executor, functools.partial(decode, i.data, name=i.name)
-                )
-                for i in images
+        device = self.decode_device
+        cuda = device is not None and device.type == "cuda"
+        pinned = self.options.pinned_copies and cuda
+        if self.options.gpu_decode and cuda and len(images) > 1:
+            assert device is not None
+            batch = functools.partial(
+                decode_batch,
+                [(i.data, i.name) for i in images],
+                max_pixels=self.options.max_image_pixels,
+                device=device,
+                pinned_copies=pinned,
             )
-        )
+            decoded = await loop.run_in_executor(self.decode_executor, batch)
+        else:
+            decode = functools.partial(
+                decode_image,
+                max_pixels=self.options.max_image_pixels,
+                device=device,
+                pinned_copies=pinned,
+            )
+            decoded = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        self.decode_executor, functools.partial(decode, i.data, name=i.name)
+                    )
+                    for i in images
+                )
+            )
         for d in decoded:
             self.statistics.image_decoded(d.decoder, d.seconds)
         return decoded

@@ -25,6 +25,11 @@ from maskrt.errors import MaskrtError
 if TYPE_CHECKING:
     from maskrt.model.checkpoint import ModelOptions
 
+GRAPHS_NEED_KERNELS = (
+    "MASKRT_CUDA_GRAPHS (--cuda-graphs) needs MASKRT_CUDA_ROI_ALIGN (--cuda-roi-align): the "
+    "composite RoIAlign and NMS wait for the GPU to size their work, which a CUDA graph cannot "
+    "capture"
+)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # what ModelOptions holds: the model's flags of every command that loads a checkpoint
 MODEL_OPTIONS = ("config", "labels", "canvas", "trust_pickle")
@@ -140,6 +145,37 @@ class RuntimeOptions(BaseSettings):
         "fp16", description="precision of TensorRT engines built from a checkpoint or an ONNX"
     )
 
+    # the torch backend on CUDA (docs/architecture.md, "The torch backend on CUDA"); each is off
+    # until a GPU run has shown it correct and faster
+    torch_precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32",
+        description="the torch backend's autocast precision for the backbone and heads (boxes, "
+        "scores and NMS stay fp32); fp16 needs a CUDA device, bf16 runs on the CPU too",
+    )
+    channels_last: bool = Field(
+        False, description="the torch backend's convolutions in channels_last memory format"
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="the torch backend replays the deploy graph as one CUDA graph per batch size "
+        "(a batch padded to the next captured size); needs a CUDA device and cuda_roi_align",
+    )
+    cuda_roi_align: bool = Field(
+        False,
+        description="the torch backend pools RoIs with maskrt's CUDA kernel (built with nvcc on "
+        "first use) and runs NMS without a host sync; needs a CUDA device",
+    )
+    pinned_copies: bool = Field(
+        False,
+        description="decoding threads copy each image to the GPU from pinned memory on a stream "
+        "of their own, overlapping the previous batch's inference; needs a CUDA device",
+    )
+    gpu_decode: bool = Field(
+        False,
+        description="the JPEGs of a request are decoded in one batched nvJPEG call instead of one "
+        "call each; needs a CUDA device",
+    )
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -162,6 +198,34 @@ class RuntimeOptions(BaseSettings):
                 f"({self.max_inflight_pixels})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _cuda_graphs(self) -> RuntimeOptions:
+        if self.cuda_graphs and not self.cuda_roi_align:
+            raise ValueError(GRAPHS_NEED_KERNELS)
+        return self
+
+    def check_cuda_settings(self, device: str, backend: str) -> None:
+        """A MaskrtError (exit 2, before the server listens) when a CUDA-only setting is asked
+        for on another device, or a torch-backend setting for another backend: a setting that
+        would silently do nothing is a mistake to report."""
+        precision = f"MASKRT_TORCH_PRECISION={self.torch_precision}"
+        cuda_only = [
+            f"MASKRT_{name.upper()}"
+            for name in ("cuda_graphs", "cuda_roi_align", "pinned_copies", "gpu_decode")
+            if getattr(self, name)
+        ] + ([precision] if self.torch_precision == "fp16" else [])
+        if cuda_only and not device.startswith("cuda"):
+            raise MaskrtError(f"{', '.join(cuda_only)} need a CUDA device (device is {device!r})")
+        torch_only = [
+            f"MASKRT_{name.upper()}"
+            for name in ("cuda_graphs", "cuda_roi_align", "channels_last")
+            if getattr(self, name)
+        ] + ([precision] if self.torch_precision != "fp32" else [])
+        if torch_only and backend != "torch":
+            raise MaskrtError(
+                f"{', '.join(torch_only)} apply to the torch backend (backend is {backend!r})"
+            )
 
     def model_options(self) -> ModelOptions:
         """What these options say about the model besides its file."""

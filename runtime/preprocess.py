@@ -5,6 +5,7 @@ graph takes. Normalisation happens inside the graph."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,26 @@ def to_device(image: Tensor, device: torch.device) -> Tensor:
             return hwc.pin_memory().to(device, non_blocking=True).permute(2, 0, 1).contiguous()
         return image.contiguous().pin_memory().to(device, non_blocking=True)
     return image.to(device)
+
+
+_copies = threading.local()  # each decoding thread's copy stream per device
+
+
+def copy_to_device(image: Tensor, device: torch.device) -> Tensor:
+    """:func:`to_device` on this thread's own CUDA stream, waited for here: a decoding thread
+    copies its image from pinned memory while the inference stream runs the previous batch, and
+    the batch worker finds the image on the GPU (the ``pinned_copies`` setting)."""
+    streams = _copies.__dict__.setdefault("streams", {})
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        out = to_device(image, device)
+    stream.synchronize()
+    # the inference stream reads it later: the allocator must not hand this memory to the copy
+    # stream again before that stream's kernels are done with it
+    out.record_stream(torch.cuda.default_stream(device))
+    return out
 
 
 def preprocess(

@@ -156,3 +156,30 @@ def roi_align_nodes(model) -> list:
     from maskrt.export.onnx_ops import DOMAIN, ROI_ALIGN_OP
 
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == ROI_ALIGN_OP]
+
+
+def assert_same_detections(actual, expected, box_atol: float = 1e-3) -> None:
+    """The float32 rule of the CUDA fast path: the same counts and classes row by row, boxes
+    within ``box_atol`` canvas pixels, scores and mask probabilities within float rounding."""
+    actual = type(expected)(*(torch.as_tensor(t).cpu() for t in actual))
+    expected = type(expected)(*(torch.as_tensor(t).cpu() for t in expected))
+    assert torch.equal(actual.num_detections, expected.num_detections)
+    assert torch.equal(actual.classes, expected.classes)
+    torch.testing.assert_close(actual.boxes, expected.boxes, rtol=0, atol=box_atol)
+    torch.testing.assert_close(actual.scores, expected.scores, rtol=0, atol=1e-4)
+    torch.testing.assert_close(actual.masks, expected.masks, rtol=0, atol=1e-3)
+
+
+def assert_top_found(actual, expected, top: int = 20, box_iou_min: float = 0.95) -> None:
+    """The reduced-precision rule: each of the ``top`` best detections of either side has one of
+    the same class on the other side (anywhere in its ``K`` rows) with box IoU >= ``box_iou_min``
+    (ranks near ``K`` may trade places, so only the top ones must be found)."""
+    for a, e in ((actual, expected), (expected, actual)):
+        for b in range(len(e.num_detections)):
+            ref = as_reference(a, b)
+            n = min(top, int(e.num_detections[b]))
+            iou = box_iou(torch.as_tensor(e.boxes[b, :n]).cpu().float(), ref["boxes"])
+            same = torch.as_tensor(e.classes[b, :n]).cpu().long()[:, None] == ref["labels"][None]
+            iou = torch.where(same, iou, torch.zeros_like(iou))
+            best = iou.max(1).values if iou.shape[1] else torch.zeros(n)
+            assert (best >= box_iou_min).all(), f"image {b}: best IoUs {best.tolist()}"

@@ -49,7 +49,7 @@ def test_torch_backend_rejects_bad_input(torch_backend):
     with pytest.raises(MaskrtError, match="192"):
         torch_backend.infer(images(1, 160))
     with pytest.raises(MaskrtError, match="CUDA"):
-        TorchBackend(loaded("shapes"), device="cpu", max_batch=1, fp16=True)
+        TorchBackend(loaded("shapes"), device="cpu", max_batch=1, precision="fp16")
 
 
 def test_warmup_runs_once_on_the_cpu_and_logs_each_step(torch_backend, caplog):
@@ -140,6 +140,8 @@ def test_torch_backend_cuda_fp16(exact_float32):
     full = TorchBackend(loaded("shapes"), device="cuda", max_batch=2).infer(imgs.cuda())
     assert all(t.is_cuda for t in full)
     assert_outputs_match(full, expected)
-    half = TorchBackend(loaded("shapes"), device="cuda", max_batch=2, fp16=True).infer(imgs.cuda())
+    half = TorchBackend(loaded("shapes"), device="cuda", max_batch=2, precision="fp16").infer(
+        imgs.cuda()
+    )
     assert half.boxes.dtype == torch.float32 and half.masks.shape == expected.masks.shape
     assert (half.num_detections.cpu() == expected.num_detections).all()

@@ -17,6 +17,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "post-processing of 100 masks, ours against torchvision",
     ),
     "roi-align-gpu": ("maskrt.bench.roi_align_gpu", "the RoIAlign plugin kernel on the GPU"),
+    "deploy-gpu": (
+        "maskrt.bench.deploy_gpu",
+        "the torch backend's deploy graph on a GPU against torchvision eager (CUDA settings: flags)",
+    ),
     "parity": (
         "maskrt.bench.parity",
         "per-detection parity of two backends through the serving pipeline",

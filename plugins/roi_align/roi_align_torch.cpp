@@ -1,6 +1,6 @@
 // PyTorch binding of the multi-level RoIAlign CUDA kernel (the same kernel the TensorRT plugin
-// launches), built on demand by maskrt.plugins.torch_ext with torch.utils.cpp_extension. No
-// TensorRT header here.
+// launches) and of the grouped NMS kernel (plugins/nms), built on demand by
+// maskrt.plugins.torch_ext with torch.utils.cpp_extension. No TensorRT header here.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/core/Tensor.h>
@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "grouped_nms.h"
 #include "roi_align_kernel.h"
 #include "roi_align_params.h"
 
@@ -72,9 +73,13 @@ at::Tensor multilevel_roi_align(const at::Tensor& rois, const std::vector<at::Te
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "maskrt multi-level RoIAlign CUDA kernel (the TensorRT plugin's kernel)";
+  m.doc() = "maskrt CUDA kernels: multi-level RoIAlign (the TensorRT plugin's kernel), grouped NMS";
   m.def("multilevel_roi_align", &multilevel_roi_align, "Multi-level RoIAlign, one launch for all levels",
         pybind11::arg("rois"), pybind11::arg("features"), pybind11::arg("output_size"),
         pybind11::arg("sampling_ratio"), pybind11::arg("aligned"), pybind11::arg("canonical_scale") = 224,
         pybind11::arg("canonical_level") = 4, pybind11::arg("first_level") = 2);
+  m.def("grouped_nms_keep", &grouped_nms_keep,
+        "Grouped NMS without a host sync: bool [G, N] of the boxes kept, no per-group limit",
+        pybind11::arg("boxes"), pybind11::arg("scores"), pybind11::arg("iou_threshold"),
+        pybind11::arg("score_threshold"));
 }

@@ -140,8 +140,15 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
     check_device(device)
+    fallback = fallback_backend(options.backend, kind, backend)
+    # the torch settings apply to auto's TensorRT through its torch fallback
+    options.check_cuda_settings(device, "torch" if fallback == "torch" else backend)
+    if options.cuda_roi_align:
+        from maskrt.plugins.torch_ext import cuda_toolkit
+
+        cuda_toolkit()  # the kernels are built at start-up: nvcc must be there
     # a TensorRT with a fallback is only tried when the model opens; one without must work
-    if backend == "tensorrt" and fallback_backend(options.backend, kind, backend) is None:
+    if backend == "tensorrt" and fallback is None:
         if not tensorrt_device(device):
             raise MaskrtError(f"the tensorrt backend runs on a CUDA device (device is {device!r})")
         from maskrt.plugins import import_tensorrt
@@ -219,7 +226,15 @@ def open_named(
         from maskrt.runtime.backends.torch import TorchBackend
 
         loaded = load_model(model, options.model_options())
-        return TorchBackend(loaded, device=device, max_batch=max_batch)
+        return TorchBackend(
+            loaded,
+            device=device,
+            max_batch=max_batch,
+            precision=options.torch_precision,
+            channels_last=options.channels_last,
+            cuda_roi_align=options.cuda_roi_align,
+            cuda_graphs=options.cuda_graphs,
+        )
     if backend == "onnxruntime":
         from maskrt.export.cache import cached_onnx
         from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
