@@ -152,38 +152,41 @@ class PluginBuild:
     log: str  # configure and build output
 
 
+def cmake_build(headers: Headers, work: Path) -> PluginBuild:
+    """The plugin library built with CMake under ``work`` against ``headers``, for this machine's
+    GPU (else sm_80 only, to keep it short), and against a stand-in libnvinfer.so.<major> that only
+    has the versioned name, as the pip wheels' tensorrt_libs/ does."""
+    cmake_exe = cmake()
+    standin = standin_libnvinfer(headers, work / "lib")
+    configure = run(
+        [
+            cmake_exe,
+            "-S",
+            PLUGINS,
+            "-B",
+            work / "build",
+            f"-DTENSORRT_INCLUDE_DIR={headers.include}",
+            f"-DTENSORRT_ROOT={work}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={gpu_architecture() or '80'}-real",
+            f"-DCMAKE_CUDA_COMPILER={nvcc()}",
+        ]
+    )
+    build = run([cmake_exe, "--build", work / "build", "-j2"])
+    return PluginBuild(
+        headers,
+        standin,
+        work / "build" / "libmaskrt_plugins.so",
+        configure.stdout + configure.stderr + build.stdout + build.stderr,
+    )
+
+
 @pytest.fixture(scope="session")
 def plugin_builds(tmp_path_factory) -> dict[str, PluginBuild]:
-    """The plugin library built with CMake once per header version, for this machine's GPU (else
-    sm_80 only, to keep it short), against a stand-in libnvinfer.so.<major> that only has the
-    versioned name, as the pip wheels' tensorrt_libs/ does."""
-    cmake_exe, nvcc_exe = cmake(), nvcc()
-    arch = gpu_architecture() or "80"
-    builds = {}
-    for headers in HEADERS:
-        work = tmp_path_factory.mktemp(f"plugin-trt{headers.version}")
-        standin = standin_libnvinfer(headers, work / "lib")
-        configure = run(
-            [
-                cmake_exe,
-                "-S",
-                PLUGINS,
-                "-B",
-                work / "build",
-                f"-DTENSORRT_INCLUDE_DIR={headers.include}",
-                f"-DTENSORRT_ROOT={work}",
-                f"-DCMAKE_CUDA_ARCHITECTURES={arch}-real",
-                f"-DCMAKE_CUDA_COMPILER={nvcc_exe}",
-            ]
-        )
-        build = run([cmake_exe, "--build", work / "build", "-j2"])
-        builds[headers.version] = PluginBuild(
-            headers,
-            standin,
-            work / "build" / "libmaskrt_plugins.so",
-            configure.stdout + configure.stderr + build.stdout + build.stderr,
-        )
-    return builds
+    """:func:`cmake_build` once per header version."""
+    return {
+        h.version: cmake_build(h, tmp_path_factory.mktemp(f"plugin-trt{h.version}"))
+        for h in HEADERS
+    }
 
 
 @pytest.fixture(scope="session")

@@ -140,7 +140,7 @@ struct Fields {
   }
 };
 
-int32_t field_value(const PluginFieldCollection* fc, const char* name) {
+[[maybe_unused]] int32_t field_value(const PluginFieldCollection* fc, const char* name) {
   for (int32_t i = 0; i < fc->nbFields; ++i) {
     if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT32) {
       return *static_cast<const int32_t*>(fc->fields[i].data);
