@@ -19,7 +19,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 from tools import CUDA_HOME, cmake, cxx, missing, nvcc
@@ -209,6 +208,8 @@ def plugin_cases(paths) -> str:
     """The cases file of trt_loader_check: one line per plugin node of the tensorrt-target ONNX
     files ``paths``: feature type, levels, its INT attributes as int32 fields (what TensorRT's ONNX
     parser passes: plugin_version / plugin_namespace select the creator and are not fields)."""
+    import onnx
+
     lines = []
     for path in paths:
         model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
