@@ -14,8 +14,8 @@
 // fields), what the builder and the runtime do: createPlugin(kBUILD), every capability interface,
 // output types and shapes, formats, configurePlugin, getFieldsToSerialize, createPlugin(kRUNTIME)
 // from those fields, clone, attachToContext, onShapeChange, and (without `gpu`) enqueue, which must
-// fail cleanly. Plugin errors must reach TensorRT's logger: the logger finder's, else libnvinfer's
-// global one (getLogger()), never stderr.
+// fail cleanly. With the stand-in, plugin errors must reach TensorRT's logger: libnvinfer's global
+// one (getLogger()) before a logger finder is set, the finder's after, never stderr.
 // Prints "OK <n> checks, <whose> registry, libnvinfer <version>" and exits 0, or each failed check
 // and exits 1.
 #include <NvInferRuntime.h>
@@ -191,17 +191,9 @@ IPluginCreatorV3One* load_by_hand(void* lib, IPluginRegistry* registry, Logger& 
 }
 
 // TensorRT's own registry: its loadLibrary, then maskrt.plugins.load()'s registration on top.
-// TensorRT's global logger is the first runtime's, and a runtime needs a GPU: without one, TensorRT
-// has no logger to give outside an engine's calls, and the plugin's messages go to stderr.
-IPluginCreatorV3One* load_with_tensorrt(const char* path, IPluginRegistry* registry, Logger& logger, bool gpu) {
-  std::unique_ptr<IRuntime> runtime;
-  if (gpu) {  // createInferRuntime(), by name: the stand-in this file also links against has none
-    using CreateRuntime = void* (*)(void*, int32_t);
-    auto create = reinterpret_cast<CreateRuntime>(dlsym(RTLD_DEFAULT, "createInferRuntime_INTERNAL"));
-    CHECK(create != nullptr);
-    if (create) runtime.reset(static_cast<IRuntime*>(create(static_cast<ILogger*>(&logger), NV_TENSORRT_VERSION)));
-    CHECK(runtime != nullptr);
-  }
+// (Where the plugin's messages go is checked with the stand-in: TensorRT's global logger is a
+// runtime's, and a runtime needs a GPU; without one the plugin falls back to stderr.)
+IPluginCreatorV3One* load_with_tensorrt(const char* path, IPluginRegistry* registry) {
   CHECK(registry->loadLibrary(path) != nullptr);
   IPluginCreatorInterface* found = registry->getCreator("MaskrtMultiLevelRoIAlign", "1", "");
   CHECK(found != nullptr);
@@ -210,7 +202,6 @@ IPluginCreatorV3One* load_with_tensorrt(const char* path, IPluginRegistry* regis
   CHECK(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0 && info.major == 1);
   auto* creator = static_cast<IPluginCreatorV3One*>(found);
   refuse_bad_field(creator);
-  if (gpu) CHECK(logger.said("bad_node: output_size must be in 1..256"));
   void* lib = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);  // loadLibrary's copy
   auto init = lib ? reinterpret_cast<InitPlugins>(dlsym(lib, "initMaskrtPlugins")) : nullptr;
   CHECK(init != nullptr && init(nullptr));  // already registered: a no-op, not a second creator
@@ -246,7 +237,7 @@ int main(int argc, char** argv) {
     CHECK(dlsym(lib, "getPluginCreators") == nullptr);  // the deprecated V2 entry point is not offered
     creator = load_by_hand(lib, registry, logger, global);
   } else {
-    creator = load_with_tensorrt(argv[1], registry, logger, gpu);
+    creator = load_with_tensorrt(argv[1], registry);
   }
   if (creator == nullptr) {
     std::printf("FAILED: no creator\n");
