@@ -68,9 +68,9 @@ constexpr int32_t kMaxLevels = 8;  // roialign::kMaxLevels
 // ---------------------------------------------------------------------------------------------
 // Logging: through TensorRT's logger, never our own stream. Which one: the ILogger handed to
 // initMaskrtPlugins, else the one TensorRT's logger finder gives (loadLibrary calls setLoggerFinder),
-// else libnvinfer's global logger (getLogger(): the logger of the process's first builder or runtime,
-// which is what a library loaded by maskrt.plugins.load() has). stderr only where TensorRT gives
-// none of them.
+// else libnvinfer's global logger (getLogger(), TensorRT's logger outside a builder's or runtime's
+// calls; what a library loaded by maskrt.plugins.load() has there). stderr only where TensorRT gives
+// none of them (TensorRT 11.4's lean library without a GPU has no global logger).
 
 nvinfer1::ILoggerFinder* g_logger_finder = nullptr;
 ILogger* g_logger = nullptr;

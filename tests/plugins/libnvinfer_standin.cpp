@@ -1,8 +1,7 @@
 // A stand-in libnvinfer.so.<major> for building and loading the plugin library without TensorRT:
 // the few symbols the plugin links against (getPluginRegistry, getInferLibVersion, getLogger) and a
 // plugin registry that keeps what is registered, compiled against one TensorRT version's headers.
-// getLogger() returns what standinSetLogger() last set (TensorRT's: the first builder's or runtime's
-// logger), null before.
+// getLogger() (TensorRT's global logger) returns what standinSetLogger() last set, null before.
 // STANDIN_VERSION (default: the headers' NV_TENSORRT_VERSION) is what getInferLibVersion() reports,
 // so a test can pretend to be another major's library. Built by tests/tensorrt_toolchain.py.
 #include <NvInferRuntime.h>
