@@ -63,15 +63,17 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
     mask_head: str = "all",
-    upsample_as_conv: bool = True,
+    target: str = "onnxruntime",
 ):
     """The ``onnxruntime``-target ``onnx.ModelProto`` of a ``LoadedModel`` (``.model``,
     ``.config``, ``.sha256``), metadata included, checked. ``fp16``: backbone and heads (weights
     and activations) in float16, RoIs, box decoding, scores and NMS in float32 — the mixed
     precision that TensorRT 11's strongly typed engines take as it is; the caller's model is not
-    changed. ``mask_head``: ``all`` or ``detections`` (module docstring). ``upsample_as_conv``:
-    the mask predictor's 2x2 ``ConvTranspose`` as a 1x1 ``Conv`` (ONNX Runtime's faster kernel,
-    and one its int8 quantization covers); False for the ``tensorrt`` target."""
+    changed. ``mask_head``: ``all`` or ``detections`` (module docstring). ``target``: the
+    ``onnxruntime`` target gets the mask predictor's 2x2 ``ConvTranspose`` as a 1x1 ``Conv`` (ONNX
+    Runtime's faster kernel, and one its int8 quantization covers); the ``tensorrt`` target keeps
+    it and is held to TensorRT's NMS limits before anything is traced (the graph is returned
+    un-rewritten: :func:`export_onnx` rewrites it)."""
     import torch
 
     from maskrt.export.onnx_ops import add_functions, drop_default_reductions, translation_table
@@ -98,8 +100,12 @@ def build_onnx(
         model,
         config,
         masks_on_detections=mask_head == "detections",
-        upsample_as_conv=upsample_as_conv,
+        upsample_as_conv=target == "onnxruntime",
     ).eval()
+    if target == "tensorrt":
+        from maskrt.export.tensorrt_onnx import check_nms_limits
+
+        check_nms_limits(graph.nms_boxes)
     example_batch = 2 if max_batch >= 2 else 1
     example = torch.randint(
         0,
@@ -208,7 +214,7 @@ def export_onnx(
         opset=opset,
         fp16=fp16,
         mask_head=mask_head,
-        upsample_as_conv=target == "onnxruntime",
+        target=target,
     )
     if target == "tensorrt":
         from maskrt.export.tensorrt_onnx import rewrite

@@ -11,6 +11,12 @@ and NMS in float32). TensorRT 10's weak typing (``BuilderFlag.FP16`` on the fp32
 it lets TensorRT run box decoding and NMS in fp16, whose 1-pixel resolution above 1024 moves boxes
 and changes NMS. ``--fp16`` on an fp32 ONNX is refused with that explanation.
 
+TF32 is off unless asked for (``tf32=True``, ``maskrt export engine --tf32``): TensorRT enables it
+by default for float32 layers, and its 10-bit mantissa products move float32 engines' boxes and
+scores away from the other backends' float32 answers (the parity tests match those exactly). The
+float32 parts of an fp16 engine (RoIs, box decoding, NMS) are float32 layers too, so the setting
+applies to both precisions; the sidecar records it (``tf32``).
+
 One optimization profile covers batches 1 to ``max_batch``. A timing cache file, when given, is
 read before and written after the build, so rebuilding (another batch size, another precision) on
 the same GPU is faster. The engine's JSON sidecar (``<engine>.json``, :mod:`maskrt.export.artifacts`)
@@ -94,6 +100,16 @@ def check_build_request(
     return meta, fp16_onnx, canvas, sha, max_batch
 
 
+def configure_builder(trt, config, *, workspace_gib: float, tf32: bool) -> None:
+    """The builder settings of every maskrt engine on TensorRT's ``IBuilderConfig``: the
+    workspace, and TF32 cleared unless ``tf32`` (TensorRT sets it by default)."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -103,10 +119,12 @@ def build_engine(
     workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     timing_cache: str | os.PathLike | None = None,
     device: str | torch.device = "cuda",
+    tf32: bool = False,
 ) -> dict:
     """Build a serialized engine from a tensorrt-target ONNX; writes ``out`` and its sidecar and
     returns the sidecar's content. ``max_batch`` defaults to the ONNX's; ``fp16`` asks for an fp16
-    engine, which needs the fp16 export (the engine has the ONNX's precision either way)."""
+    engine, which needs the fp16 export (the engine has the ONNX's precision either way); ``tf32``
+    lets TensorRT run float32 layers in TF32 (module docstring)."""
     meta, fp16_onnx, canvas, sha, max_batch = check_build_request(
         onnx_path, max_batch, workspace_gib, fp16
     )
@@ -129,7 +147,7 @@ def build_engine(
             errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
             raise MaskrtError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[:2000]}")
         config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        configure_builder(trt, config, workspace_gib=workspace_gib, tf32=tf32)
         profile = builder.create_optimization_profile()
         shape = lambda b: (b, 3, canvas, canvas)  # noqa: E731
         profile.set_shape(INPUT_NAME, shape(1), shape(max_batch), shape(max_batch))
@@ -155,6 +173,7 @@ def build_engine(
             **gpu_description(device),
             "precision": "fp16" if fp16_onnx else "fp32",
             "strongly_typed": True,
+            "tf32": tf32,
             "build_seconds": round(time.perf_counter() - started, 1),
         }
     # sidecar first: a plan on disk always has its sidecar (caches test for the plan)

@@ -11,6 +11,10 @@
 - constants are folded, so that the inputs TensorRT needs as initializers (``TopK``'s ``K``,
   ``NonMaxSuppression``'s limits and thresholds) are initializers; :func:`tensorrt_problems` checks it.
 
+Before the export traces anything, :func:`check_nms_limits` refuses a model config whose NMS calls
+get more boxes than TensorRT's NMS layer considers (5,000 per call: it would keep the best 5,000
+and drop the rest without a word) or than its ``TopK`` picks (K <= 3840), naming the config field.
+
 The plugin node sits in domain ``ai.onnx.contrib``: TensorRT's parser looks a custom node's op type
 up in the plugin registry under the namespace ``plugin_namespace`` ("", where our creator is), and
 TensorRT 10.14's parser retries with the node's domain as the namespace when that fails, so the
@@ -35,6 +39,35 @@ INITIALIZER_INPUTS = {"TopK": (1,), "NonMaxSuppression": (2, 3, 4)}
 # the node attributes the parser consumes itself to find the creator (not plugin fields)
 PLUGIN_SELECTORS = ("plugin_version", "plugin_namespace")
 MAX_TOPK = 3840  # TensorRT's largest TopK K (ITopKLayer)
+# boxes TensorRT's NMS layer (INMSLayer, what the parser makes of NonMaxSuppression) considers per
+# call, the rest dropped: 5000 (2000 on sm 5.3 and 6.2, Jetson TX1/TX2, which TensorRT 10 dropped)
+MAX_NMS_BOXES = 5000
+
+
+def check_nms_limits(nms_boxes: dict[str, int]) -> None:
+    """Refuse a tensorrt-target export whose NMS calls exceed TensorRT's limits: ``nms_boxes``
+    maps each config field to the boxes per NMS call it gives, which is also the ``TopK`` K that
+    picks them (``DeployGraph.nms_boxes``)."""
+    problems = []
+    for field, boxes in nms_boxes.items():
+        over = []
+        if boxes > MAX_NMS_BOXES:
+            over.append(
+                f"TensorRT's NMS considers at most {MAX_NMS_BOXES} boxes per call and would drop "
+                f"the rest"
+            )
+        if boxes > MAX_TOPK:
+            over.append(f"its TopK picks at most K={MAX_TOPK}")
+        if over:
+            problems.append(
+                f"model config {field}={boxes} gives {boxes} boxes per NMS call, but "
+                f"{' and '.join(over)}: set {field} to at most {min(MAX_NMS_BOXES, MAX_TOPK)} in "
+                f"the model's config"
+            )
+    if problems:
+        raise MaskrtError(
+            "the tensorrt target: " + "; ".join(problems) + " (or export --target onnxruntime)"
+        )
 
 
 def rewrite(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -271,6 +271,16 @@ class DeployGraph(nn.Module):
         self.level_top_n = [min(self.pre_nms_top_n, c) for c in counts]
         self.num_proposals = min(self.post_nms_top_n, sum(self.level_top_n))
 
+    @property
+    def nms_boxes(self) -> dict[str, int]:
+        """Boxes per NMS call (one image and FPN level in the RPN, one image and class after the
+        box head), by the config field that sets them; each is also the ``topk`` that picks them.
+        What TensorRT's limits are checked against (``maskrt.export.tensorrt_onnx``)."""
+        return {
+            "rpn_pre_nms_top_n": max(self.level_top_n),
+            "rpn_post_nms_top_n": self.num_proposals,
+        }
+
     # -----------------------------------------------------------------------------------------
 
     def forward(self, images: Tensor) -> DeployOutputs:

@@ -1,7 +1,9 @@
 """What the TensorRT plugin tests build with, found once per session (a pytest plugin, registered in
 conftest.py): TensorRT's headers of every version present, a host C++ compiler, nvcc, CUDA's
-headers and runtime, the stand-in ``libnvinfer.so.<major>`` and the CMake build of the plugin
-library against it.
+headers and runtime, the stand-in ``libnvinfer.so.<major>``, the CMake build of the plugin
+library against it (for this machine's GPU where there is one), the plugin nodes of fresh
+tensorrt-target exports, and the loader check (tests/plugins/trt_loader_check.cpp) that drives a
+built library through a ``libnvinfer``.
 
 Headers come from ``$TENSORRT_INCLUDE_DIR``, ``$TENSORRT_ROOT/include``, the project's sibling
 ``../shared/third_party/tensorrt-*/include`` (CI and the developer machines) and the usual system
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from tools import CUDA_HOME, cmake, cxx, missing, nvcc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +133,16 @@ def standin_libnvinfer(headers: Headers, out_dir: Path, version: int | None = No
     return lib
 
 
+def gpu_architecture() -> str | None:
+    """This machine's GPU as a CUDA architecture number ("90"), None without a GPU. Builds that
+    run on the GPU target it alone: a library without its code would fail for that reason
+    only."""
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}{minor}"
+
+
 @dataclass(frozen=True)
 class PluginBuild:
     headers: Headers
@@ -138,37 +151,41 @@ class PluginBuild:
     log: str  # configure and build output
 
 
+def cmake_build(headers: Headers, work: Path) -> PluginBuild:
+    """The plugin library built with CMake under ``work`` against ``headers``, for this machine's
+    GPU (else sm_80 only, to keep it short), and against a stand-in libnvinfer.so.<major> that only
+    has the versioned name, as the pip wheels' tensorrt_libs/ does."""
+    cmake_exe = cmake()
+    standin = standin_libnvinfer(headers, work / "lib")
+    configure = run(
+        [
+            cmake_exe,
+            "-S",
+            PLUGINS,
+            "-B",
+            work / "build",
+            f"-DTENSORRT_INCLUDE_DIR={headers.include}",
+            f"-DTENSORRT_ROOT={work}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={gpu_architecture() or '80'}-real",
+            f"-DCMAKE_CUDA_COMPILER={nvcc()}",
+        ]
+    )
+    build = run([cmake_exe, "--build", work / "build", "-j2"])
+    return PluginBuild(
+        headers,
+        standin,
+        work / "build" / "libmaskrt_plugins.so",
+        configure.stdout + configure.stderr + build.stdout + build.stderr,
+    )
+
+
 @pytest.fixture(scope="session")
 def plugin_builds(tmp_path_factory) -> dict[str, PluginBuild]:
-    """The plugin library built with CMake once per header version (sm_80 only, to keep it short)
-    against a stand-in libnvinfer.so.<major> that only has the versioned name, as the pip wheels'
-    tensorrt_libs/ does."""
-    cmake_exe, nvcc_exe = cmake(), nvcc()
-    builds = {}
-    for headers in HEADERS:
-        work = tmp_path_factory.mktemp(f"plugin-trt{headers.version}")
-        standin = standin_libnvinfer(headers, work / "lib")
-        configure = run(
-            [
-                cmake_exe,
-                "-S",
-                PLUGINS,
-                "-B",
-                work / "build",
-                f"-DTENSORRT_INCLUDE_DIR={headers.include}",
-                f"-DTENSORRT_ROOT={work}",
-                "-DCMAKE_CUDA_ARCHITECTURES=80-real",
-                f"-DCMAKE_CUDA_COMPILER={nvcc_exe}",
-            ]
-        )
-        build = run([cmake_exe, "--build", work / "build", "-j2"])
-        builds[headers.version] = PluginBuild(
-            headers,
-            standin,
-            work / "build" / "libmaskrt_plugins.so",
-            configure.stdout + configure.stderr + build.stdout + build.stderr,
-        )
-    return builds
+    """:func:`cmake_build` once per header version."""
+    return {
+        h.version: cmake_build(h, tmp_path_factory.mktemp(f"plugin-trt{h.version}"))
+        for h in HEADERS
+    }
 
 
 @pytest.fixture(scope="session")
@@ -185,3 +202,60 @@ def tensorrt_exports(tmp_path_factory) -> dict[str, Path]:
         )
         for precision in ("fp32", "fp16")
     }
+
+
+def plugin_cases(paths) -> str:
+    """The cases file of trt_loader_check: one line per plugin node of the tensorrt-target ONNX
+    files ``paths``: feature type, levels, its INT attributes as int32 fields (what TensorRT's ONNX
+    parser passes: plugin_version / plugin_namespace select the creator and are not fields)."""
+    import onnx
+
+    lines = []
+    for path in paths:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+        for node in model.graph.node:
+            if node.op_type != "MaskrtMultiLevelRoIAlign":
+                continue
+            fields = []
+            for a in node.attribute:
+                if a.name in ("plugin_version", "plugin_namespace"):
+                    continue
+                assert a.type == onnx.AttributeProto.INT, a.name
+                fields.append(f"{a.name}={a.i}")
+            kind = types[node.input[1]]
+            name = "float16" if kind == onnx.TensorProto.FLOAT16 else "float32"
+            lines.append(" ".join([name, str(len(node.input) - 1), *fields]))
+    return "\n".join(lines) + "\n"
+
+
+def loader_check(headers: Headers, libnvinfer_dir: Path, out: Path) -> Path:
+    """tests/plugins/trt_loader_check.cpp compiled against ``headers`` and linked against the
+    ``libnvinfer.so.<major>`` in ``libnvinfer_dir`` (the stand-in, or TensorRT's own)."""
+    run(
+        [
+            cxx(),
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Wno-deprecated-declarations",
+            f"-isystem{headers.include}",
+            f"-isystem{CUDA_HOME / 'include'}",
+            f"-I{TEST_SOURCES}",
+            TEST_SOURCES / "trt_loader_check.cpp",
+            f"-L{libnvinfer_dir}",
+            f"-l:libnvinfer.so.{headers.major}",
+            f"-Wl,-rpath,{libnvinfer_dir}",
+            "-ldl",
+            "-o",
+            out,
+        ]
+    )
+    return out
+
+
+def loader_check_args(library: Path, cases: Path) -> list[str]:
+    """trt_loader_check's arguments: with ``gpu`` where there is one (enqueue is then left to the
+    GPU check, tests/test_plugin_enqueue_gpu.py)."""
+    return [str(library), str(cases), *(["gpu"] if gpu_architecture() else [])]

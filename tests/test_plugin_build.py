@@ -12,19 +12,20 @@ import re
 import subprocess
 import sys
 
-import onnx
 import pytest
 from tensorrt_toolchain import (
     HEADER_PARAMS,
     HEADERS,
     PLUGINS,
     SRC,
-    TEST_SOURCES,
+    loader_check,
+    loader_check_args,
     need,
+    plugin_cases,
     run,
     standin_libnvinfer,
 )
-from tools import CUDA_HOME, cmake, cxx, missing, nvcc
+from tools import cmake, missing, nvcc
 
 ENTRY_POINTS = ["getCreators", "initMaskrtPlugins", "setLoggerFinder"]
 
@@ -101,60 +102,18 @@ def test_library_of_another_major_is_refused_at_load_time(plugin_builds, headers
     assert f"libnvinfer is TensorRT {other // 10000}" in done.stderr
 
 
-def _cases(paths) -> str:
-    """One line per plugin node: feature type, levels, its INT attributes as int32 fields (what
-    TensorRT's ONNX parser passes: plugin_version / plugin_namespace select the creator and are not
-    fields)."""
-    lines = []
-    for path in paths:
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-        types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-        for node in model.graph.node:
-            if node.op_type != "MaskrtMultiLevelRoIAlign":
-                continue
-            fields = []
-            for a in node.attribute:
-                if a.name in ("plugin_version", "plugin_namespace"):
-                    continue
-                assert a.type == onnx.AttributeProto.INT, a.name
-                fields.append(f"{a.name}={a.i}")
-            kind = types[node.input[1]]
-            name = "float16" if kind == onnx.TensorProto.FLOAT16 else "float32"
-            lines.append(" ".join([name, str(len(node.input) - 1), *fields]))
-    return "\n".join(lines) + "\n"
-
-
 @pytest.mark.parametrize("headers", HEADER_PARAMS)
 def test_built_library_loads_and_runs_like_tensorrt_does(
     plugin_builds, headers, tensorrt_exports, tmp_path
 ):
     build = _build(plugin_builds, headers)
     cases = tmp_path / "cases.txt"
-    cases.write_text(_cases(tensorrt_exports.values()))
+    cases.write_text(plugin_cases(tensorrt_exports.values()))
     assert cases.read_text().count("float16") == 2 and cases.read_text().count("float32") == 2
-    exe = tmp_path / "trt_loader_check"
-    run(
-        [
-            cxx(),
-            "-std=c++17",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Wno-deprecated-declarations",
-            f"-isystem{build.headers.include}",
-            f"-isystem{CUDA_HOME / 'include'}",
-            f"-I{TEST_SOURCES}",
-            TEST_SOURCES / "trt_loader_check.cpp",
-            f"-L{build.standin.parent}",
-            f"-l:{build.standin.name}",
-            f"-Wl,-rpath,{build.standin.parent}",
-            "-ldl",
-            "-o",
-            exe,
-        ]
-    )
-    done = run([exe, build.library, cases], timeout=120)
+    exe = loader_check(build.headers, build.standin.parent, tmp_path / "trt_loader_check")
+    done = run([exe, *loader_check_args(build.library, cases)], timeout=120)
     assert done.stdout.startswith("OK"), done.stdout + done.stderr
+    assert "[maskrt]" not in done.stderr  # every message went to TensorRT's logger
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -88,7 +88,8 @@ def test_tensorrt_plugin_compiles_without_warnings(tmp_path, headers):
 def test_tensorrt_plugin_behaviour_on_host(tmp_path, headers):
     """tests/plugins/trt_plugin_check.cpp drives the plugin through getCreators() as TensorRT
     would (fields, formats, types, shapes, serialization round trip, clone, enqueue with the kernel
-    emulated on the CPU), per TensorRT header version; it needs the headers, not the libraries."""
+    emulated on the CPU, errors to TensorRT's logger), per TensorRT header version; it needs the
+    headers, not the libraries."""
     include = need(headers).include
     cuda_lib = cudart_dir()
     exe = tmp_path / "trt_plugin_check"
@@ -117,6 +118,7 @@ def test_tensorrt_plugin_behaviour_on_host(tmp_path, headers):
     )
     done = run([exe], timeout=300)
     assert done.stdout.startswith("OK"), done.stdout + done.stderr
+    assert "[maskrt]" not in done.stderr  # every message went to TensorRT's logger
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -22,7 +23,7 @@ from maskrt.cli import main
 from maskrt.errors import MaskrtError
 from maskrt.export.artifacts import read_sidecar, set_metadata_props, sidecar_path
 from maskrt.export.onnx import export_onnx
-from maskrt.export.tensorrt import build_engine, check_build_request
+from maskrt.export.tensorrt import build_engine, check_build_request, configure_builder
 from maskrt.export.tensorrt_onnx import rewrite
 from maskrt.plugins import tensorrt_importable
 from maskrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -69,6 +70,49 @@ def test_build_request_checks(trt_onnx, tmp_path):
     set_metadata_props(half, {"max_batch": "3"})
     onnx.save(half, str(tmp_path / "half.onnx"))
     assert check_build_request(tmp_path / "half.onnx", None, 4.0, fp16=True)[1] is True
+
+
+class BuilderConfig:
+    """A stand-in for TensorRT's ``IBuilderConfig`` (TensorRT's builder cannot be installed
+    without a GPU) that keeps the calls made to it; the names it answers to are TensorRT 11's
+    (test_tensorrt_api_names.py checks export/tensorrt.py against them)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def set_memory_pool_limit(self, pool, size):
+        self.calls.append(("set_memory_pool_limit", pool, size))
+
+    def set_flag(self, flag):
+        self.calls.append(("set_flag", flag))
+
+    def clear_flag(self, flag):
+        self.calls.append(("clear_flag", flag))
+
+
+TRT_NAMES = SimpleNamespace(
+    MemoryPoolType=SimpleNamespace(WORKSPACE="MemoryPoolType.WORKSPACE"),
+    BuilderFlag=SimpleNamespace(TF32="BuilderFlag.TF32"),
+)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_builder_config_has_tf32_only_when_asked(tf32):
+    """TensorRT sets TF32 by default; our engines clear it unless asked (--tf32)."""
+    config = BuilderConfig()
+    configure_builder(TRT_NAMES, config, workspace_gib=0.5, tf32=tf32)
+    assert config.calls == [
+        ("set_memory_pool_limit", "MemoryPoolType.WORKSPACE", 1 << 29),
+        ("set_flag" if tf32 else "clear_flag", "BuilderFlag.TF32"),
+    ]
+
+
+def test_export_engine_takes_tf32_only_from_its_flag():
+    from maskrt.cli import build_parser
+
+    base = ["export", "engine", "--onnx", "m.onnx", "--out", "m.plan"]
+    assert build_parser().parse_args(base).tf32 is False
+    assert build_parser().parse_args([*base, "--tf32"]).tf32 is True
 
 
 @pytest.mark.skipif(TRT_AND_GPU, reason="TensorRT and a GPU are here")
@@ -177,6 +221,7 @@ def test_engine_fp32_matches_onnxruntime(trt_onnx, tmp_path):
     assert json.loads(sidecar_path(plan).read_text()) == sidecar
     major, minor = torch.cuda.get_device_capability()
     assert sidecar["compute_capability"] == f"{major}.{minor}" and sidecar["precision"] == "fp32"
+    assert sidecar["tf32"] is False  # what lets the fp32 engine match ONNX Runtime's float32
     backend = TensorRTBackend(plan, device="cuda", max_batch=8)
     reference = OnnxRuntimeBackend(source, device="cpu", max_batch=3)
     assert backend.max_batch == 3 and backend.info == reference.info

@@ -316,3 +316,39 @@ def exported_shipped(tmp_path):
 
     shipped = load_checkpoint(default_checkpoint())
     return export_onnx(shipped, tmp_path / "full.onnx", "onnxruntime", max_batch=4), shipped
+
+
+def test_export_refuses_nms_calls_over_tensorrts_limits(tmp_path):
+    """TensorRT's NMS layer considers 5,000 boxes per call and drops the rest; a config that gives
+    more (or more than TopK's 3840, which picks them) is refused before anything is traced, naming
+    the config field and the fix. The onnxruntime target has no such limit."""
+    import dataclasses
+
+    from maskrt.model.checkpoint import load_checkpoint
+    from maskrt.model.deploy import DeployGraph
+
+    shipped = load_checkpoint(default_checkpoint())
+
+    def configured(**fields):
+        return dataclasses.replace(shipped, config=shipped.config.replace(**fields))
+
+    out = tmp_path / "m.onnx"
+    wide = configured(rpn_pre_nms_top_n=6000)  # the first FPN level has 6912 anchors at 192 px
+    with pytest.raises(MaskrtError) as info:
+        export_onnx(wide, out, "tensorrt")
+    message = str(info.value)
+    assert "rpn_pre_nms_top_n=6000 gives 6000 boxes per NMS call" in message
+    assert "at most 5000 boxes per call" in message and "K=3840" in message
+    assert "set rpn_pre_nms_top_n to at most 3840" in message and "rpn_post_nms" not in message
+    many = configured(rpn_pre_nms_top_n=2000, rpn_post_nms_top_n=4000)  # 4000 of 4295 proposals
+    with pytest.raises(MaskrtError, match=r"rpn_post_nms_top_n=4000 .* K=3840") as info:
+        export_onnx(many, out, "tensorrt")
+    assert "5000" not in str(info.value)
+    assert not out.exists()
+
+    graph = DeployGraph(wide.model, wide.config)
+    post = shipped.config.rpn_post_nms_top_n
+    assert graph.nms_boxes == {"rpn_pre_nms_top_n": 6000, "rpn_post_nms_top_n": post}
+    assert graph.level_top_n[0] == 6000  # what the RPN's NMS gets per image and level
+    default = DeployGraph(shipped.model, shipped.config).nms_boxes
+    assert max(default.values()) <= 3840

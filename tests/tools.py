@@ -105,6 +105,20 @@ def cuobjdump() -> str:
     return found
 
 
+def compute_sanitizer() -> str:
+    """CUDA's compute-sanitizer (memcheck, racecheck): on PATH or in the toolkit."""
+    __tracebackhide__ = True
+    candidates = [
+        shutil.which("compute-sanitizer"),
+        str(CUDA_HOME / "bin" / "compute-sanitizer"),
+        str(CUDA_HOME / "compute-sanitizer" / "compute-sanitizer"),
+    ]
+    found = next((c for c in candidates if c and Path(c).is_file()), None)
+    if found is None:
+        missing(f"compute-sanitizer not found (PATH, {CUDA_HOME}): install the CUDA toolkit")
+    return found
+
+
 def without_root_privileges() -> tuple[str, ...]:
     """A command prefix under which file permissions hold: as root, ``setpriv`` (util-linux)
     without the capabilities that override them; otherwise nothing."""

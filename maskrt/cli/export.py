@@ -123,6 +123,12 @@ def register_engine(kinds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch", type=int, help="largest batch (default: the ONNX's)")
     p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let TensorRT run float32 layers in TF32 (faster, but float32 answers then differ "
+        "from the other backends'; off by default)",
+    )
+    p.add_argument(
         "--workspace",
         type=float,
         default=DEFAULT_WORKSPACE_GIB,
@@ -149,6 +155,7 @@ def _engine(args: argparse.Namespace) -> int:
         workspace_gib=args.workspace,
         timing_cache=args.timing_cache,
         device=args.device,
+        tf32=args.tf32,
     )
     print(
         json.dumps(
@@ -158,6 +165,7 @@ def _engine(args: argparse.Namespace) -> int:
                     k: sidecar[k]
                     for k in (
                         "precision",
+                        "tf32",
                         "max_batch",
                         "tensorrt_version",
                         "gpu_name",

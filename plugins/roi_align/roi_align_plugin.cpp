@@ -66,19 +66,27 @@ constexpr char kPluginVersion[] = "1";
 constexpr int32_t kMaxLevels = 8;  // roialign::kMaxLevels
 
 // ---------------------------------------------------------------------------------------------
-// Logging: through the logger TensorRT hands over (setLoggerFinder / initMaskrtPlugins), else stderr.
+// Logging: through TensorRT's logger, never our own stream. Which one: the ILogger handed to
+// initMaskrtPlugins, else the one TensorRT's logger finder gives (loadLibrary calls setLoggerFinder),
+// else libnvinfer's global logger (getLogger(), TensorRT's logger outside a builder's or runtime's
+// calls; what a library loaded by maskrt.plugins.load() has there). stderr only where TensorRT gives
+// none of them (TensorRT 11.4's lean library without a GPU has no global logger).
 
 nvinfer1::ILoggerFinder* g_logger_finder = nullptr;
 ILogger* g_logger = nullptr;
 
+ILogger* tensorrt_logger() noexcept {
+  if (g_logger != nullptr) return g_logger;
+  if (g_logger_finder != nullptr) {
+    if (ILogger* found = g_logger_finder->findLogger()) return found;
+  }
+  return getLogger();
+}
+
 void log(ILogger::Severity severity, const std::string& message) noexcept {
   try {
     const std::string text = std::string(kPluginName) + ": " + message;
-    ILogger* logger = g_logger;
-    if (logger == nullptr && g_logger_finder != nullptr) {
-      logger = g_logger_finder->findLogger();
-    }
-    if (logger != nullptr) {
+    if (ILogger* logger = tensorrt_logger()) {
       logger->log(severity, text.c_str());
     } else if (severity <= ILogger::Severity::kWARNING) {
       std::fprintf(stderr, "[maskrt] %s\n", text.c_str());

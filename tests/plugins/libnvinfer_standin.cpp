@@ -1,6 +1,7 @@
 // A stand-in libnvinfer.so.<major> for building and loading the plugin library without TensorRT:
-// the few symbols the plugin links against (getPluginRegistry, getInferLibVersion) and a plugin
-// registry that keeps what is registered, compiled against one TensorRT version's headers.
+// the few symbols the plugin links against (getPluginRegistry, getInferLibVersion, getLogger) and a
+// plugin registry that keeps what is registered, compiled against one TensorRT version's headers.
+// getLogger() (TensorRT's global logger) returns what standinSetLogger() last set, null before.
 // STANDIN_VERSION (default: the headers' NV_TENSORRT_VERSION) is what getInferLibVersion() reports,
 // so a test can pretend to be another major's library. Built by tests/tensorrt_toolchain.py.
 #include <NvInferRuntime.h>
@@ -88,4 +89,9 @@ __attribute__((visibility("default"))) nvinfer1::IPluginRegistry* getPluginRegis
   return &registry;
 }
 __attribute__((visibility("default"))) int32_t getInferLibVersion() noexcept { return STANDIN_VERSION; }
+static nvinfer1::ILogger* g_global_logger = nullptr;
+__attribute__((visibility("default"))) nvinfer1::ILogger* getLogger() noexcept { return g_global_logger; }
+__attribute__((visibility("default"))) void standinSetLogger(nvinfer1::ILogger* logger) noexcept {
+  g_global_logger = logger;
+}
 }

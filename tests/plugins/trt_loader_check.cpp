@@ -1,18 +1,23 @@
-// Loads the BUILT plugin library (CMake output) the way TensorRT does and drives it, without
-// TensorRT or a GPU: linked against the stand-in libnvinfer (libnvinfer_standin.cpp), built and run
-// by tests/test_plugin_build.py.
+// Loads the BUILT plugin library (CMake output) the way TensorRT does and drives it without a GPU.
+// Linked against a libnvinfer.so.<major>, which is either
+//   - the stand-in (libnvinfer_standin.cpp; tests/test_plugin_build.py): loadLibrary's steps done
+//     here (dlopen, getCreators() twice, setLoggerFinder()), then maskrt.plugins.load()'s
+//     initMaskrtPlugins() twice, which registers the creator once with the stand-in registry; or
+//   - TensorRT's own library (the lean runtime's libnvinfer_lean under that name;
+//     tests/test_plugin_registry.py): the real IPluginRegistry::loadLibrary loads the plugin and
+//     the creator is taken from the real registry.
 //
-//   trt_loader_check <libmaskrt_plugins.so> <cases file>
+//   trt_loader_check <libmaskrt_plugins.so> <cases file> [gpu]
 //
-// 1. IPluginRegistry::loadLibrary's steps: dlopen, getCreators() (twice: a second load must see the
-//    same creators), setLoggerFinder(); then maskrt.plugins.load()'s initMaskrtPlugins() twice,
-//    which registers the creator once with the (stand-in) global registry.
-// 2. Per line of the cases file, `<float32|float16> <levels> <field>=<int> ...` (a plugin node of a
-//    freshly exported tensorrt-target ONNX: its INT attributes as the parser passes them, int32
-//    fields), what the builder and the runtime do: createPlugin(kBUILD), output types and shapes,
-//    formats, configurePlugin, getFieldsToSerialize, createPlugin(kRUNTIME) from those fields,
-//    attachToContext, onShapeChange, and enqueue, which must fail cleanly (no GPU here).
-// Prints "OK <n> checks" and exits 0, or each failed check and exits 1.
+// Per line of the cases file, `<float32|float16> <levels> <field>=<int> ...` (a plugin node of a
+// freshly exported tensorrt-target ONNX: its INT attributes as the parser passes them, int32
+// fields), what the builder and the runtime do: createPlugin(kBUILD), every capability interface,
+// output types and shapes, formats, configurePlugin, getFieldsToSerialize, createPlugin(kRUNTIME)
+// from those fields, clone, attachToContext, onShapeChange, and (without `gpu`) enqueue, which must
+// fail cleanly. With the stand-in, plugin errors must reach TensorRT's logger: libnvinfer's global
+// one (getLogger()) before a logger finder is set, the finder's after, never stderr.
+// Prints "OK <n> checks, <whose> registry, libnvinfer <version>" and exits 0, or each failed check
+// and exits 1.
 #include <NvInferRuntime.h>
 #include <dlfcn.h>
 
@@ -25,29 +30,6 @@
 #include "trt_standins.h"
 
 namespace {
-
-class Logger final : public ILogger {
- public:
-  void log(Severity severity, const char* msg) noexcept override {
-    if (severity <= Severity::kWARNING) messages.emplace_back(msg);
-  }
-  bool said(const char* text) const {
-    for (const auto& m : messages) {
-      if (m.find(text) != std::string::npos) return true;
-    }
-    return false;
-  }
-  std::vector<std::string> messages;
-};
-
-class Finder final : public ILoggerFinder {
- public:
-  explicit Finder(ILogger* logger) : logger_(logger) {}
-  ILogger* findLogger() override { return logger_; }
-
- private:
-  ILogger* logger_;
-};
 
 using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
 using SetLoggerFinder = void (*)(ILoggerFinder*);
@@ -79,7 +61,9 @@ std::vector<Case> read_cases(const char* path) {
   return cases;
 }
 
-void run_case(IPluginCreatorV3One* creator, const Case& c) {
+// enqueue() is called on host memory only where there is no GPU (it must then fail cleanly); on a
+// GPU the kernel would run on those pointers, so it is left to trt_enqueue_check.cpp.
+void run_case(IPluginCreatorV3One* creator, const Case& c, bool gpu) {
   std::vector<std::pair<const char*, int32_t>> named;
   for (const auto& [name, value] : c.fields) named.emplace_back(name.c_str(), value);
   Fields onnx(named);
@@ -135,11 +119,21 @@ void run_case(IPluginCreatorV3One* creator, const Case& c) {
     copied.emplace_back(saved->fields[i].name, &values[static_cast<size_t>(i)], PluginFieldType::kINT32, 1);
   }
   const PluginFieldCollection copy{static_cast<int32_t>(copied.size()), copied.data()};
+  const int32_t saved_count = saved->nbFields;
   delete built;
 
   IPluginV3* runtime = creator->createPlugin("node", &copy, TensorRTPhase::kRUNTIME);
   CHECK(runtime != nullptr);
   if (runtime == nullptr) return;
+  IPluginV3* cloned = runtime->clone();  // what the builder and each execution context do
+  CHECK(cloned != nullptr && cloned != runtime);
+  if (cloned != nullptr) {
+    const PluginFieldCollection* again = caps(cloned).runtime->getFieldsToSerialize();
+    CHECK(again != nullptr && again->nbFields == saved_count && field_value(again, "num_levels") == c.levels);
+    for (const auto& [name, value] : c.fields) CHECK(field_value(again, name.c_str()) == value);
+    CHECK(std::strcmp(caps(cloned).core->getPluginName(), "MaskrtMultiLevelRoIAlign") == 0);
+    delete cloned;
+  }
   IPluginV3* attached = caps(runtime).runtime->attachToContext(nullptr);
   CHECK(attached != nullptr);
   if (attached != nullptr) {
@@ -152,62 +146,122 @@ void run_case(IPluginCreatorV3One* creator, const Case& c) {
     std::vector<float> output(static_cast<size_t>(B * R * C * size * size));
     void* outputs[] = {output.data()};
     // no GPU: the launcher's device queries fail and enqueue reports it instead of crashing
-    CHECK(r.runtime->enqueue(descs.data(), &out_desc, inputs.data(), outputs, nullptr, nullptr) != 0);
+    if (!gpu) CHECK(r.runtime->enqueue(descs.data(), &out_desc, inputs.data(), outputs, nullptr, nullptr) != 0);
     delete attached;
   }
   delete runtime;
 }
 
-}  // namespace
+// A plugin with a bad field: the creator refuses it and says why through TensorRT's logger.
+void refuse_bad_field(IPluginCreatorV3One* creator) {
+  Fields bad({{"output_size", 0}});
+  CHECK(creator->createPlugin("bad_node", &bad.fc, TensorRTPhase::kBUILD) == nullptr);
+}
 
-int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s <libmaskrt_plugins.so> <cases file>\n", argv[0]);
-    return 2;
-  }
-  void* lib = dlopen(argv[1], RTLD_LAZY | RTLD_LOCAL);
-  if (lib == nullptr) {
-    std::printf("FAILED dlopen: %s\n", dlerror());
-    return 1;
-  }
+// The stand-in: loadLibrary's steps by hand, then maskrt.plugins.load()'s registration.
+IPluginCreatorV3One* load_by_hand(void* lib, IPluginRegistry* registry, Logger& logger, Logger& global) {
   auto get_creators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
   auto set_logger_finder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
   auto init = reinterpret_cast<InitPlugins>(dlsym(lib, "initMaskrtPlugins"));
   CHECK(get_creators && set_logger_finder && init);
-  CHECK(dlsym(lib, "getPluginCreators") == nullptr);  // the deprecated V2 entry point is not offered
-  if (!get_creators || !set_logger_finder || !init) return 1;
-
-  Logger logger;
-  Finder finder(&logger);
-  set_logger_finder(&finder);
+  if (!get_creators || !set_logger_finder || !init) return nullptr;
   int32_t n = -1, again = -1;
   IPluginCreatorInterface* const* creators = get_creators(n);
   IPluginCreatorInterface* const* second = get_creators(again);
   CHECK(n == 1 && again == 1 && creators != nullptr && second != nullptr && creators[0] == second[0]);
-  if (n != 1 || creators == nullptr) return 1;
+  if (n != 1 || creators == nullptr) return nullptr;
   const InterfaceInfo info = creators[0]->getInterfaceInfo();
   CHECK(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0 && info.major == 1);
   auto* creator = static_cast<IPluginCreatorV3One*>(creators[0]);
-  CHECK(std::strcmp(creator->getPluginName(), "MaskrtMultiLevelRoIAlign") == 0);
-  CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0 && std::strcmp(creator->getPluginNamespace(), "") == 0);
 
-  IPluginRegistry* registry = getPluginRegistry();
+  // no logger finder (a library preloaded by maskrt.plugins.load()): libnvinfer's global logger
+  refuse_bad_field(creator);
+  CHECK(global.said("bad_node: output_size must be in 1..256"));
+  Finder finder(&logger);
+  set_logger_finder(&finder);  // loadLibrary's: from now on the finder's logger
+  global.messages.clear();
+  refuse_bad_field(creator);
+  CHECK(logger.said("bad_node: output_size must be in 1..256") && global.messages.empty());
+
   CHECK(init(&logger) && init(nullptr));  // twice: registered once, the second call a no-op
   int32_t registered = 0;
   registry->getAllCreators(&registered);
   CHECK(registered == 1 && registry->getCreator("MaskrtMultiLevelRoIAlign", "1", "") == creators[0]);
+  return creator;
+}
+
+// TensorRT's own registry: its loadLibrary, then maskrt.plugins.load()'s registration on top.
+// (Where the plugin's messages go is checked with the stand-in: TensorRT's global logger is a
+// runtime's, and a runtime needs a GPU; without one the plugin falls back to stderr.)
+IPluginCreatorV3One* load_with_tensorrt(const char* path, IPluginRegistry* registry) {
+  CHECK(registry->loadLibrary(path) != nullptr);
+  IPluginCreatorInterface* found = registry->getCreator("MaskrtMultiLevelRoIAlign", "1", "");
+  CHECK(found != nullptr);
+  if (found == nullptr) return nullptr;
+  const InterfaceInfo info = found->getInterfaceInfo();
+  CHECK(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0 && info.major == 1);
+  auto* creator = static_cast<IPluginCreatorV3One*>(found);
+  refuse_bad_field(creator);
+  void* lib = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);  // loadLibrary's copy
+  auto init = lib ? reinterpret_cast<InitPlugins>(dlsym(lib, "initMaskrtPlugins")) : nullptr;
+  CHECK(init != nullptr && init(nullptr));  // already registered: a no-op, not a second creator
+  int32_t all = 0, ours = 0;
+  IPluginCreatorInterface* const* creators = registry->getAllCreators(&all);
+  for (int32_t i = 0; i < all; ++i) ours += creators[i] == found ? 1 : 0;
+  CHECK(ours == 1);
+  return creator;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3 || argc > 4 || (argc == 4 && std::strcmp(argv[3], "gpu") != 0)) {
+    std::fprintf(stderr, "usage: %s <libmaskrt_plugins.so> <cases file> [gpu]\n", argv[0]);
+    return 2;
+  }
+  const bool gpu = argc == 4;
+  using SetGlobalLogger = void (*)(ILogger*);
+  auto set_global_logger = reinterpret_cast<SetGlobalLogger>(dlsym(RTLD_DEFAULT, "standinSetLogger"));
+  IPluginRegistry* registry = getPluginRegistry();
+  CHECK(registry != nullptr);
+  if (registry == nullptr) return 1;
+  Logger logger, global;
+  IPluginCreatorV3One* creator = nullptr;
+  if (set_global_logger != nullptr) {
+    set_global_logger(&global);
+    void* lib = dlopen(argv[1], RTLD_LAZY | RTLD_LOCAL);
+    if (lib == nullptr) {
+      std::printf("FAILED dlopen: %s\n", dlerror());
+      return 1;
+    }
+    CHECK(dlsym(lib, "getPluginCreators") == nullptr);  // the deprecated V2 entry point is not offered
+    creator = load_by_hand(lib, registry, logger, global);
+  } else {
+    creator = load_with_tensorrt(argv[1], registry);
+  }
+  if (creator == nullptr) {
+    std::printf("FAILED: no creator\n");
+    logger.print("tensorrt");
+    return 1;
+  }
+  CHECK(std::strcmp(creator->getPluginName(), "MaskrtMultiLevelRoIAlign") == 0);
+  CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0 && std::strcmp(creator->getPluginNamespace(), "") == 0);
 
   const std::vector<Case> cases = read_cases(argv[2]);
   CHECK(!cases.empty());
-  for (const Case& c : cases) run_case(creator, c);
-  CHECK(logger.said("kernel launch failed"));  // enqueue's failure went to TensorRT's logger
+  for (const Case& c : cases) run_case(creator, c, gpu);
+  if (set_global_logger != nullptr && !gpu) {
+    CHECK(logger.said("kernel launch failed"));  // enqueue's failure went to TensorRT's logger
+  }
   CHECK(!logger.said("ignoring unknown field"));
 
   if (g_failures == 0) {
-    std::printf("OK %d checks\n", g_checks);
+    std::printf("OK %d checks, %s registry, libnvinfer %d\n", g_checks,
+                set_global_logger != nullptr ? "the stand-in's" : "TensorRT's", getInferLibVersion());
     return 0;
   }
   std::printf("%d of %d checks failed\n", g_failures, g_checks);
-  for (const auto& m : logger.messages) std::printf("log: %s\n", m.c_str());
+  logger.print("tensorrt");
+  global.print("global");
   return 1;
 }

@@ -6,7 +6,8 @@
 //
 // Stand-ins linked here instead of TensorRT / the GPU:
 //   - getPluginRegistry() returns null (registration itself needs libnvinfer), getInferLibVersion()
-//     the headers' version;
+//     the headers' version, getLogger() a logger that keeps what it is told (TensorRT's global
+//     logger, where plugin errors go until TensorRT hands over a logger finder);
 //   - maskrt::roialign::launch_multilevel_roi_align runs the CUDA kernel's block code on the CPU
 //     (maskrt_roi_align_host from roi_align_host.cpp, "kernel emulation"), so enqueue() can be given
 //     host pointers and its output compared with the reference loops.
@@ -40,6 +41,12 @@ int maskrt_roi_align_host(const float* rois, int batch, int num_rois, const void
 nvinfer1::IPluginRegistry* getPluginRegistry() noexcept { return nullptr; }
 int32_t getInferLibVersion() noexcept { return NV_TENSORRT_VERSION; }
 }
+
+namespace {
+Logger g_global_logger;
+}  // namespace
+
+extern "C" nvinfer1::ILogger* getLogger() noexcept { return &g_global_logger; }
 
 namespace {
 
@@ -395,6 +402,18 @@ int main() {
     check_enqueue(creator, half, Origin::kRuntimeFromSerialized);
   }
   check_enqueue(creator, false, Origin::kOnnxWithoutShapeChange);
+  // plugin errors so far went to TensorRT's global logger (no logger finder yet)
+  CHECK(g_global_logger.said("MaskrtMultiLevelRoIAlign: bad: output_size must be in 1..256"));
+  CHECK(g_global_logger.said("bad: field 'output_size' must be an integer scalar"));
+  CHECK(g_global_logger.said("enqueue before the number of inputs is known"));
+  // with a logger finder (loadLibrary's), to the finder's logger and nowhere else
+  Logger engine_logger;
+  Finder finder(&engine_logger);
+  setLoggerFinder(&finder);
+  g_global_logger.messages.clear();
+  Fields bad({{"aligned", 2}});
+  CHECK(creator->createPlugin("found", &bad.fc, TensorRTPhase::kBUILD) == nullptr);
+  CHECK(engine_logger.said("found: aligned must be 0 or 1") && g_global_logger.messages.empty());
   setLoggerFinder(nullptr);
   CHECK(!initMaskrtPlugins(nullptr));  // no registry in this harness: refused, not crashed
   if (g_failures == 0) {

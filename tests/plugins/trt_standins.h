@@ -1,7 +1,8 @@
 // Stand-ins for what TensorRT hands a plugin at build and run time, for the host-only plugin checks
 // (trt_plugin_check.cpp, trt_loader_check.cpp): an IExprBuilder of constants (TensorRT's own has no
 // public constructor), tensor descriptions, int32 field collections (what the ONNX parser makes of
-// INT attributes), the plugin's capability interfaces, and a CHECK that counts failures.
+// INT attributes), the plugin's capability interfaces, a logger that keeps what it is told (and
+// its finder), and a CHECK that counts failures.
 #pragma once
 
 #include <NvInferRuntime.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -30,6 +32,33 @@ int g_failures = 0;
     }                                                                            \
   } while (0)
 
+
+// --- a logger that keeps warnings and errors, and a logger finder that hands it out --------------
+class Logger final : public ILogger {
+ public:
+  void log(Severity severity, const char* msg) noexcept override {
+    if (severity <= Severity::kWARNING) messages.emplace_back(msg);
+  }
+  bool said(const char* text) const {
+    for (const auto& m : messages) {
+      if (m.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+  void print(const char* who) const {
+    for (const auto& m : messages) std::printf("%s log: %s\n", who, m.c_str());
+  }
+  std::vector<std::string> messages;
+};
+
+class Finder final : public ILoggerFinder {
+ public:
+  explicit Finder(ILogger* logger) : logger_(logger) {}
+  ILogger* findLogger() override { return logger_; }
+
+ private:
+  ILogger* logger_;
+};
 
 // --- a stand-in IExprBuilder (TensorRT's has no public constructor) --------------------------
 class ConstExprImpl final : public apiv::VDimensionExpr {
@@ -111,7 +140,7 @@ struct Fields {
   }
 };
 
-int32_t field_value(const PluginFieldCollection* fc, const char* name) {
+[[maybe_unused]] int32_t field_value(const PluginFieldCollection* fc, const char* name) {
   for (int32_t i = 0; i < fc->nbFields; ++i) {
     if (std::strcmp(fc->fields[i].name, name) == 0 && fc->fields[i].type == PluginFieldType::kINT32) {
       return *static_cast<const int32_t*>(fc->fields[i].data);
