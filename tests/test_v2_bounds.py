@@ -1,0 +1,219 @@
+"""The bounds of ``/v2`` request parsing, in process: the JSON pre-scan (depth, elements, strings
+skipped), the JSON header and its length, gzip members, parameter keys and message length; and a
+sweep of the parsers with hypothesis-generated bodies and headers, which must end in an
+:class:`~maskrt.server.errors.ApiError` with a 4xx status (or a parsed request), never anything
+else. The same sweep over HTTP against a real server is in ``test_v2_hostile.py``."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from maskrt.server import bounded_json
+from maskrt.server.errors import MAX_MESSAGE_CHARS, ApiError
+from maskrt.server.oip import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_ELEMENTS,
+    MAX_JSON_HEADER_BYTES,
+    MAX_PARAMETERS,
+    decompress,
+    parse_infer_request,
+)
+from maskrt.server.parsing import parse_params
+
+IMAGE = base64.b64encode(b"\x89PNG not really").decode()
+
+
+def request(**fields) -> dict:
+    spec = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [IMAGE]}
+    return {"inputs": [spec], **fields}
+
+
+def refused(body: bytes, header: str | None = None, max_images: int = 8) -> ApiError:
+    with pytest.raises(ApiError) as err:
+        parse_infer_request(body, header, max_images=max_images)
+    return err.value
+
+
+# ---------------------------------------------------------------------------------------------
+# The pre-scan
+
+
+@pytest.mark.parametrize(
+    ("text", "elements", "depth"),
+    [
+        ('{"a": [1, 2, 3], "b": {"c": null}}', 6, 2),
+        ('["[[[[", "{{{", ",,,,", ":::"]', 4, 1),  # structure inside strings is skipped
+        (r'["a\"[[[", "b\\", "[\\\"]"]', 3, 1),  # escaped quotes end no string
+        ("[[[[]]]]", 4, 4),
+        ('[7, "]"]', 2, 1),
+    ],
+)
+def test_prescan_counts_what_is_outside_strings(text, elements, depth):
+    data = text.encode()
+    assert bounded_json.loads(data, max_depth=depth, max_elements=elements) == json.loads(text)
+    with pytest.raises(bounded_json.JsonRefused, match="elements"):
+        bounded_json.check_structure(data, max_depth=depth, max_elements=elements - 1)
+    with pytest.raises(bounded_json.JsonRefused, match="deeper than"):
+        bounded_json.check_structure(data, max_depth=depth - 1, max_elements=elements)
+
+
+def test_prescan_skips_long_strings_across_windows():
+    text = json.dumps({"data": ["[" * 3_000_000, "x" * 2_500_000]})
+    assert len(bounded_json.loads(text.encode(), max_depth=2, max_elements=3)["data"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The request's bounds
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 950 + b"]" * 950, f"nested deeper than {MAX_JSON_DEPTH} levels"),
+        (b"[" * 100_000, f"nested deeper than {MAX_JSON_DEPTH} levels"),
+        (b"[" + b"[]," * 7_000_000 + b"[]]", "elements"),
+        (json.dumps({"parameters": {str(i): 0 for i in range(20_000)}}).encode(), "elements"),
+        (json.dumps(request(parameters={"k" * 9 + str(i): 0 for i in range(100)})).encode(), ""),
+        (b'{"inputs": NaN}', "not valid JSON"),
+    ],
+)
+def test_json_bounds(body, message):
+    err = refused(body)
+    assert err.status == 400 and message in err.message
+    assert len(err.message) <= MAX_MESSAGE_CHARS
+
+
+def test_elements_grow_with_the_image_limit():
+    count = 2 * MAX_JSON_ELEMENTS
+    doc = request()
+    doc["inputs"][0].update(shape=[count], data=[IMAGE] * count)
+    body = json.dumps(doc).encode()
+    assert "elements" in refused(body, max_images=8).message
+    assert len(parse_infer_request(body, None, max_images=count).images) == count
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "١٢", "12a", "-1", "1" * 20, str(MAX_JSON_HEADER_BYTES + 1)]
+)
+def test_header_length_must_be_a_small_ascii_byte_count(value):
+    err = refused(b"{}" * 100, value)
+    assert err.status == 400 and "Inference-Header-Content-Length" in err.message
+
+
+def test_too_many_parameter_keys_is_one_short_refusal():
+    doc = request(parameters={f"unknown_{i}": "x" * 1000 for i in range(MAX_PARAMETERS + 1)})
+    err = refused(json.dumps(doc).encode())
+    assert err.status == 400 and f"at most {MAX_PARAMETERS}" in err.message
+
+
+def test_unknown_parameters_name_the_first_one_only():
+    params = [(f"unknown_{i}", "x" * 10_000) for i in range(MAX_PARAMETERS)]
+    with pytest.raises(ApiError, match="unknown parameter 'unknown_0'") as err:
+        parse_params(params)
+    assert err.value.status == 422 and len(err.value.message) < 200
+
+
+def test_a_huge_bad_value_is_quoted_short():
+    with pytest.raises(ApiError, match="score_threshold") as err:
+        parse_params([("score_threshold", "9" * 100_000 + "x")])
+    assert err.value.status == 422 and len(err.value.message) < 400
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ApiError, match=r"\[\[\[\.\.\.\]\]\]"):
+        parse_params([("max_detections", deep)])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_bytes_after_the_compressed_stream_are_refused(algorithm):
+    body = json.dumps(request()).encode()
+    packed = gzip.compress(body) if algorithm == "gzip" else zlib.compress(body)
+    for extra in (packed, b"trailing"):
+        with pytest.raises(ApiError, match="after its end") as err:
+            decompress(packed + extra, algorithm, limit=len(body))
+        assert err.value.status == 400
+    assert decompress(packed, algorithm, limit=len(body)) == body
+
+
+def test_messages_are_capped():
+    err = ApiError(400, "invalid_request", "x" * 100_000)
+    assert len(err.message) == MAX_MESSAGE_CHARS and err.message.endswith("...")
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: whatever the body and headers, a request or a 4xx ApiError
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=30,
+)
+_KEYS = st.sampled_from(["inputs", "outputs", "parameters", "id", "name", "data", "shape"])
+_PLAUSIBLE = st.fixed_dictionaries(
+    {
+        "inputs": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.sampled_from(["image", "x", ""]) | _JSON,
+                    "datatype": st.sampled_from(["BYTES", "UINT8"]) | _JSON,
+                    "shape": st.lists(st.integers(-2, 10), max_size=3) | _JSON,
+                    "data": st.lists(st.sampled_from([IMAGE, "%%", ""]) | _JSON, max_size=3),
+                    "parameters": st.dictionaries(
+                        st.sampled_from(["binary_data_size", "x"]), st.integers(-5, 50) | _JSON
+                    ),
+                }
+            ),
+            max_size=2,
+        )
+        | _JSON,
+    },
+    optional={
+        "outputs": st.lists(st.dictionaries(st.sampled_from(["name", "parameters"]), _JSON))
+        | _JSON,
+        "parameters": st.dictionaries(
+            st.sampled_from(["score_threshold", "max_detections", "masks", "binary_data_output"])
+            | st.text(max_size=5),
+            _JSON,
+        ),
+        "id": _JSON,
+    },
+)
+BODIES = (
+    st.binary(max_size=300)
+    | _JSON.map(lambda v: json.dumps(v).encode())
+    | _PLAUSIBLE.map(lambda v: json.dumps(v).encode())
+    | st.dictionaries(_KEYS, _JSON).map(lambda v: json.dumps(v).encode())
+    | st.integers(0, 2000).map(lambda n: b"[" * n + b"]" * n)
+)
+HEADER_LENGTHS = st.none() | st.text(max_size=8) | st.integers(-5, 400).map(str)
+ENCODINGS = st.sampled_from([None, "identity", "gzip", "deflate", "br", "GZIP ", ""])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=BODIES,
+    header=HEADER_LENGTHS,
+    encoding=ENCODINGS,
+    compress=st.booleans(),
+    tail=st.binary(max_size=8),
+)
+def test_the_parsers_answer_any_body_with_a_request_or_a_4xx(
+    body, header, encoding, compress, tail
+):
+    if compress and encoding in ("gzip", "deflate"):
+        body = (gzip.compress(body) if encoding == "gzip" else zlib.compress(body)) + tail
+    try:
+        inflated = decompress(body, encoding, limit=1 << 20)
+        parsed = parse_infer_request(inflated, header, max_images=4)
+        params = parse_params(list(parsed.parameters.items()))
+        parsed.selected_outputs(masks=params.masks == "rle")
+    except ApiError as exc:
+        assert 400 <= exc.status < 500, exc.message
+        assert exc.message and len(exc.message) <= MAX_MESSAGE_CHARS
