@@ -40,31 +40,37 @@ def check_structure(data: bytes, *, max_depth: int, max_elements: int) -> None:
     """Refuse ``data`` nested deeper than ``max_depth`` or with more than ``max_elements``
     elements (values in arrays, members of objects, counted by their separators and openings).
     Strings are skipped whole, so brackets and commas inside them do not count; escaped quotes
-    are neutralised first (``\\\\`` pairs, then ``\\"``, the order JSON reads them)."""
+    are neutralised first (``\\\\`` pairs, then ``\\"``, the order JSON reads them). Valid JSON
+    has at most a few structural tokens (strings, brackets, colons) per element, so the scan also
+    stops after ``8 * max_elements``: ``]]]]`` or ``"" "" ""`` cannot make it long."""
     if b"\\" in data:
         data = data.replace(b"\\\\", b"__").replace(b'\\"', b"__")
-    depth = elements = pos = 0
+    depth = elements = tokens = pos = 0
     end = len(data)
+    too_many = JsonRefused(f"more than {max_elements} elements (values and keys)")
     while pos < end:
         match = _STRUCTURE.search(data, pos, min(pos + _WINDOW, end))
         if match is None:
             pos += _WINDOW
             continue
         pos = match.end()
+        tokens += 1
+        if tokens > 8 * max_elements + 8:
+            raise too_many
         byte = data[match.start()]
         if byte == 0x22:  # '"': skip the string (an unterminated one is orjson's to name)
             close = data.find(b'"', pos)
             pos = end if close < 0 else close + 1
-            continue
-        if byte in _OPEN:
+        elif byte in _OPEN:
             depth += 1
+            elements += 1
             if depth > max_depth:
                 raise JsonRefused(f"nested deeper than {max_depth} levels")
         elif byte in _CLOSE:
             depth -= 1
-            continue
-        elif byte == 0x3A:  # ':' follows a key, whose member the ',' or '{' before it counted
-            continue
-        elements += 1
+            if depth < 0:
+                raise JsonRefused(f"not valid JSON: {chr(byte)!r} closes nothing")
+        elif byte == 0x2C:  # ','; a ':' follows a key, whose member its ',' or '{' counted
+            elements += 1
         if elements > max_elements:
-            raise JsonRefused(f"more than {max_elements} elements (values and keys)")
+            raise too_many

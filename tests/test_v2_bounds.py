@@ -2,19 +2,28 @@
 skipped), the JSON header and its length, gzip members, parameter keys and message length; and a
 sweep of the parsers with hypothesis-generated bodies and headers, which must end in an
 :class:`~maskrt.server.errors.ApiError` with a 4xx status (or a parsed request), never anything
-else. The same sweep over HTTP against a real server is in ``test_v2_hostile.py``."""
+else. Then, against a real ``maskrt serve``: the attacks of ``maskrt bench resilience`` (each its
+4xx while ``/healthz`` answers), the same sweep over HTTP (a 4xx JSON error and no ERROR line in
+the log, ever), the content-type rule and its setting, the body rate, proxies and ``Host``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import socket
 import zlib
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from server_harness import HOST, png, shapes_image, start_server
 
+from maskrt.bench.body_attacks import JSON as JSON_TYPE
+from maskrt.bench.body_attacks import body_attacks, forwarded_for_believed, host_reflected, send
+from maskrt.bench.resilience import error_lines
 from maskrt.server import bounded_json
 from maskrt.server.errors import MAX_MESSAGE_CHARS, ApiError
 from maskrt.server.oip import (
@@ -82,6 +91,9 @@ def test_prescan_skips_long_strings_across_windows():
         (json.dumps({"parameters": {str(i): 0 for i in range(20_000)}}).encode(), "elements"),
         (json.dumps(request(parameters={"k" * 9 + str(i): 0 for i in range(100)})).encode(), ""),
         (b'{"inputs": NaN}', "not valid JSON"),
+        (b"]" * 1_000_000, "closes nothing"),  # tokens that count no element stop the scan too
+        (b'"" ' * 1_000_000, "elements"),
+        (b":" * 1_000_000, "elements"),
     ],
 )
 def test_json_bounds(body, message):
@@ -217,3 +229,195 @@ def test_the_parsers_answer_any_body_with_a_request_or_a_4xx(
     except ApiError as exc:
         assert 400 <= exc.status < 500, exc.message
         assert exc.message and len(exc.message) <= MAX_MESSAGE_CHARS
+
+
+# ---------------------------------------------------------------------------------------------
+# Over HTTP, against a real server: the attacks of `maskrt bench resilience`, the sweep, the body
+# rate, proxies and Host
+
+MAX_UPLOAD = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint):
+    srv = start_server(
+        tmp_path_factory,
+        "v2-bounds",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_upload_bytes": MAX_UPLOAD,
+            "max_queue": 4,
+            "header_timeout_s": 2,
+            "min_body_rate": 2000,
+        },
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def name(server) -> str:
+    with server.client() as c:
+        return c.get("/v1/model").json()["name"]
+
+
+def assert_clean_log(server) -> None:
+    server.log()  # flushes the log file
+    assert error_lines(server.log_path) == [], server.log()
+
+
+@pytest.mark.slow
+def test_hostile_bodies_get_their_4xx_while_healthz_answers(server, name):
+    """Each attack of the bench, several at once, while /healthz is asked in a loop: every one
+    gets its documented 4xx, a short one, and /healthz keeps answering (how fast is the bench's
+    to say)."""
+    attacks = body_attacks(name, MAX_UPLOAD)
+
+    async def run() -> tuple[list[tuple[int | str, int]], list[int]]:
+        done = asyncio.Event()
+        healthz: list[int] = []
+
+        async def poll(http: httpx.AsyncClient) -> None:
+            while not done.is_set():
+                healthz.append((await http.get("/healthz")).status_code)
+                await asyncio.sleep(0.01)
+
+        async def hostile(http: httpx.AsyncClient) -> list[tuple[int | str, int]]:
+            answers = await asyncio.gather(*(send(http, a) for a in attacks for _ in range(2)))
+            done.set()
+            return answers
+
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=120, trust_env=False) as probe,
+            httpx.AsyncClient(base_url=server.url, timeout=120, trust_env=False) as http,
+        ):
+            _, answers = await asyncio.gather(poll(probe), hostile(http))
+        return answers, healthz
+
+    answers, healthz = asyncio.run(run())
+    expected = [a.expect for a in attacks for _ in range(2)]
+    assert [s in e for (s, _), e in zip(answers, expected)] == [True] * len(answers), answers
+    assert max(size for _, size in answers) < 2000
+    assert healthz and set(healthz) == {200}
+    assert_clean_log(server)
+
+
+@pytest.mark.slow
+def test_json_needs_its_content_type(server, name):
+    doc = json.dumps(request()).encode()
+    with server.client() as c:
+        for headers in (
+            {},
+            {"Content-Type": "text/plain"},
+            {"Content-Type": "multipart/form-data"},
+        ):
+            r = c.post(f"/v2/models/{name}/infer", content=doc, headers=headers)
+            assert r.status_code == 415, r.text
+            assert "'Content-Type: application/json'" in r.json()["error"]
+        r = c.post(f"/v2/models/{name}/infer", content=doc, headers=dict(JSON_TYPE))
+        assert r.status_code == 400 and "image[0]" in r.json()["error"]  # parsed: not an image
+
+
+@pytest.mark.slow
+def test_any_content_type_on_a_trusted_network(tmp_path_factory, checkpoint):
+    srv = start_server(
+        tmp_path_factory,
+        "v2-any-type",
+        {"model": checkpoint, "backend": "torch", "v2_any_content_type": "true"},
+    )
+    try:
+        with srv.client() as c:
+            model = c.get("/v1/model").json()["name"]
+            image = base64.b64encode(png(shapes_image())).decode()
+            doc = request()
+            doc["inputs"][0]["data"] = [image]
+            r = c.post(
+                f"/v2/models/{model}/infer",
+                content=json.dumps(doc),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["name"] == "num_detections"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_a_trickled_body_gets_408_and_the_connection_closes(server, name):
+    doc = json.dumps(request()).encode()
+    with socket.create_connection((HOST, server.port), timeout=30) as sock:
+        head = (
+            f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {HOST}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(doc)}\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        sock.settimeout(0.3)
+        answer = b""
+        for byte in doc:  # a byte every 0.3 s: under MIN_BODY_RATE once HEADER_TIMEOUT_S is over
+            try:
+                sock.send(bytes([byte]))
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if b"\r\n\r\n" in answer:
+                break
+        status, body = answer.split(b" ", 2)[1], answer.partition(b"\r\n\r\n")[2]
+        assert status == b"408", answer
+        assert b"connection: close" in answer.lower()
+        sock.settimeout(10)
+        while chunk := sock.recv(4096):  # the server closes the connection
+            body += chunk
+        assert json.loads(body)["error"].startswith("the request body came slower than 2000")
+    assert_clean_log(server)
+
+
+@pytest.mark.slow
+def test_forwarded_for_from_an_unconfigured_peer_is_not_believed(server):
+    assert not forwarded_for_believed(server.url, server.log_path)
+    assert '"client": "127.0.0.1"' in server.log() or '"client":"127.0.0.1"' in server.log()
+
+
+@pytest.mark.slow
+def test_no_redirect_reflects_the_host_header(server):
+    status, reflected = host_reflected(server.url)
+    assert (status, reflected) == (404, False)
+
+
+# what HTTP lets a header value hold (visible ASCII, spaces inside, bytes >= 0x80): anything
+# else is the connection's 400 invalid_http, before the app
+_HEADER_VALUES = st.binary(max_size=12).map(
+    lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80).strip()
+)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    body=BODIES,
+    header=st.none() | _HEADER_VALUES | st.sampled_from([b"0", b"2", "²".encode(), b"99999999"]),
+    content_type=st.sampled_from([b"application/json", b"text/plain", b""]) | _HEADER_VALUES,
+    encoding=st.none() | st.sampled_from([b"gzip", b"deflate", b"br"]) | _HEADER_VALUES,
+    compress=st.booleans(),
+)
+def test_any_body_and_headers_get_a_4xx_json_error_and_no_error_line(
+    server, name, body, header, content_type, encoding, compress
+):
+    if compress and encoding in (b"gzip", b"deflate"):
+        body = gzip.compress(body) if encoding == b"gzip" else zlib.compress(body)
+    headers = {b"content-type": content_type}
+    if header is not None:
+        headers[b"inference-header-content-length"] = header
+    if encoding is not None:
+        headers[b"content-encoding"] = encoding
+    with server.client() as c:
+        r = c.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["error"], str) and "Traceback" not in r.text
+    assert_clean_log(server)
