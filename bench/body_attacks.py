@@ -4,11 +4,13 @@ bodies"), each run against a server under normal load.
 Each body attack is sent a few times at once while normal clients keep posting images to
 ``/predict`` and ``/healthz`` is polled; its report line has the attack's statuses, ``/healthz``'s
 p99 and worst latency while it ran, how many normal requests were answered, and the growth of the
-server's RSS at its peak. The goals: ``/healthz`` p99 under 100 ms, every normal request answered,
-RSS growth under 64 MB, and the contract's 4xx for every attack (no ERROR line in the log, which
-the run checks at the end). Then: bodies trickled at a byte a second (408 once they fall below
-``MIN_BODY_RATE``), ``X-Forwarded-For`` from an address not configured as a proxy (the access log
-must show the peer's address), and a slash redirect with a hostile ``Host`` (nothing reflected).
+server's RSS at its peak (beside the baseline: the same load without an attack, whose own RSS
+growth is what inference churns). The goals: ``/healthz`` p99 under 100 ms, every normal request
+answered, RSS growth under 64 MB beyond the baseline's, and the contract's 4xx for every attack
+(no ERROR line in the log, which the run checks at the end). Then: bodies trickled at a byte a
+second (closed, with a 408, once they fall below ``MIN_BODY_RATE``), ``X-Forwarded-For`` from an
+address not configured as a proxy (the access log must show the peer's address), and a slash
+redirect with a hostile ``Host`` (nothing reflected).
 """
 
 from __future__ import annotations
@@ -108,35 +110,44 @@ class Outcome:
     answer_bytes: int
     healthz_ms: list[float]
     normal: list[int | str]
-    rss_growth_mb: float
+    rss_growth_mb: float  # the peak during the attack over the RSS before it
 
-    def line(self, name: str) -> str:
-        p99, worst = percentile(self.healthz_ms, 99), max(self.healthz_ms, default=float("nan"))
+    def healthz_p99(self) -> float:
+        return percentile(self.healthz_ms, 99)
+
+    def line(self, name: str, baseline: Outcome | None = None) -> str:
+        """The report line; with ``baseline`` (the same load without an attack), ``/healthz``'s
+        p99 as a ratio of the baseline's too."""
+        p99, worst = self.healthz_p99(), max(self.healthz_ms, default=float("nan"))
         answered = sum(s == 200 for s in self.normal)
+        # the normal load's own churn (torch's buffers, decoded images) is the baseline's growth
+        churn = 0.0 if baseline is None else max(0.0, baseline.rss_growth_mb)
         goals = (
             p99 < HEALTHZ_GOAL_MS
             and answered == len(self.normal)
-            and self.rss_growth_mb < RSS_GOAL_MB
+            and self.rss_growth_mb - churn < RSS_GOAL_MB
         )
         counts = collections.Counter(str(s) for s in self.statuses)
-        statuses = " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+        statuses = " ".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "no attack"
+        ratio = "" if baseline is None else f", x{p99 / baseline.healthz_p99():.1f} the baseline"
+        beside = "" if baseline is None else f" ({churn:+.0f} in the baseline)"
         return (
             f"  {name}: {statuses} ({self.answer_bytes} B answered); /healthz p99 {p99:.0f} ms "
-            f"(max {worst:.0f}); normal {answered}/{len(self.normal)} answered; RSS "
-            f"{self.rss_growth_mb:+.0f} MB at peak; goals {'met' if goals else 'MISSED'}"
+            f"(max {worst:.0f}{ratio}); normal {answered}/{len(self.normal)} answered; RSS "
+            f"{self.rss_growth_mb:+.0f} MB at peak{beside}; goals {'met' if goals else 'MISSED'}"
         )
 
 
 async def under_load(
     url: str,
-    attack: Attack,
+    attack: Attack | None,
     normal: LoadClient,
     rss_mb: Callable[[], float],
     copies: int,
     min_seconds: float = 2.0,
 ) -> Outcome:
     """``copies`` of ``attack`` at once while two normal clients post images and ``/healthz`` is
-    polled every 10 ms; at least ``min_seconds`` long."""
+    polled every 10 ms; at least ``min_seconds`` long. No attack: the baseline."""
     before = rss_mb()
     peak = before
     healthz: list[float] = []
@@ -160,7 +171,11 @@ async def under_load(
 
     async def attacks(http: httpx.AsyncClient) -> list[tuple[int | str, int]]:
         started = time.perf_counter()
-        sent = await asyncio.gather(*(send(http, attack) for _ in range(copies)))
+        sent = (
+            []
+            if attack is None
+            else await asyncio.gather(*(send(http, attack) for _ in range(copies)))
+        )
         await asyncio.sleep(max(0.0, min_seconds - (time.perf_counter() - started)))
         done.set()
         return sent
@@ -185,7 +200,8 @@ async def under_load(
 
 def trickle(host: str, port: int, path: str, connections: int, seconds: float) -> tuple[int, int]:
     """``connections`` JSON bodies sent a byte a second for at most ``seconds``: how many got a
-    408 and how many the server closed (408 or not)."""
+    408 and how many the server closed (a 408 can be lost to the reset of a byte sent after
+    the server closed; closed is what counts)."""
     socks = []
     for _ in range(connections):
         sock = socket.create_connection((host, port), timeout=10)
@@ -204,10 +220,11 @@ def trickle(host: str, port: int, path: str, connections: int, seconds: float) -
             for sock in socks:
                 if sock in closed:
                     continue
-                try:
-                    sock.send(b" ")
+                try:  # read first: an answer already sent is not lost to a reset by the send
                     data = sock.recv(4096)
                 except BlockingIOError:
+                    with contextlib.suppress(OSError):
+                        sock.send(b" ")
                     continue
                 except OSError:
                     closed.add(sock)

@@ -231,19 +231,21 @@ def hostile_bodies(server: Served, model: str, limit: int, copies: int) -> Tally
     tally = Tally("hostile bodies", set(), answers=False)
     image, content_type = default_image()
     normal = LoadClient(server.url, image, content_type, {}, {}, timeout_s=120)
+    baseline = asyncio.run(body_attacks.under_load(server.url, None, normal, server.rss_mb, 0))
+    print(baseline.line("baseline (normal load, no attack)"), flush=True)
     for attack in body_attacks.body_attacks(model, limit):
         outcome = asyncio.run(
             body_attacks.under_load(server.url, attack, normal, server.rss_mb, copies)
         )
-        print(outcome.line(attack.name), flush=True)
+        print(outcome.line(attack.name, baseline), flush=True)
         tally.refused += sum(s in attack.expect for s in outcome.statuses)
         tally.failed += sum(s not in attack.expect for s in outcome.statuses)
         tally.failed += sum(s != 200 for s in outcome.normal)
     path = f"/v2/models/{model}/infer"
     timed_out, closed = body_attacks.trickle(HOST, server.port, path, 32, 60)
     print(f"  32 bodies trickled at 1 B/s: 408 for {timed_out}, closed {closed}", flush=True)
-    tally.refused += timed_out
-    tally.failed += 32 - timed_out
+    tally.refused += closed
+    tally.failed += 32 - closed
     believed = body_attacks.forwarded_for_believed(server.url, server.log_path)
     print(f"  X-Forwarded-For from an unconfigured peer: {'BELIEVED' if believed else 'ignored'}")
     status, reflected = body_attacks.host_reflected(server.url)

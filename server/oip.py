@@ -25,11 +25,12 @@ routes answer them in the protocol's shape, ``{"error": "..."}``
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import re
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_ELEMENTS = 4096  # plus one per image the request may hold (max_images)
 MAX_PARAMETERS = 64  # keys of one "parameters" object
 _BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() also takes "²"
+_PIECE = 1 << 20  # bytes inflated at a time
 VERSION = "1"
 INPUT = "image"
 
@@ -101,10 +103,18 @@ def _bad(message: str) -> ApiError:
 # Requests
 
 
-def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+def decompress(
+    body: bytes,
+    encoding: str | None,
+    *,
+    limit: int,
+    inspect: Callable[[bytes], None] | None = None,
+) -> bytes:
     """The body of a request sent with ``Content-Encoding`` ``gzip`` or ``deflate`` (what
     ``tritonclient``'s ``request_compression_algorithm`` sends), at most ``limit`` bytes once
-    inflated (413 past it)."""
+    inflated (413 past it). It is inflated a piece at a time, each piece passed to ``inspect``
+    (which raises to stop), so a bad body is refused before it is whole (:func:`json_inspector`).
+    """
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -115,22 +125,63 @@ def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
             f"unsupported Content-Encoding {shown(encoding)}: send gzip, deflate or none",
         )
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise _bad(f"the {encoding} body is corrupt ({exc})") from None
-    if len(out) > limit:
-        raise ApiError(
-            413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
-        )
-    if not inflater.eof:
-        raise _bad(f"the {encoding} body is truncated")
+    pieces: list[bytes] = []
+    size = 0
+    rest = body
+    while not inflater.eof:
+        try:
+            piece = inflater.decompress(rest, _PIECE)
+        except zlib.error as exc:
+            raise _bad(f"the {encoding} body is corrupt ({exc})") from None
+        rest = inflater.unconsumed_tail
+        if not piece and not rest:
+            raise _bad(f"the {encoding} body is truncated")
+        size += len(piece)
+        if size > limit:
+            raise ApiError(
+                413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
+            )
+        if inspect is not None:
+            inspect(piece)
+        pieces.append(piece)
     if inflater.unused_data:  # a second gzip member, or anything else: refused, not dropped
         raise _bad(
             f"the {encoding} body has {len(inflater.unused_data)} bytes after its end (a second "
             f"{encoding} member or trailing data); send one {encoding} stream"
         )
-    return out
+    return b"".join(pieces)
+
+
+def json_inspector(header_length: str | None, *, max_images: int) -> Callable[[bytes], None]:
+    """What :func:`decompress` calls with each inflated piece: the request's JSON (the whole
+    body, or its first ``Inference-Header-Content-Length`` bytes) goes through the bounds of
+    :func:`parse_infer_request` as it is inflated, so millions of empty lists in a little gzip
+    are refused after the first of them, before the rest is inflated."""
+    left = -1 if header_length is None else header_byte_count(header_length)
+    scanner = _scanner(max_images)
+
+    def inspect(piece: bytes) -> None:
+        nonlocal left
+        if left >= 0:
+            piece, left = piece[:left], max(0, left - len(piece))
+        with _json_refused():
+            scanner.feed(piece)
+
+    return inspect
+
+
+def _scanner(max_images: int) -> bounded_json.Scanner:
+    return bounded_json.Scanner(
+        max_depth=MAX_JSON_DEPTH, max_elements=MAX_JSON_ELEMENTS + max_images
+    )
+
+
+@contextlib.contextmanager
+def _json_refused() -> Iterator[None]:
+    try:
+        yield
+    except bounded_json.JsonRefused as exc:
+        raise _bad(f"the inference request is {exc}") from None
 
 
 def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int) -> InferRequest:
@@ -151,12 +202,8 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
         header, binary = body[:size], memoryview(body)[size:]
     if not header:
         raise _bad("the request body is empty: send an inference request (JSON)")
-    try:
-        doc = bounded_json.loads(
-            header, max_depth=MAX_JSON_DEPTH, max_elements=MAX_JSON_ELEMENTS + max_images
-        )
-    except bounded_json.JsonRefused as exc:
-        raise _bad(f"the inference request is {exc}") from None
+    with _json_refused():
+        doc = bounded_json.loads(header, _scanner(max_images))
     if not isinstance(doc, dict):
         raise _bad("the inference request must be a JSON object")
     images, used = _parse_inputs(doc.get("inputs"), binary, max_images)

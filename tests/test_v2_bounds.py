@@ -32,6 +32,7 @@ from maskrt.server.oip import (
     MAX_JSON_HEADER_BYTES,
     MAX_PARAMETERS,
     decompress,
+    json_inspector,
     parse_infer_request,
 )
 from maskrt.server.parsing import parse_params
@@ -42,6 +43,10 @@ IMAGE = base64.b64encode(b"\x89PNG not really").decode()
 def request(**fields) -> dict:
     spec = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [IMAGE]}
     return {"inputs": [spec], **fields}
+
+
+def scanner(depth: int, elements: int) -> bounded_json.Scanner:
+    return bounded_json.Scanner(max_depth=depth, max_elements=elements)
 
 
 def refused(body: bytes, header: str | None = None, max_images: int = 8) -> ApiError:
@@ -66,16 +71,20 @@ def refused(body: bytes, header: str | None = None, max_images: int = 8) -> ApiE
 )
 def test_prescan_counts_what_is_outside_strings(text, elements, depth):
     data = text.encode()
-    assert bounded_json.loads(data, max_depth=depth, max_elements=elements) == json.loads(text)
+    assert bounded_json.loads(data, scanner(depth, elements)) == json.loads(text)
     with pytest.raises(bounded_json.JsonRefused, match="elements"):
-        bounded_json.check_structure(data, max_depth=depth, max_elements=elements - 1)
+        scanner(depth, elements - 1).feed(data)
     with pytest.raises(bounded_json.JsonRefused, match="deeper than"):
-        bounded_json.check_structure(data, max_depth=depth - 1, max_elements=elements)
+        scanner(depth - 1, elements).feed(data)
+    pieces = scanner(depth, elements)  # fed a byte at a time, the counts are the same
+    for i in range(len(data)):
+        pieces.feed(data[i : i + 1])
+    assert (pieces.depth, pieces.elements, pieces.in_string) == (0, elements, False)
 
 
 def test_prescan_skips_long_strings_across_windows():
     text = json.dumps({"data": ["[" * 3_000_000, "x" * 2_500_000]})
-    assert len(bounded_json.loads(text.encode(), max_depth=2, max_elements=3)["data"]) == 2
+    assert len(bounded_json.loads(text.encode(), scanner(2, 3))["data"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +161,28 @@ def test_bytes_after_the_compressed_stream_are_refused(algorithm):
             decompress(packed + extra, algorithm, limit=len(body))
         assert err.value.status == 400
     assert decompress(packed, algorithm, limit=len(body)) == body
+
+
+def test_an_inflating_body_is_refused_at_its_first_piece():
+    bomb = gzip.compress(b"[" + b"[]," * 7_000_000 + b"[]]")
+    inspect = json_inspector(None, max_images=8)
+    pieces: list[int] = []
+
+    def counting(piece: bytes) -> None:
+        pieces.append(len(piece))
+        inspect(piece)
+
+    with pytest.raises(ApiError, match="elements") as err:
+        decompress(bomb, "gzip", limit=30_000_000, inspect=counting)
+    assert err.value.status == 400 and len(pieces) == 1 and pieces[0] < 30_000_000
+
+
+def test_only_the_json_header_is_inspected():
+    header = json.dumps(request()).encode()
+    binary = b"[[[[,,,,{{{{" * 500_000  # image bytes: no JSON, whatever they hold
+    body = header + binary
+    inspect = json_inspector(str(len(header)), max_images=8)
+    assert decompress(gzip.compress(body), "gzip", limit=len(body), inspect=inspect) == body
 
 
 def test_messages_are_capped():
@@ -355,13 +386,11 @@ def test_a_trickled_body_gets_408_and_the_connection_closes(server, name):
         sock.settimeout(0.3)
         answer = b""
         for byte in doc:  # a byte every 0.3 s: under MIN_BODY_RATE once HEADER_TIMEOUT_S is over
-            try:
-                sock.send(bytes([byte]))
+            try:  # waiting for the answer in between, so that no byte is sent after it
                 answer += sock.recv(4096)
             except TimeoutError:
+                sock.send(bytes([byte]))
                 continue
-            except OSError:
-                break
             if b"\r\n\r\n" in answer:
                 break
         status, body = answer.split(b" ", 2)[1], answer.partition(b"\r\n\r\n")[2]

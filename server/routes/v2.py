@@ -158,7 +158,8 @@ def _parse(
     """Inflate, parse and validate a request body: CPU work on client data, so it runs in a
     thread (the event loop, and with it ``/healthz``, stays free) and under the bounds of
     :func:`~maskrt.server.oip.parse_infer_request`."""
-    data = oip.decompress(body, encoding, limit=settings.max_upload_bytes)
+    inspect = oip.json_inspector(header_length, max_images=settings.max_queue)
+    data = oip.decompress(body, encoding, limit=settings.max_upload_bytes, inspect=inspect)
     parsed = oip.parse_infer_request(data, header_length, max_images=settings.max_queue)
     params = parse_params(query + list(parsed.parameters.items()))
     outputs = parsed.selected_outputs(masks=params.masks == "rle")
