@@ -4,9 +4,10 @@ bodies"), each run against a server under normal load.
 Each body attack is sent a few times at once while normal clients keep posting images to
 ``/predict`` and ``/healthz`` is polled; its report line has the attack's statuses, ``/healthz``'s
 p99 and worst latency while it ran, how many normal requests were answered, and the growth of the
-server's RSS at its peak (beside the baseline: the same load without an attack, whose own RSS
-growth is what inference churns). The goals: ``/healthz`` p99 under 100 ms, every normal request
-answered, RSS growth under 64 MB beyond the baseline's, and the contract's 4xx for every attack
+server's RSS: its peak during the attack over the highest RSS seen before it (the baseline, the
+same load without an attack, sets the first mark, so that what inference itself allocates and
+frees is not counted). The goals: ``/healthz`` p99 under 100 ms, every normal request answered,
+RSS growth under 64 MB, and the contract's 4xx for every attack
 (no ERROR line in the log, which the run checks at the end). Then: bodies trickled at a byte a
 second (closed, with a 408, once they fall below ``MIN_BODY_RATE``), ``X-Forwarded-For`` from an
 address not configured as a proxy (the access log must show the peer's address), and a slash
@@ -110,7 +111,8 @@ class Outcome:
     answer_bytes: int
     healthz_ms: list[float]
     normal: list[int | str]
-    rss_growth_mb: float  # the peak during the attack over the RSS before it
+    rss_peak_mb: float
+    rss_growth_mb: float  # the peak over the high-water mark before the attack
 
     def healthz_p99(self) -> float:
         return percentile(self.healthz_ms, 99)
@@ -120,21 +122,19 @@ class Outcome:
         p99 as a ratio of the baseline's too."""
         p99, worst = self.healthz_p99(), max(self.healthz_ms, default=float("nan"))
         answered = sum(s == 200 for s in self.normal)
-        # the normal load's own churn (torch's buffers, decoded images) is the baseline's growth
-        churn = 0.0 if baseline is None else max(0.0, baseline.rss_growth_mb)
         goals = (
             p99 < HEALTHZ_GOAL_MS
             and answered == len(self.normal)
-            and self.rss_growth_mb - churn < RSS_GOAL_MB
+            and self.rss_growth_mb < RSS_GOAL_MB
         )
         counts = collections.Counter(str(s) for s in self.statuses)
         statuses = " ".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "no attack"
         ratio = "" if baseline is None else f", x{p99 / baseline.healthz_p99():.1f} the baseline"
-        beside = "" if baseline is None else f" ({churn:+.0f} in the baseline)"
         return (
             f"  {name}: {statuses} ({self.answer_bytes} B answered); /healthz p99 {p99:.0f} ms "
             f"(max {worst:.0f}{ratio}); normal {answered}/{len(self.normal)} answered; RSS "
-            f"{self.rss_growth_mb:+.0f} MB at peak{beside}; goals {'met' if goals else 'MISSED'}"
+            f"{self.rss_growth_mb:+.0f} MB over its high-water mark; "
+            + ("the baseline" if baseline is None else f"goals {'met' if goals else 'MISSED'}")
         )
 
 
@@ -144,11 +144,13 @@ async def under_load(
     normal: LoadClient,
     rss_mb: Callable[[], float],
     copies: int,
+    high_water_mb: float = 0.0,
     min_seconds: float = 2.0,
 ) -> Outcome:
     """``copies`` of ``attack`` at once while two normal clients post images and ``/healthz`` is
-    polled every 10 ms; at least ``min_seconds`` long. No attack: the baseline."""
-    before = rss_mb()
+    polled every 10 ms; at least ``min_seconds`` long. No attack: the baseline. RSS growth is
+    counted over ``high_water_mb`` (or the RSS at the start, where higher)."""
+    before = max(high_water_mb, rss_mb())
     peak = before
     healthz: list[float] = []
     done = asyncio.Event()
@@ -194,6 +196,7 @@ async def under_load(
         max((size for _, size in sent), default=0),
         healthz,
         [s for statuses_ in loads for s in statuses_],
+        peak,
         peak - before,
     )
 

@@ -231,12 +231,18 @@ def hostile_bodies(server: Served, model: str, limit: int, copies: int) -> Tally
     tally = Tally("hostile bodies", set(), answers=False)
     image, content_type = default_image()
     normal = LoadClient(server.url, image, content_type, {}, {}, timeout_s=120)
-    baseline = asyncio.run(body_attacks.under_load(server.url, None, normal, server.rss_mb, 0))
+    baseline = asyncio.run(
+        body_attacks.under_load(server.url, None, normal, server.rss_mb, 0, min_seconds=10)
+    )
     print(baseline.line("baseline (normal load, no attack)"), flush=True)
+    high_water = baseline.rss_peak_mb
     for attack in body_attacks.body_attacks(model, limit):
         outcome = asyncio.run(
-            body_attacks.under_load(server.url, attack, normal, server.rss_mb, copies)
+            body_attacks.under_load(
+                server.url, attack, normal, server.rss_mb, copies, high_water_mb=high_water
+            )
         )
+        high_water = max(high_water, outcome.rss_peak_mb)
         print(outcome.line(attack.name, baseline), flush=True)
         tally.refused += sum(s in attack.expect for s in outcome.statuses)
         tally.failed += sum(s not in attack.expect for s in outcome.statuses)
