@@ -341,6 +341,7 @@ def test_json_needs_its_content_type(server, name):
         for headers in (
             {},
             {"Content-Type": "text/plain"},
+            {"Content-Type": "application/x-www-form-urlencoded"},  # what curl -d sends
             {"Content-Type": "multipart/form-data"},
         ):
             r = c.post(f"/v2/models/{name}/infer", content=doc, headers=headers)
@@ -351,11 +352,17 @@ def test_json_needs_its_content_type(server, name):
 
 
 @pytest.mark.slow
-def test_any_content_type_on_a_trusted_network(tmp_path_factory, checkpoint):
+def test_settings_for_a_trusted_network(tmp_path_factory, checkpoint):
+    """V2_ANY_CONTENT_TYPE takes JSON as a form; FORWARDED_ALLOW_IPS believes its proxy."""
     srv = start_server(
         tmp_path_factory,
-        "v2-any-type",
-        {"model": checkpoint, "backend": "torch", "v2_any_content_type": "true"},
+        "v2-trusted",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "v2_any_content_type": "true",
+            "forwarded_allow_ips": "127.0.0.1",
+        },
     )
     try:
         with srv.client() as c:
@@ -370,6 +377,7 @@ def test_any_content_type_on_a_trusted_network(tmp_path_factory, checkpoint):
             )
         assert r.status_code == 200, r.text
         assert r.json()["outputs"][0]["name"] == "num_detections"
+        assert forwarded_for_believed(srv.url, srv.log_path)
     finally:
         srv.stop()
 
