@@ -10,7 +10,13 @@
 3. oversized requests: a 1 MiB header (431), a body over the upload limit (413), a decompression
    bomb (413), a batch of PNGs of 6000x6000 (64, or as many as the queue takes: 413 by pixels);
    the server's RSS before and after;
-4. soak: ``--soak-concurrency`` clients sending mixed images for ``--soak-minutes``; per minute
+4. hostile bodies (:mod:`maskrt.bench.body_attacks`), each against the server under normal load:
+   ``/v2`` JSON nested 950 deep, millions of empty lists or unknown parameter keys in a little
+   gzip, a non-ASCII digit in ``Inference-Header-Content-Length``, a second gzip member or
+   trailing bytes, JSON with no or a "simple" content type; a line each (statuses, ``/healthz``
+   p99, normal clients answered, RSS growth); then bodies trickled at a byte a second,
+   ``X-Forwarded-For`` from an unconfigured peer and a hostile ``Host`` on a slash redirect;
+5. soak: ``--soak-concurrency`` clients sending mixed images for ``--soak-minutes``; per minute
    answered, failed, p50/p95 latency, the server's RSS and open files; the trend from the first
    minute to the last.
 
@@ -39,6 +45,7 @@ from pathlib import Path
 
 import httpx
 
+from maskrt.bench import body_attacks
 from maskrt.bench.load import LoadClient, default_image, percentile, wait_ready
 
 HOST = "127.0.0.1"
@@ -216,6 +223,45 @@ def oversized(server: Served, max_queue: int) -> Tally:
     return tally
 
 
+def hostile_bodies(server: Served, model: str, limit: int, copies: int) -> Tally:
+    """:func:`maskrt.bench.body_attacks.body_attacks`, each under normal load; then trickled
+    bodies, a forwarded address and a hostile ``Host``. An attack answered outside the contract,
+    or a normal request not answered, is a failure; timings and RSS are reported against their
+    goals."""
+    tally = Tally("hostile bodies", set(), answers=False)
+    image, content_type = default_image()
+    normal = LoadClient(server.url, image, content_type, {}, {}, timeout_s=120)
+    baseline = asyncio.run(
+        body_attacks.under_load(server.url, None, normal, server.rss_mb, 0, min_seconds=10)
+    )
+    print(baseline.line("baseline (normal load, no attack)"), flush=True)
+    high_water = baseline.rss_peak_mb
+    for attack in body_attacks.body_attacks(model, limit):
+        outcome = asyncio.run(
+            body_attacks.under_load(
+                server.url, attack, normal, server.rss_mb, copies, high_water_mb=high_water
+            )
+        )
+        high_water = max(high_water, outcome.rss_peak_mb)
+        print(outcome.line(attack.name, baseline), flush=True)
+        tally.refused += sum(s in attack.expect for s in outcome.statuses)
+        tally.failed += sum(s not in attack.expect for s in outcome.statuses)
+        tally.failed += sum(s != 200 for s in outcome.normal)
+    path = f"/v2/models/{model}/infer"
+    timed_out, closed = body_attacks.trickle(HOST, server.port, path, 32, 60)
+    print(f"  32 bodies trickled at 1 B/s: 408 for {timed_out}, closed {closed}", flush=True)
+    tally.refused += closed
+    tally.failed += 32 - closed
+    believed = body_attacks.forwarded_for_believed(server.url, server.log_path)
+    print(f"  X-Forwarded-For from an unconfigured peer: {'BELIEVED' if believed else 'ignored'}")
+    status, reflected = body_attacks.host_reflected(server.url)
+    shown = "REFLECTED" if reflected else "not reflected"
+    print(f"  GET /predict/ with a hostile Host: {status}, {shown}", flush=True)
+    tally.failed += believed + reflected
+    print(tally.line(), flush=True)
+    return tally
+
+
 def soak(server: Served, minutes: float, concurrency: int) -> Tally:
     jpeg, _ = default_image()
     images = [
@@ -297,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=8, help="the server's MAX_QUEUE")
     p.add_argument("--slow-connections", type=int, default=200, help="slow-header connections")
     p.add_argument("--header-timeout-s", type=float, default=5.0, help="the server's")
+    p.add_argument("--max-upload-bytes", type=int, default=20 << 20, help="the server's")
+    p.add_argument("--attack-copies", type=int, default=4, help="each hostile body at once")
     p.add_argument("--soak-minutes", type=float, default=20.0, help="length of the soak")
     p.add_argument("--soak-concurrency", type=int, default=4, help="soak clients")
     p.add_argument("--log", help="server log file (default: a temporary file, printed)")
@@ -310,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.max_queue),
             "--header-timeout-s",
             str(args.header_timeout_s),
+            "--max-upload-bytes",
+            str(args.max_upload_bytes),
             "--log-format",
             "json",
             *serve_args,
@@ -333,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         tallies.append(slow_clients(server, args.slow_connections, args.header_timeout_s))
         print("oversized requests", flush=True)
         tallies.append(oversized(server, args.max_queue))
+        print("hostile bodies", flush=True)
+        tallies.append(
+            hostile_bodies(server, model["name"], args.max_upload_bytes, args.attack_copies)
+        )
         print(f"soak ({args.soak_minutes:g} min)", flush=True)
         tallies.append(soak(server, args.soak_minutes, args.soak_concurrency))
     finally:

@@ -85,8 +85,12 @@ class Endpoints:
             names = ("num_detections", "boxes", "scores", "class_ids", "labels", "masks")
             outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in names]
 
+        headers = dict(self.headers)
+        if not binary:  # tritonclient sends JSON untyped, which /v2 refuses (no CORS preflight)
+            headers["Content-Type"] = "application/json"
+
         def call() -> None:
-            client.infer(self.model, [tensor], outputs=outputs, headers=dict(self.headers))
+            client.infer(self.model, [tensor], outputs=outputs, headers=dict(headers))
 
         return call, client.close
 

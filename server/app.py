@@ -68,6 +68,7 @@ def create_app(
         description="Mask R-CNN instance segmentation: boxes, classes, scores and COCO RLE masks.",
         docs_url=None,  # pages.add_pages serves /docs and /redoc from local files
         redoc_url=None,
+        redirect_slashes=False,  # its redirect is built from the client's Host header: a 404
     )
     app.state.maskrt = state
     install_error_handlers(app, known_parameters=PARAMETERS)
@@ -86,6 +87,11 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes,
+        min_rate=settings.min_body_rate,
+        grace_s=settings.header_timeout_s,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     return app

@@ -9,6 +9,7 @@ middleware's last-resort 500 all go through :func:`error_response`.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import orjson
@@ -28,6 +29,17 @@ from maskrt.runtime.errors import (
 )
 
 OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (maskrt.server.routes.v2)
+MAX_MESSAGE_CHARS = 1000  # an error message is never longer (a client's value can be megabytes)
+
+_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 2, 80, 80, 4, 4
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for messages that quote a client's value: a few elements of a
+    list, the ends of a long string, two levels of nesting (so neither a huge nor a deep value
+    costs more than a line)."""
+    return _SHOWN.repr(value)
 
 
 class ApiError(Exception):
@@ -39,6 +51,8 @@ class ApiError(Exception):
     def __init__(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.status = status
         self.code = code
@@ -96,15 +110,19 @@ def error_response(exc: ApiError, path: str) -> Response:
     return json_response(error_body(exc, path), exc.status, exc.headers)
 
 
+def unknown_parameter(name: Any, known: list[str]) -> str:
+    return f"unknown parameter {shown(name)} (known: {', '.join(known)})"
+
+
 def validation_message(exc: ValidationError | RequestValidationError, known: list[str]) -> str:
     """One line naming each bad parameter; an unknown one is answered with the ``known`` ones."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
         if err.get("type") == "extra_forbidden":
-            parts.append(f"unknown parameter {loc!r} (known: {', '.join(known)})")
+            parts.append(unknown_parameter(loc, known))
         else:
-            parts.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+            parts.append(f"{loc}: {err.get('msg')} (got {shown(err.get('input'))})")
     return "; ".join(parts) or "invalid parameters"
 
 

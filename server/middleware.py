@@ -4,11 +4,13 @@
   ``X-Request-ID`` when sane, else a new one; echoed on the answer and carried by every log line),
   times it into the request metrics, writes the access log, and answers a crash with a 500.
 - :class:`BodyLimitMiddleware`: refuses a body over ``max_upload_bytes``, from its declared
-  ``Content-Length`` before reading it, else as soon as the streamed bytes pass the limit.
+  ``Content-Length`` before reading it, else as soon as the streamed bytes pass the limit; and a
+  body that trickles in slower than ``min_body_rate`` (408, the connection closed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -138,29 +140,57 @@ def route_paths(routes: Iterable[BaseRoute]) -> Iterator[str]:
 
 class BodyLimitMiddleware:
     """413 for a body over ``limit`` bytes: at once when ``Content-Length`` says so, else
-    :class:`~maskrt.server.errors.BodyTooLarge` from ``receive`` once the bytes read pass it."""
+    :class:`~maskrt.server.errors.BodyTooLarge` from ``receive`` once the bytes read pass it.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    With ``min_rate`` (bytes per second), a body must also keep coming: after ``grace_s`` from
+    the request's start it must have averaged ``min_rate``, or ``receive`` raises a 408 that closes
+    the connection. Without this a client trickling a byte a second holds a connection (and the
+    request's buffers) for the whole request timeout, and a few kB/s fill ``MAX_CONNECTIONS``.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, min_rate: int = 0, grace_s: float = 10.0) -> None:
         self.app = app
         self.limit = limit
+        self.min_rate = min_rate
+        self.grace_s = grace_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+        declared = Headers(scope=scope).get("content-length", "").strip()
+        if declared.isascii() and declared.isdigit() and int(declared) > self.limit:
             await error_response(BodyTooLarge(self.limit), scope["path"])(scope, receive, send)
             return
+        start = asyncio.get_running_loop().time()
         received = 0
+        complete = self.min_rate == 0
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in (or not timed): what remains is the disconnect
+                message = await receive()
+            else:
+                deadline = start + self.grace_s + received / self.min_rate
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise self._too_slow(received) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = complete or not message.get("more_body", False)
                 if received > self.limit:
                     raise BodyTooLarge(self.limit)
             return message
 
         await self.app(scope, limited_receive, send)
+
+    def _too_slow(self, received: int) -> ApiError:
+        return ApiError(
+            408,
+            "body_timeout",
+            f"the request body came slower than {self.min_rate} bytes/s ({received} bytes "
+            f"received); send it faster",
+            {"Connection": "close"},
+        )

@@ -25,10 +25,12 @@ routes answer them in the protocol's shape, ``{"error": "..."}``
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
+import re
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +39,18 @@ import numpy as np
 from maskrt import __version__
 from maskrt.runtime.dataplane import ImageResult
 from maskrt.runtime.postprocess import Detection
-from maskrt.server.errors import ApiError
+from maskrt.server import bounded_json
+from maskrt.server.errors import ApiError, shown
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Bounds of a request's JSON, checked before it is parsed. A request is a handful of objects
+# (inputs, outputs, parameters) plus one element per image, so these leave room for any client.
+MAX_JSON_HEADER_BYTES = 1 << 20  # the JSON before binary tensor data (its images come after)
+MAX_JSON_DEPTH = 32
+MAX_JSON_ELEMENTS = 4096  # plus one per image the request may hold (max_images)
+MAX_PARAMETERS = 64  # keys of one "parameters" object
+_BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() also takes "²"
+_PIECE = 1 << 20  # bytes inflated at a time
 VERSION = "1"
 INPUT = "image"
 
@@ -92,10 +103,18 @@ def _bad(message: str) -> ApiError:
 # Requests
 
 
-def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+def decompress(
+    body: bytes,
+    encoding: str | None,
+    *,
+    limit: int,
+    inspect: Callable[[bytes], None] | None = None,
+) -> bytes:
     """The body of a request sent with ``Content-Encoding`` ``gzip`` or ``deflate`` (what
     ``tritonclient``'s ``request_compression_algorithm`` sends), at most ``limit`` bytes once
-    inflated (413 past it)."""
+    inflated (413 past it). It is inflated a piece at a time, each piece passed to ``inspect``
+    (which raises to stop), so a bad body is refused before it is whole (:func:`json_inspector`).
+    """
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -103,31 +122,77 @@ def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none",
+            f"unsupported Content-Encoding {shown(encoding)}: send gzip, deflate or none",
         )
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise _bad(f"the {encoding} body is corrupt ({exc})") from None
-    if len(out) > limit:
-        raise ApiError(
-            413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
+    pieces: list[bytes] = []
+    size = 0
+    rest = body
+    while not inflater.eof:
+        try:
+            piece = inflater.decompress(rest, _PIECE)
+        except zlib.error as exc:
+            raise _bad(f"the {encoding} body is corrupt ({exc})") from None
+        rest = inflater.unconsumed_tail
+        if not piece and not rest:
+            raise _bad(f"the {encoding} body is truncated")
+        size += len(piece)
+        if size > limit:
+            raise ApiError(
+                413, "body_too_large", f"the inflated request body is larger than {limit} bytes"
+            )
+        if inspect is not None:
+            inspect(piece)
+        pieces.append(piece)
+    if inflater.unused_data:  # a second gzip member, or anything else: refused, not dropped
+        raise _bad(
+            f"the {encoding} body has {len(inflater.unused_data)} bytes after its end (a second "
+            f"{encoding} member or trailing data); send one {encoding} stream"
         )
-    if not inflater.eof:
-        raise _bad(f"the {encoding} body is truncated")
-    return out
+    return b"".join(pieces)
+
+
+def json_inspector(header_length: str | None, *, max_images: int) -> Callable[[bytes], None]:
+    """What :func:`decompress` calls with each inflated piece: the request's JSON (the whole
+    body, or its first ``Inference-Header-Content-Length`` bytes) goes through the bounds of
+    :func:`parse_infer_request` as it is inflated, so millions of empty lists in a little gzip
+    are refused after the first of them, before the rest is inflated."""
+    left = -1 if header_length is None else header_byte_count(header_length)
+    scanner = _scanner(max_images)
+
+    def inspect(piece: bytes) -> None:
+        nonlocal left
+        if left >= 0:
+            piece, left = piece[:left], max(0, left - len(piece))
+        with _json_refused():
+            scanner.feed(piece)
+
+    return inspect
+
+
+def _scanner(max_images: int) -> bounded_json.Scanner:
+    return bounded_json.Scanner(
+        max_depth=MAX_JSON_DEPTH, max_elements=MAX_JSON_ELEMENTS + max_images
+    )
+
+
+@contextlib.contextmanager
+def _json_refused() -> Iterator[None]:
+    try:
+        yield
+    except bounded_json.JsonRefused as exc:
+        raise _bad(f"the inference request is {exc}") from None
 
 
 def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int) -> InferRequest:
     """The request in ``body``; ``header_length`` is the ``Inference-Header-Content-Length``
-    header (``None`` for a JSON request)."""
+    header (``None`` for a JSON request). The JSON is held to :data:`MAX_JSON_DEPTH` and
+    :data:`MAX_JSON_ELEMENTS` before it is parsed; this is work for a thread, not the event
+    loop."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
-        if not header_length.strip().isdigit():
-            raise _bad(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
-        size = int(header_length)
+        size = header_byte_count(header_length)
         if size == 0:
             if not body:
                 raise _bad("the request body is empty: send the image as the body")
@@ -137,10 +202,8 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
         header, binary = body[:size], memoryview(body)[size:]
     if not header:
         raise _bad("the request body is empty: send an inference request (JSON)")
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"the inference request is not valid JSON: {exc}") from None
+    with _json_refused():
+        doc = bounded_json.loads(header, _scanner(max_images))
     if not isinstance(doc, dict):
         raise _bad("the inference request must be a JSON object")
     images, used = _parse_inputs(doc.get("inputs"), binary, max_images)
@@ -152,7 +215,9 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
     parameters = _object(doc.get("parameters"), "parameters")
     binary_output = parameters.pop("binary_data_output", header_length is not None)
     if not isinstance(binary_output, bool):
-        raise _bad(f"parameters.binary_data_output must be true or false, got {binary_output!r}")
+        raise _bad(
+            f"parameters.binary_data_output must be true or false, got {shown(binary_output)}"
+        )
     request_id = doc.get("id")
     return InferRequest(
         images,
@@ -163,11 +228,27 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
     )
 
 
+def header_byte_count(value: str) -> int:
+    """The value of ``Inference-Header-Content-Length``: ASCII digits, at most
+    :data:`MAX_JSON_HEADER_BYTES`."""
+    if not _BYTE_COUNT.fullmatch(value.strip()):
+        raise _bad(f"{HEADER_LENGTH} must be a byte count, got {shown(value)}")
+    size = int(value)
+    if size > MAX_JSON_HEADER_BYTES:
+        raise _bad(
+            f"{HEADER_LENGTH} is {size}: the JSON header may have at most "
+            f"{MAX_JSON_HEADER_BYTES} bytes (send the images as binary data after it)"
+        )
+    return size
+
+
 def _object(value: Any, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _bad(f"{what} must be a JSON object, got {value!r}"[:300])
+        raise _bad(f"{what} must be a JSON object, got {shown(value)}")
+    if len(value) > MAX_PARAMETERS:
+        raise _bad(f"{what} has {len(value)} keys; at most {MAX_PARAMETERS} are read")
     return dict(value)
 
 
@@ -178,14 +259,14 @@ def _parse_inputs(inputs: Any, binary: memoryview, max_images: int) -> tuple[lis
     for spec in inputs:
         name = spec.get("name") if isinstance(spec, dict) else None
         if name != INPUT:
-            raise _bad(f"unknown input {name!r}: the model takes one input, {INPUT!r}")
+            raise _bad(f"unknown input {shown(name)}: the model takes one input, {INPUT!r}")
     if len(inputs) > 1:
         raise _bad(f"input {INPUT!r} is given {len(inputs)} times")
     spec = inputs[0]
     if spec.get("datatype") != "BYTES":
         raise _bad(
             f"input {INPUT!r} must have datatype BYTES (encoded images), got "
-            f"{spec.get('datatype')!r}"
+            f"{shown(spec.get('datatype'))}"
         )
     shape = spec.get("shape")
     if (
@@ -195,7 +276,7 @@ def _parse_inputs(inputs: Any, binary: memoryview, max_images: int) -> tuple[lis
         or isinstance(shape[0], bool)
         or shape[0] < 1
     ):
-        raise _bad(f"input {INPUT!r} must have shape [B] with B >= 1 images, got {shape!r}")
+        raise _bad(f"input {INPUT!r} must have shape [B] with B >= 1 images, got {shown(shape)}")
     count = shape[0]
     if count > max_images:
         raise ApiError(
@@ -205,7 +286,7 @@ def _parse_inputs(inputs: Any, binary: memoryview, max_images: int) -> tuple[lis
     if size is None:
         return _from_json(spec.get("data"), count), 0
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"input {INPUT!r}: binary_data_size must be a byte count, got {size!r}")
+        raise _bad(f"input {INPUT!r}: binary_data_size must be a byte count, got {shown(size)}")
     if "data" in spec:
         raise _bad(f"input {INPUT!r} has both 'data' and binary_data_size")
     if size > len(binary):
@@ -270,15 +351,15 @@ def _parse_outputs(outputs: Any) -> dict[str, bool | None]:
     for spec in outputs:
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in OUTPUTS:
-            raise _bad(f"unknown output {name!r} (the model's outputs: {known})")
+            raise _bad(f"unknown output {shown(name)} (the model's outputs: {known})")
         if name in selected:
             raise _bad(f"output {name!r} is requested twice")
         params = _object(spec.get("parameters"), f"output {name!r} parameters")
         binary = params.pop("binary_data", None)
         if binary is not None and not isinstance(binary, bool):
-            raise _bad(f"output {name!r}: binary_data must be true or false, got {binary!r}")
+            raise _bad(f"output {name!r}: binary_data must be true or false, got {shown(binary)}")
         if params:
-            raise _bad(f"output {name!r}: unsupported parameters {sorted(params)}")
+            raise _bad(f"output {name!r}: unsupported parameters {shown(sorted(params))}")
         selected[name] = binary
     return selected
 

@@ -14,7 +14,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser, parse_opt
 from starlette.requests import Request
 
 from maskrt.runtime.pipeline import PostOptions
-from maskrt.server.errors import ApiError, validation_message
+from maskrt.server.errors import ApiError, unknown_parameter, validation_message
 from maskrt.server.schemas import PredictParams
 
 BodyKind = Literal["multipart", "raw"]
@@ -30,10 +30,14 @@ IMAGE_MEDIA_TYPES = (
 )
 
 
-def parse_params(items: list[tuple[str, str]]) -> PredictParams:
-    """Query and form fields as :class:`PredictParams`; a name given twice is a 422."""
-    merged: dict[str, str] = {}
+def parse_params(items: list[tuple[str, Any]]) -> PredictParams:
+    """Query and form fields (or ``/v2`` parameters) as :class:`PredictParams`; an unknown name
+    or a name given twice is a 422 naming the first one (so that a million unknown keys cost one
+    line, not a million)."""
+    merged: dict[str, Any] = {}
     for key, value in items:
+        if key not in PredictParams.model_fields:
+            raise ApiError(422, "invalid_parameter", unknown_parameter(key, PARAMETERS))
         if key in merged:
             raise ApiError(422, "invalid_parameter", f"parameter {key!r} is given more than once")
         merged[key] = value

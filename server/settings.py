@@ -3,7 +3,7 @@ and what only the HTTP front door needs (listening, keys, CORS, connection limit
 
 Environment variables ``MASKRT_<NAME>``, the same names as ``maskrt serve`` flags. Precedence:
 command-line flags, then the environment, then the defaults. List settings (``API_KEYS``,
-``CORS_ORIGINS``) are comma-separated (a JSON list is accepted too).
+``CORS_ORIGINS``, ``FORWARDED_ALLOW_IPS``) are comma-separated (a JSON list is accepted too).
 """
 
 from __future__ import annotations
@@ -48,6 +48,24 @@ class Settings(RuntimeOptions):
         description="open connections; a request on one beyond them gets 503 (the open-file "
         "limit is raised to fit at start)",
     )
+    min_body_rate: int = Field(
+        8192,
+        ge=0,
+        description="bytes per second a request body must average once HEADER_TIMEOUT_S has "
+        "passed since its headers; a slower one gets 408 and the connection is closed (0: off)",
+    )
+    v2_any_content_type: bool = Field(
+        False,
+        description="take /v2 JSON under any Content-Type, not only application/json: for "
+        "trusted networks only (a form or text body is one any web page can send cross-origin "
+        "without a preflight)",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated addresses of the proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty: none, the peer's address is "
+        "the client's",
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     metrics_port: int | None = Field(
@@ -60,7 +78,7 @@ class Settings(RuntimeOptions):
     log_format: Literal["json", "text"] = Field("json", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

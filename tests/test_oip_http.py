@@ -59,6 +59,7 @@ def server(tmp_path_factory, checkpoint):
             "max_upload_bytes": 4_000_000,
             "api_keys": KEY,
             "request_timeout_s": 60,
+            "min_body_rate": 0,  # uploads stalled on purpose are held for long
             "score_threshold": 0.0,
         },
     )
@@ -102,8 +103,10 @@ def triton_infer(
     requested = None
     if outputs is not None:
         requested = [triton.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+    # tritonclient sends JSON without a Content-Type, which /v2 refuses (no CORS preflight)
+    headers = dict(AUTH) if binary else {**AUTH, "Content-Type": "application/json"}
     return triton_client.infer(
-        name, [tensor], outputs=requested, headers=dict(AUTH), parameters=params or None
+        name, [tensor], outputs=requested, headers=headers, parameters=params or None
     )
 
 

@@ -41,6 +41,7 @@ def server(tmp_path_factory, checkpoint):
             "max_queue": 2,
             "max_delay_ms": 10000,
             "request_timeout_s": 60,
+            "min_body_rate": 0,  # uploads stalled on purpose are held for long
         },
     )
     yield srv

@@ -66,6 +66,7 @@ def drain(tmp_path_factory, checkpoint) -> Drain:
             "max_queue": 64,
             "max_delay_ms": 60000,
             "request_timeout_s": 60,
+            "min_body_rate": 0,  # uploads stalled on purpose are held for long
         },
     )
     try:

@@ -106,6 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
         http=protocol_factory(limits),
         log_config=None,
         access_log=False,
+        # X-Forwarded-* only from the configured proxies (uvicorn's default believes 127.0.0.1)
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
         server_header=False,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
         lifespan="on",

@@ -10,6 +10,7 @@ format. Errors under ``/v2`` are ``{"error": "..."}`` (:func:`~maskrt.server.err
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,9 +20,10 @@ from maskrt.runtime.dataplane import EncodedImage
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip
 from maskrt.server.dependencies import get_state
-from maskrt.server.errors import ApiError, json_response
+from maskrt.server.errors import ApiError, json_response, shown
 from maskrt.server.inference import infer_request
 from maskrt.server.parsing import parse_params, post_options
+from maskrt.server.settings import Settings
 from maskrt.server.state import AppState
 
 public = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -129,6 +131,41 @@ async def model_ready(
     return json_response({"name": name, "ready": True})
 
 
+def _check_content_type(request: Request, *, json_only: bool, settings: Settings) -> None:
+    """415 for a JSON request that is not ``application/json``: a form, text or untyped body is a
+    "simple" request, which any web page may send cross-origin without a preflight, so a visitor's
+    browser could post to a key-less server on their network. ``application/json`` and
+    ``Inference-Header-Content-Length`` both need a preflight. ``V2_ANY_CONTENT_TYPE`` lifts this
+    on trusted networks (``curl -d``, clients that send no type)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if json_only and media != "application/json" and not settings.v2_any_content_type:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported Content-Type {shown(media or '(none)')}: send the inference request "
+            f"as JSON with the header 'Content-Type: application/json', or binary tensor data "
+            f"with the {oip.HEADER_LENGTH} header",
+        )
+
+
+def _parse(
+    body: bytes,
+    encoding: str | None,
+    header_length: str | None,
+    query: list[tuple[str, str]],
+    settings: Settings,
+) -> tuple[oip.InferRequest, dict[str, bool], PostOptions]:
+    """Inflate, parse and validate a request body: CPU work on client data, so it runs in a
+    thread (the event loop, and with it ``/healthz``, stays free) and under the bounds of
+    :func:`~maskrt.server.oip.parse_infer_request`."""
+    inspect = oip.json_inspector(header_length, max_images=settings.max_queue)
+    data = oip.decompress(body, encoding, limit=settings.max_upload_bytes, inspect=inspect)
+    parsed = oip.parse_infer_request(data, header_length, max_images=settings.max_queue)
+    params = parse_params(query + list(parsed.parameters.items()))
+    outputs = parsed.selected_outputs(masks=params.masks == "rle")
+    return parsed, outputs, post_options(params, settings.score_threshold)
+
+
 @router.post(
     "/infer",
     summary="inference (JSON, binary tensor data, or a raw image body)",
@@ -147,32 +184,24 @@ async def infer(
 ) -> Response:
     _model(state, name, version)
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if header_length is None and media not in ("", "application/json"):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"unsupported Content-Type {media!r}: send the inference request as JSON "
-            f"(application/json), or binary tensor data with the {oip.HEADER_LENGTH} header",
-        )
+    _check_content_type(request, json_only=header_length is None, settings=state.settings)
     parsed: oip.InferRequest | None = None
     outputs: dict[str, bool] = {}
 
     async def read() -> tuple[list[EncodedImage], PostOptions]:
         nonlocal parsed, outputs
-        settings = state.settings
-        body = oip.decompress(
-            await request.body(),
+        body = await request.body()
+        got, outputs, options = await asyncio.to_thread(
+            _parse,
+            body,
             request.headers.get("content-encoding"),
-            limit=settings.max_upload_bytes,
+            header_length,
+            list(request.query_params.multi_items()),
+            state.settings,
         )
-        parsed = oip.parse_infer_request(body, header_length, max_images=settings.max_queue)
-        params = parse_params(
-            list(request.query_params.multi_items()) + list(parsed.parameters.items())
-        )
-        outputs = parsed.selected_outputs(masks=params.masks == "rle")
-        images = [EncodedImage(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(parsed.images)]
-        return images, post_options(params, settings.score_threshold)
+        parsed = got
+        images = [EncodedImage(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(got.images)]
+        return images, options
 
     results = await infer_request(state, request, read)
     assert parsed is not None
