@@ -57,7 +57,6 @@ def test_auto_tries_tensorrt_on_a_gpu_and_knows_what_serves_instead():
     assert fallback_backend("auto", "checkpoint", "onnxruntime") is None
 
 
-
 def test_torch_settings_apply_to_autos_torch_fallback(monkeypatch):
     """``auto``'s TensorRT takes the torch backend's settings for its fallback; a backend that
     has no torch fallback refuses them before the server listens."""
@@ -69,6 +68,7 @@ def test_torch_settings_apply_to_autos_torch_fallback(monkeypatch):
     named = RuntimeOptions(device="cpu", backend="onnxruntime", channels_last=True)
     with pytest.raises(MaskrtError, match="MASKRT_CHANNELS_LAST apply to the torch backend"):
         backends.check_model(named)
+
 
 def _no_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
