@@ -6,11 +6,12 @@ Two workloads, both deterministic in the seed and the same weights for every ser
   that an ordinary photo gives what a trained COCO R50-FPN gives: a few thousand class scores above
   the threshold before NMS (:data:`CANDIDATES` on the calibration image) and 30-60 detections after
   it (:data:`DETECTIONS`). The class logits are a random projection of the box features centred on
-  the calibration image's mean, over :data:`ACTIVE_CLASSES` classes (the rest far below), with the
-  background's bias searched for the candidate count. Random proposals do not cluster on objects the
+  the calibration image's mean, over at most :data:`ACTIVE_CLASSES` classes (the rest far below),
+  with the background's bias searched for the candidate count. Random proposals do not cluster on objects the
   way a trained RPN's do, so a class's candidates overlap only when its boxes are widened: the box
   regression's width and height bias is searched for the detection count, and the boxes are larger
-  than a trained model's (many span most of the canvas).
+  than a trained model's (many span most of the canvas). Where the widest boxes still leave more
+  than :data:`MOST_DETECTIONS`, one class fewer is tried (canvas 800 ends at two).
 - ``worst``: score threshold 0 and the box predictor scaled by the feature norm, so the scores
   spread and every image gives ``max_detections`` detections with masks (90,000 candidates per
   image through NMS at 1000 proposals).
@@ -38,7 +39,8 @@ from maskrt.model.config import ModelConfig, get_config
 WORKLOADS = ("realistic", "worst")
 CANDIDATES = 3000  # class scores above the threshold before NMS, on the calibration image
 DETECTIONS = 45  # after class-wise NMS, on the calibration image
-ACTIVE_CLASSES = 5  # classes that score at all; the others' logits sit INACTIVE below
+MOST_DETECTIONS = 60  # else the calibration tries again over one class fewer
+ACTIVE_CLASSES = 5  # classes that score at all (at most); the others' logits sit INACTIVE below
 INACTIVE = 30.0
 LOGIT_SPREAD = 1.0  # std of an active class's logit over the calibration image's proposals
 
@@ -130,7 +132,8 @@ def _counts(model: MaskRCNN, features, proposals, sizes) -> tuple[int, int]:
 
 def _calibrate(model: MaskRCNN, g: torch.Generator) -> None:
     """The realistic workload: class logits and box sizes searched on :func:`sample_image` for
-    :data:`CANDIDATES` and :data:`DETECTIONS`."""
+    :data:`CANDIDATES` and :data:`DETECTIONS`, over fewer active classes where the widest boxes
+    still leave more than :data:`MOST_DETECTIONS` (large canvases: more proposals at the edges)."""
     image = torch.from_numpy(sample_image().copy()).permute(2, 0, 1).float() / 255.0
     inputs = _box_head_inputs(model, image)
     features = inputs[0]
@@ -138,43 +141,42 @@ def _calibrate(model: MaskRCNN, g: torch.Generator) -> None:
     classes = predictor.cls_score.out_features
     mean = features.mean(0)
     spread = float((features - mean).norm(dim=1).mean())
+    size_weight = model.roi_heads.box_coder.weights[2]
+
+    def background(value: float) -> int:
+        predictor.cls_score.bias[0] = value
+        return _counts(model, *inputs)[0]
+
+    def widen(log_scale: float) -> int:
+        predictor.bbox_pred.bias.view(-1, 4)[:, 2:] = size_weight * log_scale
+        return _counts(model, *inputs)[1]
+
     with torch.no_grad():
-        weight = torch.randn(predictor.cls_score.weight.shape, generator=g) * (
-            LOGIT_SPREAD / spread
-        )
-        weight[0] = 0
-        bias = -(weight @ mean) - INACTIVE
-        active = 1 + torch.randperm(classes - 1, generator=g)[:ACTIVE_CLASSES]
-        bias[active] += INACTIVE
-        predictor.cls_score.weight.copy_(weight)
-        predictor.cls_score.bias.copy_(bias)
-        predictor.bbox_pred.weight.normal_(0, 0.1 / spread, generator=g)
-        predictor.bbox_pred.bias.zero_()
-        size_bias = predictor.bbox_pred.bias.view(-1, 4)[:, 2:]
-        size_weight = model.roi_heads.box_coder.weights[2]
-
-        def background(value: float) -> int:
-            predictor.cls_score.bias[0] = value
-            return _counts(model, *inputs)[0]
-
-        def widen(log_scale: float) -> int:
-            size_bias.fill_(size_weight * log_scale)
-            return _counts(model, *inputs)[1]
-
-        _search(background, -INACTIVE, INACTIVE, CANDIDATES)
-        _search(widen, 0.0, math.log(1000.0 / 16), DETECTIONS)
+        for active in range(ACTIVE_CLASSES, 0, -1):
+            weight = torch.randn(predictor.cls_score.weight.shape, generator=g)
+            weight *= LOGIT_SPREAD / spread
+            weight[0] = 0
+            bias = -(weight @ mean) - INACTIVE
+            bias[1 + torch.randperm(classes - 1, generator=g)[:active]] += INACTIVE
+            predictor.cls_score.weight.copy_(weight)
+            predictor.cls_score.bias.copy_(bias)
+            predictor.bbox_pred.weight.normal_(0, 0.1 / spread, generator=g)
+            predictor.bbox_pred.bias.zero_()
+            _search(background, -INACTIVE, INACTIVE, CANDIDATES)
+            if _search(widen, 0.0, math.log(1000.0 / 16), DETECTIONS) <= MOST_DETECTIONS:
+                return
 
 
-def _search(count: Callable[[float], int], low: float, high: float, target: int) -> None:
+def _search(count: Callable[[float], int], low: float, high: float, target: int) -> int:
     """Bisect ``count``'s argument (``count`` falls as it grows) to where it crosses ``target``,
-    leaving the model set there."""
+    leaving the model set there; the count there."""
     for _ in range(24):
         middle = (low + high) / 2
         if count(middle) > target:
             low = middle
         else:
             high = middle
-    count(high)
+    return count(high)
 
 
 def save_random_checkpoint(
