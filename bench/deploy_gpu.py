@@ -1,9 +1,11 @@
 """Benchmark: the deploy graph on a GPU against torchvision's eager ``MaskRCNN`` on the same GPU.
 
-One process, one set of random R50-FPN weights (:func:`maskrt.bench.random_model.random_detector`:
-score threshold 0, so every image gives ``K`` = 100 detections with masks on both sides), uint8
-images of ``canvas x canvas`` (no resize on either side). Per batch size, CUDA events around the
-whole forward, median of ``--iters``:
+One process, one set of random R50-FPN weights (:func:`maskrt.bench.random_model.random_detector`),
+``canvas x canvas`` uint8 images (no resize on either side), for ``--workload``: ``realistic``
+(default: a trained COCO detector's work at threshold 0.05, a few thousand candidates before NMS and
+30-60 detections after, on :func:`maskrt.bench.random_model.sample_image` letterboxed) or ``worst``
+(threshold 0, every image gives ``K`` = 100 detections with masks on both sides; uniform noise
+images). Per batch size, CUDA events around the whole forward, median of ``--iters``:
 
 - ``deploy_fp32`` / ``deploy_fp16``: :class:`maskrt.runtime.backends.torch.TorchBackend` (what
   ``maskrt serve --backend torch`` runs), float32 and float16 autocast; masks stay ``M x M``;
@@ -17,7 +19,7 @@ The torch backend's CUDA settings (``--cuda-graphs``, ``--cuda-roi-align``, ``--
 their ``MASKRT_*`` variables) apply to both deploy rows and are named in the report, so two runs,
 with and without, compare them:
 
-    python -m maskrt.bench.deploy_gpu [--canvas 800] [--batches 1,8] [--iters 20]
+    python -m maskrt.bench.deploy_gpu [--canvas 800] [--batches 1,8] [--iters 20] [--workload worst]
     maskrt bench deploy-gpu --cuda-roi-align --cuda-graphs --channels-last
 """
 
@@ -32,6 +34,7 @@ from functools import partial
 
 import torch
 
+from maskrt.bench.random_model import WORKLOADS
 from maskrt.bench.roi_align_gpu import cuda_median_ms
 from maskrt.errors import MaskrtError
 from maskrt.runtime.options import RuntimeOptions, add_flags, from_flags
@@ -52,8 +55,25 @@ def _deploy(backend, images: torch.Tensor) -> list[int]:
 FAST_PATH = ("cuda_graphs", "cuda_roi_align", "channels_last")  # RuntimeOptions fields
 
 
+def _images(workload: str, batch: int, cfg, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` uint8 canvases: the sample image letterboxed (realistic), or uniform noise."""
+    if workload == "worst":
+        shape = (batch, 3, cfg.canvas, cfg.canvas)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    from maskrt.bench.random_model import sample_image
+    from maskrt.model.letterbox import fill_colour, letterbox_batch
+
+    image = torch.from_numpy(sample_image().copy()).permute(2, 0, 1)
+    return letterbox_batch([image] * batch, cfg.canvas, fill_colour(cfg.image_mean))[0]
+
+
 def run(
-    canvas: int, batches: list[int], iters: int, warmup: int, settings: dict | None = None
+    canvas: int,
+    batches: list[int],
+    iters: int,
+    warmup: int,
+    workload: str = "realistic",
+    settings: dict | None = None,
 ) -> dict:
     """``settings``: the :data:`FAST_PATH` keyword arguments of both deploy backends."""
     from maskrt.bench.random_model import random_detector
@@ -62,7 +82,7 @@ def run(
 
     if not torch.cuda.is_available():
         return {"bench": "deploy_gpu", "skipped": "no CUDA device"}
-    model, cfg = random_detector("resnet50_fpn", canvas, seed=0)
+    model, cfg = random_detector("resnet50_fpn", canvas, seed=0, workload=workload)
     eager = copy.deepcopy(model).cuda().eval()  # the deploy graph shares the modules it wraps
     loaded = LoadedModel(model, cfg, sha256="random weights", source="random_detector")
     settings = settings or {}
@@ -73,8 +93,7 @@ def run(
     gen = torch.Generator().manual_seed(1)
     results = []
     for batch in batches:
-        images = torch.randint(0, 256, (batch, 3, canvas, canvas), dtype=torch.uint8, generator=gen)
-        images = images.cuda()
+        images = _images(workload, batch, cfg, gen).cuda()
         runs = {
             "torchvision_fp32": partial(_torchvision, eager, images, fp16=False),
             "torchvision_fp16": partial(_torchvision, eager, images, fp16=True),
@@ -93,6 +112,7 @@ def run(
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "canvas": canvas,
+        "workload": workload,
         "iters": iters,
         "settings": settings,
         "results": results,
@@ -105,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--iters", type=int, default=20, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workload", choices=WORKLOADS, default="realistic")
     add_flags(parser, FAST_PATH)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy_gpu: {exc}", file=sys.stderr)
         return 2
     settings = {name: getattr(options, name) for name in FAST_PATH}
-    report = run(args.canvas, batches, args.iters, args.warmup, settings)
+    report = run(args.canvas, batches, args.iters, args.warmup, args.workload, settings)
     print(json.dumps(report))
     return 0 if "skipped" not in report else 2
 

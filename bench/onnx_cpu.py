@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     size, k = args.canvas, args.detections
-    ours_model, cfg = random_detector("resnet50_fpn", size, seed=args.seed, max_detections=k)
+    ours_model, cfg = random_detector(
+        "resnet50_fpn", size, seed=args.seed, max_detections=k, workload="worst"
+    )
 
     # torchvision's own builder (without weights it uses BatchNorm2d, the faster eager kernel), with
     # our random weights; the same inference settings

@@ -10,9 +10,11 @@ at the end of each level), then maskrt's throughput and p50 as ratios to each pe
 
 - ``--model bundled`` (default): the shipped shapes model; the peers' torchvision transform keeps
   the config's ``min_size = max_size = canvas``, maskrt letterboxes to the same canvas.
-- ``--model r50``: torchvision's ResNet-50 FPN layout with random weights (scores spread so every
-  image gives ``K`` detections with masks, :func:`maskrt.bench.random_model.random_detector`),
-  ``--canvas`` (default 640) for maskrt's export and for the peers' ``min_size = max_size``.
+- ``--model r50``: torchvision's ResNet-50 FPN layout with random weights
+  (:func:`maskrt.bench.random_model.random_detector`): ``--workload realistic`` (default) does a
+  trained COCO detector's work at threshold 0.05 (a few thousand candidates before NMS, 30-60
+  detections after), ``--workload worst`` has threshold 0 and ``K`` detections with masks in every
+  image; ``--canvas`` (default 640) for maskrt's export and for the peers' ``min_size = max_size``.
 
 ``--int8`` has maskrt serve its export quantized to int8 (calibrated on ``--calibration``);
 ``--maskrt-model FILE`` serves that ONNX instead of maskrt's own export. ``--device cuda`` runs
@@ -23,6 +25,7 @@ Only one server runs at a time: an idle server still costs CPU on a small machin
     maskrt bench peers --concurrency 1,4,16 --duration 20
     maskrt bench peers --model r50 --canvas 640 --concurrency 1,4 --duration 30 --max-batch 4
     maskrt bench peers --model r50 --canvas 800 --device cuda --backend torch --servers maskrt,naive
+    maskrt bench peers --model r50 --workload worst --canvas 800 --device cuda --backend torch
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pathlib import Path
 import httpx
 
 from maskrt.bench.load import LevelResult, LoadClient
+from maskrt.bench.random_model import WORKLOADS
 from maskrt.errors import MaskrtError
 
 SERVERS = ("maskrt", "naive", "litserve")
@@ -74,14 +78,13 @@ def tree_rss(pid: int) -> int:
 
 
 def peers_image() -> tuple[bytes, str]:
-    """A shapes sample with four shapes, enlarged to a camera-sized 640x480 JPEG."""
+    """:func:`maskrt.bench.random_model.sample_image` (four shapes at 640x480) as a JPEG."""
     from PIL import Image
 
-    from maskrt.model.shapes import generate
+    from maskrt.bench.random_model import sample_image
 
     buf = io.BytesIO()
-    image = Image.fromarray(generate(7, 19).image).resize((640, 480), Image.Resampling.BILINEAR)
-    image.save(buf, format="JPEG", quality=90)
+    Image.fromarray(sample_image()).save(buf, format="JPEG", quality=90)
     return buf.getvalue(), "image/jpeg"
 
 
@@ -104,10 +107,12 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Prepared:
 
         canvas = args.canvas or 640
         checkpoint = save_random_checkpoint(
-            workdir / "r50.pt", "resnet50_fpn", canvas, seed=args.seed
+            workdir / "r50.pt", "resnet50_fpn", canvas, seed=args.seed, workload=args.workload
         )
-        threshold = 0.0 if args.score_threshold is None else args.score_threshold
-        describe = f"R50-FPN, random weights, canvas {canvas}"
+        threshold = load_checkpoint(checkpoint).config.score_threshold
+        if args.score_threshold is not None:
+            threshold = args.score_threshold
+        describe = f"R50-FPN, random weights ({args.workload} workload), canvas {canvas}"
     else:
         checkpoint, canvas = default_checkpoint(), args.canvas
         threshold = 0.5 if args.score_threshold is None else args.score_threshold
@@ -268,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", choices=("bundled", "r50"), default="bundled")
     parser.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="realistic",
+        help="r50: a trained detector's work at threshold 0.05, or K detections at threshold 0",
+    )
+    parser.add_argument(
         "--canvas", type=int, help="canvas side (r50 default 640; bundled: the config's)"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="which, in this order")
@@ -277,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="maskrt's max batch")
     parser.add_argument("--peer-batch", type=int, default=8, help="LitServe's max_batch_size")
     parser.add_argument(
-        "--score-threshold", type=float, help="every server's (default: 0.5; r50: 0)"
+        "--score-threshold",
+        type=float,
+        help="every server's (default: 0.5; r50: 0.05, its worst workload 0)",
     )
     parser.add_argument("--device", default="cpu", help="every server's device (cpu, cuda, cuda:N)")
     parser.add_argument(
