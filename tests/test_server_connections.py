@@ -1,7 +1,9 @@
 """Connections under hostile traffic, against a real ``maskrt serve`` on 127.0.0.1: huge headers
 get 431 without being parsed whole, malformed HTTP gets the JSON error format, connections that
 never finish their headers are closed with 408, a connection cap answers 503, and the server raises
-its open-file limit so that a few hundred slow connections do not starve normal clients."""
+its open-file limit so that a few hundred slow connections do not starve normal clients. A refusal
+on a pipelined connection comes after the answers to the requests before it, never in their place,
+and nothing of it is logged as an error."""
 
 from __future__ import annotations
 
@@ -13,8 +15,18 @@ import threading
 import time
 
 import pytest
-from server_harness import HOST, Server, png, shapes_image
+from server_harness import (
+    HOST,
+    Server,
+    multipart,
+    png,
+    raw_request,
+    read_responses,
+    shapes_image,
+)
 from tools import missing
+
+from maskrt.bench.resilience import error_lines
 
 SLOW_CONNECTIONS = 300
 HEADER_TIMEOUT_S = 2
@@ -148,4 +160,52 @@ def test_connections_over_the_cap_get_503(server):
             if c.get("/healthz").status_code == 200:
                 break
             time.sleep(0.1)
+    healthy(server)
+
+
+HUGE_HEAD = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 20_000}\r\n\r\n".encode()
+BAD_CHUNKS = (
+    f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: image/png\r\n"
+    "Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nZZ\r\n"
+).encode()
+HEALTHZ = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("between", "refused", "want"),
+    [
+        (b"", HUGE_HEAD, (431, "headers_too_large")),
+        (b"", b"GARBAGE\r\n\r\n", (400, "invalid_http")),
+        (HEALTHZ, HUGE_HEAD, (431, "headers_too_large")),
+        (HEALTHZ, BAD_CHUNKS, (400, "invalid_http")),
+    ],
+    ids=["431", "invalid-request-line", "431-after-two", "invalid-chunked-body-after-two"],
+)
+def test_a_pipelined_refusal_waits_for_the_answers_before_it(server, between, refused, want):
+    """``POST /predict`` (still running when the rest arrives), maybe ``GET /healthz``, then a
+    request refused at connection level, all in one write: every answer, in order, the refusal
+    last, then the connection closed."""
+    since = len(error_lines(server.log_path))
+    body, ctype = multipart("image", "a.png", png(shapes_image()))
+    expected = 2 + bool(between)
+    with connect(server) as sock:
+        sock.sendall(raw_request("/predict", body, ctype) + between + refused)
+        answers = read_responses(sock, expected, timeout=20)
+        assert sock.recv(1024) == b""  # closed after the refusal
+    assert answers[0].status == 200, answers[0].body[:300]
+    assert json.loads(answers[0].body)["detections"]
+    if between:
+        assert (answers[1].status, json.loads(answers[1].body)) == (200, {"status": "ok"})
+    assert (answers[-1].status, error_code(answers[-1].body)) == want
+    assert error_lines(server.log_path)[since:] == []
+    healthy(server)
+
+
+def test_a_malformed_chunked_body_gets_a_json_400(server):
+    since = len(error_lines(server.log_path))
+    with connect(server) as sock:
+        sock.sendall(BAD_CHUNKS)
+        status, _, body = answer(sock)
+    assert status == 400 and error_code(body) == "invalid_http"
+    assert error_lines(server.log_path)[since:] == []
     healthy(server)
