@@ -1,7 +1,8 @@
 """Connections under hostile traffic, against a real ``maskrt serve`` on 127.0.0.1: huge headers
 get 431 without being parsed whole, malformed HTTP gets the JSON error format, connections that
 never finish their headers are closed with 408, a connection cap answers 503, and the server raises
-its open-file limit so that a few hundred slow connections do not starve normal clients. A refusal
+its open-file limit so that a few hundred slow connections do not starve normal clients; the same
+holds on ``METRICS_PORT``, served by the same protocol. A refusal
 on a pipelined connection comes after the answers to the requests before it, never in their place,
 and nothing of it is logged as an error."""
 
@@ -18,6 +19,7 @@ import pytest
 from server_harness import (
     HOST,
     Server,
+    free_port,
     multipart,
     png,
     raw_request,
@@ -32,6 +34,7 @@ SLOW_CONNECTIONS = 300
 HEADER_TIMEOUT_S = 2
 MAX_CONNECTIONS = 320
 LOW_FILE_LIMIT = 256  # below SLOW_CONNECTIONS: the server must raise it to keep serving
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,11 @@ def server(tmp_path_factory):
     try:
         server = Server(
             tmp_path_factory.mktemp("connections"),
-            {"header_timeout_s": HEADER_TIMEOUT_S, "max_connections": MAX_CONNECTIONS},
+            {
+                "header_timeout_s": HEADER_TIMEOUT_S,
+                "max_connections": MAX_CONNECTIONS,
+                "metrics_port": METRICS_PORT,
+            },
             "connections",
         )
     finally:
@@ -58,8 +65,14 @@ def server(tmp_path_factory):
         server.stop()
 
 
-def connect(server: Server) -> socket.socket:
-    return socket.create_connection((HOST, server.port), timeout=20)
+@pytest.fixture(params=["main", "metrics"])
+def port(request, server) -> int:
+    """The connection limits hold on the main port and on the metrics port alike."""
+    return server.port if request.param == "main" else METRICS_PORT
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=20)
 
 
 def answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -86,8 +99,8 @@ def healthy(server: Server) -> None:
 
 
 @pytest.mark.parametrize("size", [64 * 1024, 8 * 1024 * 1024])
-def test_huge_headers_get_431(server, size):
-    with connect(server) as sock:
+def test_huge_headers_get_431(server, port, size):
+    with connect(port) as sock:
         head = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: ".encode()
 
         def send() -> None:
@@ -113,19 +126,19 @@ def test_headers_under_the_limit_are_served(server):
     [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nbad header\r\n\r\n"],
     ids=["request-line", "header-line"],
 )
-def test_malformed_http_gets_a_json_400(server, request_bytes):
-    with connect(server) as sock:
+def test_malformed_http_gets_a_json_400(port, request_bytes):
+    with connect(port) as sock:
         sock.sendall(request_bytes)
         status, headers, body = answer(sock)
     assert status == 400 and error_code(body) == "invalid_http"
     assert headers["content-type"] == "application/json" and headers["x-request-id"]
 
 
-def test_slow_headers_are_timed_out_and_normal_clients_served(server):
+def test_slow_headers_are_timed_out_and_normal_clients_served(server, port):
     slow = []
     try:
         for _ in range(SLOW_CONNECTIONS):
-            sock = connect(server)
+            sock = connect(port)
             sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {HOST}\r\n".encode())  # never ends
             slow.append(sock)
         healthy(server)  # beside them
@@ -137,17 +150,17 @@ def test_slow_headers_are_timed_out_and_normal_clients_served(server):
     healthy(server)
 
 
-def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server):
-    with connect(server) as sock:
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(port):
+    with connect(port) as sock:
         assert sock.recv(1024) == b""  # within HEADER_TIMEOUT_S; the socket timeout is 20 s
 
 
-def test_connections_over_the_cap_get_503(server):
+def test_connections_over_the_cap_get_503(server, port):
     idle = []
     try:
         for _ in range(MAX_CONNECTIONS):
-            idle.append(connect(server))
-        with connect(server) as sock:
+            idle.append(connect(port))
+        with connect(port) as sock:
             sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
             status, headers, body = answer(sock)
     finally:
@@ -188,7 +201,7 @@ def test_a_pipelined_refusal_waits_for_the_answers_before_it(server, between, re
     since = len(error_lines(server.log_path))
     body, ctype = multipart("image", "a.png", png(shapes_image()))
     expected = 2 + bool(between)
-    with connect(server) as sock:
+    with connect(server.port) as sock:
         sock.sendall(raw_request("/predict", body, ctype) + between + refused)
         answers = read_responses(sock, expected, timeout=20)
         assert sock.recv(1024) == b""  # closed after the refusal
@@ -203,7 +216,7 @@ def test_a_pipelined_refusal_waits_for_the_answers_before_it(server, between, re
 
 def test_a_malformed_chunked_body_gets_a_json_400(server):
     since = len(error_lines(server.log_path))
-    with connect(server) as sock:
+    with connect(server.port) as sock:
         sock.sendall(BAD_CHUNKS)
         status, _, body = answer(sock)
     assert status == 400 and error_code(body) == "invalid_http"
