@@ -14,6 +14,7 @@ import resource
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from server_harness import (
@@ -222,3 +223,40 @@ def test_a_malformed_chunked_body_gets_a_json_400(server):
     assert status == 400 and error_code(body) == "invalid_http"
     assert error_lines(server.log_path)[since:] == []
     healthy(server)
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads line in /proc/{pid}/status")
+
+
+def test_the_metrics_port_serves_the_exposition(server):
+    with server.client() as c:
+        r = c.get(f"http://{HOST}:{METRICS_PORT}/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain; version=")
+        assert "maskrt_requests_total" in r.text and "process_resident_memory_bytes" in r.text
+        assert c.get("/metrics").status_code == 404  # not on the public port
+        other = c.get(f"http://{HOST}:{METRICS_PORT}/other")
+        assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
+
+
+def test_idle_metrics_connections_hold_no_thread(server):
+    """The metrics port is served on the event loop: idle sockets cost no thread each (they held
+    one each on prometheus_client's threading server)."""
+    before = threads(server.proc.pid)
+    idle = []
+    try:
+        for _ in range(SLOW_CONNECTIONS):
+            idle.append(connect(METRICS_PORT))
+        # accepted in order: once this one is answered, every idle one was accepted
+        with connect(METRICS_PORT) as sock:
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            assert read_responses(sock, 1)[0].status == 200
+        held = threads(server.proc.pid)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert held - before < 10, f"{held - before} more threads with {SLOW_CONNECTIONS} idle sockets"
