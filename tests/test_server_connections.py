@@ -14,6 +14,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,17 +157,23 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(port):
         assert sock.recv(1024) == b""  # within HEADER_TIMEOUT_S; the socket timeout is 20 s
 
 
-def test_connections_over_the_cap_get_503(server, port):
-    idle = []
+@contextlib.contextmanager
+def idle_connections(port: int, count: int) -> Iterator[None]:
+    """``count`` connections to ``port`` that send nothing, open while the block runs."""
+    idle: list[socket.socket] = []
     try:
-        for _ in range(MAX_CONNECTIONS):
+        for _ in range(count):
             idle.append(connect(port))
-        with connect(port) as sock:
-            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-            status, headers, body = answer(sock)
+        yield
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_connections_over_the_cap_get_503(server, port):
+    with idle_connections(port, MAX_CONNECTIONS), connect(port) as sock:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        status, headers, body = answer(sock)
     assert status == 503 and error_code(body) == "too_many_connections"
     assert headers["retry-after"] == "1" and headers["x-request-id"]
     with server.client(timeout=20) as c:  # served again once the server has seen them close
@@ -247,16 +254,9 @@ def test_idle_metrics_connections_hold_no_thread(server):
     """The metrics port is served on the event loop: idle sockets cost no thread each (they held
     one each on prometheus_client's threading server)."""
     before = threads(server.proc.pid)
-    idle = []
-    try:
-        for _ in range(SLOW_CONNECTIONS):
-            idle.append(connect(METRICS_PORT))
+    with idle_connections(METRICS_PORT, SLOW_CONNECTIONS), connect(METRICS_PORT) as sock:
         # accepted in order: once this one is answered, every idle one was accepted
-        with connect(METRICS_PORT) as sock:
-            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-            assert read_responses(sock, 1)[0].status == 200
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        assert read_responses(sock, 1)[0].status == 200
         held = threads(server.proc.pid)
-    finally:
-        for sock in idle:
-            sock.close()
     assert held - before < 10, f"{held - before} more threads with {SLOW_CONNECTIONS} idle sockets"
