@@ -57,6 +57,7 @@ def raw_error(exc: ApiError) -> bytes:
         "content-type: application/json",
         f"content-length: {len(body)}",
         "connection: close",
+        "x-content-type-options: nosniff",
         f"x-request-id: {uuid.uuid4().hex}",
         *(f"{k.lower()}: {v}" for k, v in exc.headers.items()),
     ]
@@ -241,7 +242,12 @@ async def _over_capacity(open_connections: int, scope, receive, send) -> None:
         503,
         "too_many_connections",
         f"the server has too many open connections ({open_connections}); retry in 1 s",
-        {"Retry-After": "1", "Connection": "close", "X-Request-ID": uuid.uuid4().hex},
+        {
+            "Retry-After": "1",
+            "Connection": "close",
+            "X-Content-Type-Options": "nosniff",
+            "X-Request-ID": uuid.uuid4().hex,
+        },
     )
     await error_response(exc, scope.get("path", ""))(scope, receive, send)
 

@@ -115,6 +115,7 @@ def test_huge_headers_get_431(server, port, size):
         sender.join(20)
     assert status == 431 and error_code(body) == "headers_too_large"
     assert headers["content-type"] == "application/json" and headers["x-request-id"]
+    assert headers["x-content-type-options"] == "nosniff"
     healthy(server)
 
 

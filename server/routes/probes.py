@@ -8,6 +8,8 @@ from fastapi.responses import Response
 
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, install_error_handlers, json_response
+from maskrt.server.middleware import SecurityHeadersMiddleware
+from maskrt.server.routes.pages import SECURITY_HEADERS
 from maskrt.server.schemas import (
     HEALTH_RESPONSES,
     METRICS_RESPONSES,
@@ -69,6 +71,7 @@ def create_metrics_app(state: AppState) -> FastAPI:
     guarded protocol (connection cap, header timeout; no thread per connection)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     install_error_handlers(app, known_parameters=[])
+    app.add_middleware(SecurityHeadersMiddleware, headers=SECURITY_HEADERS)
 
     @app.get("/metrics")
     async def metrics_only() -> Response:
