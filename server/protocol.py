@@ -16,8 +16,9 @@ and malformed HTTP gets the JSON error body of every other answer (400 ``invalid
 ``X-Request-ID``. A refusal on a pipelined connection waits for the answers to the requests before
 it (running or queued), then is written and the connection closed: answers never go out of order
 and none is cut off. A request whose body turns out malformed is not answered by the app (it sees
-the client gone), only refused. :func:`raise_open_file_limit` lifts the process's soft limit on open files to
-the hard one at start, so the connection cap, not the file limit, is what refuses clients.
+the client gone), only refused. :func:`raise_open_file_limit` lifts the process's soft limit on
+open files to the hard one at start, so the connection cap, not the file limit, is what refuses
+clients.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_head = True  # between requests, or inside a request line and headers
         self.head_bytes = 0  # bytes fed while awaiting_head
         self.head_parsed = 0  # bytes of the request line and headers the parser has given
+        self.in_message = False  # the parser has begun a request it has not finished
         self.header_timer: asyncio.TimerHandle | None = None
         self.refused = False  # no more input is parsed
         self.refusal: bytes | None = None  # to write once the answers before it are out
@@ -110,7 +112,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # the connection reaches the app.
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_parsed = 0
+        self.head_parsed, self.in_message = 0, True
         self._await_headers()  # also for a request that starts inside a feed
 
     def on_url(self, url: bytes) -> None:
@@ -136,7 +138,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.refused:
             return
         super().on_message_complete()
-        self.awaiting_head, self.head_bytes = True, 0
+        self.awaiting_head, self.head_bytes, self.in_message = True, 0, False
 
     def _parsed(self, size: int) -> None:
         self.head_parsed += size
@@ -178,7 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.header_timer = None
         if self.transport.is_closing() or not self.awaiting_head:
             return
-        if self.head_bytes == 0:  # nothing sent at all (a pre-connect): just close
+        if self.head_bytes == 0 and not self.in_message:  # nothing sent (a pre-connect): close
             self.transport.close()
         else:
             self._refuse(

@@ -200,8 +200,9 @@ HEALTHZ = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
         (b"", b"GARBAGE\r\n\r\n", (400, "invalid_http")),
         (HEALTHZ, HUGE_HEAD, (431, "headers_too_large")),
         (HEALTHZ, BAD_CHUNKS, (400, "invalid_http")),
+        (b"", HEALTHZ[:-2], (408, "header_timeout")),  # a head that never ends
     ],
-    ids=["431", "invalid-request-line", "431-after-two", "invalid-chunked-body-after-two"],
+    ids=["431", "invalid-request-line", "431-after-two", "invalid-chunked-body-after-two", "408"],
 )
 def test_a_pipelined_refusal_waits_for_the_answers_before_it(server, between, refused, want):
     """``POST /predict`` (still running when the rest arrives), maybe ``GET /healthz``, then a
