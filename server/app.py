@@ -91,6 +91,7 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
-    app.add_middleware(SecurityHeadersMiddleware, headers=pages.SECURITY_HEADERS)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    # outermost of all: the context's own answers (its 413 and last-resort 500) get them too
+    app.add_middleware(SecurityHeadersMiddleware, headers=pages.SECURITY_HEADERS)
     return app

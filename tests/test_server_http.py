@@ -341,6 +341,7 @@ def test_body_over_the_limit(server, client):
     r = client.post("/predict", content=chunks(), headers={"Content-Type": "image/jpeg"})
     assert "content-length" not in r.request.headers
     assert_error(r, 413, "body_too_large")
+    assert r.headers["x-content-type-options"] == "nosniff"
     # multipart, too
     assert_error(post_image(client, blob, "image/jpeg"), 413, "body_too_large")
     assert_healthy(server)
