@@ -102,8 +102,10 @@ class TextFormatter(logging.Formatter):
         fields = _fields(record)
         if fields:
             line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
-        if record.exc_info:
-            trace = self.formatException(record.exc_info)
+        traces = [self.formatException(record.exc_info)] if record.exc_info else []
+        if record.stack_info:
+            traces.append(self.formatStack(record.stack_info))
+        for trace in traces:
             line += "\n" + "\n".join(escape(part) for part in trace.split("\n"))
         return line
 
