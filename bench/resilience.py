@@ -18,7 +18,14 @@
    ``X-Forwarded-For`` from an unconfigured peer and a hostile ``Host`` on a slash redirect;
 5. soak: ``--soak-concurrency`` clients sending mixed images for ``--soak-minutes``; per minute
    answered, failed, p50/p95 latency, the server's RSS and open files; the trend from the first
-   minute to the last.
+   minute to the last;
+5. forged logs, pipelined refusals, the metrics port and the page's headers, each beside normal
+   traffic (a client sending images, a ``/healthz`` probe every 50 ms) and measured against the
+   goals (normal clients all answered, ``/healthz`` p99 under 100 ms, RSS growth under 64 MB):
+   paths with line breaks, terminal escapes and bidi overrides (none may reach the log raw),
+   ``POST /predict`` pipelined with a 431 or malformed request (answers in order), idle and
+   slow-header connections to ``METRICS_PORT`` (no thread each, 408), the security headers of the
+   page and the docs.
 
     maskrt bench resilience --soak-minutes 20
     maskrt bench resilience --overload-seconds 10 --soak-minutes 1 -- --backend torch
@@ -39,8 +46,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -67,14 +76,18 @@ def big_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
 class Served:
     """``maskrt serve`` on a free loopback port, its log in a file; RSS and open files from
     ``/proc``."""
 
     def __init__(self, serve_args: list[str], log_path: Path) -> None:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -86,10 +99,17 @@ class Served:
         )
 
     def rss_mb(self) -> float:
+        return self._status("VmRSS") / 1024
+
+    def threads(self) -> float:
+        return self._status("Threads")
+
+    def _status(self, field: str) -> float:
+        """A number of ``/proc/PID/status`` (NaN once the process is gone)."""
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
         return float("nan")
 
     def open_files(self) -> int:
@@ -318,6 +338,240 @@ def soak(server: Served, minutes: float, concurrency: int) -> Tally:
     return tally
 
 
+class Beside:
+    """Normal traffic beside an attack, in a thread of its own: a client sending the default image
+    in a closed loop and a ``/healthz`` probe every 50 ms; the server's RSS before and after."""
+
+    def __init__(self, server: Served) -> None:
+        self.server = server
+        self.normal: list[int | str] = []
+        self.healthz_ms: list[float] = []
+        self.healthz_failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.rss_before = self.rss_after = float("nan")
+
+    def __enter__(self) -> Beside:
+        self.rss_before = self.server.rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+        self.rss_after = self.server.rss_mb()
+
+    async def _run(self) -> None:
+        image, content_type = default_image()
+        client = LoadClient(self.server.url, image, content_type, {}, {}, timeout_s=60)
+        async with client.client(2) as http:
+
+            async def normal() -> None:
+                while not self._stop.is_set():
+                    self.normal.append((await client.one(http))[1])
+
+            async def probe() -> None:
+                while not self._stop.is_set():
+                    start = time.perf_counter()
+                    try:
+                        ok = (await http.get("/healthz")).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        self.healthz_ms.append((time.perf_counter() - start) * 1000)
+                    else:
+                        self.healthz_failed += 1
+                    await asyncio.sleep(0.05)
+
+            await asyncio.gather(normal(), probe())
+
+    def report(self, tally: Tally) -> str:
+        """Counts the normal requests (answered or failed) and failed probes into ``tally``; the
+        line that says how they fared, and whether the goals were met."""
+        p99 = percentile(self.healthz_ms, 99)
+        growth = self.rss_after - self.rss_before
+        answered = sum(s == 200 for s in self.normal)
+        tally.answered += answered
+        tally.failed += len(self.normal) - answered + self.healthz_failed
+        met = answered == len(self.normal) and not self.healthz_failed and p99 < 100
+        met = met and growth < 64
+        return (
+            f"    beside it: normal requests {answered}/{len(self.normal)} answered, /healthz p99 "
+            f"{p99:.0f} ms ({len(self.healthz_ms)} probes, {self.healthz_failed} failed), RSS "
+            f"{growth:+.0f} MB; goals {'met' if met else 'MISSED'}"
+        )
+
+
+# paths whose decoded form holds what must not reach a log raw: a line break that would forge a
+# line, terminal escapes, line and paragraph separators, bidi overrides, C1 controls, NUL
+HOSTILE_PATHS = (
+    "/a%0a2026-01-01%2000:00:00,000%20ERROR%20maskrt.server%20FORGED%20admin%20login",
+    "/b%0d%0a{%22level%22:%22error%22,%22message%22:%22FORGED%22}",
+    "/c%1b[2J%1b[31mred",
+    "/d%e2%80%a8e%e2%80%a9f",
+    "/g%e2%80%aeevil%e2%81%a6",
+    "/h%c2%85i%c2%9bj%7f",
+    "/k%5cn%00",
+)
+
+
+def forged_logs(server: Served, rounds: int = 100) -> Tally:
+    """Each of ``HOSTILE_PATHS`` ``rounds`` times; then the log written meanwhile is read for raw
+    characters that are not printable and lines that are not one JSON record."""
+    tally = Tally("forged log lines", {404}, answers=False)
+    start = server.log_path.stat().st_size
+    with Beside(server) as beside, httpx.Client(base_url=server.url, trust_env=False) as http:
+        for _ in range(rounds):
+            for path in HOSTILE_PATHS:
+                try:
+                    tally.add(http.get(path).status_code)
+                except httpx.HTTPError as exc:
+                    tally.add(type(exc).__name__)
+    with server.log_path.open(encoding="utf-8", errors="replace") as log:
+        log.seek(start)
+        lines = log.read().split("\n")[:-1]  # only a real newline ends a record; not the last
+    raw = sum(not c.isprintable() for line in lines for c in line)
+    not_json = 0
+    for line in filter(None, lines):
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json += 1
+    tally.failed += raw + not_json
+    beside_line = beside.report(tally)
+    print(tally.line(), flush=True)
+    print(
+        f"    raw control, line or bidi characters in the log: {raw}; lines that are not one "
+        f"JSON record: {not_json}",
+        flush=True,
+    )
+    print(beside_line, flush=True)
+    return tally
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP response read off a socket; ``headers`` by lower-case name."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
+    """``count`` responses (Content-Length framed) read in order from ``sock``: the answers to
+    requests pipelined on one connection, none of one's bytes lost to the next."""
+    sock.settimeout(timeout)
+    answers: list[Answer] = []
+    with sock.makefile("rb") as stream:
+        for _ in range(count):
+            status_line = stream.readline()
+            if not status_line:
+                raise ConnectionError(f"connection closed after {len(answers)} responses")
+            headers = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = stream.read(int(headers.get("content-length", 0)))
+            answers.append(Answer(int(status_line.split(b" ", 2)[1]), headers, body))
+    return answers
+
+
+def pipelined_refusals(server: Served, connections: int = 40) -> Tally:
+    """On each connection, in one write, ``POST /predict`` then a request refused at connection
+    level (a head over 64 KiB, or a malformed request line): the image's answer must come first,
+    then the refusal, then the close."""
+    tally = Tally(f"pipelined refusals ({connections} connections)", {503})
+    image, content_type = default_image()
+    request = httpx.Request(
+        "POST", f"{server.url}/predict", files={"image": ("a", image, content_type)}
+    )
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    first = f"POST /predict HTTP/1.1\r\n{head}\r\n".encode() + request.read()
+    refused = [
+        f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'a' * 65536}\r\n\r\n".encode(),
+        b"GARBAGE\r\n\r\n",
+    ]
+    out_of_order = 0
+    with Beside(server) as beside:
+        for i in range(connections):
+            with socket.create_connection((HOST, server.port), timeout=60) as sock:
+                try:
+                    sock.sendall(first + refused[i % 2])
+                    answers = read_responses(sock, 2)
+                except OSError as exc:
+                    tally.add(type(exc).__name__)
+                    out_of_order += 1
+                    continue
+            tally.add(answers[0].status)
+            if answers[1].status != (431, 400)[i % 2]:
+                out_of_order += 1
+    tally.failed += out_of_order
+    beside_line = beside.report(tally)
+    print(tally.line(), flush=True)
+    print(f"    refusals out of order or lost: {out_of_order}", flush=True)
+    print(beside_line, flush=True)
+    return tally
+
+
+def metrics_port(server: Served, port: int, connections: int, header_timeout_s: float) -> Tally:
+    """``connections`` idle sockets to ``METRICS_PORT``, then a scrape; the server's threads before
+    and while they are held; a connection that never finishes its headers must get 408."""
+    tally = Tally(f"metrics port ({connections} idle connections)", {408}, answers=True)
+    threads_before = server.threads()
+    idle: list[socket.socket] = []
+    with Beside(server) as beside:
+        try:
+            for _ in range(connections):
+                idle.append(socket.create_connection((HOST, port), timeout=10))
+            with socket.create_connection((HOST, port), timeout=30) as sock:
+                sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                tally.add(read_responses(sock, 1)[0].status)
+            threads_held = server.threads()
+            with socket.create_connection((HOST, port), timeout=header_timeout_s + 10) as slow:
+                slow.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+                try:
+                    tally.add(read_responses(slow, 1)[0].status)
+                except OSError as exc:
+                    tally.add(type(exc).__name__)
+        finally:
+            for sock in idle:
+                sock.close()
+    more = threads_held - threads_before
+    tally.failed += more >= 10
+    beside_line = beside.report(tally)
+    print(tally.line(), flush=True)
+    print(f"    threads {threads_before:.0f} before, {threads_held:.0f} while held", flush=True)
+    print(beside_line, flush=True)
+    return tally
+
+
+def page_headers(server: Served) -> Tally:
+    """The security headers of the page (wherever served), the docs and an API answer: nosniff,
+    frame-ancestors 'none', no inline script allowed but by hash."""
+    tally = Tally("page and docs headers", set(), answers=True)
+    weak = []
+    with httpx.Client(base_url=server.url, trust_env=False) as http:
+        for path in ("/", "/static/index.html", "/docs", "/redoc", "/healthz"):
+            r = http.get(path)
+            tally.add(r.status_code)
+            policy = {
+                d.split()[0]: d.split()[1:]
+                for d in r.headers.get("content-security-policy", "").split(";")
+                if d.strip()
+            }
+            if (
+                r.headers.get("x-content-type-options") != "nosniff"
+                or policy.get("frame-ancestors") != ["'none'"]
+                or "'unsafe-inline'" in policy.get("script-src", ["'unsafe-inline'"])
+            ):
+                weak.append(path)
+    tally.failed += len(weak)
+    print(tally.line(), flush=True)
+    print(f"    without nosniff, frame-ancestors 'none' or a script policy: {weak}", flush=True)
+    return tally
+
+
 def error_lines(log_path: Path) -> list[str]:
     """Lines of a JSON server log at level error or above, and any line that is not JSON (a
     traceback printed outside logging)."""
@@ -352,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     serve_args = [a for a in args.serve_args if a != "--"]
     log_path = Path(args.log or tempfile.mkstemp(prefix="maskrt-resilience-", suffix=".log")[1])
+    metrics = free_port()
     server = Served(
         [
             "--max-queue",
@@ -362,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.max_upload_bytes),
             "--log-format",
             "json",
+            "--metrics-port",
+            str(metrics),
             *serve_args,
         ],
         log_path,
@@ -389,6 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"soak ({args.soak_minutes:g} min)", flush=True)
         tallies.append(soak(server, args.soak_minutes, args.soak_concurrency))
+        print("forged logs, pipelining, the metrics port, the page", flush=True)
+        tallies.append(forged_logs(server))
+        tallies.append(pipelined_refusals(server))
+        tallies.append(metrics_port(server, metrics, args.slow_connections, args.header_timeout_s))
+        tallies.append(page_headers(server))
     finally:
         alive = server.proc.poll() is None
         code = server.stop()

@@ -3,8 +3,8 @@
 - :class:`~maskrt.runtime.dataplane.DataPlane`: what the routes call to infer, and ask readiness
   and the model (in this process, :class:`~maskrt.runtime.local.LocalDataPlane`; on Ray Serve, the
   model deployment's, :mod:`maskrt.server.ray_serve`); its life cycle runs with the app's;
-- :mod:`~maskrt.server.middleware`: request context (id, metrics, access log, last-resort 500)
-  and the body size limit;
+- :mod:`~maskrt.server.middleware`: request context (id, metrics, access log, last-resort 500),
+  the security headers of every answer and the body size limit;
 - :mod:`~maskrt.server.errors`: the error JSON of every refused request, the runtime's errors'
   statuses among them;
 - :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API, the Open
@@ -28,7 +28,11 @@ from maskrt.runtime.statistics import Statistics
 from maskrt.server.dependencies import api_key_dependencies
 from maskrt.server.errors import install_error_handlers
 from maskrt.server.metrics import Metrics
-from maskrt.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from maskrt.server.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
 from maskrt.server.parsing import PARAMETERS
 from maskrt.server.routes import pages, predict, probes, v2
 from maskrt.server.security import ApiKeys
@@ -94,4 +98,6 @@ def create_app(
         grace_s=settings.header_timeout_s,
     )
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    # outermost of all: the context's own answers (its 413 and last-resort 500) get them too
+    app.add_middleware(SecurityHeadersMiddleware, headers=pages.SECURITY_HEADERS)
     return app

@@ -3,6 +3,8 @@
 - :class:`RequestContextMiddleware`, the outermost: gives every HTTP request its id (the client's
   ``X-Request-ID`` when sane, else a new one; echoed on the answer and carried by every log line),
   times it into the request metrics, writes the access log, and answers a crash with a 500.
+- :class:`SecurityHeadersMiddleware`: headers every answer carries unless its route set them
+  (the Content-Security-Policy, ``nosniff``, no framing).
 - :class:`BodyLimitMiddleware`: refuses a body over ``max_upload_bytes``, from its declared
   ``Content-Length`` before reading it, else as soon as the streamed bytes pass the limit; and a
   body that trickles in slower than ``min_body_rate`` (408, the connection closed).
@@ -136,6 +138,30 @@ def route_paths(routes: Iterable[BaseRoute]) -> Iterator[str]:
         included = getattr(route, "original_router", None)
         if included is not None:
             yield from route_paths(included.routes)
+
+
+class SecurityHeadersMiddleware:
+    """``headers`` on every HTTP answer, each unless the app set it already (a page with a policy
+    of its own)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimitMiddleware:

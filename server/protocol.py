@@ -13,8 +13,12 @@ Before a request reaches the app, each connection is held to:
   ``Retry-After`` and the connection is closed;
 
 and malformed HTTP gets the JSON error body of every other answer (400 ``invalid_http``) with an
-``X-Request-ID``. :func:`raise_open_file_limit` lifts the process's soft limit on open files to
-the hard one at start, so the connection cap, not the file limit, is what refuses clients.
+``X-Request-ID``. A refusal on a pipelined connection waits for the answers to the requests before
+it (running or queued), then is written and the connection closed: answers never go out of order
+and none is cut off. A request whose body turns out malformed is not answered by the app (it sees
+the client gone), only refused. :func:`raise_open_file_limit` lifts the process's soft limit on
+open files to the hard one at start, so the connection cap, not the file limit, is what refuses
+clients.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from maskrt.server.errors import ApiError, error_response
 
@@ -54,6 +58,7 @@ def raw_error(exc: ApiError) -> bytes:
         "content-type: application/json",
         f"content-length: {len(body)}",
         "connection: close",
+        "x-content-type-options: nosniff",
         f"x-request-id: {uuid.uuid4().hex}",
         *(f"{k.lower()}: {v}" for k, v in exc.headers.items()),
     ]
@@ -72,8 +77,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         self.awaiting_head = True  # between requests, or inside a request line and headers
         self.head_bytes = 0  # bytes fed while awaiting_head
+        self.head_parsed = 0  # bytes of the request line and headers the parser has given
+        self.in_message = False  # the parser has begun a request it has not finished
         self.header_timer: asyncio.TimerHandle | None = None
-        self.refused = False
+        self.refused = False  # no more input is parsed
+        self.refusal: bytes | None = None  # to write once the answers before it are out
+        self.running: RequestResponseCycle | None = None  # the request whose app runs
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -98,14 +107,52 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if data and not self.refused and not self.transport.is_closing():
             super().data_received(data)
 
+    # The parser's callbacks count each head too: a request pipelined behind a body is parsed in
+    # the same feed as that body, past the limit of data_received. Once refused, nothing more of
+    # the connection reaches the app.
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_parsed, self.in_message = 0, True
+        self._await_headers()  # also for a request that starts inside a feed
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self.refused:
+            return
         self.awaiting_head = False
         self._headers_done()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.refused:
+            return
         super().on_message_complete()
-        self.awaiting_head, self.head_bytes = True, 0
+        self.awaiting_head, self.head_bytes, self.in_message = True, 0, False
+
+    def _parsed(self, size: int) -> None:
+        self.head_parsed += size
+        if self.head_parsed > self.limits.max_header_bytes:
+            self._refuse(self._headers_too_large())
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if any
+        if self.refusal is not None and not self._answering():
+            self._write_refusal()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(ApiError(400, "invalid_http", "malformed HTTP request"))
@@ -133,7 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.header_timer = None
         if self.transport.is_closing() or not self.awaiting_head:
             return
-        if self.head_bytes == 0:  # nothing sent at all (a pre-connect): just close
+        if self.head_bytes == 0 and not self.in_message:  # nothing sent (a pre-connect): close
             self.transport.close()
         else:
             self._refuse(
@@ -147,6 +194,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, exc: ApiError) -> None:
         if self.refused:
             return
+        self.refused = True
         self._headers_done()
         client = self.client[0] if self.client else ""
         log.info(
@@ -155,10 +203,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             exc.code,
             extra={"fields": {"status": exc.status, "code": exc.code, "client": client}},
         )
-        self.transport.write(raw_error(exc))
+        if not self.awaiting_head and self.cycle is not None:  # its body is what is malformed
+            self._drop(self.cycle)
+        self.refusal = raw_error(exc)
+        if not self._answering():
+            self._write_refusal()
+
+    def _answering(self) -> bool:
+        """Whether a request before the refused one is still to be answered."""
+        running = self.running
+        busy = running is not None and not running.response_complete and not running.disconnected
+        return busy or bool(self.pipeline)
+
+    def _drop(self, cycle: RequestResponseCycle) -> None:
+        """Take ``cycle`` out of the connection: dequeued if it waits its turn; if it runs, its app
+        sees the client gone and nothing it sends is written."""
+        for entry in [entry for entry in self.pipeline if entry[0] is cycle]:
+            self.pipeline.remove(entry)
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    def _write_refusal(self) -> None:
+        assert self.refusal is not None
+        refusal, self.refusal = self.refusal, None
+        if self.transport.is_closing():  # the last answer closed it (Connection: close)
+            return
+        self._unset_keepalive_if_required()
+        self.transport.write(refusal)
         # lingering close: what the client is still sending is read and dropped for a moment, so
         # closing with unread data (a reset) does not destroy the answer before the client reads it
-        self.refused = True
+        self.flow.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
@@ -170,7 +244,12 @@ async def _over_capacity(open_connections: int, scope, receive, send) -> None:
         503,
         "too_many_connections",
         f"the server has too many open connections ({open_connections}); retry in 1 s",
-        {"Retry-After": "1", "Connection": "close", "X-Request-ID": uuid.uuid4().hex},
+        {
+            "Retry-After": "1",
+            "Connection": "close",
+            "X-Content-Type-Options": "nosniff",
+            "X-Request-ID": uuid.uuid4().hex,
+        },
     )
     await error_response(exc, scope.get("path", ""))(scope, receive, send)
 

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,15 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskrt.bench.resilience import big_png  # noqa: F401 (the tests' big image)
+from maskrt.bench.resilience import (  # noqa: F401 (the tests' big image, reading answers)
+    Answer,
+    big_png,
+    free_port,
+    read_responses,
+)
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def maskrt_command() -> list[str]:
@@ -212,34 +210,6 @@ def read_response(sock: socket.socket, timeout: float = 60) -> tuple[int, bytes]
             break
         body += chunk
     return status, body
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One HTTP response read off a socket; ``headers`` by lower-case name."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def read_responses(sock: socket.socket, count: int, timeout: float = 60) -> list[Answer]:
-    """``count`` responses (Content-Length framed) read in order from ``sock``: the answers to
-    requests pipelined on one connection, none of one's bytes lost to the next."""
-    sock.settimeout(timeout)
-    answers = []
-    with sock.makefile("rb") as stream:
-        for _ in range(count):
-            status_line = stream.readline()
-            if not status_line:
-                raise ConnectionError(f"connection closed after {len(answers)} responses")
-            headers = {}
-            while (line := stream.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            body = stream.read(int(headers.get("content-length", 0)))
-            answers.append(Answer(int(status_line.split(b" ", 2)[1]), headers, body))
-    return answers
 
 
 def multipart(

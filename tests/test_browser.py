@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 
 import httpx
@@ -91,11 +92,26 @@ def offline(browser, server):
     assert blocked == [], f"the page asked for something outside this server: {blocked}"
 
 
-def open_page(context, server, key: str = KEY):
-    """Load ``/``, which asks for a key (the server has keys), and give it ``key``."""
+def watched(context, server) -> tuple:
+    """A new page of ``context`` and the list its script errors and Content-Security-Policy
+    violations (console errors naming the policy) are added to; but for a file from elsewhere,
+    which the policy blocks on purpose (ReDoc's logo from its CDN)."""
     page = context.new_page()
     errors: list[str] = []
+    elsewhere = re.compile(rf"^Loading the \w+ 'https?://(?!{re.escape(HOST)}:{server.port}/)")
+
+    def console(message) -> None:
+        if "Content Security Policy" in message.text and not elsewhere.match(message.text):
+            errors.append(message.text)
+
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", console)
+    return page, errors
+
+
+def open_page(context, server, key: str = KEY):
+    """Load ``/``, which asks for a key (the server has keys), and give it ``key``."""
+    page, errors = watched(context, server)
     page.goto(server.url + "/")
     page.locator("#key-box").wait_for(state="visible")
     page.fill("#api-key", key)
@@ -179,10 +195,11 @@ def test_a_non_image_shows_the_servers_error(server, offline):
 
 def test_docs_and_redoc_render_offline(server, offline):
     context, _ = offline
-    page = context.new_page()
+    page, errors = watched(context, server)
     page.goto(server.url + "/docs")
     page.locator(".opblock").first.wait_for()
     paths = page.locator(".opblock-summary-path").all_text_contents()
     assert {"/predict", "/predict/batch", "/v1/model", "/healthz", "/readyz"} <= set(paths)
     page.goto(server.url + "/redoc")
     page.get_by_text("detect and segment the objects of one image").first.wait_for()
+    assert errors == []

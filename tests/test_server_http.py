@@ -341,6 +341,7 @@ def test_body_over_the_limit(server, client):
     r = client.post("/predict", content=chunks(), headers={"Content-Type": "image/jpeg"})
     assert "content-length" not in r.request.headers
     assert_error(r, 413, "body_too_large")
+    assert r.headers["x-content-type-options"] == "nosniff"
     # multipart, too
     assert_error(post_image(client, blob, "image/jpeg"), 413, "body_too_large")
     assert_healthy(server)
@@ -526,6 +527,48 @@ def test_openapi_has_the_real_schemas(client):
     assert {p["name"] for p in post["parameters"]} == {"score_threshold", "max_detections", "masks"}
     assert "413" in post["responses"] and "504" in post["responses"]
     assert client.get("/docs").status_code == 200
+
+
+def csp(response) -> dict[str, str]:
+    """The Content-Security-Policy of ``response``, directive name -> sources."""
+    policy = response.headers["content-security-policy"]
+    return {d.split()[0]: " ".join(d.split()[1:]) for d in policy.split(";") if d.strip()}
+
+
+@pytest.mark.parametrize("path", ["/", "/static/index.html"])
+def test_the_page_has_a_strict_policy_wherever_it_is_served(client, path):
+    r = client.get(path)
+    assert r.status_code == 200 and b'id="key-box"' in r.content
+    policy = csp(r)
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    assert "unsafe" not in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/v1/model", "/static/app.js", "/openapi.json", "/nowhere"]
+)
+def test_every_answer_is_nosniff_and_unframed(client, path):
+    r = client.get(path)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert csp(r)["frame-ancestors"] == "'none'"
+
+
+def test_swagger_ui_runs_only_its_own_inline_script(client):
+    import base64
+    import hashlib
+    import re
+
+    r = client.get("/docs")
+    inline = re.findall(r"<script>(.*?)</script>", r.text, re.DOTALL)
+    assert len(inline) == 1
+    digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+    policy = csp(r)
+    assert policy["script-src"] == f"'self' 'sha256-{digest}'"
+    assert policy["style-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+    assert "connect-src" in policy and policy["default-src"] == "'none'"
 
 
 def test_responses_match_the_schema(client):

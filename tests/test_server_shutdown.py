@@ -22,6 +22,7 @@ import pytest
 from server_harness import (
     HOST,
     Answer,
+    free_port,
     metric,
     multipart,
     png,
@@ -67,6 +68,7 @@ def drain(tmp_path_factory, checkpoint) -> Drain:
             "max_delay_ms": 60000,
             "request_timeout_s": 60,
             "min_body_rate": 0,  # uploads stalled on purpose are held for long
+            "metrics_port": free_port(),  # polled during the drain, stopped with the main port
         },
     )
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+from collections.abc import Iterator
 
 from maskrt.errors import MaskrtError
 from maskrt.runtime.options import add_flags, from_flags
@@ -27,19 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
 
-def serve_metrics(registry, host: str, port: int) -> None:
-    """``/metrics`` of ``registry`` on its own port (a daemon thread of prometheus_client)."""
-    from prometheus_client import start_http_server
-
-    try:
-        start_http_server(port, host, registry=registry)
-    except OSError as exc:
-        raise MaskrtError(f"cannot serve metrics on {host}:{port}: {exc}") from None
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's socket, bound before anything slow starts: a port in use is a user error at
-    once (exit status 2), not a failure after the model has loaded."""
+def listening_socket(host: str, port: int, setting: str = "port") -> socket.socket:
+    """The server's socket (or that of the ``setting`` port), bound before anything slow starts: a
+    port in use is a user error at once (exit status 2), not a failure after the model has
+    loaded."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -48,12 +40,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise MaskrtError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server may be using "
-            f"it; choose another with --port or MASKRT_PORT)"
+            f"it; choose another with --{setting.replace('_', '-')} or MASKRT_{setting.upper()})"
         ) from None
     return sock
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
     import signal
     import sys
 
@@ -65,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     from maskrt.server.app import create_app
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
+    from maskrt.server.routes.probes import create_metrics_app
     from maskrt.server.settings import Settings
 
     settings = from_flags(args, Settings)
@@ -72,6 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
     ignore_expected_warnings()
     check_model(settings)  # a missing file or impossible combination fails now, not after start
     sock = listening_socket(settings.host, settings.port)
+    metrics_sock = None
+    if settings.metrics_port is not None:
+        metrics_sock = listening_socket(settings.host, settings.metrics_port, "metrics_port")
 
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -86,34 +84,59 @@ def _serve(args: argparse.Namespace) -> int:
         settings, data_plane=lambda stats: LocalDataPlane(settings, stats, on_fatal=fatal)
     )
     state = app.state.maskrt
-    if settings.metrics_port is not None:
-        serve_metrics(state.metrics.registry, settings.host, settings.metrics_port)
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=raise_open_file_limit(settings.max_connections),
+    )
+
+    def config(app, **kwargs) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            http=protocol_factory(limits),
+            log_config=None,
+            access_log=False,
+            # X-Forwarded-* only from the configured proxies (uvicorn's default believes 127.0.0.1)
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or "",
+            server_header=False,
+            **kwargs,
+        )
+
+    class MetricsServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the signals are the main server's, which stops this one once it has stopped
+
+    # the metrics port: its own uvicorn server on the same event loop, with the same protocol
+    metrics_server = MetricsServer(
+        config(create_metrics_app(state), lifespan="off", timeout_graceful_shutdown=1)
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             state.plane.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
-    limits = ConnectionLimits(
-        max_header_bytes=settings.max_header_bytes,
-        header_timeout_s=settings.header_timeout_s,
-        max_connections=raise_open_file_limit(settings.max_connections),
+        async def serve(self, sockets=None) -> None:
+            """The main port; the metrics port beside it, until the main one has stopped."""
+            if metrics_sock is None:
+                await super().serve(sockets)
+                return
+            beside = asyncio.create_task(metrics_server.serve([metrics_sock]))
+            try:
+                await super().serve(sockets)
+            finally:
+                metrics_server.should_exit = True
+                await beside
+
+    server = Server(
+        config(
+            app,
+            timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
+            lifespan="on",
+        )
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=protocol_factory(limits),
-        log_config=None,
-        access_log=False,
-        # X-Forwarded-* only from the configured proxies (uvicorn's default believes 127.0.0.1)
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or "",
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 10,
-        lifespan="on",
-    )
-    server = Server(config)
 
     def exit_cleanly(sig, frame) -> None:  # uvicorn re-raises the signal once it has shut down
         raise SystemExit(exit_code)
