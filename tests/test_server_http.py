@@ -643,6 +643,7 @@ def test_bench_load(server, checkpoint, tmp_path):
     text = run.stdout
     assert "p50 ms" in text and "batch sizes" in text and "server overhead:" in text, text
     report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0  # the chart beside it (test_bench_chart.py)
     levels = {lvl["concurrency"]: lvl for lvl in report["levels"]}
     assert set(levels) == {1, 3}
     assert levels[1]["ok"] > 0 and levels[1]["batch"]["sizes"].get("1", 0) > 0
