@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +93,24 @@ def test_the_chart_command_redraws_a_report_and_names_a_bad_one(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"{bad}: not a bench report" in run.stderr
     assert not bad.with_suffix(".png").exists()
+
+
+def test_without_matplotlib_the_json_is_written_and_the_install_named(tmp_path):
+    """The serving install has no matplotlib: the report still lands, and the user learns how to
+    get its chart (a fresh interpreter in which importing matplotlib fails, as when it is absent)."""
+    path = tmp_path / "load.json"
+    code = (
+        "import json, sys; sys.modules['matplotlib'] = None\n"
+        "from maskrt.bench.chart import write_report\n"
+        f"write_report(json.loads(sys.argv[1]), {str(path)!r}, 'load')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(REPORTS["load"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(path.read_text()) == REPORTS["load"]
+    assert not path.with_suffix(".png").exists()
+    assert "matplotlib is not installed; pip install 'maskrt[bench]'" in run.stderr
