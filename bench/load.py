@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import io
 import ipaddress
-import json
 import math
 import os
 import socket
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from maskrt.bench.chart import JSON_HELP, write_report
 from maskrt.errors import MaskrtError
 
 OVERHEAD_GOAL = 0.15
@@ -441,8 +441,11 @@ def run(args) -> int:
         report["overhead_c1"] = dataclasses.asdict(o)
         report["same_model"] = same
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+        write_report(
+            report,
+            args.json,
+            f"maskrt bench load: {model['name']} on {model['backend']}/{model['device']}",
+        )
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -483,4 +486,4 @@ def add_arguments(p) -> None:
     add_flags(p, MODEL_OPTIONS)  # as the server was told them
     p.add_argument("--backend", help="backend of the direct run (default: the server's)")
     p.add_argument("--device", help="device of the direct run (default: the server's)")
-    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--json", help=JSON_HELP)

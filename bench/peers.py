@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import io
-import json
 import math
 import os
 import shlex
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import httpx
 
+from maskrt.bench.chart import JSON_HELP, write_report
 from maskrt.bench.load import LevelResult, LoadClient
 from maskrt.bench.random_model import WORKLOADS
 from maskrt.errors import MaskrtError
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="also write the results as JSON to this file")
+    parser.add_argument("--json", help=JSON_HELP)
     args = parser.parse_args(argv)
     args.levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -348,13 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure(server, prepared, args, image, Path(tmp)))
     print(table(results))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"model": prepared.describe, "results": [dataclasses.asdict(r) for r in results]},
-                indent=2,
-                default=str,
-            )
-            + "\n"
+        write_report(
+            {"model": prepared.describe, "results": [dataclasses.asdict(r) for r in results]},
+            args.json,
+            f"maskrt bench peers: {prepared.describe}",
         )
     return 0 if all(lv.ok for r in results for lv in r.levels) else 1
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
+from maskrt.bench.chart import JSON_HELP, write_report
 from maskrt.bench.load import default_image, percentile, require_loopback, wait_ready
 from maskrt.errors import MaskrtError
 
@@ -131,11 +132,24 @@ def closed_loop(make: Callable[[], tuple[Call, Call]], concurrency: int, seconds
     return latencies
 
 
-def summary(latencies: list[float], seconds: float) -> str:
+def level(concurrency: int, latencies: list[float], seconds: float) -> dict[str, float]:
+    """One route at one concurrency, in the fields of ``bench load``'s levels (for the chart)."""
     ms = [t * 1000 for t in latencies]
+    return {
+        "concurrency": concurrency,
+        "requests": len(ms),
+        "seconds": seconds,
+        "throughput": len(ms) / seconds,
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+    }
+
+
+def summary(lv: dict[str, float]) -> str:
     return (
-        f"p50 {percentile(ms, 50):8.1f} ms  p95 {percentile(ms, 95):8.1f} ms  "
-        f"{len(ms) / seconds:7.1f} req/s  ({len(ms)} requests)"
+        f"p50 {lv['p50_ms']:8.1f} ms  p95 {lv['p95_ms']:8.1f} ms  "
+        f"{lv['throughput']:7.1f} req/s  ({lv['requests']} requests)"
     )
 
 
@@ -166,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "--api-key", default=os.environ.get("MASKRT_API_KEY"), help="API key (env MASKRT_API_KEY)"
     )
     p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
+    p.add_argument("--json", help=JSON_HELP)
     args = p.parse_args(argv)
     url = args.url.rstrip("/")
     require_loopback(url)
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} x {args.duration:g} s per endpoint and level",
         flush=True,
     )
+    routes: dict[str, list[dict[str, float]]] = {}
     for c in levels:
         samples: dict[str, list[float]] = {"/predict": [], "v2 binary": []}
         makers = {
@@ -192,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         total = args.rounds * args.duration
         print(f"concurrency {c}:")
         for name, latencies in samples.items():
-            print(f"  {name:<10} {summary(latencies, total)}")
+            routes.setdefault(name, []).append(level(c, latencies, total))
+            print(f"  {name:<10} {summary(routes[name][-1])}")
         ratio = statistics.median(samples["v2 binary"]) / statistics.median(samples["/predict"])
         verdict = "met" if ratio <= GOAL_BINARY else "NOT met"
         print(f"  v2 binary / /predict p50: {ratio:.3f} (goal <= {GOAL_BINARY:.2f}: {verdict})")
@@ -216,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(big) / 1e6:.2f} MB image at concurrency 1, {args.big_requests} pairs:")
     print(f"  binary p50 {p50['binary']:.1f} ms, JSON/base64 p50 {p50['JSON/base64']:.1f} ms")
     print(f"  JSON / binary p50: {ratio:.3f} (goal < {GOAL_JSON:.0f}: {verdict})")
+    if args.json:
+        big_image = {"bytes": len(big), "requests": args.big_requests, "p50_ms": p50}
+        write_report(
+            {"url": url, "model": model, "routes": routes, "big_image": big_image},
+            args.json,
+            f"maskrt bench v2: {model['name']} on {model['backend']}/{model['device']}",
+        )
     return 0
 
 

@@ -26,6 +26,7 @@ def test_torch_backend_against_the_naive_server(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0  # the chart beside it (test_bench_chart.py)
     assert "on cpu, maskrt's backend torch" in report["model"]
     assert [r["server"] for r in report["results"]] == ["maskrt", "naive"]
     for result in report["results"]:

@@ -643,9 +643,40 @@ def test_bench_load(server, checkpoint, tmp_path):
     text = run.stdout
     assert "p50 ms" in text and "batch sizes" in text and "server overhead:" in text, text
     report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0  # the chart beside it (test_bench_chart.py)
     levels = {lvl["concurrency"]: lvl for lvl in report["levels"]}
     assert set(levels) == {1, 3}
     assert levels[1]["ok"] > 0 and levels[1]["batch"]["sizes"].get("1", 0) > 0
     assert sum(levels[3]["batch"]["sizes"].values()) == levels[3]["batch"]["batches"]
     assert report["same_model"] is True
     assert report["overhead_c1"]["pairs"] == 4
+
+
+def test_bench_v2_report_and_chart(server, tmp_path):
+    """``maskrt bench v2 --json``: both routes per level in bench load's fields, and the chart."""
+    import subprocess
+
+    from server_harness import maskrt_command
+    from tools import package
+
+    package("tritonclient")
+    out = tmp_path / "v2.json"
+    run = subprocess.run(
+        [
+            *maskrt_command(),
+            *("bench", "v2", "--url", server.url, "--api-key", KEY, "--json", str(out)),
+            *("--concurrency", "1,2", "--duration", "1", "--rounds", "1"),
+            *("--big-bytes", "100000", "--big-requests", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert set(report["routes"]) == {"/predict", "v2 binary"}
+    for levels in report["routes"].values():
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        assert all(lv["requests"] > 0 and lv["p95_ms"] >= lv["p50_ms"] > 0 for lv in levels)
+    assert set(report["big_image"]["p50_ms"]) == {"binary", "JSON/base64"}
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -33,6 +33,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.peers",
         "maskrt serve against a naive FastAPI server and LitServe, one at a time",
     ),
+    "chart": (
+        "maskrt.bench.chart",
+        "redraw the chart (throughput, p50/p95 against concurrency) of a load, peers or v2 report",
+    ),
     "json-encode": (
         "maskrt.bench.json_encode",
         "serialising a /predict answer, json against orjson",
