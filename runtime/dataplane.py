@@ -9,9 +9,10 @@ is alive and ready, what model it serves (:class:`ServedModel`) and what it has 
 
 :meth:`DataPlane.infer` is the path of every request: it counts the request in flight, holds it to
 its deadline (``request_timeout_s`` from its arrival: upload, decode, queue and inference
-together), reads its images (the front door's ``read``) while announcing them to the batcher,
-admits their decoded size read from their headers (:mod:`~maskrt.runtime.admission`), decodes them
-in threads, and has them inferred (:meth:`DataPlane._run`): in this process by the dynamic batcher
+together; sooner when the request's :attr:`PostOptions.timeout_s` says so), reads its images (the
+front door's ``read``) while announcing them to the batcher, admits their decoded size read from
+their headers (:mod:`~maskrt.runtime.admission`), decodes them in threads, and has them inferred
+(:meth:`DataPlane._run`): in this process by the dynamic batcher
 (:class:`maskrt.runtime.local.LocalDataPlane`), or elsewhere (the Ray model deployment).
 """
 
@@ -86,10 +87,12 @@ class ServedModel:
     fallback_reason: str | None = None  # why it failed
 
     @classmethod
-    def of(cls, backend: Backend, max_batch: int) -> ServedModel:
+    def of(cls, backend: Backend, max_batch: int, name: str | None = None) -> ServedModel:
+        """``name``: what the model answers to (``MODEL_NAME``); default: its config name. Every
+        front door and the metrics name the model from here."""
         info = backend.info
         return cls(
-            name=info.name,
+            name=name or info.name,
             version=info.version,
             backend=backend.name,
             device=str(backend.device),
@@ -221,7 +224,8 @@ class DataPlane(ABC):
             raise self.not_ready()
         arrived = time.perf_counter() if arrived is None else arrived
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.request_timeout_s - (time.perf_counter() - arrived)
+        limit, whose = self.options.request_timeout_s, "the request timeout"
+        deadline = loop.time() + limit - (time.perf_counter() - arrived)
         self.statistics.request_started()
         ok = False
         timeout = asyncio.timeout_at(deadline)
@@ -230,6 +234,9 @@ class DataPlane(ABC):
                 with contextlib.ExitStack() as admitted:
                     with self._expecting():
                         images, options = await read()
+                        if options.timeout_s is not None and options.timeout_s < limit:
+                            limit, whose = options.timeout_s, "the request's own timeout"
+                            timeout.reschedule(deadline - self.options.request_timeout_s + limit)
                         pixels = await self._header_pixels(images)
                         admitted.enter_context(self.pixels.admit(pixels))
                         decoded = await self._decode_all(images)
@@ -238,10 +245,7 @@ class DataPlane(ABC):
                     )
             ok = True
         except TimeoutError:
-            raise DeadlineExceeded(
-                "timeout",
-                f"no answer within the request timeout of {self.options.request_timeout_s:g} s",
-            ) from None
+            raise DeadlineExceeded("timeout", f"no answer within {whose} of {limit:g} s") from None
         finally:
             self.statistics.request_ended(time.perf_counter() - arrived, ok)
         return [ImageResult(d, i) for d, i in zip(decoded, inferred)]

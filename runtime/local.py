@@ -90,7 +90,7 @@ class LocalDataPlane(DataPlane):
             return
         self.backend, self.pipeline, self.warmup_seconds = backend, pipeline, warm
         self.decode_device = pipeline.device
-        self.model = ServedModel.of(backend, max_batch)
+        self.model = ServedModel.of(backend, max_batch, self.options.model_name)
         self.statistics.model_loaded(
             self.model.name, self.model.backend, self.model.device, self.model.fallback_from
         )

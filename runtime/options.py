@@ -51,6 +51,13 @@ class RuntimeOptions(BaseSettings):
         description="checkpoint (.pt), ONNX (.onnx) or TensorRT engine (.plan/.engine) "
         "path; default: the bundled shapes model",
     )
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="the name the model answers to (/v2/models/NAME, /v1/model, the metrics); "
+        "default: the checkpoint's config name. KServe's ServingRuntime sets it to the "
+        "InferenceService's name",
+    )
     config: str | None = Field(
         None,
         description="layout of a bare state dict, e.g. resnet50_fpn (default: recognised from "

@@ -45,11 +45,14 @@ log = logging.getLogger("maskrt.runtime")
 
 @dataclass(frozen=True)
 class PostOptions:
-    """What a request asks of post-processing (one per image of a batch)."""
+    """What a request asks of post-processing (one per image of a batch), and its own deadline."""
 
     score_threshold: float = 0.0
     max_detections: int | None = None  # None: all the graph returns (K)
     want_masks: bool = True
+    # seconds from its arrival the client waits (Triton's timeout); the shorter of this and
+    # REQUEST_TIMEOUT_S holds
+    timeout_s: float | None = None
 
 
 @dataclass

@@ -5,6 +5,7 @@
   model deployment's, :mod:`maskrt.server.ray_serve`); its life cycle runs with the app's;
 - :mod:`~maskrt.server.middleware`: request context (id, metrics, access log, last-resort 500),
   the security headers of every answer and the body size limit;
+- :mod:`~maskrt.server.compression`: gzip or deflate answers for clients that accept them;
 - :mod:`~maskrt.server.errors`: the error JSON of every refused request, the runtime's errors'
   statuses among them;
 - :mod:`~maskrt.server.routes`: the routers (probes and metrics, the native API, the Open
@@ -25,6 +26,8 @@ from maskrt import __version__
 from maskrt.runtime.dataplane import DataPlane
 from maskrt.runtime.local import LocalDataPlane
 from maskrt.runtime.statistics import Statistics
+from maskrt.server import oip
+from maskrt.server.compression import CompressionMiddleware
 from maskrt.server.dependencies import api_key_dependencies
 from maskrt.server.errors import install_error_handlers
 from maskrt.server.metrics import Metrics
@@ -81,14 +84,23 @@ def create_app(
     app.include_router(v2.public)
     app.include_router(v2.router, dependencies=api_key_dependencies(state))
     pages.add_pages(app)
+    # added first = innermost: what the others see and count is the answer as sent
+    app.add_middleware(CompressionMiddleware)
     # added last = outermost: the context sees every answer, the limit's 413 included
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Content-Encoding",
+                "X-Request-ID",
+                oip.HEADER_LENGTH,
+            ],
+            expose_headers=["X-Request-ID", "Retry-After", oip.HEADER_LENGTH],
             max_age=600,
         )
     app.add_middleware(

@@ -14,8 +14,15 @@ image's count are zero or empty). A request comes in one of three forms:
 3. raw binary: ``Inference-Header-Content-Length: 0`` and the body is one encoded image.
 
 An output is binary when its own ``parameters.binary_data`` says so, else when the request's
-``parameters.binary_data_output`` does; a request that names no outputs gets all of them, binary
-unless it is plain JSON (so that ``curl`` users read JSON and Triton's clients get binary).
+``parameters.binary_data_output`` does, else it is JSON (as in Triton and KServe: a client that
+sends its images as binary data may still read JSON); a request that names no outputs gets all of
+them. A raw binary request's outputs are binary.
+
+The request's ``parameters`` are the native API's (``score_threshold``, ``max_detections``,
+``masks``), ``binary_data_output``, and the keys Triton's clients send: ``timeout``
+(microseconds) shortens the request's deadline; ``priority`` and ``sequence_*`` are accepted and
+ignored (one model, no sequences). Any other key is ignored too, as Triton passes unknown keys on
+to its backends; at most :data:`MAX_PARAMETERS` keys are read.
 
 Bad requests raise :class:`~maskrt.server.errors.ApiError` (400, 413 for too many images); the
 routes answer them in the protocol's shape, ``{"error": "..."}``
@@ -41,6 +48,7 @@ from maskrt.runtime.dataplane import ImageResult
 from maskrt.runtime.postprocess import Detection
 from maskrt.server import bounded_json
 from maskrt.server.errors import ApiError, shown
+from maskrt.server.schemas import PredictParams
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Bounds of a request's JSON, checked before it is parsed. A request is a handful of objects
@@ -53,6 +61,8 @@ _BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() als
 _PIECE = 1 << 20  # bytes inflated at a time
 VERSION = "1"
 INPUT = "image"
+# the request parameters the model reads; the route validates them as /predict's
+MODEL_PARAMETERS = frozenset(PredictParams.model_fields)
 
 # name -> (datatype, shape with -1 for variable dimensions)
 OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -80,8 +90,9 @@ class InferRequest:
     images: list[bytes]
     parameters: dict[str, Any] = field(default_factory=dict)  # for PredictParams
     outputs: dict[str, bool | None] = field(default_factory=dict)  # name -> binary (None: default)
-    binary_output: bool = True  # default of outputs that do not say
+    binary_output: bool = False  # default of outputs that do not say
     id: str | None = None
+    timeout_s: float | None = None  # the client's deadline (Triton's timeout), from its arrival
 
     def selected_outputs(self, masks: bool) -> dict[str, bool]:
         """Output name -> binary; ``masks`` is false when the request's ``masks`` is ``none``."""
@@ -196,7 +207,7 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
         if size == 0:
             if not body:
                 raise _bad("the request body is empty: send the image as the body")
-            return InferRequest([body])
+            return InferRequest([body], binary_output=True)
         if size > len(body):
             raise _bad(f"{HEADER_LENGTH} is {size}, but the body has only {len(body)} bytes")
         header, binary = body[:size], memoryview(body)[size:]
@@ -213,19 +224,30 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
             f"declare {used} (binary_data_size)"
         )
     parameters = _object(doc.get("parameters"), "parameters")
-    binary_output = parameters.pop("binary_data_output", header_length is not None)
+    binary_output = parameters.pop("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise _bad(
             f"parameters.binary_data_output must be true or false, got {shown(binary_output)}"
         )
+    timeout_s = _timeout(parameters.pop("timeout", None))
     request_id = doc.get("id")
     return InferRequest(
         images,
-        parameters,
+        {k: v for k, v in parameters.items() if k in MODEL_PARAMETERS},
         _parse_outputs(doc.get("outputs")),
         binary_output,
         None if request_id is None else str(request_id),
+        timeout_s,
     )
+
+
+def _timeout(value: Any) -> float | None:
+    """Triton's ``timeout`` parameter (microseconds, 0: none) in seconds."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _bad(f"parameters.timeout must be microseconds (an integer >= 0), got {shown(value)}")
+    return value / 1e6 if value else None
 
 
 def header_byte_count(value: str) -> int:

@@ -92,9 +92,9 @@ class MaskrtModel:
         self.pipeline.warmup([s for s in backend.warmup_batch_sizes() if s <= max_batch])
         self._run.set_max_batch_size(max_batch)
         self._run.set_batch_wait_timeout_s(self.options.max_delay_ms / 1000)
-        info = backend.info
-        self.model = ServedModel.of(backend, max_batch)  # GET /v1/model of maskrt serve
-        tags = {"model": info.name, "backend": backend.name}
+        # GET /v1/model of maskrt serve
+        self.model = ServedModel.of(backend, max_batch, self.options.model_name)
+        tags = {"model": self.model.name, "backend": backend.name}
         self.batch_size = Histogram(
             "maskrt_batch_size",
             "images per inference batch",

@@ -340,6 +340,24 @@ def test_the_metrics_port_stays_inside_the_cluster(directory):
             assert p.get("targetPort") != "metrics", service
 
 
+def test_kserve_names_the_model_after_the_inference_service(monkeypatch):
+    """KServe addresses a predictor as /v2/models/<InferenceService name>/infer (InferenceGraph
+    steps too). It templates the runtime's container with the InferenceService's metadata, so
+    {{.Name}} in MASKRT_MODEL_NAME becomes that name, which the server's settings take."""
+    from maskrt.server.settings import Settings
+
+    objects = render("kserve")
+    (isvc,) = of_kind(objects, "InferenceService")
+    (runtime,) = of_kind(objects, "ServingRuntime")
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+    (container,) = runtime["spec"]["containers"]
+    name = isvc["metadata"]["name"]
+    templated = json.loads(json.dumps(container).replace("{{.Name}}", name))
+    env = {e["name"]: e["value"] for e in templated["env"] if "value" in e}
+    monkeypatch.setenv("MASKRT_MODEL_NAME", env["MASKRT_MODEL_NAME"])
+    assert Settings().model_name == name
+
+
 @pytest.mark.slow
 def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
     checked = []

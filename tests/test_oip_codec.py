@@ -41,11 +41,11 @@ def triton_body(inputs, outputs=None, **kwargs) -> tuple[bytes, str | None]:
         inputs=inputs,
         request_id=kwargs.pop("request_id", ""),
         outputs=outputs,
-        sequence_id=0,
-        sequence_start=False,
-        sequence_end=False,
-        priority=0,
-        timeout=None,
+        sequence_id=kwargs.pop("sequence_id", 0),
+        sequence_start=kwargs.pop("sequence_start", False),
+        sequence_end=kwargs.pop("sequence_end", False),
+        priority=kwargs.pop("priority", 0),
+        timeout=kwargs.pop("timeout", None),
         custom_parameters=kwargs.pop("parameters", None),
     )
     body = body if isinstance(body, bytes) else body.encode()
@@ -119,6 +119,32 @@ def test_kserve_request(binary):
     assert req.images == IMAGES
     assert req.parameters == {"masks": "none"}
     assert req.selected_outputs(masks=False) == {"scores": True}
+
+
+def test_binary_input_without_output_flags_gets_json_outputs():
+    """As Triton and KServe: binary tensor data in does not mean binary out."""
+    body, header = triton_body([triton_input(IMAGES, binary=True)])
+    assert header is not None
+    doc = json.loads(body[: int(header)])
+    del doc["parameters"]["binary_data_output"]  # what a hand-written client sends
+    header_bytes = json.dumps(doc).encode()
+    body = header_bytes + body[int(header) :]
+    req = parse_infer_request(body, str(len(header_bytes)), max_images=8)
+    assert set(req.selected_outputs(masks=True).values()) == {False}
+
+
+def test_triton_reserved_and_unknown_parameters():
+    body, header = triton_body(
+        [triton_input(IMAGES, binary=True)],
+        parameters={"masks": "none", "tag": "x"},
+        priority=2,
+        sequence_id=9,
+        sequence_start=True,
+        timeout=1_500_000,
+    )
+    req = parse_infer_request(body, header, max_images=8)
+    assert req.parameters == {"masks": "none"}  # what the model reads; the rest is not its
+    assert req.timeout_s == 1.5
 
 
 def test_raw_binary_request():

@@ -161,6 +161,33 @@ def test_promtool_rule_unit_tests(prometheus_tools):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_rules_and_dashboard_select_every_inference_endpoint_and_only_those():
+    """The request rules and the dashboard's "All" endpoints agree, and take the app's inference
+    routes (/predict, /v2 infer) and gRPC's ModelInfer, not its probes or metadata."""
+    from maskrt.server.app import create_app
+    from maskrt.server.middleware import route_paths
+    from maskrt.server.settings import Settings
+
+    selectors = {
+        m for rule in rules() for m in re.findall(r'endpoint=~"([^"]+)"', rule.get("expr", ""))
+    }
+    assert len(selectors) == 1, selectors
+    (selector,) = selectors
+    (variable,) = [v for v in load_dashboard()["templating"]["list"] if v["name"] == "endpoint"]
+    assert variable["allValue"] == selector
+    assert variable["regex"] == f"/^({selector})$/"
+    paths = set(route_paths(create_app(Settings()).routes))
+    inference = {p for p in paths if re.fullmatch(selector, p)}
+    assert inference == {
+        "/predict",
+        "/predict/batch",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }
+    assert re.fullmatch(selector, "ModelInfer")
+    assert not re.fullmatch(selector, "ModelMetadata")
+
+
 # ---------------------------------------------------------------------------------------------
 # Live: maskrt serve + Prometheus
 

@@ -56,6 +56,7 @@ SETTINGS = {
     "max_upload_bytes": 2_000_000,
     "api_keys": KEY,
     "score_threshold": 0.3,
+    "model_name": "segmenter",  # not the config's name: the replicas and the ingress use this one
 }
 RAY_OPTIONS = {
     "num_gpus": 1,
@@ -349,7 +350,7 @@ def test_tritonclient_infer_answers_as_maskrt_serve_does(cluster, served):
     def infer(url: str) -> dict[str, np.ndarray]:
         c = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
         try:
-            result = c.infer("shapes", [image], headers=dict(AUTH))
+            result = c.infer(SETTINGS["model_name"], [image], headers=dict(AUTH))
         finally:
             c.close()
         names = [o["name"] for o in result.get_response()["outputs"]]
@@ -414,6 +415,11 @@ def test_replica_and_ingress_metrics(cluster):
     with client(cluster) as c:
         text = c.get("/metrics").text
     assert 'maskrt_requests_total{endpoint="/predict",status="200"}' in text
+    # MODEL_NAME labels the replicas' metrics and the ingress's model
+    model = f'model="{SETTINGS["model_name"]}"'
+    assert any(model in k for k in exported() or {} if k.startswith("ray_maskrt_images_total"))
+    served = [k for k in parse_metrics(text) if k.startswith("maskrt_model_info{")]
+    assert served and all(f'name="{SETTINGS["model_name"]}"' in k for k in served), served
     # the model replica's backend, as the ingress learnt it: nothing fell back
     fallback = 'maskrt_backend_fallback{backend="onnxruntime",wanted="onnxruntime"}'
     assert parse_metrics(text)[fallback] == 0

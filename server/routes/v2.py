@@ -11,6 +11,7 @@ format. Errors under ``/v2`` are ``{"error": "..."}`` (:func:`~maskrt.server.err
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -163,7 +164,8 @@ def _parse(
     parsed = oip.parse_infer_request(data, header_length, max_images=settings.max_queue)
     params = parse_params(query + list(parsed.parameters.items()))
     outputs = parsed.selected_outputs(masks=params.masks == "rle")
-    return parsed, outputs, post_options(params, settings.score_threshold)
+    options = post_options(params, settings.score_threshold)
+    return parsed, outputs, dataclasses.replace(options, timeout_s=parsed.timeout_s)
 
 
 @router.post(
