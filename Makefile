@@ -1,37 +1,45 @@
-# Two entry points for a fresh clone: `make serve` and `make test`. Both install into .venv.
+# Two entry points for a fresh clone: `make serve` and `make test`. Both install into .venv: serve
+# only what serving needs, test the test, lint and Ray tooling on top (each with its own stamp).
 # the first interpreter that really runs and is 3.11 or 3.12 (pyenv shims may exist but not run)
 PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
 	$$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' 2>/dev/null \
 	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 
 .PHONY: install serve test lint typecheck browser clean
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "maskrt needs Python 3.11 or 3.12 (python3 on PATH)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(PIP_INSTALL) -e .
 	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): $(SERVE_STAMP)
+	$(PIP_INSTALL) -e '.[dev,ray]'
+	touch $@
 
-serve: install
+# what `make serve` needs; `make test` adds the rest
+install: $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/maskrt serve
 
 # lint, format, types, then the suite: CI (.ci/run) runs exactly this
-test: lint typecheck browser
+test: lint typecheck browser $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 # lint: ruff, then the layers of the package (import-linter's contracts in pyproject.toml)
-lint: install
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: install
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy -p maskrt
 
 # The browser tests drive Debian's chromium; as root (CI) it is installed when missing. Under

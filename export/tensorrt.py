@@ -31,8 +31,7 @@ import logging
 import os
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from maskrt import plugins
 from maskrt.errors import MaskrtError
@@ -43,6 +42,9 @@ from maskrt.export.artifacts import (
     read_metadata,
     sidecar_path,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("maskrt.export.tensorrt")
 
@@ -125,6 +127,8 @@ def build_engine(
     returns the sidecar's content. ``max_batch`` defaults to the ONNX's; ``fp16`` asks for an fp16
     engine, which needs the fp16 export (the engine has the ONNX's precision either way); ``tf32``
     lets TensorRT run float32 layers in TF32 (module docstring)."""
+    import torch  # here, not at the top: `maskrt --help` reads this module's defaults
+
     meta, fp16_onnx, canvas, sha, max_batch = check_build_request(
         onnx_path, max_batch, workspace_gib, fp16
     )

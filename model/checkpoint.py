@@ -24,15 +24,16 @@ from maskrt.errors import MaskrtError
 from maskrt.model.build import build_model
 from maskrt.model.config import (
     CONFIGS,
+    DEFAULT_CHECKPOINT,
     ModelConfig,
+    check_label_count,
     default_classes,
     get_config,
     torchvision_weights_config,
 )
+from maskrt.model.peek import CLASS_KEY, FORMAT, PICKLED
 
-FORMAT = "maskrt-checkpoint"
 FORMAT_VERSION = 1
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "shapes.pt"
 
 
 @dataclass
@@ -128,13 +129,6 @@ def read_file(path: Path, trust_pickle: bool = False) -> object:
         raise MaskrtError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
 
 
-PICKLED = (
-    "{path}: a pickled Python object (e.g. torch.save(model)), not a state dict; it was not "
-    "loaded, because unpickling runs code from the file. If you trust it, convert it once with "
-    "`maskrt convert --model {path} --out model.pt --trust-pickle`, or pass --trust-pickle"
-)
-
-
 def bare_state(payload: object) -> object:
     """The state dict inside a torchvision-style file: the dict itself, the ``model`` entry of
     torchvision's detection references, or a whole model's ``state_dict()`` (trusted pickle)."""
@@ -221,7 +215,6 @@ def _verify(path: Path, payload: dict) -> bool:
 
 
 # weights whose shape follows the class count: a checkpoint for other classes differs only here
-CLASS_KEY = "roi_heads.box_predictor.cls_score.weight"
 _PER_CLASS = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
 
@@ -251,8 +244,7 @@ def fit_config(state: object, config: str | ModelConfig | None, source: str) -> 
     layout the weights have; its classes are as many as the weights' (named by
     :func:`~maskrt.model.config.default_classes` unless they already are that many)."""
     state = _check_tensors(state, source)
-    if CLASS_KEY not in state:
-        raise MaskrtError(f"{source}: no {CLASS_KEY}; not the state dict of a torchvision MaskRCNN")
+    count = _class_count(state, source)
     if config is None:
         layout = _layout(state)
         fits = [name for name, cfg in CONFIGS.items() if _config_layout(cfg) == layout]
@@ -264,8 +256,14 @@ def fit_config(state: object, config: str | ModelConfig | None, source: str) -> 
             )
         config = fits[0]
     cfg = _resolve(config)
-    count = state[CLASS_KEY].shape[0]
     return cfg if cfg.num_classes == count else cfg.replace(classes=default_classes(count))
+
+
+def _class_count(state: dict[str, torch.Tensor], source: str) -> int:
+    """The predictor's outputs (background included) of a torchvision MaskRCNN state dict."""
+    if CLASS_KEY not in state:
+        raise MaskrtError(f"{source}: no {CLASS_KEY}; not the state dict of a torchvision MaskRCNN")
+    return int(state[CLASS_KEY].shape[0])
 
 
 @dataclass(frozen=True)
@@ -294,11 +292,7 @@ def load_model(source: str | Path, options: ModelOptions | None = None) -> Loade
     loaded = load_checkpoint(source, options.config, options.trust_pickle)
     cfg = loaded.config
     if options.labels is not None:
-        if len(options.labels) != cfg.num_classes - 1:
-            raise MaskrtError(
-                f"--labels names {len(options.labels)} classes; {loaded.source} has "
-                f"{cfg.num_classes - 1} (besides the background)"
-            )
+        check_label_count(options.labels, cfg.num_classes, loaded.source)
         cfg = cfg.replace(classes=("__background__", *options.labels))
     cfg = cfg.with_canvas(options.canvas)
     loaded.model.transform.min_size = (cfg.canvas,)  # torchvision's own resize (eager) follows

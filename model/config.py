@@ -15,6 +15,9 @@ from typing import Any
 
 from maskrt.errors import MaskrtError
 
+# the bundled shapes model (a path only: reading it needs torch, naming it must not)
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "shapes.pt"
+
 # torchvision's COCO category names (index = contiguous label of its 91-way predictor).
 COCO_CLASSES: tuple[str, ...] = (
     "__background__",
@@ -241,8 +244,14 @@ def default_classes(count: int) -> tuple[str, ...]:
 
 
 def parse_labels(value: str) -> tuple[str, ...]:
-    """``--labels``: a file with one name per line, or a comma-separated list."""
+    """``--labels``: a file with one name per line, or a comma-separated list. A value that names
+    a file (a path separator or a ``.txt`` suffix, no comma) must be one: taking a mistyped path
+    for a single class name would serve a model with wrong names."""
     path = Path(value)
+    if "," not in value and not path.is_file() and _looks_like_path(value):
+        raise MaskrtError(
+            f"{value}: no such labels file (give a file with one name per line, or a comma list)"
+        )
     if path.is_file():
         try:
             lines = path.read_text().splitlines()
@@ -252,8 +261,21 @@ def parse_labels(value: str) -> tuple[str, ...]:
     else:
         names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
-        raise MaskrtError(f"--labels {value!r}: no names (a comma list, or a file of one per line)")
+        raise MaskrtError(f"{value!r}: no names (give a comma list, or a file of one per line)")
     return tuple(names)
+
+
+def check_label_count(labels: tuple[str, ...], num_classes: int, source: str) -> None:
+    """``--labels`` must name each class of the model but the background."""
+    if len(labels) != num_classes - 1:
+        raise MaskrtError(
+            f"--labels names {len(labels)} classes; {source} has {num_classes - 1} (besides the "
+            f"background): give one name per class"
+        )
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.lower().endswith(".txt")
 
 
 def get_config(name: str) -> ModelConfig:

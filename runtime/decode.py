@@ -42,21 +42,6 @@ _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 
 
-def ignore_expected_warnings() -> None:
-    """Silence the warnings decoding raises by design; the commands call it (``maskrt serve``,
-    ``maskrt predict``, ``maskrt evaluate``; the tests list the same filters in pyproject.toml),
-    importing this module does not.
-
-    - torch warns when it wraps a read-only buffer (Pillow's pixels, the upload's bytes) without
-      copying; the decoded tensor is never written in place, and the copy would cost time;
-    - torchvision >= 0.29 warns on every ``decode_jpeg`` call that its decoders are deprecated.
-    """
-    warnings.filterwarnings(
-        "ignore", message="The given NumPy array is not writable", category=UserWarning
-    )
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-
-
 @dataclass
 class DecodedImage:
     """A decoded upright RGB image and how it was obtained."""

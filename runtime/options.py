@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from maskrt.errors import MaskrtError
@@ -191,6 +191,29 @@ class RuntimeOptions(BaseSettings):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return value
 
+    @field_validator("canvas")
+    @classmethod
+    def _canvas(cls, value: int | None) -> int | None:
+        if value is not None and value % 32:
+            raise ValueError(f"must be a multiple of 32, such as {value // 32 * 32 or 32}")
+        return value
+
+    @field_validator("config", "labels")
+    @classmethod
+    def _model_flags(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A config name that does not exist, or a labels file that does not, fails here: before
+        a command loads anything."""
+        from maskrt.model.config import get_config, parse_labels
+
+        value = value.strip() or None if isinstance(value, str) else value
+        if value is not None:
+            check = get_config if info.field_name == "config" else parse_labels
+            try:
+                check(value)
+            except MaskrtError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("model")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
@@ -317,5 +340,5 @@ def from_flags(
                 continue
             name = str(err["loc"][0])
             where = flag_name(name) if name in given else f"MASKRT_{name.upper()}"
-            problems.append(f"{where}: {err['msg']}")
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise MaskrtError("invalid settings: " + "; ".join(problems)) from None

@@ -118,7 +118,10 @@ def _text_value(value: object) -> str:
 
 
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
-    """Route the root logger (and uvicorn's loggers) to stderr in ``log_format``."""
+    """Route the root logger (and uvicorn's loggers) to stderr in ``log_format``: ``json``,
+    ``text``, or ``auto``, text for a person at a terminal and JSON for a log collector."""
+    if log_format == "auto":
+        log_format = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -32,7 +32,8 @@ from maskrt.server.metrics import Metrics
 log = logging.getLogger("maskrt.server")
 access_log = logging.getLogger("maskrt.access")
 
-QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # access-logged at debug level
+# probes and scrapes, polled every few seconds: access-logged at debug level
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

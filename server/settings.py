@@ -75,7 +75,11 @@ class Settings(RuntimeOptions):
         description="serve /metrics on this port (same host) instead of PORT, so that only "
         "PORT need be exposed; unset: /metrics on PORT",
     )
-    log_format: Literal["json", "text"] = Field("json", description="log line format")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="log line format; auto: text on a terminal, JSON elsewhere (a file, a pipe, "
+        "a container's log)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     @field_validator("api_keys", "cors_origins", "forwarded_allow_ips", mode="before")

@@ -18,11 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands(section: str) -> list[str]:
-    """The lines of the ```bash blocks under README's ``## <section>``."""
+    """The lines of the ```bash blocks under README's ``## <section>``, without README's
+    ``.venv/bin/`` (this interpreter's environment is first on the PATH of :func:`run`)."""
     text = (ROOT / "README.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, re.S)
-    return [line for block in blocks for line in block.splitlines() if line.strip()]
+    lines = [line for block in blocks for line in block.splitlines() if line.strip()]
+    return [line.removeprefix(".venv/bin/") for line in lines]
 
 
 def run(line: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:

@@ -93,7 +93,7 @@ def test_defaults(clean_env):
         "auto",
         "auto",
         "127.0.0.1",
-        "json",
+        "auto",
         None,
     )
     assert s.api_keys == [] and s.cors_origins == []

@@ -12,6 +12,7 @@ import sys
 
 from maskrt import __version__
 from maskrt.errors import MaskrtError
+from maskrt.quiet import ignore_expected_warnings
 
 PARTS = (
     "maskrt.cli.model",
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    ignore_expected_warnings()
     try:
         return int(args.func(args) or 0)
     except MaskrtError as exc:

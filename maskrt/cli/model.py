@@ -154,10 +154,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from maskrt.model.coco import open_dataset
     from maskrt.model.evaluate import eager_predictor, evaluate
     from maskrt.runtime.backends import model_path, open_backend
-    from maskrt.runtime.decode import ignore_expected_warnings
     from maskrt.runtime.pipeline import Pipeline
 
-    ignore_expected_warnings()
     eager = args.backend == "eager"
     options = from_flags(
         args,

@@ -73,9 +73,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from maskrt.errors import MaskrtError
-    from maskrt.runtime.decode import ignore_expected_warnings
 
-    ignore_expected_warnings()
     stems: dict[str, Path] = {}
     for path in args.images:
         if path.stem in stems:

@@ -46,6 +46,18 @@ def listening_socket(host: str, port: int, setting: str = "port") -> socket.sock
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from maskrt.runtime.backends import check_model, check_model_file
+    from maskrt.server.settings import Settings
+
+    # the mistakes a flag can hold, before anything imports torch (exit 2 in well under a second):
+    # values, names, files, ports; then what needs torch (the checkpoint's class count, the device)
+    settings = from_flags(args, Settings)
+    check_model_file(settings)
+    sock = listening_socket(settings.host, settings.port)
+    metrics_sock = None
+    if settings.metrics_port is not None:
+        metrics_sock = listening_socket(settings.host, settings.metrics_port, "metrics_port")
+
     import asyncio
     import contextlib
     import signal
@@ -53,23 +65,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from maskrt.runtime.backends import check_model
-    from maskrt.runtime.decode import ignore_expected_warnings
     from maskrt.runtime.local import LocalDataPlane
     from maskrt.server.app import create_app
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
     from maskrt.server.routes.probes import create_metrics_app
-    from maskrt.server.settings import Settings
 
-    settings = from_flags(args, Settings)
     configure_logging(settings.log_format, settings.log_level)
-    ignore_expected_warnings()
-    check_model(settings)  # a missing file or impossible combination fails now, not after start
-    sock = listening_socket(settings.host, settings.port)
-    metrics_sock = None
-    if settings.metrics_port is not None:
-        metrics_sock = listening_socket(settings.host, settings.metrics_port, "metrics_port")
+    check_model(settings)  # the class count and the device, before the server starts
 
     exit_code = 0
     server: uvicorn.Server | None = None

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maskrt.devices import check_device
 from maskrt.errors import MaskrtError, describe
-from maskrt.model.config import torchvision_weights_config
+from maskrt.model.config import DEFAULT_CHECKPOINT, torchvision_weights_config
 
 if TYPE_CHECKING:
     import torch
@@ -46,11 +45,7 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 
 def model_path(options: RuntimeOptions) -> str:
     """``options.model`` or the bundled shapes checkpoint."""
-    if options.model:
-        return options.model
-    from maskrt.model.checkpoint import default_checkpoint
-
-    return str(default_checkpoint())
+    return options.model or str(DEFAULT_CHECKPOINT)
 
 
 def model_kind(model: str) -> str:
@@ -113,18 +108,17 @@ def fallback_backend(asked: str, kind: str, backend: str) -> str | None:
     return "torch" if kind == "checkpoint" else "onnxruntime"
 
 
-def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
-    """Cheap checks done before the server starts: ``(model, kind, backend)``; a missing file or an
-    impossible backend/model/device combination is an error here, not after start-up."""
+def check_model_file(options: RuntimeOptions) -> tuple[str, str]:
+    """``(model, kind)``, checked without importing torch (so in well under a second): a model
+    file that is missing, unreadable or of an unknown kind, or model flags for a file that fixes
+    them, is an error before anything slow starts."""
     model = model_path(options)
     kind = model_kind(model)
-    if kind != "checkpoint" and options.model_options().tag():
+    if kind != "checkpoint" and (options.config or options.labels or options.canvas):
         raise MaskrtError(
             f"{model}: --config, --labels and --canvas apply to a checkpoint; an {kind} file "
             f"fixes them (export it again with them)"
         )
-    device = options.resolved_device()
-    backend = resolve_backend(options.backend, kind, device)
     if torchvision_weights_config(model) is None:
         path = Path(model)
         if not path.is_file():
@@ -139,6 +133,36 @@ def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
             )
         if not os.access(path, os.R_OK):
             raise MaskrtError(f"{model}: not readable")
+    if kind == "checkpoint":
+        check_checkpoint(options, model)
+    return model, kind
+
+
+def check_checkpoint(options: RuntimeOptions, model: str) -> None:
+    """A damaged or pickled checkpoint, and ``--labels`` against the class count it records, read
+    from the file without torch; torchvision's weights by name have their config's."""
+    from maskrt.model.config import check_label_count, get_config, parse_labels
+    from maskrt.model.peek import class_count
+
+    weights_config = torchvision_weights_config(model)
+    if weights_config is not None:
+        count: int | None = get_config(weights_config).num_classes
+    else:
+        count = class_count(Path(model), options.config, options.trust_pickle)
+    if count is not None and options.labels:
+        check_label_count(parse_labels(options.labels), count, model)
+
+
+def check_model(options: RuntimeOptions) -> tuple[str, str, str]:
+    """Cheap checks done before the server starts: ``(model, kind, backend)``; a missing or
+    unreadable file, ``--labels`` for another class count (read from the file, not by building the
+    model) or an impossible backend/model/device combination is an error here, not after
+    start-up."""
+    from maskrt.devices import check_device
+
+    model, kind = check_model_file(options)
+    device = options.resolved_device()
+    backend = resolve_backend(options.backend, kind, device)
     check_device(device)
     fallback = fallback_backend(options.backend, kind, backend)
     # the torch settings apply to auto's TensorRT through its torch fallback
