@@ -207,12 +207,14 @@ class DataPlane(ABC):
         request_id: str = "",
         arrived: float | None = None,
         gone: Callable[[], Awaitable[None]] | None = None,
+        timeout_s: float | None = None,
     ) -> list[ImageResult]:
         """The results of one request's images, in order. ``read()`` gives the images and the
         options (the front door parses its body there, while the batcher waits for them);
         ``arrived`` is the request's ``time.perf_counter()`` at arrival (default: now); ``gone()``
         returns when the client goes away (its images are dropped and
-        :class:`~maskrt.runtime.errors.ClientGone` is raised).
+        :class:`~maskrt.runtime.errors.ClientGone` is raised); ``timeout_s``: the client's own
+        deadline from arrival (a gRPC deadline), when shorter than ``request_timeout_s``.
 
         Raises :mod:`~maskrt.runtime.errors`' errors, and what ``read`` raises. A request that
         starts while the data plane is not ready (loading, draining) is refused; one that started
@@ -221,7 +223,11 @@ class DataPlane(ABC):
             raise self.not_ready()
         arrived = time.perf_counter() if arrived is None else arrived
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.request_timeout_s - (time.perf_counter() - arrived)
+        limit_s = self.options.request_timeout_s
+        whose = "the request timeout"
+        if timeout_s is not None and timeout_s < limit_s:
+            limit_s, whose = timeout_s, "the client's deadline"
+        deadline = loop.time() + limit_s - (time.perf_counter() - arrived)
         self.statistics.request_started()
         ok = False
         timeout = asyncio.timeout_at(deadline)
@@ -240,7 +246,7 @@ class DataPlane(ABC):
         except TimeoutError:
             raise DeadlineExceeded(
                 "timeout",
-                f"no answer within the request timeout of {self.options.request_timeout_s:g} s",
+                f"no answer within {whose} of {limit_s:g} s",
             ) from None
         finally:
             self.statistics.request_ended(time.perf_counter() - arrived, ok)
