@@ -64,6 +64,9 @@ CODES: dict[int, grpc.StatusCode] = {
 # typed contents of each datatype (InferTensorContents)
 _CONTENTS = {"BYTES": "bytes_contents", "FP32": "fp32_contents", "INT32": "int_contents"}
 _OPEN = {"ServerLive", "ServerReady", "ServerMetadata"}  # no API key, as /v2/health and GET /v2
+# the data plane gives up this long before a call's deadline, so that the client reads why
+# (gRPC's own cancellation at the deadline says only "Deadline Exceeded")
+DEADLINE_MARGIN_S = 0.05
 _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("maskrt_grpc_arrived")
 
 Reply = TypeVar("Reply", bound=Message)
@@ -185,11 +188,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             ]
             return images, got[2]
 
+        remaining = context.time_remaining()
         results = await state.plane.infer(
             read,
             request_id=request_id_var.get() or "",
             arrived=_arrived.get(),
-            timeout_s=context.time_remaining(),
+            timeout_s=None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_S),
         )
         assert got is not None
         return _response(name, got[0], got[1], results)
