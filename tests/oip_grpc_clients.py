@@ -3,7 +3,7 @@ and the ``kserve`` package register the same protobuf symbols (``duplicate symbo
 'inference.ServerLiveRequest'``), so neither may be imported where the other is (and pytest's
 process imports ``kserve`` for tests/test_oip_http.py).
 
-``python oip_grpc_clients.py {triton,kserve} ADDRESS MODEL KEY IMAGE...`` runs that client's
+``python oip_grpc_clients.py {triton,kserve,infer} ADDRESS MODEL KEY IMAGE...`` runs that client's
 calls against a server and prints one JSON object: each answer's outputs as lists (BYTES as
 latin-1 strings), and each refused call's gRPC status code and message.
 """
@@ -145,7 +145,22 @@ def kserve(address: str, model: str, key: str, images: list[bytes]) -> dict[str,
     return asyncio.run(run())
 
 
+def infer(address: str, model: str, key: str, images: list[bytes]) -> dict[str, Any]:
+    """One call: its status code and its detection counts."""
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    with tg.InferenceServerClient(address) as client:
+        t = tg.InferInput("image", [len(images)], "BYTES")
+        t.set_data_from_numpy(np.array(images, dtype=np.object_))
+        try:
+            result = client.infer(model, [t], headers={"x-api-key": key}, client_timeout=120)
+        except InferenceServerException as exc:
+            return {"status": exc.status(), "message": exc.message()}
+        return {"status": "OK", "num_detections": _plain(result.as_numpy("num_detections"))}
+
+
 if __name__ == "__main__":
     which, address, model, key, *paths = sys.argv[1:]
-    run = {"triton": triton, "kserve": kserve}[which]
+    run = {"triton": triton, "kserve": kserve, "infer": infer}[which]
     print(json.dumps(run(address, model, key, [Path(p).read_bytes() for p in paths])))

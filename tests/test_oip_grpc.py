@@ -11,15 +11,30 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import test_oip_http
 import tritonclient.http as triton
-from server_harness import free_port, metric, png, shapes_image, start_server
+from server_harness import (
+    HOST,
+    free_port,
+    maskrt_command,
+    metric,
+    multipart,
+    png,
+    read_response,
+    send_predict,
+    shapes_image,
+    start_server,
+    wait_for,
+)
 from test_oip_http import AUTH, KEY, assert_same
 from tools import missing
 
@@ -65,18 +80,18 @@ def expected(client) -> list[dict]:
     return answers
 
 
-def run_clients(which: str, server, name: str, tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp(f"images-{which}")
+def client_command(which: str, server, name: str, folder: Path) -> list[str]:
+    """The command that runs ``which`` of tests/oip_grpc_clients.py on :data:`IMAGES`."""
     paths = []
     for i, data in enumerate(IMAGES):
         (folder / f"{i}.png").write_bytes(data)
         paths.append(str(folder / f"{i}.png"))
-    run = subprocess.run(
-        [sys.executable, str(CLIENTS), which, server.grpc_address, name, KEY, *paths],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return [sys.executable, str(CLIENTS), which, server.grpc_address, name, KEY, *paths]
+
+
+def run_clients(which: str, server, name: str, tmp_path_factory) -> dict:
+    command = client_command(which, server, name, tmp_path_factory.mktemp(f"images-{which}"))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:] + server.log()
     return json.loads(run.stdout)
 
@@ -276,3 +291,70 @@ def test_curl_reads_config_and_stats(server, name):
         timeout=60,
     )
     assert run.stdout == "401"
+
+
+# ---------------------------------------------------------------------------------------------
+# The port and the drain
+
+
+def test_grpc_port_in_use_is_a_user_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [*maskrt_command(), "serve", "--port", str(free_port()), "--grpc-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"cannot listen on {HOST}:{port}" in run.stderr and "--grpc-port" in run.stderr
+
+
+def test_sigterm_answers_the_grpc_call_in_flight(tmp_path_factory, checkpoint, name):
+    """A gRPC call queued at SIGTERM is answered, one made during the drain gets UNAVAILABLE, and
+    the server exits 0. An HTTP upload held half-sent keeps the batch from forming until the
+    drain is under way (as in tests/test_server_shutdown.py)."""
+    port = free_port()
+    server = start_server(
+        tmp_path_factory,
+        "grpc-drain",
+        {
+            "model": checkpoint,
+            "backend": "torch",
+            "max_batch": 8,
+            "max_delay_ms": 60000,
+            "request_timeout_s": 60,
+            "min_body_rate": 0,
+            "api_keys": KEY,
+            "grpc_port": port,
+        },
+    )
+    server.grpc_address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        body, ctype = multipart("image", "x.png", IMAGES[0])
+        slow = send_predict(server, body, ctype, {"X-API-Key": KEY}, send_body=len(body) // 2)
+        wait_for(server, "the upload", lambda m: metric(m, "maskrt_inflight_requests") == 1)
+        folder = tmp_path_factory.mktemp("drain-images")
+        command = client_command("infer", server, name, folder)
+        queued = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        wait_for(server, "the gRPC call", lambda m: metric(m, "maskrt_inflight_requests") == 2)
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "draining" not in server.log(tail=10**6):
+            assert time.monotonic() < deadline, f"no drain after SIGTERM:\n{server.log()}"
+            time.sleep(0.05)
+        during = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        slow.sendall(body[len(body) // 2 :])
+        status, _ = read_response(slow)
+        slow.close()
+        answered = json.loads(queued.communicate(timeout=120)[0])
+        exit_code = server.proc.wait(60)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert status == 200
+    assert answered["status"] == "OK" and len(answered["num_detections"]) == len(IMAGES)
+    assert json.loads(during.stdout)["status"] == "StatusCode.UNAVAILABLE", during.stderr
+    assert exit_code == 0
