@@ -165,10 +165,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if request.name:
-            name = model_name(self.state, request.name, request.version or None)
-        else:
-            name = self.state.plane.served_model().name
+        name = model_name(self.state, request.name or None, request.version or None)
         stats = triton.model_statistics(name, self.state.plane.statistics)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 

@@ -95,11 +95,11 @@ async def server_metadata() -> Response:
     return json_response(oip.server_metadata())
 
 
-def model_name(state: AppState, name: str, version: str | None) -> str:
-    """The served model's name: 503 before it is loaded, 404 for another name or version (the
-    gRPC front door checks its requests' names here too)."""
+def model_name(state: AppState, name: str | None, version: str | None) -> str:
+    """The served model's name: 503 before it is loaded, 404 for another name or version
+    (``None``: whichever is served). The gRPC front door checks its requests' names here too."""
     served = state.plane.served_model().name
-    if name != served:
+    if name is not None and name != served:
         raise ApiError(
             404, "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
         )
@@ -181,16 +181,19 @@ async def model_config(
     summary="statistics of every model (Triton's)",
     responses=_example(_STATS_EXAMPLE, with_path=False),
 )
+async def statistics(state: AppState = Depends(get_state)) -> Response:
+    served = model_name(state, None, None)
+    return json_response(triton.model_statistics(served, state.plane.statistics))
+
+
 @router.get("/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE))
 @router.get(
     _VERSIONED + "/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE)
 )
 async def model_statistics(
-    name: str | None = None, version: str | None = None, state: AppState = Depends(get_state)
+    name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    served = (
-        model_name(state, name, version) if name is not None else state.plane.served_model().name
-    )
+    served = model_name(state, name, version)
     return json_response(triton.model_statistics(served, state.plane.statistics))
 
 
