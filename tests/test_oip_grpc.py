@@ -196,8 +196,10 @@ def test_statistics_over_grpc_count_the_calls(triton_grpc):
     # 3 sync + batch + params + aio + typed before the statistics call (and /predict's 3)
     assert int(infer["success"]["count"]) >= 7 + 3
     assert int(stats["inference_count"]) >= 3 + 3 + 1 + 1 + 1 + 3
+    # protobuf's JSON leaves out zeros: a queue wait may round to none
     for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
-        assert int(infer[stage]["count"]) > 0 and int(infer[stage]["ns"]) > 0
+        assert int(infer[stage]["count"]) > 0
+    assert int(infer["compute_infer"]["ns"]) > 0
     sizes = {int(b["batch_size"]) for b in stats["batch_stats"]}
     assert 3 in sizes  # the batch request ran as one batch of 3
     assert triton_grpc["all_statistics"]["model_stats"][0]["name"] == stats["name"]
