@@ -10,8 +10,8 @@ answer encoded by :mod:`maskrt.server.oip`, the model name checked by
 (the liveness, readiness and server metadata calls are open, as ``/v2/health`` is); the request
 id from ``x-request-id`` metadata, sent back as trailing metadata. Each call is counted in
 ``maskrt_request_duration_seconds`` with its method as ``endpoint`` and its gRPC status code as
-``status``. An error is the HTTP status the HTTP front door answers, turned into a gRPC status
-code by :data:`CODES` (docs/server.md, "gRPC").
+``status``, and written to the access log. An error is the HTTP status the HTTP front door
+answers, turned into a gRPC status code by :data:`CODES` (docs/server.md, "gRPC").
 
 ``ModelInfer`` takes the images as ``raw_input_contents`` (what ``tritonclient.grpc`` sends) or
 as typed ``contents.bytes_contents``, and answers in the same form: ``raw_output_contents`` or
@@ -39,7 +39,7 @@ from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
 from maskrt.server.logging import request_id_var
-from maskrt.server.middleware import request_id
+from maskrt.server.middleware import access_log, request_id
 from maskrt.server.parsing import parse_params, post_options
 from maskrt.server.routes.v2 import model_name
 from maskrt.server.state import AppState
@@ -232,6 +232,20 @@ def _answered(
             duration = time.perf_counter() - arrived
             state.metrics.request_duration.labels(*labels).observe(duration)
             state.metrics.requests.labels(*labels).inc()
+            access_log.info(
+                "gRPC %s %s",
+                endpoint,
+                code.name,
+                extra={
+                    "fields": {
+                        "method": "gRPC",
+                        "path": endpoint,
+                        "status": code.name,
+                        "duration_ms": round(duration * 1000, 3),
+                        "client": context.peer(),
+                    }
+                },
+            )
             request_id_var.reset(token)
         raise AssertionError("unreachable: abort raises")
 

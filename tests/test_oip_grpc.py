@@ -223,6 +223,10 @@ def test_grpc_calls_are_counted_by_method(server, triton_grpc):
     endpoint = "/inference.GRPCInferenceService/ModelInfer"
     assert metric(values, "maskrt_requests_total", endpoint=endpoint, status="OK") >= 7
     assert metric(values, "maskrt_requests_total", endpoint=endpoint, status="UNAUTHENTICATED") == 2
+    # the access log names the call, its status and its x-request-id
+    lines = [json.loads(line) for line in server.log(tail=10**7).splitlines() if '"gRPC' in line]
+    typed = [line for line in lines if line.get("request_id") == "typed-rid"]
+    assert [(t["path"], t["status"]) for t in typed] == [(endpoint, "OK")]
     # the data plane gave up at the call's deadline (without it, gRPC's cancellation: CANCELLED)
     assert (
         metric(values, "maskrt_requests_total", endpoint=endpoint, status="DEADLINE_EXCEEDED") == 1
