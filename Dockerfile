@@ -63,6 +63,8 @@ RUN groupadd --system --gid 10001 maskrt \
 USER maskrt
 WORKDIR /home/maskrt
 EXPOSE 8000
+# the Open Inference Protocol over gRPC (MASKRT_GRPC_PORT's default; 0 turns it off)
+EXPOSE 8001
 # start-period: the first start exports the ONNX (seconds) before the server turns ready.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5m --retries=3 CMD ["maskrt-healthcheck"]
 ENTRYPOINT ["maskrt-entrypoint"]
@@ -116,6 +118,8 @@ RUN groupadd --system --gid 10001 maskrt \
 USER maskrt
 WORKDIR /home/maskrt
 EXPOSE 8000
+# the Open Inference Protocol over gRPC (MASKRT_GRPC_PORT's default; 0 turns it off)
+EXPOSE 8001
 # start-period: the first start on a new GPU builds the TensorRT engine (minutes) before the
 # server turns ready; a restart with the cached engine is ready in seconds.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30m --retries=3 CMD ["maskrt-healthcheck"]

@@ -10,7 +10,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 
-.PHONY: install serve test lint typecheck browser clean
+.PHONY: install serve test lint typecheck browser clean grpc-proto
 
 $(SERVE_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "maskrt needs Python 3.11 or 3.12 (python3 on PATH)"; exit 1; }
@@ -52,6 +52,16 @@ browser:
 	fi; \
 	command -v chromium >/dev/null 2>&1 || [ "$${CI:-}" != true ] \
 	|| { echo "CI=true: no chromium for the browser tests (make browser installs it as root)" >&2; exit 1; }
+
+# Triton's gRPC protocol: the Python code generated from server/triton_proto/*.proto (kept in the
+# repository; run after replacing the .proto files)
+P := server/triton_proto
+grpc-proto: install
+	$(BIN)/python -m grpc_tools.protoc -I $(P) --python_out=$(P) --pyi_out=$(P) \
+		--grpc_python_out=$(P) $(P)/model_config.proto $(P)/grpc_service.proto
+	sed -i 's/^import \(model_config\|grpc_service\)_pb2 as/from maskrt.server.triton_proto import \1_pb2 as/' \
+		$(P)/*_pb2*.py*
+	rm -f $(P)/model_config_pb2_grpc.py  # a file without a service
 
 clean:
 	rm -rf $(VENV) .pytest_cache

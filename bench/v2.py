@@ -9,9 +9,14 @@
    tensor data, ``--big-requests`` interleaved pairs at concurrency 1; printed: both p50s and
    their ratio (the ``kserve`` package's own server is ~100x slower in JSON).
 
-Needs ``tritonclient[http]`` (in maskrt's ``dev`` extra)::
+With ``--grpc [HOST:PORT]`` the same image also goes through ``tritonclient.grpc`` (raw tensors)
+beside the two, at concurrency 1, 8 and 32 unless ``--concurrency`` says otherwise, and the big
+image through gRPC beside binary HTTP; printed: gRPC's p50 at concurrency 1 and throughput at the
+highest concurrency against ``/v2`` binary's, and the big image's p50s (goals: gRPC no slower).
 
-    python -m maskrt.bench.v2 --url http://127.0.0.1:8000 --duration 10
+Needs ``tritonclient[http]`` (``[grpc]`` for ``--grpc``; both in maskrt's ``dev`` extra)::
+
+    python -m maskrt.bench.v2 --url http://127.0.0.1:8000 --duration 10 --grpc
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import importlib
 import io
 import os
 import statistics
@@ -35,16 +41,17 @@ from maskrt.errors import MaskrtError
 
 GOAL_BINARY = 1.10  # v2 binary p50 / /predict p50
 GOAL_JSON = 100.0  # v2 JSON p50 / v2 binary p50, for a 2 MB image
+GOAL_GRPC = 1.0  # gRPC p50 / v2 binary p50 (concurrency 1, the 2 MB image); throughput: at least
 
 
-def _triton():
+def _triton(kind: str = "http"):
+    """``tritonclient.http`` or ``tritonclient.grpc``."""
     try:
-        import tritonclient.http as triton
+        return importlib.import_module(f"tritonclient.{kind}")
     except ImportError:
         raise MaskrtError(
-            "maskrt bench v2 needs tritonclient: pip install 'tritonclient[http]'"
+            f"maskrt bench v2 needs tritonclient: pip install 'tritonclient[{kind}]'"
         ) from None
-    return triton
 
 
 Call = Callable[[], None]
@@ -53,11 +60,19 @@ Call = Callable[[], None]
 class Endpoints:
     """One client per thread (tritonclient's connections belong to the thread that made them)."""
 
-    def __init__(self, url: str, headers: dict[str, str], model: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        model: str,
+        timeout_s: float,
+        grpc_address: str | None = None,
+    ) -> None:
         self.url = url
         self.headers = headers
         self.model = model
         self.timeout_s = timeout_s
+        self.grpc_address = grpc_address
 
     def predict(self, image: bytes) -> tuple[Call, Call]:
         client = httpx.Client(
@@ -92,6 +107,20 @@ class Endpoints:
 
         def call() -> None:
             client.infer(self.model, [tensor], outputs=outputs, headers=dict(headers))
+
+        return call, client.close
+
+    def grpc(self, image: bytes) -> tuple[Call, Call]:
+        """``tritonclient.grpc``'s ``infer``: raw tensors in and out."""
+        grpcclient = _triton("grpc")
+        assert self.grpc_address is not None
+        client = grpcclient.InferenceServerClient(self.grpc_address)
+        tensor = grpcclient.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([image], dtype=np.object_))
+        metadata = {k.lower(): v for k, v in self.headers.items()}
+
+        def call() -> None:
+            client.infer(self.model, [tensor], headers=metadata, client_timeout=self.timeout_s)
 
         return call, client.close
 
@@ -171,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
-    p.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
+    p.add_argument(
+        "--concurrency", help="comma-separated client counts (default: 1,8; with --grpc 1,8,32)"
+    )
+    p.add_argument(
+        "--grpc",
+        nargs="?",
+        const="127.0.0.1:8001",
+        help="also time gRPC at this address (HOST:PORT, default 127.0.0.1:8001)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint and round")
     p.add_argument("--rounds", type=int, default=2, help="alternations of the two endpoints")
     p.add_argument("--big-bytes", type=int, default=2_000_000, help="size of the big image")
@@ -184,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     url = args.url.rstrip("/")
     require_loopback(url)
-    levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if args.grpc is not None:
+        require_loopback(f"http://{args.grpc}")
+    concurrency = args.concurrency or ("1,8,32" if args.grpc else "1,8")
+    levels = sorted({int(c) for c in concurrency.split(",") if c.strip()})
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     model = wait_ready(url, headers, 300)
-    endpoints = Endpoints(url, headers, model["name"], args.request_timeout)
+    endpoints = Endpoints(url, headers, model["name"], args.request_timeout, args.grpc)
     image, _ = default_image()
     print(
         f"server {url}: model {model['name']} on {model['backend']}/{model['device']}, "
@@ -196,51 +236,71 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     routes: dict[str, list[dict[str, float]]] = {}
+    makers = {
+        "/predict": lambda: endpoints.predict(image),
+        "v2 binary": lambda: endpoints.v2(image, binary=True),
+    }
+    if args.grpc:
+        makers["gRPC"] = lambda: endpoints.grpc(image)
+    total = args.rounds * args.duration
     for c in levels:
-        samples: dict[str, list[float]] = {"/predict": [], "v2 binary": []}
-        makers = {
-            "/predict": lambda: endpoints.predict(image),
-            "v2 binary": lambda: endpoints.v2(image, binary=True),
-        }
+        samples: dict[str, list[float]] = {name: [] for name in makers}
         for _ in range(args.rounds):
             for name, make in makers.items():
                 samples[name] += closed_loop(make, c, args.duration)
-        total = args.rounds * args.duration
         print(f"concurrency {c}:")
         for name, latencies in samples.items():
             routes.setdefault(name, []).append(level(c, latencies, total))
             print(f"  {name:<10} {summary(routes[name][-1])}")
-        ratio = statistics.median(samples["v2 binary"]) / statistics.median(samples["/predict"])
-        verdict = "met" if ratio <= GOAL_BINARY else "NOT met"
-        print(f"  v2 binary / /predict p50: {ratio:.3f} (goal <= {GOAL_BINARY:.2f}: {verdict})")
+        p50 = {name: statistics.median(latencies) for name, latencies in samples.items()}
+        _goal("v2 binary / /predict p50", p50["v2 binary"] / p50["/predict"], GOAL_BINARY)
+        if args.grpc and c == levels[0]:
+            _goal("gRPC / v2 binary p50", p50["gRPC"] / p50["v2 binary"], GOAL_GRPC)
+        if args.grpc and c == levels[-1]:
+            done = len(samples["v2 binary"]) / len(samples["gRPC"])  # same seconds each
+            _goal("v2 binary / gRPC throughput", done, GOAL_GRPC)
 
     big = noise_png(args.big_bytes)
-    binary_call, close_binary = endpoints.v2(big, binary=True)
-    json_call, close_json = endpoints.v2(big, binary=False)
-    times: dict[str, list[float]] = {"binary": [], "JSON/base64": []}
+    big_makers = {
+        "binary": lambda: endpoints.v2(big, binary=True),
+        "JSON/base64": lambda: endpoints.v2(big, binary=False),
+    }
+    if args.grpc:
+        big_makers["gRPC"] = lambda: endpoints.grpc(big)
+    calls = {name: make() for name, make in big_makers.items()}
+    times: dict[str, list[float]] = {name: [] for name in calls}
     try:
-        binary_call(), json_call()  # warm up
+        for call, _ in calls.values():  # warm up
+            call()
         for _ in range(args.big_requests):
-            for name, call in (("binary", binary_call), ("JSON/base64", json_call)):
+            for name, (call, _) in calls.items():
                 t = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - t)
     finally:
-        close_binary(), close_json()
-    p50 = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    ratio = p50["JSON/base64"] / p50["binary"]
+        for _, close in calls.values():
+            close()
+    big_p50 = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    print(f"{len(big) / 1e6:.2f} MB image at concurrency 1, {args.big_requests} rounds:")
+    print("  " + ", ".join(f"{name} p50 {ms:.1f} ms" for name, ms in big_p50.items()))
+    ratio = big_p50["JSON/base64"] / big_p50["binary"]
     verdict = "met" if ratio < GOAL_JSON else "NOT met"
-    print(f"{len(big) / 1e6:.2f} MB image at concurrency 1, {args.big_requests} pairs:")
-    print(f"  binary p50 {p50['binary']:.1f} ms, JSON/base64 p50 {p50['JSON/base64']:.1f} ms")
     print(f"  JSON / binary p50: {ratio:.3f} (goal < {GOAL_JSON:.0f}: {verdict})")
+    if args.grpc:
+        _goal("gRPC / binary p50", big_p50["gRPC"] / big_p50["binary"], GOAL_GRPC)
     if args.json:
-        big_image = {"bytes": len(big), "requests": args.big_requests, "p50_ms": p50}
+        big_image = {"bytes": len(big), "requests": args.big_requests, "p50_ms": big_p50}
         write_report(
             {"url": url, "model": model, "routes": routes, "big_image": big_image},
             args.json,
             f"maskrt bench v2: {model['name']} on {model['backend']}/{model['device']}",
         )
     return 0
+
+
+def _goal(what: str, ratio: float, goal: float) -> None:
+    verdict = "met" if ratio <= goal else "NOT met"
+    print(f"  {what}: {ratio:.3f} (goal <= {goal:.2f}: {verdict})")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,9 @@ class DataPlane(ABC):
         options (the front door parses its body there, while the batcher waits for them);
         ``arrived`` is the request's ``time.perf_counter()`` at arrival (default: now); ``gone()``
         returns when the client goes away (its images are dropped and
-        :class:`~maskrt.runtime.errors.ClientGone` is raised).
+        :class:`~maskrt.runtime.errors.ClientGone` is raised). The options' ``timeout_s`` (the
+        client's own deadline from arrival: Triton's ``timeout``, a gRPC deadline) shortens the
+        request's, never lengthens it.
 
         Raises :mod:`~maskrt.runtime.errors`' errors, and what ``read`` raises. A request that
         starts while the data plane is not ready (loading, draining) is refused; one that started

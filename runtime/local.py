@@ -171,7 +171,9 @@ class LocalDataPlane(DataPlane):
             for j, w in zip(jobs, works)
         ]
         out = self.pipeline.finish_batch(inferred, options)
-        self.statistics.batch_finished(out.postprocess_s, sum(len(d) for d in out.detections))
+        self.statistics.batch_finished(
+            len(jobs), out.postprocess_s, sum(len(d) for d in out.detections)
+        )
         return out.per_image()
 
     # -- request side --------------------------------------------------------------------------

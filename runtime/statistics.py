@@ -10,8 +10,9 @@ inference and post-processing threads), so no lock is needed.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -26,6 +27,15 @@ class Tally:
         self.seconds += seconds
 
 
+@dataclass
+class BatchTally:
+    """The stages of the batches of one size (Triton's ``batch_stats``)."""
+
+    preprocess: Tally = field(default_factory=Tally)
+    inference: Tally = field(default_factory=Tally)
+    postprocess: Tally = field(default_factory=Tally)
+
+
 class Statistics:
     """Counts and times of requests, images and batches, and the gauges of what is in flight."""
 
@@ -37,6 +47,10 @@ class Statistics:
         self.preprocess = Tally()  # per batch; count = batches run
         self.inference = Tally()
         self.postprocess = Tally()
+        self.by_batch_size: collections.defaultdict[int, BatchTally] = collections.defaultdict(
+            BatchTally
+        )
+        self.last_answer_ms = 0  # wall-clock milliseconds of the last answer (0: none yet)
         self.images = 0
         self.detections = 0
         self.failed_batches = 0
@@ -57,6 +71,8 @@ class Statistics:
     def request_ended(self, seconds: float, ok: bool) -> None:
         self.requests_in_flight -= 1
         (self.requests_ok if ok else self.requests_failed).add(seconds)
+        if ok:
+            self.last_answer_ms = time.time_ns() // 1_000_000
 
     def image_decoded(self, decoder: str, seconds: float) -> None:
         """``decoder``: ``pillow`` or ``nvjpeg``."""
@@ -78,9 +94,13 @@ class Statistics:
         self.images += images
         self.preprocess.add(preprocess_s)
         self.inference.add(inference_s)
+        sized = self.by_batch_size[images]
+        sized.preprocess.add(preprocess_s)
+        sized.inference.add(inference_s)
 
-    def batch_finished(self, postprocess_s: float, detections: int) -> None:
+    def batch_finished(self, images: int, postprocess_s: float, detections: int) -> None:
         self.postprocess.add(postprocess_s)
+        self.by_batch_size[images].postprocess.add(postprocess_s)
         self.detections += detections
 
     def batch_failed(self) -> None:

@@ -82,6 +82,7 @@ def create_app(
     app.include_router(probes.router)
     app.include_router(predict.router, dependencies=api_key_dependencies(state))
     app.include_router(v2.public)
+    app.include_router(v2.models, dependencies=api_key_dependencies(state))
     app.include_router(v2.router, dependencies=api_key_dependencies(state))
     pages.add_pages(app)
     # added first = innermost: what the others see and count is the answer as sent

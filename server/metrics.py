@@ -231,8 +231,8 @@ class Metrics(Statistics):
         self.preprocess_seconds.observe(preprocess_s)
         self.inference_seconds.labels(self.backend).observe(inference_s)
 
-    def batch_finished(self, postprocess_s: float, detections: int) -> None:
-        super().batch_finished(postprocess_s, detections)
+    def batch_finished(self, images: int, postprocess_s: float, detections: int) -> None:
+        super().batch_finished(images, postprocess_s, detections)
         self.postprocess_seconds.observe(postprocess_s)
         self.detections_total.inc(detections)
 

@@ -37,6 +37,12 @@ QUIET_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def request_id(incoming: str) -> str:
+    """The client's ``X-Request-ID`` when sane (a short token: it goes into logs), else a new
+    one."""
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
 class RequestContextMiddleware:
     """Request id, metrics, access log and the last-resort error answer of every HTTP request.
 
@@ -60,8 +66,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        rid = request_id(Headers(scope=scope).get("x-request-id", ""))
         scope.setdefault("state", {}).update(request_id=rid, start=start)
         token = request_id_var.set(rid)
         status = 500

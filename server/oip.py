@@ -217,6 +217,16 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
         doc = bounded_json.loads(header, _scanner(max_images))
     if not isinstance(doc, dict):
         raise _bad("the inference request must be a JSON object")
+    # JSON outputs unless binary_data_output or an output's binary_data asks (as Triton answers)
+    return request_of(doc, binary, binary_output=False, max_images=max_images)
+
+
+def request_of(
+    doc: dict[str, Any], binary: memoryview, *, binary_output: bool, max_images: int
+) -> InferRequest:
+    """The request a parsed JSON document describes, its inputs' ``binary_data_size`` bytes in
+    ``binary`` (the gRPC front door builds such a document from its message); ``binary_output``:
+    the default of outputs that do not say."""
     images, used = _parse_inputs(doc.get("inputs"), binary, max_images)
     if used != len(binary):
         raise _bad(
@@ -224,7 +234,7 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
             f"declare {used} (binary_data_size)"
         )
     parameters = _object(doc.get("parameters"), "parameters")
-    binary_output = parameters.pop("binary_data_output", False)
+    binary_output = parameters.pop("binary_data_output", binary_output)
     if not isinstance(binary_output, bool):
         raise _bad(
             f"parameters.binary_data_output must be true or false, got {shown(binary_output)}"
@@ -428,6 +438,11 @@ def serialize_bytes(tensor: np.ndarray) -> bytes:
     return b"".join(_LENGTH.pack(len(e)) + e for e in tensor.ravel())
 
 
+def raw_tensor(datatype: str, value: np.ndarray) -> bytes:
+    """An output's binary form (binary tensor data, gRPC's ``raw_output_contents``)."""
+    return serialize_bytes(value) if datatype == "BYTES" else value.tobytes()
+
+
 def encode_infer_response(
     model_name: str,
     results: Sequence[ImageResult],
@@ -444,7 +459,7 @@ def encode_infer_response(
         value = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
         if binary:
-            raw = serialize_bytes(value) if datatype == "BYTES" else value.tobytes()
+            raw = raw_tensor(datatype, value)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
@@ -467,7 +482,10 @@ def encode_infer_response(
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": "maskrt", "version": __version__, "extensions": ["binary_tensor_data"]}
+    """``GET /v2``; ``model_configuration`` and ``statistics`` are Triton's extensions
+    (:mod:`maskrt.server.triton`)."""
+    extensions = ["binary_tensor_data", "model_configuration", "statistics"]
+    return {"name": "maskrt", "version": __version__, "extensions": extensions}
 
 
 def model_metadata(name: str, backend: str) -> dict[str, Any]:

@@ -75,6 +75,13 @@ class Settings(RuntimeOptions):
         description="serve /metrics on this port (same host) instead of PORT, so that only "
         "PORT need be exposed; unset: /metrics on PORT",
     )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="serve the Open Inference Protocol over gRPC (Triton's "
+        "inference.GRPCInferenceService) on this port (same host); 0: off",
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto",
         description="log line format; auto: text on a terminal, JSON elsewhere (a file, a pipe, "
@@ -104,4 +111,6 @@ class Settings(RuntimeOptions):
     def _ports(self) -> Settings:
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(f"METRICS_PORT must differ from PORT ({self.port})")
+        if self.grpc_port and self.grpc_port in (self.port, self.metrics_port):
+            raise ValueError(f"GRPC_PORT must differ from PORT and METRICS_PORT ({self.grpc_port})")
         return self

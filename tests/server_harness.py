@@ -66,6 +66,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKRT_")}
         env.update({f"MASKRT_{k.upper()}": str(v) for k, v in settings.items()})
         env["MASKRT_LOG_FORMAT"] = env.get("MASKRT_LOG_FORMAT", "json")
+        env.setdefault("MASKRT_GRPC_PORT", "0")  # off unless asked: test servers run side by side
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*prefix, *maskrt_command(), "serve", "--host", HOST, "--port", str(self.port)],

@@ -354,6 +354,7 @@ def test_every_dashboard_and_rule_expression_returns_data(prometheus_tools, tmp_
     env = {**os.environ, "MASKRT_MAX_BATCH": "4", "MASKRT_MAX_DELAY_MS": "20"}
     env["MASKRT_METRICS_PORT"] = str(metrics_port)  # as docker-compose.yml serves them
     env.pop("MASKRT_API_KEYS", None)
+    env["MASKRT_GRPC_PORT"] = "0"
     procs: list[Proc] = []
     try:
         serve = [sys.executable, "-m", "maskrt", "serve", "--host", HOST, "--port", str(port)]

@@ -45,6 +45,7 @@ SETTING_NAMES = [
     "CORS_ORIGINS",
     "HOST",
     "PORT",
+    "GRPC_PORT",
     "LOG_FORMAT",
 ]
 
@@ -97,6 +98,18 @@ def test_defaults(clean_env):
         None,
     )
     assert s.api_keys == [] and s.cors_origins == []
+
+
+def test_grpc_port(clean_env):
+    """Triton's 8001 unless told; 0 turns gRPC off; it may not share a port with HTTP."""
+    assert settings_from_args(parse([])).grpc_port == 8001
+    clean_env.setenv("MASKRT_GRPC_PORT", "0")
+    assert settings_from_args(parse([])).grpc_port == 0
+    assert settings_from_args(parse(["--grpc-port", "9001"])).grpc_port == 9001
+    with pytest.raises(MaskrtError, match="GRPC_PORT must differ"):
+        settings_from_args(parse(["--grpc-port", "9000", "--port", "9000"]))
+    with pytest.raises(MaskrtError, match="GRPC_PORT must differ"):
+        settings_from_args(parse(["--grpc-port", "9002", "--metrics-port", "9002"]))
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_sock = None
     if settings.metrics_port is not None:
         metrics_sock = listening_socket(settings.host, settings.metrics_port, "metrics_port")
+    if settings.grpc_port:  # in use is an error now; grpcio binds it itself, later
+        listening_socket(settings.host, settings.grpc_port, "grpc_port").close()
 
     import asyncio
     import contextlib
@@ -64,9 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
     import sys
 
     import uvicorn
+    from grpc import aio as grpc_aio
 
     from maskrt.runtime.local import LocalDataPlane
     from maskrt.server.app import create_app
+    from maskrt.server.grpc_service import create_server
     from maskrt.server.logging import configure_logging
     from maskrt.server.protocol import ConnectionLimits, protocol_factory, raise_open_file_limit
     from maskrt.server.routes.probes import create_metrics_app
@@ -117,12 +121,20 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     class Server(uvicorn.Server):
+        grpc: grpc_aio.Server | None = None
+
         def handle_exit(self, sig, frame) -> None:
             state.plane.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
         async def serve(self, sockets=None) -> None:
-            """The main port; the metrics port beside it, until the main one has stopped."""
+            """The main port; the gRPC port and the metrics port beside it (bound before the
+            model loads), until the main one has stopped."""
+            if settings.grpc_port:
+                self.grpc = create_server(state)
+                host = f"[{settings.host}]" if ":" in settings.host else settings.host
+                self.grpc.add_insecure_port(f"{host}:{settings.grpc_port}")
+                await self.grpc.start()
             if metrics_sock is None:
                 await super().serve(sockets)
                 return
@@ -132,6 +144,13 @@ def _serve(args: argparse.Namespace) -> int:
             finally:
                 metrics_server.should_exit = True
                 await beside
+
+        async def _wait_tasks_to_complete(self) -> None:
+            """Once the HTTP requests are answered, the gRPC calls (their port took none since
+            the drain began: the data plane answers UNAVAILABLE), before the model stops."""
+            await super()._wait_tasks_to_complete()
+            if self.grpc is not None:
+                await self.grpc.stop(grace=settings.request_timeout_s)
 
     server = Server(
         config(

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from maskrt.runtime.dataplane import EncodedImage
 from maskrt.runtime.pipeline import PostOptions
-from maskrt.server import oip
+from maskrt.server import oip, triton
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, json_response, shown
 from maskrt.server.inference import infer_request
@@ -28,6 +28,8 @@ from maskrt.server.settings import Settings
 from maskrt.server.state import AppState
 
 public = APIRouter(prefix="/v2", tags=["open inference protocol"])
+# /v2/models/stats: included before `router`, whose /v2/models/{name} would take it for a model
+models = APIRouter(prefix="/v2/models", tags=["open inference protocol"])
 router = APIRouter(prefix="/v2/models/{name}", tags=["open inference protocol"])
 _VERSIONED = "/versions/{version}"
 
@@ -82,7 +84,11 @@ async def ready(state: AppState = Depends(get_state)) -> Response:
     "",
     summary="server metadata",
     responses=_example(
-        {"name": "maskrt", "version": "0.1.0", "extensions": ["binary_tensor_data"]},
+        {
+            "name": "maskrt",
+            "version": "0.1.0",
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        },
         with_path=False,
     ),
 )
@@ -90,10 +96,11 @@ async def server_metadata() -> Response:
     return json_response(oip.server_metadata())
 
 
-def _model(state: AppState, name: str, version: str | None) -> str:
-    """The served model's name: 503 before it is loaded, 404 for another name or version."""
+def model_name(state: AppState, name: str | None, version: str | None) -> str:
+    """The served model's name: 503 before it is loaded, 404 for another name or version
+    (``None``: whichever is served). The gRPC front door checks its requests' names here too."""
     served = state.plane.served_model().name
-    if name != served:
+    if name is not None and name != served:
         raise ApiError(
             404, "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
         )
@@ -111,7 +118,7 @@ def _model(state: AppState, name: str, version: str | None) -> str:
 async def model_metadata(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    _model(state, name, version)
+    model_name(state, name, version)
     return json_response(oip.model_metadata(name, state.plane.served_model().backend))
 
 
@@ -126,10 +133,69 @@ async def model_metadata(
 async def model_ready(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    _model(state, name, version)
+    model_name(state, name, version)
     if not state.plane.ready:
         raise state.plane.not_ready()
     return json_response({"name": name, "ready": True})
+
+
+_CONFIG_EXAMPLE = {
+    "name": "shapes",
+    "platform": "maskrt_onnxruntime",
+    "max_batch_size": 8,
+    "input": [{"name": "image", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}],
+    "output": [{"name": "boxes", "data_type": "TYPE_FP32", "dims": [-1, 4]}],
+    "dynamic_batching": {"max_queue_delay_microseconds": 5000},
+}
+_STATS_EXAMPLE = {
+    "model_stats": [
+        {
+            "name": "shapes",
+            "version": "1",
+            "inference_count": 3,
+            "execution_count": 2,
+            "inference_stats": {"success": {"count": 2, "ns": 81000000}},
+            "batch_stats": [{"batch_size": 1, "compute_infer": {"count": 1, "ns": 30000000}}],
+        }
+    ]
+}
+
+
+@router.get(
+    "/config", summary="model configuration (Triton's)", responses=_example(_CONFIG_EXAMPLE)
+)
+@router.get(
+    _VERSIONED + "/config",
+    summary="model configuration (Triton's)",
+    responses=_example(_CONFIG_EXAMPLE),
+)
+async def model_config(
+    name: str, version: str | None = None, state: AppState = Depends(get_state)
+) -> Response:
+    served = model_name(state, name, version)
+    config = triton.model_config(state.plane.served_model(), served, state.settings.max_delay_ms)
+    return json_response(config)
+
+
+@models.get(
+    "/stats",
+    summary="statistics of every model (Triton's)",
+    responses=_example(_STATS_EXAMPLE, with_path=False),
+)
+async def statistics(state: AppState = Depends(get_state)) -> Response:
+    served = model_name(state, None, None)
+    return json_response(triton.model_statistics(served, state.plane.statistics))
+
+
+@router.get("/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE))
+@router.get(
+    _VERSIONED + "/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE)
+)
+async def model_statistics(
+    name: str, version: str | None = None, state: AppState = Depends(get_state)
+) -> Response:
+    served = model_name(state, name, version)
+    return json_response(triton.model_statistics(served, state.plane.statistics))
 
 
 def _check_content_type(request: Request, *, json_only: bool, settings: Settings) -> None:
@@ -184,7 +250,7 @@ async def infer(
     version: str | None = None,
     state: AppState = Depends(get_state),
 ) -> Response:
-    _model(state, name, version)
+    model_name(state, name, version)
     header_length = request.headers.get(oip.HEADER_LENGTH)
     _check_content_type(request, json_only=header_length is None, settings=state.settings)
     parsed: oip.InferRequest | None = None
