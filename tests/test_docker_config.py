@@ -348,6 +348,9 @@ def test_compose_services_ports_and_scrape_target():
     assert port in _container_ports(maskrt), (
         "the server's MASKRT_PORT must be the published container port"
     )
+    assert int(_env(maskrt)["MASKRT_GRPC_PORT"]) in _container_ports(maskrt), (
+        "the server's MASKRT_GRPC_PORT must be a published container port"
+    )
     assert _env(maskrt)["MASKRT_HOST"] == "0.0.0.0", (
         "in a container the server listens on all interfaces"
     )

@@ -358,6 +358,29 @@ def test_kserve_names_the_model_after_the_inference_service(monkeypatch):
     assert Settings().model_name == name
 
 
+def test_grpc_port_is_declared_and_served():
+    """The pods declare the server's gRPC port (MASKRT_GRPC_PORT, else its default) and the
+    Service routes to it as HTTP/2."""
+    from maskrt.server.settings import Settings
+
+    default = Settings.model_fields["grpc_port"].default
+    for directory in ("overlays/gpu", "overlays/cpu"):
+        objects = render(directory)
+        grpc_port = int(settings_env(objects).get("MASKRT_GRPC_PORT", default))
+        for spec in pod_specs(objects):
+            assert {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"} in spec[
+                "containers"
+            ][0]["ports"], directory
+        routed = [p for s in of_kind(objects, "Service") for p in s["spec"]["ports"]]
+        assert {
+            "name": "grpc",
+            "port": grpc_port,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        } in routed, directory
+
+
 @pytest.mark.slow
 def test_probes_port_and_metrics_exist_in_the_real_server(cpu_server):
     checked = []
