@@ -83,6 +83,15 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
         if kind == "engine" or tensorrt_device(device):
             return "tensorrt"
         return "onnxruntime"
+    check_backend_serves(backend, kind)
+    return backend
+
+
+def check_backend_serves(backend: str, kind: str) -> None:
+    """A MaskrtError when the named ``backend`` cannot serve a model of ``kind`` (auto serves
+    every kind)."""
+    if backend == "auto":
+        return
     allowed = {
         "torch": ("checkpoint",),
         "onnxruntime": ("checkpoint", "onnx"),
@@ -95,7 +104,6 @@ def resolve_backend(backend: str, kind: str, device: str) -> str:
         }[backend]
         what = {"checkpoint": "a checkpoint", "onnx": "an ONNX file", "engine": "an engine"}[kind]
         raise MaskrtError(f"backend {backend!r} cannot serve {what}: {hint}")
-    return backend
 
 
 def fallback_backend(asked: str, kind: str, backend: str) -> str | None:
@@ -119,6 +127,7 @@ def check_model_file(options: RuntimeOptions) -> tuple[str, str]:
             f"{model}: --config, --labels and --canvas apply to a checkpoint; an {kind} file "
             f"fixes them (export it again with them)"
         )
+    check_backend_serves(options.backend, kind)
     if torchvision_weights_config(model) is None:
         path = Path(model)
         if not path.is_file():
