@@ -41,8 +41,7 @@ from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
 from maskrt.server.logging import request_id_var
 from maskrt.server.middleware import access_log, request_id
-from maskrt.server.parsing import parse_params, post_options
-from maskrt.server.routes.v2 import model_name
+from maskrt.server.routes.v2 import model_name, request_options
 from maskrt.server.state import AppState
 from maskrt.server.triton_proto import grpc_service_pb2 as pb
 from maskrt.server.triton_proto import grpc_service_pb2_grpc as pb_grpc
@@ -114,10 +113,7 @@ def _parse(
         doc, memoryview(b"".join(chunks)), binary_output=bool(raw), max_images=max_images
     )
     parsed.id = request.id or None
-    params = parse_params(list(parsed.parameters.items()))
-    outputs = parsed.selected_outputs(masks=params.masks == "rle")
-    options = post_options(params, default_threshold)
-    return parsed, outputs, dataclasses.replace(options, timeout_s=parsed.timeout_s)
+    return (parsed, *request_options(parsed, [], default_threshold))
 
 
 def _response(name: str, parsed: oip.InferRequest, outputs: dict[str, bool], results: Any) -> Any:

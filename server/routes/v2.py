@@ -228,10 +228,18 @@ def _parse(
     inspect = oip.json_inspector(header_length, max_images=settings.max_queue)
     data = oip.decompress(body, encoding, limit=settings.max_upload_bytes, inspect=inspect)
     parsed = oip.parse_infer_request(data, header_length, max_images=settings.max_queue)
+    return (parsed, *request_options(parsed, query, settings.score_threshold))
+
+
+def request_options(
+    parsed: oip.InferRequest, query: list[tuple[str, str]], default_threshold: float
+) -> tuple[dict[str, bool], PostOptions]:
+    """The outputs a parsed request selects and its post-processing options, its own timeout
+    among them: the same for ``/v2`` and gRPC."""
     params = parse_params(query + list(parsed.parameters.items()))
     outputs = parsed.selected_outputs(masks=params.masks == "rle")
-    options = post_options(params, settings.score_threshold)
-    return parsed, outputs, dataclasses.replace(options, timeout_s=parsed.timeout_s)
+    options = post_options(params, default_threshold)
+    return outputs, dataclasses.replace(options, timeout_s=parsed.timeout_s)
 
 
 @router.post(
