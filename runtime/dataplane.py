@@ -41,7 +41,7 @@ from maskrt.runtime.decode import (
     decode_image,
     image_pixels,
 )
-from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Unavailable
+from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Redirect, Unavailable
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import Inferred, PostOptions
 from maskrt.runtime.statistics import Statistics
@@ -85,11 +85,14 @@ class ServedModel:
     weights_verified: bool
     fallback_from: str | None = None  # the backend that failed to open; ``backend`` serves instead
     fallback_reason: str | None = None  # why it failed
+    model_version: str = "1"  # the version it answers to (a repository's version folder)
 
     @classmethod
-    def of(cls, backend: Backend, max_batch: int, name: str | None = None) -> ServedModel:
-        """``name``: what the model answers to (``MODEL_NAME``); default: its config name. Every
-        front door and the metrics name the model from here."""
+    def of(
+        cls, backend: Backend, max_batch: int, name: str | None = None, model_version: int = 1
+    ) -> ServedModel:
+        """``name``: what the model answers to (``MODEL_NAME``, a repository's folder); default:
+        its config name. Every front door and the metrics name the model from here."""
         info = backend.info
         return cls(
             name=name or info.name,
@@ -104,13 +107,16 @@ class ServedModel:
             weights_verified=info.weights_verified,
             fallback_from=None if backend.fallback is None else backend.fallback.wanted,
             fallback_reason=None if backend.fallback is None else backend.fallback.reason,
+            model_version=str(model_version),
         )
 
     def ref(self) -> dict[str, str]:
-        """Which model answered: name, version, backend, device."""
+        """Which model answered: name, version (of the weights), the version it answers to,
+        backend, device."""
         return {
             "name": self.name,
             "version": self.version,
+            "model_version": self.model_version,
             "backend": self.backend,
             "device": self.device,
         }
@@ -132,6 +138,45 @@ class ServedModel:
 Reader = Callable[[], Awaitable[tuple[list[EncodedImage], PostOptions]]]
 
 
+@dataclass
+class Shared:
+    """What the data planes of one server share, whatever model each serves: the decoding threads,
+    the pixel budgets, and the cap on the images queued in all their batchers together
+    (``max_queue``; ``queued()`` counts them). Each plane's own batcher has its own cap under it,
+    and a plane may always queue its fair share (``max_queue`` / ``planes()``), so that one
+    model's flood cannot starve another."""
+
+    pixels: PixelBudget
+    decode_executor: ThreadPoolExecutor
+    max_queue: int
+    queued: Callable[[], int] = lambda: 0
+    planes: Callable[[], int] = lambda: 1
+
+    @classmethod
+    def create(cls, options: RuntimeOptions, statistics: Statistics) -> Shared:
+        """The resources of a server with ``options``' limits, reporting its pixels in flight to
+        ``statistics``."""
+        return cls(
+            PixelBudget(
+                options.max_request_pixels, options.max_inflight_pixels, statistics.pixels_admitted
+            ),
+            ThreadPoolExecutor(
+                options.decode_threads or default_decode_threads(),
+                thread_name_prefix="maskrt-decode",
+            ),
+            options.max_queue,
+        )
+
+    def admits(self, own_depth: int, images: int) -> bool:
+        """Whether a plane with ``own_depth`` images queued may queue ``images`` more."""
+        if self.queued() + images <= self.max_queue:
+            return True
+        return own_depth + images <= max(1, self.max_queue // max(1, self.planes()))
+
+    def close(self) -> None:
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)
+
+
 def default_decode_threads() -> int:
     """The usable cores, at most 4: decoding more images at once only queues them for the model."""
     return min(4, usable_cores())
@@ -143,19 +188,22 @@ class DataPlane(ABC):
     ``status``: ``loading`` -> ``ready`` -> ``draining``, or ``loading`` -> ``failed``.
     """
 
-    def __init__(self, options: RuntimeOptions, statistics: Statistics | None = None) -> None:
+    def __init__(
+        self,
+        options: RuntimeOptions,
+        statistics: Statistics | None = None,
+        shared: Shared | None = None,
+    ) -> None:
         self.options = options
         self.statistics = statistics if statistics is not None else Statistics()
         self.status: Status = "loading"
         self.model: ServedModel | None = None
-        self.pixels = PixelBudget(
-            options.max_request_pixels, options.max_inflight_pixels, self.statistics.pixels_admitted
-        )
+        self.owns_shared = shared is None
+        self.shared = Shared.create(options, self.statistics) if shared is None else shared
+        self.pixels = self.shared.pixels
+        self.decode_executor = self.shared.decode_executor
         admit_pixels(options.max_image_pixels)
         self.decode_device: torch.device | None = None  # nvJPEG decodes there when it is CUDA
-        self.decode_executor = ThreadPoolExecutor(
-            options.decode_threads or default_decode_threads(), thread_name_prefix="maskrt-decode"
-        )
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -166,7 +214,8 @@ class DataPlane(ABC):
     async def stop(self) -> None:
         """Drain (what is queued still runs), then free the threads."""
         self.begin_drain()
-        self.decode_executor.shutdown(wait=False, cancel_futures=True)
+        if self.owns_shared:
+            self.shared.close()
 
     def begin_drain(self) -> None:
         """Not ready any more (the server is stopping); requests already queued still run."""
@@ -229,7 +278,7 @@ class DataPlane(ABC):
         limit, whose = self.options.request_timeout_s, "the request timeout"
         deadline = loop.time() + limit - (time.perf_counter() - arrived)
         self.statistics.request_started()
-        ok = False
+        ok: bool | None = False
         timeout = asyncio.timeout_at(deadline)
         try:
             async with timeout:
@@ -248,6 +297,9 @@ class DataPlane(ABC):
             ok = True
         except TimeoutError:
             raise DeadlineExceeded("timeout", f"no answer within {whose} of {limit:g} s") from None
+        except Redirect:
+            ok = None
+            raise
         finally:
             self.statistics.request_ended(time.perf_counter() - arrived, ok)
         return [ImageResult(d, i) for d, i in zip(decoded, inferred)]

@@ -8,6 +8,8 @@ table (HTTP: ``maskrt.server.errors.STATUS``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InferenceError(Exception):
     """A request the runtime refuses or fails. ``retry_after_s``: how long to wait before trying
@@ -39,6 +41,31 @@ class DeadlineExceeded(InferenceError):
 
 class InferenceFailed(InferenceError):
     """The backend raised for the batch the request's images were in (the details are logged)."""
+
+
+class UnknownModel(InferenceError):
+    """No such model, or no such version of it, is loaded (``unknown_model``)."""
+
+
+class BadRequest(InferenceError):
+    """A request the runtime cannot route: it names no model where several serve
+    (``model_required``)."""
+
+
+class RepositoryError(InferenceError):
+    """A load or unload the model repository refuses: the model fails to load (``load_failed``),
+    the load would pass ``MAX_LOADED_MODELS`` (``too_many_models``) or the memory budget
+    (``memory_budget``), or the server has no repository to load from (``no_repository``)."""
+
+
+class Redirect(Exception):
+    """Raised by a request's ``read`` when what it read names another model or version than the
+    data plane reading it (a form field): ``plane`` is to infer ``images`` with ``options``
+    instead. Not an error; the first plane does not count the request."""
+
+    def __init__(self, plane: Any, images: Any, options: Any) -> None:
+        super().__init__("redirected")
+        self.plane, self.images, self.options = plane, images, options
 
 
 class ClientGone(Exception):

@@ -23,7 +23,7 @@ from maskrt.errors import MaskrtError, describe
 from maskrt.runtime.backends import open_backend
 from maskrt.runtime.backends.base import Backend
 from maskrt.runtime.batcher import Batcher, BatcherClosed, BatchFailed, Job, QueueFull
-from maskrt.runtime.dataplane import DataPlane, ServedModel, unless_gone
+from maskrt.runtime.dataplane import DataPlane, ServedModel, Shared, unless_gone
 from maskrt.runtime.errors import ClientGone, InferenceFailed, Unavailable
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import Inferred, InferredBatch, Pipeline, PostOptions
@@ -52,10 +52,13 @@ class LocalDataPlane(DataPlane):
         options: RuntimeOptions,
         statistics: Statistics | None = None,
         *,
+        shared: Shared | None = None,
         opener: Opener = open_backend,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
-        super().__init__(options, statistics)
+        super().__init__(options, statistics, shared)
+        if self.owns_shared:
+            self.shared.queued = lambda: 0 if self.batcher is None else self.batcher.depth
         self.opener = opener
         self.on_fatal = on_fatal
         self.error: str | None = None
@@ -90,7 +93,9 @@ class LocalDataPlane(DataPlane):
             return
         self.backend, self.pipeline, self.warmup_seconds = backend, pipeline, warm
         self.decode_device = pipeline.device
-        self.model = ServedModel.of(backend, max_batch, self.options.model_name)
+        self.model = ServedModel.of(
+            backend, max_batch, self.options.model_name, self.options.model_version
+        )
         self.statistics.model_loaded(
             self.model.name, self.model.backend, self.model.device, self.model.fallback_from
         )
@@ -142,6 +147,9 @@ class LocalDataPlane(DataPlane):
             self.load_task.cancel()
         self.infer_executor.shutdown(wait=False, cancel_futures=True)
         self.post_executor.shutdown(wait=False, cancel_futures=True)
+        # nothing of the model stays referenced once stopped (an unloaded version frees it); the
+        # closed batcher stays, to refuse a late request
+        self.backend = self.pipeline = None
         await super().stop()
         log.info("stopped")
 
@@ -193,11 +201,14 @@ class LocalDataPlane(DataPlane):
         batcher = self.batcher
         assert batcher is not None
         try:
+            if not self.shared.admits(batcher.depth, len(images)):
+                raise QueueFull(batcher.retry_after_s())
             jobs = batcher.submit([Work(image, options) for image in images], request_id)
         except QueueFull as exc:
             raise Unavailable(
                 "queue_full",
-                f"the server is busy ({batcher.depth} images queued); retry in {exc.retry_after_s} s",
+                f"the server is busy ({self.shared.queued()} images queued, {batcher.depth} of "
+                f"them for this model); retry in {exc.retry_after_s} s",
                 retry_after_s=exc.retry_after_s,
             ) from None
         except BatcherClosed:

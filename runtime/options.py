@@ -58,6 +58,42 @@ class RuntimeOptions(BaseSettings):
         "default: the checkpoint's config name. KServe's ServingRuntime sets it to the "
         "InferenceService's name",
     )
+    model_version: int = Field(
+        1,
+        ge=1,
+        description="the version number the model answers to (/v2/models/NAME/versions/N, the "
+        "metrics); a repository's models take theirs from their folders",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="serve every model of this folder (DIR/NAME/VERSION/model file, and an "
+        "optional DIR/NAME/config.yaml), each version with its own batcher; instead of --model",
+    )
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="look at the model repository every this many seconds and load what changed "
+        "(a new version folder swaps in once warm; a removed one is unloaded); 0: off",
+    )
+    default_model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="the repository model of requests that name none (/predict, /v1/model); "
+        "default: the only model, when there is one",
+    )
+    max_loaded_models: int = Field(
+        8,
+        ge=1,
+        description="model versions loaded at once, all models together; a load past it is "
+        "refused (a swap needs room for the new version while the old one serves)",
+    )
+    model_memory_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="MiB the loaded model versions may take together (estimated from each "
+        "model file before its load, measured after); a load past it is refused. Unset: only "
+        "the machine's available memory",
+    )
     config: str | None = Field(
         None,
         description="layout of a bare state dict, e.g. resnet50_fpn (default: recognised from "
@@ -227,6 +263,20 @@ class RuntimeOptions(BaseSettings):
                 f"MAX_REQUEST_PIXELS ({self.max_request_pixels}) <= MAX_INFLIGHT_PIXELS "
                 f"({self.max_inflight_pixels})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _repository(self) -> RuntimeOptions:
+        if self.model_repository is not None:
+            given = [n for n in ("model", "model_name") if getattr(self, n)]
+            given += ["model_version"] if self.model_version != 1 else []
+            if given:
+                raise ValueError(
+                    f"MODEL_REPOSITORY serves the models of a folder, named by their folders; "
+                    f"drop {' and '.join(f'MASKRT_{n.upper()}' for n in given)}"
+                )
+        elif self.default_model or self.repository_poll_s:
+            raise ValueError("DEFAULT_MODEL and REPOSITORY_POLL_S apply to MODEL_REPOSITORY")
         return self
 
     @model_validator(mode="after")

@@ -59,6 +59,15 @@ class Statistics:
         self.queue_depth = 0
         self.pixels_in_flight = 0
 
+    def for_model(self, name: str, version: str) -> Statistics:
+        """The statistics of one loaded model version (each has its own data plane); a subclass
+        exports them labelled by ``name`` and ``version``."""
+        return Statistics()
+
+    def model_unloaded(self, name: str, version: str) -> None:
+        """``name`` ``version`` was unloaded: its statistics are gone (an exporter drops its
+        series, so that only loaded versions have them)."""
+
     def model_loaded(
         self, name: str, backend: str, device: str, fallback_from: str | None = None
     ) -> None:
@@ -68,8 +77,12 @@ class Statistics:
     def request_started(self) -> None:
         self.requests_in_flight += 1
 
-    def request_ended(self, seconds: float, ok: bool) -> None:
+    def request_ended(self, seconds: float, ok: bool | None) -> None:
+        """``ok``: answered, or refused or failed; ``None``: handed over to another model's data
+        plane (:class:`~maskrt.runtime.errors.Redirect`), counted there."""
         self.requests_in_flight -= 1
+        if ok is None:
+            return
         (self.requests_ok if ok else self.requests_failed).add(seconds)
         if ok:
             self.last_answer_ms = time.time_ns() // 1_000_000

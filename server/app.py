@@ -25,6 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from maskrt import __version__
 from maskrt.runtime.dataplane import DataPlane
 from maskrt.runtime.local import LocalDataPlane
+from maskrt.runtime.models import ModelSet
 from maskrt.runtime.statistics import Statistics
 from maskrt.server import oip
 from maskrt.server.compression import CompressionMiddleware
@@ -37,7 +38,7 @@ from maskrt.server.middleware import (
     SecurityHeadersMiddleware,
 )
 from maskrt.server.parsing import PARAMETERS
-from maskrt.server.routes import pages, predict, probes, v2
+from maskrt.server.routes import pages, predict, probes, repository, v2
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
 from maskrt.server.state import AppState
@@ -47,26 +48,35 @@ def create_app(
     settings: Settings | None = None,
     *,
     data_plane: Callable[[Statistics], DataPlane] | None = None,
+    models: Callable[[Statistics], ModelSet] | None = None,
 ) -> FastAPI:
-    """The app for ``settings`` (default: from the environment). ``data_plane(statistics)`` makes
-    the data plane the routes call, reporting to ``statistics`` (the app's metrics); by default a
-    :class:`~maskrt.runtime.local.LocalDataPlane` that opens ``settings``' model in this
-    process."""
+    """The app for ``settings`` (default: from the environment). ``models(statistics)`` makes
+    the :class:`~maskrt.runtime.models.ModelSet` the routes call, reporting to ``statistics``
+    (the app's metrics), or ``data_plane(statistics)`` the one data plane it holds; by default
+    ``settings``' model repository, or a :class:`~maskrt.runtime.local.LocalDataPlane` that
+    opens ``settings``' model, in this process."""
     settings = settings or Settings()
     device = settings.resolved_device()
     metrics = Metrics(
         max_batch=settings.max_batch, gpu_device=device if device.startswith("cuda") else None
     )
-    plane = LocalDataPlane(settings, metrics) if data_plane is None else data_plane(metrics)
-    state = AppState(settings, plane, metrics, ApiKeys(settings.api_keys))
+    if models is not None:
+        model_set = models(metrics)
+    elif data_plane is not None:
+        model_set = ModelSet.fixed(settings, metrics, data_plane(metrics))
+    elif settings.model_repository is not None:
+        model_set = ModelSet(settings, metrics)
+    else:
+        model_set = ModelSet.fixed(settings, metrics, LocalDataPlane(settings, metrics))
+    state = AppState(settings, model_set, metrics, ApiKeys(settings.api_keys))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        plane.start()
+        model_set.start()
         try:
             yield
         finally:
-            await plane.stop()
+            await model_set.stop()
 
     app = FastAPI(
         title="maskrt",
@@ -84,6 +94,7 @@ def create_app(
     app.include_router(v2.public)
     app.include_router(v2.models, dependencies=api_key_dependencies(state))
     app.include_router(v2.router, dependencies=api_key_dependencies(state))
+    app.include_router(repository.router, dependencies=api_key_dependencies(state))
     pages.add_pages(app)
     # added first = innermost: what the others see and count is the answer as sent
     app.add_middleware(CompressionMiddleware)

@@ -20,12 +20,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maskrt.runtime.errors import (
+    BadRequest,
     DeadlineExceeded,
     InferenceError,
     InferenceFailed,
     InvalidImage,
+    RepositoryError,
     TooLarge,
     Unavailable,
+    UnknownModel,
 )
 
 OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (maskrt.server.routes.v2)
@@ -79,6 +82,9 @@ STATUS: dict[type[InferenceError], int] = {
     Unavailable: 503,
     DeadlineExceeded: 504,
     InferenceFailed: 500,
+    UnknownModel: 404,
+    BadRequest: 400,
+    RepositoryError: 400,
 }
 
 

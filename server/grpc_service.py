@@ -4,8 +4,8 @@ over gRPC) on ``grpcio``'s asyncio server, in the process and on the event loop 
 Every call goes through the same :class:`~maskrt.server.state.AppState` as ``/v2``: inference
 through :meth:`DataPlane.infer <maskrt.runtime.dataplane.DataPlane.infer>` (the batcher, limits,
 pixel budgets, the request timeout or the call's shorter deadline), the request parsed and the
-answer encoded by :mod:`maskrt.server.oip`, the model name checked by
-:func:`~maskrt.server.routes.v2.model_name`, the configuration and statistics of
+answer encoded by :mod:`maskrt.server.oip`, the model and version chosen by
+:meth:`ModelSet.get <maskrt.runtime.models.ModelSet.get>`, the configuration and statistics of
 :mod:`maskrt.server.triton`. API keys come from the ``authorization`` or ``x-api-key`` metadata
 (the liveness, readiness and server metadata calls are open, as ``/v2/health`` is); the request
 id from ``x-request-id`` metadata, sent back as trailing metadata. Each call is counted in
@@ -34,14 +34,14 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from maskrt.runtime.dataplane import EncodedImage
+from maskrt.runtime.dataplane import EncodedImage, ServedModel
 from maskrt.runtime.errors import ClientGone, InferenceError
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
 from maskrt.server.logging import request_id_var
 from maskrt.server.middleware import access_log, request_id
-from maskrt.server.routes.v2 import model_name, request_options
+from maskrt.server.routes.v2 import model_metadata_of, request_options
 from maskrt.server.state import AppState
 from maskrt.server.triton_proto import grpc_service_pb2 as pb
 from maskrt.server.triton_proto import grpc_service_pb2_grpc as pb_grpc
@@ -116,9 +116,13 @@ def _parse(
     return (parsed, *request_options(parsed, [], default_threshold))
 
 
-def _response(name: str, parsed: oip.InferRequest, outputs: dict[str, bool], results: Any) -> Any:
+def _response(
+    model: ServedModel, parsed: oip.InferRequest, outputs: dict[str, bool], results: Any
+) -> Any:
     tensors = oip.output_tensors(results, list(outputs))
-    reply = pb.ModelInferResponse(model_name=name, model_version=oip.VERSION, id=parsed.id or "")
+    reply = pb.ModelInferResponse(
+        model_name=model.name, model_version=model.model_version, id=parsed.id or ""
+    )
     for out, binary in outputs.items():
         datatype = oip.OUTPUTS[out][0]
         value = tensors[out]
@@ -138,38 +142,40 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.state = state
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerLiveResponse(live=self.state.plane.stuck_for() is None)
+        return pb.ServerLiveResponse(live=self.state.models.stuck_for() is None)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerReadyResponse(ready=self.state.plane.ready)
+        return pb.ServerReadyResponse(ready=self.state.models.ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return json_format.ParseDict(oip.server_metadata(), pb.ServerMetadataResponse())
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model_name(self.state, request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=self.state.plane.ready)
+        self.state.models.get(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        name = model_name(self.state, request.name, request.version or None)
-        metadata = oip.model_metadata(name, self.state.plane.served_model().backend)
+        metadata = model_metadata_of(self.state, request.name, request.version or None)
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        name = model_name(self.state, request.name, request.version or None)
-        config = triton.model_config(
-            self.state.plane.served_model(), name, self.state.settings.max_delay_ms
-        )
+        plane = self.state.models.get(request.name, request.version or None)
+        config = triton.model_config(plane.served_model(), request.name, plane.options.max_delay_ms)
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        name = model_name(self.state, request.name or None, request.version or None)
-        stats = triton.model_statistics(name, self.state.plane.statistics)
+        models = self.state.models
+        planes = (
+            [models.get(request.name, request.version or None)]
+            if request.name
+            else models.ready_planes()
+        )
+        stats = triton.model_statistics(planes)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
-        name = model_name(state, request.model_name, request.model_version or None)
+        plane = state.models.get(request.model_name, request.model_version or None)
         got: tuple[oip.InferRequest, dict[str, bool], PostOptions] | None = None
 
         async def read() -> tuple[list[EncodedImage], PostOptions]:
@@ -183,11 +189,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return images, _within(got[2], remaining)
 
         remaining = context.time_remaining()
-        results = await state.plane.infer(
+        results = await plane.infer(
             read, request_id=request_id_var.get() or "", arrived=_arrived.get()
         )
         assert got is not None
-        return _response(name, got[0], got[1], results)
+        return _response(plane.served_model(), got[0], got[1], results)
 
 
 def _within(options: PostOptions, remaining: float | None) -> PostOptions:

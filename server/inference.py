@@ -14,13 +14,16 @@ import functools
 from starlette.requests import Request
 from starlette.types import Receive
 
-from maskrt.runtime.dataplane import ImageResult, Reader
-from maskrt.server.state import AppState
+from maskrt.runtime.dataplane import DataPlane, ImageResult, Reader
 
 
-async def infer_request(state: AppState, request: Request, read: Reader) -> list[ImageResult]:
+async def infer_request(plane: DataPlane, request: Request, read: Reader) -> list[ImageResult]:
+    """``plane``'s results for the images ``read`` gives; the request's metrics are labelled with
+    the model and version that answered."""
     scope = request.scope["state"]
-    return await state.plane.infer(
+    served = plane.served_model()
+    scope["model"] = (served.name, served.model_version)
+    return await plane.infer(
         read,
         request_id=scope["request_id"],
         arrived=scope["start"],

@@ -203,7 +203,7 @@ class Metrics(Statistics):
         super().request_started()
         self.inflight_requests.inc()
 
-    def request_ended(self, seconds: float, ok: bool) -> None:
+    def request_ended(self, seconds: float, ok: bool | None) -> None:
         super().request_ended(seconds, ok)
         self.inflight_requests.dec()
 

@@ -448,6 +448,7 @@ def encode_infer_response(
     results: Sequence[ImageResult],
     outputs: dict[str, bool],
     request_id: str | None = None,
+    model_version: str = VERSION,
 ) -> tuple[bytes, int | None]:
     """The response body and, when some output is binary, the JSON header's length (the value
     of ``Inference-Header-Content-Length``)."""
@@ -467,7 +468,7 @@ def encode_infer_response(
         else:
             entry["data"] = value.ravel().tolist()
         described.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": VERSION}
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = described
@@ -484,15 +485,16 @@ def encode_infer_response(
 def server_metadata() -> dict[str, Any]:
     """``GET /v2``; ``model_configuration`` and ``statistics`` are Triton's extensions
     (:mod:`maskrt.server.triton`)."""
-    extensions = ["binary_tensor_data", "model_configuration", "statistics"]
+    extensions = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
     return {"name": "maskrt", "version": __version__, "extensions": extensions}
 
 
-def model_metadata(name: str, backend: str) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: the tensors above, -1 for variable dimensions."""
+def model_metadata(name: str, backend: str, versions: Sequence[str] = (VERSION,)) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: its loaded versions, the tensors above, -1 for variable
+    dimensions."""
     return {
         "name": name,
-        "versions": [VERSION],
+        "versions": list(versions),
         "platform": f"maskrt_{backend}",
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
         "outputs": [

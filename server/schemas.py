@@ -14,6 +14,7 @@ from pydantic.config import JsonDict
 EXAMPLE_MODEL: JsonDict = {
     "name": "shapes",
     "version": "f16d25e43c29",
+    "model_version": "1",
     "backend": "onnxruntime",
     "device": "cpu",
 }
@@ -63,6 +64,10 @@ class ModelRef(BaseModel):
     name: str = Field(description="model config name", examples=["shapes"])
     version: str = Field(
         description="first 12 hex digits of the checkpoint's sha256", examples=["f16d25e43c29"]
+    )
+    model_version: str = Field(
+        description="the version that answered: its model repository folder (1 for --model)",
+        examples=["1"],
     )
     backend: str = Field(description="torch, onnxruntime or tensorrt", examples=["onnxruntime"])
     device: str = Field(description="cpu or cuda:N", examples=["cpu"])
@@ -186,6 +191,7 @@ class ModelInfoResponse(BaseModel):
 
     name: str = Field(description="model config name")
     version: str = Field(description="first 12 hex digits of the checkpoint's sha256")
+    model_version: str = Field(description="its model repository version (1 for --model)")
     classes: list[str] = Field(
         description="class names; index = class_id of a detection; 0 is the background"
     )
@@ -228,6 +234,16 @@ class PredictParams(BaseModel):
     )
     masks: Literal["rle", "none"] = Field(
         "rle", description="rle: COCO RLE masks; none: boxes only"
+    )
+    model: str | None = Field(
+        None,
+        max_length=128,
+        description="the model to ask, by name (default: the server's default model)",
+    )
+    version: str | None = Field(
+        None,
+        max_length=16,
+        description="the version of the model to ask (default: its newest ready version)",
     )
 
 

@@ -1,10 +1,11 @@
-"""What one app holds: its settings, the data plane its routes call, its metrics and its keys."""
+"""What one app holds: its settings, the models its routes call (a data plane per loaded model
+version), its metrics and its keys."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from maskrt.runtime.dataplane import DataPlane
+from maskrt.runtime.models import ModelSet
 from maskrt.server.metrics import Metrics
 from maskrt.server.security import ApiKeys
 from maskrt.server.settings import Settings
@@ -13,6 +14,6 @@ from maskrt.server.settings import Settings
 @dataclass
 class AppState:
     settings: Settings
-    plane: DataPlane
-    metrics: Metrics  # the plane's statistics, exported, and the requests' own metrics
+    models: ModelSet
+    metrics: Metrics  # the planes' statistics, exported, and the requests' own metrics
     keys: ApiKeys

@@ -12,9 +12,10 @@ and RLE) count batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from maskrt.runtime.dataplane import ServedModel
+from maskrt.runtime.dataplane import DataPlane, ServedModel
 from maskrt.runtime.statistics import Statistics, Tally
 from maskrt.server import oip
 
@@ -67,38 +68,37 @@ def _duration(tally: Tally) -> dict[str, int]:
     return {"count": tally.count, "ns": round(tally.seconds * 1e9)}
 
 
-def model_statistics(name: str, stats: Statistics) -> dict[str, Any]:
-    """``GET /v2/models/{name}/stats`` (and ``/v2/models/stats``: the one model)."""
+def model_statistics(planes: Sequence[DataPlane]) -> dict[str, Any]:
+    """``GET /v2/models/{name}[/versions/{v}]/stats`` (one version), ``/v2/models/stats`` (every
+    loaded version)."""
+    return {"model_stats": [_statistics(p.served_model(), p.statistics) for p in planes]}
+
+
+def _statistics(model: ServedModel, stats: Statistics) -> dict[str, Any]:
     none = Tally()
     return {
-        "model_stats": [
+        "name": model.name,
+        "version": model.model_version,
+        "last_inference": stats.last_answer_ms,
+        "inference_count": stats.images,
+        "execution_count": stats.inference.count,
+        "inference_stats": {
+            "success": _duration(stats.requests_ok),
+            "fail": _duration(stats.requests_failed),
+            "queue": _duration(stats.queue),
+            "compute_input": _duration(stats.preprocess),
+            "compute_infer": _duration(stats.inference),
+            "compute_output": _duration(stats.postprocess),
+            "cache_hit": _duration(none),
+            "cache_miss": _duration(none),
+        },
+        "batch_stats": [
             {
-                "name": name,
-                "version": oip.VERSION,
-                "last_inference": stats.last_answer_ms,
-                "inference_count": stats.images,
-                "execution_count": stats.inference.count,
-                "inference_stats": {
-                    "success": _duration(stats.requests_ok),
-                    "fail": _duration(stats.requests_failed),
-                    "queue": _duration(stats.queue),
-                    "compute_input": _duration(stats.preprocess),
-                    "compute_infer": _duration(stats.inference),
-                    "compute_output": _duration(stats.postprocess),
-                    "cache_hit": _duration(none),
-                    "cache_miss": _duration(none),
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_input": _duration(sized.preprocess),
-                        "compute_infer": _duration(sized.inference),
-                        "compute_output": _duration(sized.postprocess),
-                    }
-                    for size, sized in sorted(
-                        dict(stats.by_batch_size).items()
-                    )  # a copy: threads add
-                ],
+                "batch_size": size,
+                "compute_input": _duration(sized.preprocess),
+                "compute_infer": _duration(sized.inference),
+                "compute_output": _duration(sized.postprocess),
             }
-        ]
+            for size, sized in sorted(dict(stats.by_batch_size).items())  # a copy: threads add
+        ],
     }

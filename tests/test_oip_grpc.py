@@ -273,6 +273,7 @@ def test_stats_is_not_a_model_name(client, name):
         "binary_tensor_data",
         "model_configuration",
         "statistics",
+        "model_repository",
     ]
 
 

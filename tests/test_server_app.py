@@ -64,7 +64,7 @@ def test_not_ready_until_loaded_and_warmed(checkpoint):
             release.set()
             await until_ready(client)
             assert (await client.post("/predict", files=files)).status_code == 200
-            plane = app.state.maskrt.plane
+            plane = app.state.maskrt.models.fixed_plane
             # warm-up ran every batch size the backend uses before /readyz turned 200
             sizes = {s for s in plane.backend.warmup_batch_sizes() if s <= 2}
             assert sizes and set(plane.warmup_seconds) == sizes
@@ -126,7 +126,7 @@ def test_backend_exception_fails_only_its_batch(checkpoint):
         app = create_app(settings(checkpoint))
         async with running(app) as client:
             await until_ready(client)
-            backend = app.state.maskrt.plane.backend
+            backend = app.state.maskrt.models.fixed_plane.backend
             real_infer = backend.infer
             calls = []
 
@@ -166,7 +166,7 @@ def test_post_processing_exception_fails_only_its_batch(checkpoint, depth):
         app = create_app(settings(checkpoint, pipeline_depth=depth))
         async with running(app) as client:
             await until_ready(client)
-            pipeline = app.state.maskrt.plane.pipeline
+            pipeline = app.state.maskrt.models.fixed_plane.pipeline
             real_finish = pipeline.finish_batch
             threads = []
 

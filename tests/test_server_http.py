@@ -472,7 +472,7 @@ def test_probes_and_model_info(client, model_info, checkpoint):
     assert model_info["max_batch"] == 8
     assert {"name", "version", "device", "canvas", "mask_size", "max_detections"} <= set(model_info)
     r = client.post("/predict", files={"image": ("x", png(shapes_image(0)), "image/png")}).json()
-    assert r["model"] == {k: model_info[k] for k in ("name", "version", "backend", "device")}
+    assert r["model"] == {k: model_info[k] for k in ("name", "version", "model_version", "backend", "device")}
 
 
 def test_metrics_exposition(server, client):
@@ -524,7 +524,13 @@ def test_openapi_has_the_real_schemas(client):
         "/PredictResponse"
     )
     assert {"multipart/form-data", "image/*"} <= set(post["requestBody"]["content"])
-    assert {p["name"] for p in post["parameters"]} == {"score_threshold", "max_detections", "masks"}
+    assert {p["name"] for p in post["parameters"]} == {
+        "score_threshold",
+        "max_detections",
+        "masks",
+        "model",
+        "version",
+    }
     assert "413" in post["responses"] and "504" in post["responses"]
     assert client.get("/docs").status_code == 200
 

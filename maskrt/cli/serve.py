@@ -52,7 +52,12 @@ def _serve(args: argparse.Namespace) -> int:
     # the mistakes a flag can hold, before anything imports torch (exit 2 in well under a second):
     # values, names, files, ports; then what needs torch (the checkpoint's class count, the device)
     settings = from_flags(args, Settings)
-    check_model_file(settings)
+    if settings.model_repository is not None:
+        from maskrt.runtime.repository import scan
+
+        scan(settings.model_repository)  # a folder that is not there; its models are checked later
+    else:
+        check_model_file(settings)
     sock = listening_socket(settings.host, settings.port)
     metrics_sock = None
     if settings.metrics_port is not None:
@@ -69,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
     from grpc import aio as grpc_aio
 
     from maskrt.runtime.local import LocalDataPlane
+    from maskrt.runtime.models import ModelSet
+    from maskrt.runtime.statistics import Statistics
     from maskrt.server.app import create_app
     from maskrt.server.grpc_service import create_server
     from maskrt.server.logging import configure_logging
@@ -76,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
     from maskrt.server.routes.probes import create_metrics_app
 
     configure_logging(settings.log_format, settings.log_level)
-    check_model(settings)  # the class count and the device, before the server starts
+    if settings.model_repository is None:
+        check_model(settings)  # the class count and the device, before the server starts
 
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -87,9 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(
-        settings, data_plane=lambda stats: LocalDataPlane(settings, stats, on_fatal=fatal)
-    )
+    def models(stats: Statistics) -> ModelSet:
+        if settings.model_repository is not None:
+            return ModelSet(settings, stats, on_fatal=fatal)
+        return ModelSet.fixed(settings, stats, LocalDataPlane(settings, stats, on_fatal=fatal))
+
+    app = create_app(settings, models=models)
     state = app.state.maskrt
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
@@ -124,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc: grpc_aio.Server | None = None
 
         def handle_exit(self, sig, frame) -> None:
-            state.plane.begin_drain()  # /readyz 503 at once; queued requests still finish
+            state.models.begin_drain()  # /readyz 503 at once; queued requests still finish
             super().handle_exit(sig, frame)
 
         async def serve(self, sockets=None) -> None:

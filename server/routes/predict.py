@@ -10,12 +10,11 @@ before inference) -> JSON.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from maskrt.runtime.dataplane import EncodedImage, ImageResult, Reader
+from maskrt.runtime.dataplane import DataPlane, EncodedImage, ImageResult
+from maskrt.runtime.errors import BadRequest, Redirect
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server.answers import answer
 from maskrt.server.dependencies import get_state
@@ -33,6 +32,7 @@ from maskrt.server.schemas import (
     ERROR_RESPONSES,
     BatchPredictResponse,
     ModelInfoResponse,
+    PredictParams,
     PredictResponse,
 )
 from maskrt.server.state import AppState
@@ -46,8 +46,25 @@ router = APIRouter()
     responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
     summary="the served model",
 )
-async def model_info(state: AppState = Depends(get_state)) -> Response:
-    return json_response(state.plane.served_model().describe())
+async def model_info(request: Request, state: AppState = Depends(get_state)) -> Response:
+    model, version = _target(parse_params(list(request.query_params.multi_items())))
+    return json_response(state.models.get(model, version).served_model().describe())
+
+
+@router.get(
+    "/v1/models",
+    responses={401: ERROR_RESPONSES[401]},
+    summary="every model and version, with its state (and, once ready, what /v1/model says)",
+)
+async def models_info(state: AppState = Depends(get_state)) -> Response:
+    planes = {(v.name, v.label): v.plane for v in state.models.loaded() if v.state == "READY"}
+    rows = []
+    for row in state.models.index():
+        plane = planes.get((row.name, row.version))
+        rows.append(
+            {**row.as_dict(), "model": None if plane is None else plane.served_model().describe()}
+        )
+    return json_response({"models": rows})
 
 
 @router.post(
@@ -58,8 +75,8 @@ async def model_info(state: AppState = Depends(get_state)) -> Response:
     summary="detect and segment the objects of one image",
 )
 async def predict(request: Request, state: AppState = Depends(get_state)) -> Response:
-    results = await infer_request(state, request, _reader(state, request, batch=False))
-    return json_response(_answer(state, results[0]))
+    plane, results = await _infer(state, request, batch=False)
+    return json_response(answer(plane.served_model().ref(), results[0]))
 
 
 @router.post(
@@ -70,24 +87,61 @@ async def predict(request: Request, state: AppState = Depends(get_state)) -> Res
     summary="several images in one request; results in order",
 )
 async def predict_batch(request: Request, state: AppState = Depends(get_state)) -> Response:
-    results = await infer_request(state, request, _reader(state, request, batch=True))
-    return json_response({"results": [_answer(state, r) for r in results]})
+    plane, results = await _infer(state, request, batch=True)
+    ref = plane.served_model().ref()
+    return json_response({"results": [answer(ref, r) for r in results]})
 
 
-def _reader(state: AppState, request: Request, batch: bool) -> Reader:
-    """The request's images (multipart or raw body) and its options (query and form fields)."""
+async def _infer(
+    state: AppState, request: Request, batch: bool
+) -> tuple[DataPlane, list[ImageResult]]:
+    """The request's results and the data plane (model version) that gave them. The model is
+    named by the query (``model``, ``version``), which picks the plane before the body is read;
+    or by the multipart form's fields, which are read first; else it is the default model."""
+    query = list(request.query_params.multi_items())
+    content_type = request.headers.get("content-type", "")
+    kind = classify_content_type(content_type, batch, has_body(request))
+    target = _target(parse_params(query))
+    params: PredictParams | None = None
 
     async def read() -> tuple[list[EncodedImage], PostOptions]:
-        content_type = request.headers.get("content-type", "")
-        kind = classify_content_type(content_type, batch, has_body(request))
+        nonlocal params
         datas, fields = await read_images(request, kind, batch, state.settings.max_queue)
-        params = parse_params(list(request.query_params.multi_items()) + fields)
+        params = parse_params(query + fields)
         names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]
         images = [EncodedImage(data, name) for data, name in zip(datas, names)]
         return images, post_options(params, state.settings.score_threshold)
 
-    return read
+    if target != (None, None) or kind == "raw":
+        plane = state.models.get(*target)
+        return plane, await infer_request(plane, request, read)
+    try:
+        # the default model's plane reads the form (the request is in flight while it uploads)
+        plane = state.models.get()
+    except BadRequest:  # several models and no default: the form must name one
+        got = await read()
+        assert params is not None
+        plane = state.models.get(*_target(params))
+    else:
+
+        async def read_form() -> tuple[list[EncodedImage], PostOptions]:
+            got = await read()
+            assert params is not None
+            named = state.models.get(*_target(params)) if _target(params) != (None, None) else plane
+            if named is not plane:
+                raise Redirect(named, *got)
+            return got
+
+        try:
+            return plane, await infer_request(plane, request, read_form)
+        except Redirect as elsewhere:
+            plane, got = elsewhere.plane, (elsewhere.images, elsewhere.options)
+
+    async def given() -> tuple[list[EncodedImage], PostOptions]:
+        return got
+
+    return plane, await infer_request(plane, request, given)
 
 
-def _answer(state: AppState, result: ImageResult) -> dict[str, Any]:
-    return answer(state.plane.served_model().ref(), result)
+def _target(params: PredictParams) -> tuple[str | None, str | None]:
+    return params.model, params.version

@@ -29,7 +29,7 @@ router = APIRouter()
     summary="the process is alive",
 )
 async def healthz(state: AppState = Depends(get_state)) -> Response:
-    stuck = state.plane.stuck_for()
+    stuck = state.models.stuck_for()
     if stuck is not None:
         raise ApiError(503, "stuck", f"a batch has been running for {stuck:.0f} s")
     return json_response({"status": "ok"})
@@ -42,8 +42,8 @@ async def healthz(state: AppState = Depends(get_state)) -> Response:
     summary="the model is loaded and warmed up",
 )
 async def readyz(state: AppState = Depends(get_state)) -> Response:
-    if not state.plane.ready:
-        raise state.plane.not_ready()
+    if not state.models.ready:
+        raise state.models.not_ready()
     return json_response({"status": "ready"})
 
 

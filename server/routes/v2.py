@@ -66,7 +66,7 @@ _INFER_ANSWER = {
     responses=_example({"live": True}, with_path=False),
 )
 async def live(state: AppState = Depends(get_state)) -> Response:
-    alive = state.plane.stuck_for() is None
+    alive = state.models.stuck_for() is None
     return json_response({"live": alive}, 200 if alive else 503)
 
 
@@ -76,7 +76,7 @@ async def live(state: AppState = Depends(get_state)) -> Response:
     responses=_example({"ready": True}, with_path=False),
 )
 async def ready(state: AppState = Depends(get_state)) -> Response:
-    is_ready = state.plane.ready
+    is_ready = state.models.ready
     return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
 
@@ -96,21 +96,11 @@ async def server_metadata() -> Response:
     return json_response(oip.server_metadata())
 
 
-def model_name(state: AppState, name: str | None, version: str | None) -> str:
-    """The served model's name: 503 before it is loaded, 404 for another name or version
-    (``None``: whichever is served). The gRPC front door checks its requests' names here too."""
-    served = state.plane.served_model().name
-    if name is not None and name != served:
-        raise ApiError(
-            404, "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
-        )
-    if version is not None and version != oip.VERSION:
-        raise ApiError(
-            404,
-            "unknown_model",
-            f"model {name!r} has no version {version!r}; its one version is {oip.VERSION!r}",
-        )
-    return served
+def model_metadata_of(state: AppState, name: str, version: str | None) -> dict[str, Any]:
+    """``name``'s metadata, its loaded versions among it (the gRPC front door answers it too)."""
+    served = state.models.get(name, version).served_model()
+    versions = state.models.ready_versions(name) if version is None else [served.model_version]
+    return oip.model_metadata(name, served.backend, versions)
 
 
 @router.get("", summary="model metadata", responses=_example(_MODEL_METADATA))
@@ -118,8 +108,7 @@ def model_name(state: AppState, name: str | None, version: str | None) -> str:
 async def model_metadata(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    model_name(state, name, version)
-    return json_response(oip.model_metadata(name, state.plane.served_model().backend))
+    return json_response(model_metadata_of(state, name, version))
 
 
 @router.get(
@@ -133,9 +122,7 @@ async def model_metadata(
 async def model_ready(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    model_name(state, name, version)
-    if not state.plane.ready:
-        raise state.plane.not_ready()
+    state.models.get(name, version)  # 404 unknown, 503 loading
     return json_response({"name": name, "ready": True})
 
 
@@ -172,9 +159,10 @@ _STATS_EXAMPLE = {
 async def model_config(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    served = model_name(state, name, version)
-    config = triton.model_config(state.plane.served_model(), served, state.settings.max_delay_ms)
-    return json_response(config)
+    plane = state.models.get(name, version)
+    return json_response(
+        triton.model_config(plane.served_model(), name, plane.options.max_delay_ms)
+    )
 
 
 @models.get(
@@ -183,8 +171,7 @@ async def model_config(
     responses=_example(_STATS_EXAMPLE, with_path=False),
 )
 async def statistics(state: AppState = Depends(get_state)) -> Response:
-    served = model_name(state, None, None)
-    return json_response(triton.model_statistics(served, state.plane.statistics))
+    return json_response(triton.model_statistics(state.models.ready_planes()))
 
 
 @router.get("/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE))
@@ -194,8 +181,7 @@ async def statistics(state: AppState = Depends(get_state)) -> Response:
 async def model_statistics(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    served = model_name(state, name, version)
-    return json_response(triton.model_statistics(served, state.plane.statistics))
+    return json_response(triton.model_statistics([state.models.get(name, version)]))
 
 
 def _check_content_type(request: Request, *, json_only: bool, settings: Settings) -> None:
@@ -258,7 +244,7 @@ async def infer(
     version: str | None = None,
     state: AppState = Depends(get_state),
 ) -> Response:
-    model_name(state, name, version)
+    plane = state.models.get(name, version)
     header_length = request.headers.get(oip.HEADER_LENGTH)
     _check_content_type(request, json_only=header_length is None, settings=state.settings)
     parsed: oip.InferRequest | None = None
@@ -279,9 +265,10 @@ async def infer(
         images = [EncodedImage(data, f"{oip.INPUT}[{i}]") for i, data in enumerate(got.images)]
         return images, options
 
-    results = await infer_request(state, request, read)
+    results = await infer_request(plane, request, read)
     assert parsed is not None
-    body, json_length = oip.encode_infer_response(name, results, outputs, parsed.id)
+    model_version = plane.served_model().model_version
+    body, json_length = oip.encode_infer_response(name, results, outputs, parsed.id, model_version)
     if json_length is None:
         return Response(body, media_type="application/json")
     return Response(
