@@ -4,6 +4,8 @@
 #
 #   maskrt-entrypoint [SERVE FLAGS...]   check the container, then
 #                                         exec `maskrt serve --backend B [--model M] [SERVE FLAGS...]`
+#                                         (with MASKRT_MODEL_REPOSITORY set, the server serves every
+#                                         model in that directory instead: docs/scaling.md)
 #   maskrt-entrypoint COMMAND [ARGS...]  run COMMAND instead (e.g. `bash`, `maskrt export ...`)
 #
 # Configuration is the server's own environment (MASKRT_*, docs/architecture.md "Settings"; MASKRT_MODEL,
@@ -16,7 +18,8 @@
 #
 # This script fails early, with what to do, where the server could not start: an unknown backend,
 # a bad MASKRT_MAX_BATCH or MASKRT_ENGINE_PRECISION, a cache that cannot be created, no GPU or no TensorRT for
-# the tensorrt backend, a missing model file. MASKRT_BACKEND=auto goes to the server as is: on a GPU
+# the tensorrt backend, a missing model file, a model repository that is not mounted or is set
+# beside MASKRT_MODEL. MASKRT_BACKEND=auto goes to the server as is: on a GPU
 # it tries TensorRT and, when TensorRT cannot serve, stays up on the torch backend and says so
 # (GET /v1/model's fallback_reason, maskrt_backend_fallback); a resolution here would lose that.
 set -euo pipefail
@@ -37,6 +40,7 @@ cache_dir="${MASKRT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/maskrt}"
 precision="${MASKRT_ENGINE_PRECISION:-fp16}"
 max_batch="${MASKRT_MAX_BATCH:-8}"
 model="${MASKRT_MODEL:-}"
+repository="${MASKRT_MODEL_REPOSITORY:-}"
 
 [[ "$max_batch" =~ ^[1-9][0-9]*$ ]] || die "MASKRT_MAX_BATCH must be a positive integer, got '$max_batch'"
 [[ "$precision" == fp16 || "$precision" == fp32 ]] ||
@@ -53,6 +57,24 @@ onnxruntime:*.plan | onnxruntime:*.engine | torch:*.plan | torch:*.engine)
 esac
 if [[ -n "$model" && ! "$model" =~ ^MaskRCNN_ && ! -r "$model" ]]; then
     die "model file '$model' does not exist or is not readable (MASKRT_MODEL; mount it into the container)"
+fi
+
+# A model repository: the server reads MASKRT_MODEL_REPOSITORY itself and judges each model in it
+# (a bad one fails alone); here only what would fail them all.
+if [[ -n "$repository" ]]; then
+    [[ -z "$model" ]] ||
+        die "MASKRT_MODEL ($model) and MASKRT_MODEL_REPOSITORY ($repository) are both set: serve one model file or a model repository, not both"
+    [[ -d "$repository" && -r "$repository" && -x "$repository" ]] ||
+        die "model repository '$repository' is not a directory uid $(id -u) can read (MASKRT_MODEL_REPOSITORY; mount it into the container, e.g. with docker-compose.repository.yml)"
+    names=()
+    for folder in "$repository"/*/; do
+        [[ -d "$folder" ]] && names+=("$(basename "$folder")")
+    done
+    if [[ ${#names[@]} -eq 0 ]]; then
+        log "model repository $repository holds no model folder yet: /readyz answers 503 until a model serves (add <name>/<version>/<model file>: MASKRT_REPOSITORY_POLL_S picks it up, or POST /v2/repository/models/<name>/load)"
+    else
+        log "serving the model repository $repository: ${names[*]}"
+    fi
 fi
 
 mkdir -p "$cache_dir" 2>/dev/null || true

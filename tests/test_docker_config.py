@@ -17,6 +17,7 @@ where a Compose v2 CLI exists and is skipped, with the reason, elsewhere.
 from __future__ import annotations
 
 import copy
+import functools
 import http.server
 import importlib
 import inspect
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_REPOSITORY = ROOT / "docker-compose.repository.yml"
 PROMETHEUS_YML = DOCKER / "prometheus" / "prometheus.yml"
 RULES_DIR = DOCKER / "prometheus" / "rules"
 RULES_TESTS = DOCKER / "prometheus" / "tests"
@@ -125,6 +127,11 @@ def merge_compose(base, override):
     if isinstance(override, dict):
         return merge_compose({}, override)
     return copy.deepcopy(override)
+
+
+def merged_compose(*paths: Path) -> dict:
+    """The compose files merged in order, as ``docker compose -f A -f B ...`` merges them."""
+    return functools.reduce(merge_compose, map(load_compose, paths))
 
 
 def load_yaml(path: Path) -> dict:
@@ -442,7 +449,7 @@ def test_compose_healthchecks_dependencies_gpu_and_images():
 
 
 def test_cpu_override_drops_the_gpu():
-    merged = merge_compose(load_compose(), load_compose(COMPOSE_CPU))
+    merged = merged_compose(COMPOSE, COMPOSE_CPU)
     maskrt = merged["services"]["maskrt"]
     assert maskrt["build"]["target"] == "cpu"
     assert maskrt["image"] == "maskrt:cpu"
@@ -463,15 +470,73 @@ def test_compose_config_with_docker():
     probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("the docker CLI here has no Compose v2 plugin (`docker compose version` fails)")
-    for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]):
+    repository = ["docker-compose.repository.yml"]
+    for files in (
+        ["docker-compose.yml"],
+        ["docker-compose.yml", "docker-compose.cpu.yml"],
+        ["docker-compose.yml", *repository],
+        ["docker-compose.yml", "docker-compose.cpu.yml", *repository],
+    ):
         args = [a for f in files for a in ("-f", f)]
         run = subprocess.run(
             [docker, "compose", *args, "config", "--quiet"],
             cwd=ROOT,
             capture_output=True,
             text=True,
+            # the repository's bind source must exist; Compose is asked about a stand-in
+            env={**os.environ, "MASKRT_MODEL_REPOSITORY_DIR": str(ROOT / "examples")},
         )
         assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize(
+    "base", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["default", "cpu-override"]
+)
+def test_repository_override_mounts_the_repository_read_only(base):
+    """docker-compose.repository.yml on the GPU or CPU stack: the server's MASKRT_MODEL_REPOSITORY
+    is a read-only bind mount of ./model-repository (which git and the image build leave out),
+    polled, and no single model is named beside it. Without the override the bundled model
+    serves, as before."""
+    plain = merged_compose(*base)
+    merged = merged_compose(*base, COMPOSE_REPOSITORY)
+    maskrt = merged["services"]["maskrt"]
+    env = {k: _default(v) for k, v in _env(maskrt).items()}
+    assert "MASKRT_MODEL" not in env  # the server refuses both (exit 2)
+    assert "MASKRT_MODEL_REPOSITORY" not in _env(plain["services"]["maskrt"])
+    (mount,) = [
+        m
+        for m in maskrt["volumes"]
+        if isinstance(m, dict) and m["target"] == env["MASKRT_MODEL_REPOSITORY"]
+    ]
+    assert mount["type"] == "bind" and mount["read_only"] is True
+    # a missing folder is an error, not an empty root-owned one made by the engine
+    assert mount["bind"]["create_host_path"] is False
+    source = _default(mount["source"])
+    relative = _host_path(source).relative_to(ROOT).as_posix()
+    assert dockerignored(f"{relative}/shapes/1/shapes.pt")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", f"{relative}/shapes/1/shapes.pt"], cwd=ROOT
+    )
+    assert ignored.returncode == 0, f"git would offer to commit the models in {source}"
+    assert float(env["MASKRT_REPOSITORY_POLL_S"]) > 0
+    # everything else is the stack without the override
+    maskrt["volumes"].remove(mount)
+    for name in ("MASKRT_MODEL_REPOSITORY", "MASKRT_REPOSITORY_POLL_S"):
+        maskrt["environment"].pop(name)
+    assert merged == plain
+
+
+def test_example_repository_names_the_bundled_model_s_classes():
+    """examples/model-repository is filled with the bundled checkpoint (README, docs/scaling.md):
+    its config.yaml's labels must be that checkpoint's classes, or the model would fail to load.
+    Read from the file's recorded config without torch."""
+    from maskrt.model.config import DEFAULT_CHECKPOINT
+    from maskrt.model.peek import read_index
+
+    (config,) = (ROOT / "examples" / "model-repository").glob("*/config.yaml")
+    assert config.parent.name == "shapes"
+    (payload, _) = read_index(DEFAULT_CHECKPOINT)
+    assert ["__background__", *load_yaml(config)["labels"]] == list(payload["config"]["classes"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,6 +833,7 @@ def test_dockerignore_keeps_the_context_small():
         "plugins/build/lib.so",
         "x.plan",
         "docs/benchmarks.md",
+        "model-repository/shapes/1/shapes.pt",  # docker-compose.repository.yml mounts it instead
     ):
         assert dockerignored(path), f"{path} should not be sent to the Docker daemon"
     for path in (
@@ -793,7 +859,8 @@ def test_scripts_are_executable_and_valid():
 FAKE_MASKRT = r"""#!/usr/bin/env bash
 # stand-in for the maskrt CLI: logs its arguments and the cache environment it was given
 echo "$*" >> "$FAKE_LOG"
-echo "env MASKRT_CACHE_DIR=${MASKRT_CACHE_DIR:-} MASKRT_BUILD_ID=${MASKRT_BUILD_ID:-}" >> "$FAKE_LOG"
+echo "env MASKRT_CACHE_DIR=${MASKRT_CACHE_DIR:-} MASKRT_BUILD_ID=${MASKRT_BUILD_ID:-}" \
+    "MASKRT_MODEL_REPOSITORY=${MASKRT_MODEL_REPOSITORY:-}" >> "$FAKE_LOG"
 """
 
 FAKE_ENV = r"""#!/usr/bin/env bash
@@ -860,7 +927,9 @@ def test_entrypoint_tensorrt_hands_the_model_to_the_server(entry):
     proc, calls = entry(**gpu)
     assert proc.returncode == 0, proc.stderr
     assert calls == ["serve --backend tensorrt"]
-    assert entry.env == [f"env MASKRT_CACHE_DIR={entry.tmp / 'cache'} MASKRT_BUILD_ID=abc123"]
+    assert entry.env == [
+        f"env MASKRT_CACHE_DIR={entry.tmp / 'cache'} MASKRT_BUILD_ID=abc123 MASKRT_MODEL_REPOSITORY="
+    ]
     assert "NVIDIA H100 80GB HBM3 (sm_90), TensorRT 10.14.1" in proc.stderr
     assert "builds (first start on this GPU: minutes) or reuses the fp16 engine" in proc.stderr
     assert (entry.tmp / "cache").is_dir()
@@ -949,6 +1018,55 @@ def test_entrypoint_onnxruntime_and_torch(entry):
 def test_entrypoint_errors(entry, env, message):
     proc, calls = entry(**env)
     assert proc.returncode == 1 and message in proc.stderr and calls == []
+
+
+def test_entrypoint_model_repository(entry):
+    """A mounted repository goes to the server as MASKRT_MODEL_REPOSITORY (the server reads it and
+    judges each model); the entrypoint names the model folders it sees, says what an empty one
+    means, and stops at what fails every model: no such directory, or a model named beside it."""
+    repository = entry.tmp / "models"
+    (repository / "shapes" / "1").mkdir(parents=True)
+    (repository / "shapes" / "1" / "shapes.pt").write_bytes(b"checkpoint bytes")
+    (repository / "other" / "2").mkdir(parents=True)
+    (repository / ".staging").mkdir()  # hidden: the server ignores it too
+    (repository / "README.md").write_text("a file, not a model")
+    on_cpu = {"MASKRT_BACKEND": "onnxruntime", "MASKRT_MODEL_REPOSITORY": str(repository)}
+    proc, calls = entry(**on_cpu)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["serve --backend onnxruntime"]
+    assert entry.env[0].endswith(f" MASKRT_MODEL_REPOSITORY={repository}")
+    assert f"serving the model repository {repository}: other shapes" in proc.stderr
+    _real_cli_accepts(calls)
+
+    empty = entry.tmp / "empty"
+    empty.mkdir()
+    proc, calls = entry(**{**on_cpu, "MASKRT_MODEL_REPOSITORY": str(empty)})
+    assert proc.returncode == 0 and calls == ["serve --backend onnxruntime"], proc.stderr
+    assert "holds no model folder yet: /readyz answers 503 until a model serves" in proc.stderr
+
+    proc, calls = entry(**on_cpu, MASKRT_MODEL=str(entry.ckpt))
+    assert proc.returncode == 1 and calls == []
+    assert "MASKRT_MODEL_REPOSITORY" in proc.stderr and "are both set" in proc.stderr
+    for missing in (entry.tmp / "not-mounted", entry.ckpt):
+        proc, calls = entry(**{**on_cpu, "MASKRT_MODEL_REPOSITORY": str(missing)})
+        assert proc.returncode == 1 and calls == []
+        assert f"model repository '{missing}' is not a directory" in proc.stderr
+        assert "mount it into the container" in proc.stderr
+
+
+def test_entrypoint_unreadable_model_repository(entry):
+    prefix = without_root_privileges()
+    locked = entry.tmp / "locked"
+    (locked / "shapes" / "1").mkdir(parents=True)
+    locked.chmod(0o300)  # no read: nothing in it can be listed
+    try:
+        proc, calls = entry(
+            MASKRT_BACKEND="onnxruntime", MASKRT_MODEL_REPOSITORY=str(locked), prefix=prefix
+        )
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 1 and calls == []
+    assert f"model repository '{locked}' is not a directory uid" in proc.stderr
 
 
 def test_entrypoint_runs_a_command_instead(entry):

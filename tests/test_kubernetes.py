@@ -41,6 +41,7 @@ KUSTOMIZATIONS = sorted(
 )
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are megabytes
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2"}
+REPOSITORY_OVERLAYS = ("overlays/gpu-model-repository", "overlays/gpu-model-repository-init")
 
 
 @functools.cache
@@ -80,9 +81,14 @@ def settings_env(objects: list[dict]) -> dict[str, str]:
 
 
 def test_the_overlays_the_docs_name_exist():
-    assert {"overlays/gpu", "overlays/cpu", "overlays/gpu-keda", "kserve", "ray"} <= set(
-        KUSTOMIZATIONS
-    )
+    assert {
+        "overlays/gpu",
+        "overlays/cpu",
+        "overlays/gpu-keda",
+        *REPOSITORY_OVERLAYS,
+        "kserve",
+        "ray",
+    } <= set(KUSTOMIZATIONS)
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
@@ -209,7 +215,14 @@ def _seconds(duration: str) -> int:
     return int(value) * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
-@pytest.mark.parametrize("overlay, target", [("overlays/gpu", "gpu"), ("overlays/cpu", "cpu")])
+@pytest.mark.parametrize(
+    "overlay, target",
+    [
+        ("overlays/gpu", "gpu"),
+        ("overlays/cpu", "cpu"),
+        *((overlay, "gpu") for overlay in REPOSITORY_OVERLAYS),
+    ],
+)
 def test_pod_matches_the_image(overlay, target):
     """Non-root as the image's user, and a start-up probe at least as patient as the image's
     HEALTHCHECK start period (the first engine build on a GPU)."""
@@ -252,6 +265,72 @@ def test_drain_covers_the_server_shutdown_budget(overlay):
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + shutdown_budget_s(
         settings.request_timeout_s
     )
+
+
+@pytest.mark.parametrize("overlay", ["overlays/gpu", "overlays/cpu", *REPOSITORY_OVERLAYS])
+def test_every_setting_is_one_the_server_reads(overlay):
+    """The server's settings ignore an unknown MASKRT_* variable, so a misspelt one in the
+    ConfigMap would be dropped without a word: each must name a setting of ``maskrt serve``."""
+    from maskrt.server.settings import Settings
+
+    unknown = {
+        name
+        for name in settings_env(render(overlay))
+        if name[len("MASKRT_") :].lower() not in Settings.model_fields
+    }
+    assert not unknown, f"{overlay}: no such server setting: {sorted(unknown)}"
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in bytes (binary and decimal suffixes)."""
+    value, unit = re.fullmatch(r"(\d+)([KMGT]i?)?", quantity).groups()
+    if not unit:
+        return int(value)
+    power = "KMGT".index(unit[0]) + 1
+    return int(value) * (1024 if unit.endswith("i") else 1000) ** power
+
+
+@pytest.mark.parametrize("overlay", REPOSITORY_OVERLAYS)
+def test_model_repository_is_mounted_read_only_where_the_server_reads_it(overlay):
+    """MASKRT_MODEL_REPOSITORY is a read-only mount of the pod, filled by a ReadWriteMany claim
+    (polled for new versions) or by an init container into an emptyDir (no claim left, no
+    polling); no single model is named beside it, readiness stays /readyz, and the memory budget
+    of the loaded models is under the container's memory limit."""
+    objects = render(overlay)
+    env = settings_env(objects)
+    assert "MASKRT_MODEL" not in env  # the server refuses both (exit 2)
+    (spec,) = pod_specs(objects)
+    container = spec["containers"][0]
+    (mount,) = [
+        m for m in container["volumeMounts"] if m["mountPath"] == env["MASKRT_MODEL_REPOSITORY"]
+    ]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    fillers = [
+        c
+        for c in spec.get("initContainers", [])
+        if any(m["name"] == volume["name"] for m in c.get("volumeMounts", []))
+    ]
+    if "persistentVolumeClaim" in volume:
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        # every pod reads it while whatever publishes models writes it
+        assert "ReadWriteMany" in claim["spec"]["accessModes"]
+        assert volume["persistentVolumeClaim"].get("readOnly") is True
+        assert float(env["MASKRT_REPOSITORY_POLL_S"]) > 0
+        assert not fillers
+    else:
+        assert set(volume) == {"name", "emptyDir"}, volume
+        assert "maskrt-model-repository" not in claims
+        assert float(env["MASKRT_REPOSITORY_POLL_S"]) == 0  # nothing changes it after the start
+        (filler,) = fillers
+        (fill,) = [m for m in filler["volumeMounts"] if m["name"] == volume["name"]]
+        assert not fill.get("readOnly")
+        assert filler["securityContext"] == container["securityContext"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/readyz"
+    budget = int(env["MASKRT_MODEL_MEMORY_BUDGET_MB"]) * 2**20
+    assert budget < _bytes(container["resources"]["limits"]["memory"])
 
 
 def _autoscaling_metrics() -> dict[str, set[str]]:

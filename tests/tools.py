@@ -129,4 +129,4 @@ def without_root_privileges() -> tuple[str, ...]:
         missing(
             "setpriv not found on PATH (as root, it makes permissions hold): apt-get install util-linux"
         )
-    return ("setpriv", "--bounding-set=-dac_override,-fowner", "--")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")
