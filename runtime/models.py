@@ -626,14 +626,27 @@ def _rss() -> int:
 
 
 def _available_memory() -> int | None:
+    """The machine's available memory, or less in a container with a memory limit (cgroup v2:
+    the limit less what the container uses, its reclaimable page cache not counted)."""
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        stat = Path("/sys/fs/cgroup/memory.stat").read_text().split()
+        used -= int(dict(zip(stat[::2], stat[1::2])).get("inactive_file", 0))
+    except (OSError, ValueError):
+        return available
+    if limit == "max":
+        return available
+    left = max(0, int(limit) - used)
+    return left if available is None else min(available, left)
 
 
 def _release_memory() -> None:
