@@ -297,6 +297,17 @@ class ModelSet:
         """The data plane of every ready version, by model name and version."""
         return [v.plane for v in self.loaded() if v.state == "READY"]
 
+    def statistics_planes(self, name: str | None, version: str | None) -> list[DataPlane]:
+        """Whose statistics a statistics request asks for, as Triton answers it: every ready
+        version (``name`` ``None``), every ready version of ``name`` (``version`` ``None``), or
+        that one version; :meth:`get`'s errors for a model or version not served."""
+        if name is None:
+            return self.ready_planes()
+        if version is not None:
+            return [self.get(name, version)]
+        self.get(name)
+        return [v.plane for v in self.loaded() if v.name == name and v.state == "READY"]
+
     def ready_versions(self, name: str) -> list[str]:
         """The ready versions of ``name``, ascending."""
         return [v.label for v in self.loaded() if v.name == name and v.state == "READY"]

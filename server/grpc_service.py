@@ -164,12 +164,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        models = self.state.models
-        planes = (
-            [models.get(request.name, request.version or None)]
-            if request.name
-            else models.ready_planes()
-        )
+        planes = self.state.models.statistics_planes(request.name or None, request.version or None)
         stats = triton.model_statistics(planes)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 

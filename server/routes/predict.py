@@ -96,51 +96,46 @@ async def _infer(
     state: AppState, request: Request, batch: bool
 ) -> tuple[DataPlane, list[ImageResult]]:
     """The request's results and the data plane (model version) that gave them. The model is
-    named by the query (``model``, ``version``), which picks the plane before the body is read;
-    or by the multipart form's fields, which are read first; else it is the default model."""
+    named by the query (``model``, ``version``), which picks the plane before the body is read,
+    or by the multipart form's fields; else it is the default model. The default's plane reads
+    the form (the request is in flight while it uploads) and hands it over when the form names
+    another (:class:`~maskrt.runtime.errors.Redirect`); with several models and no default, the
+    form is read first."""
     query = list(request.query_params.multi_items())
-    content_type = request.headers.get("content-type", "")
-    kind = classify_content_type(content_type, batch, has_body(request))
+    kind = classify_content_type(request.headers.get("content-type", ""), batch, has_body(request))
     target = _target(parse_params(query))
-    params: PredictParams | None = None
+    form_may_name = target == (None, None) and kind != "raw"
+    try:
+        plane: DataPlane | None = state.models.get(*target)
+    except BadRequest:
+        if not form_may_name:
+            raise
+        plane = None
 
     async def read() -> tuple[list[EncodedImage], PostOptions]:
-        nonlocal params
         datas, fields = await read_images(request, kind, batch, state.settings.max_queue)
         params = parse_params(query + fields)
         names = [f"images[{i}]" if batch else "image" for i in range(len(datas))]
         images = [EncodedImage(data, name) for data, name in zip(datas, names)]
-        return images, post_options(params, state.settings.score_threshold)
-
-    if target != (None, None) or kind == "raw":
-        plane = state.models.get(*target)
-        return plane, await infer_request(plane, request, read)
-    try:
-        # the default model's plane reads the form (the request is in flight while it uploads)
-        plane = state.models.get()
-    except BadRequest:  # several models and no default: the form must name one
-        got = await read()
-        assert params is not None
-        plane = state.models.get(*_target(params))
-    else:
-
-        async def read_form() -> tuple[list[EncodedImage], PostOptions]:
-            got = await read()
-            assert params is not None
-            named = state.models.get(*_target(params)) if _target(params) != (None, None) else plane
+        options = post_options(params, state.settings.score_threshold)
+        if form_may_name and (plane is None or _target(params) != (None, None)):
+            named = state.models.get(*_target(params))
             if named is not plane:
-                raise Redirect(named, *got)
+                raise Redirect(named, images, options)
+        return images, options
+
+    try:
+        if plane is None:
+            await read()  # names the model: a Redirect
+        assert plane is not None
+        return plane, await infer_request(plane, request, read)
+    except Redirect as elsewhere:
+        got = elsewhere.images, elsewhere.options
+
+        async def given() -> tuple[list[EncodedImage], PostOptions]:
             return got
 
-        try:
-            return plane, await infer_request(plane, request, read_form)
-        except Redirect as elsewhere:
-            plane, got = elsewhere.plane, (elsewhere.images, elsewhere.options)
-
-    async def given() -> tuple[list[EncodedImage], PostOptions]:
-        return got
-
-    return plane, await infer_request(plane, request, given)
+        return elsewhere.plane, await infer_request(elsewhere.plane, request, given)
 
 
 def _target(params: PredictParams) -> tuple[str | None, str | None]:

@@ -171,7 +171,7 @@ async def model_config(
     responses=_example(_STATS_EXAMPLE, with_path=False),
 )
 async def statistics(state: AppState = Depends(get_state)) -> Response:
-    return json_response(triton.model_statistics(state.models.ready_planes()))
+    return json_response(triton.model_statistics(state.models.statistics_planes(None, None)))
 
 
 @router.get("/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE))
@@ -181,7 +181,7 @@ async def statistics(state: AppState = Depends(get_state)) -> Response:
 async def model_statistics(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
-    return json_response(triton.model_statistics([state.models.get(name, version)]))
+    return json_response(triton.model_statistics(state.models.statistics_planes(name, version)))
 
 
 def _check_content_type(request: Request, *, json_only: bool, settings: Settings) -> None:
