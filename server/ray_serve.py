@@ -273,6 +273,11 @@ def build(args: dict[str, Any]) -> serve.Application:
         known = sorted(ray_fields | set(Settings.model_fields))
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(known)}")
     settings = Settings(**given)  # invalid settings fail here, before any replica starts
+    if settings.model_repository is not None:
+        raise ValueError(
+            "model_repository: the Ray Serve application serves one model (model=...); deploy "
+            "one application per model, or serve a repository with maskrt serve"
+        )
     target = ray.target_ongoing_requests or 2 * settings.max_batch
     model = serve.deployment(
         MaskrtModel,
