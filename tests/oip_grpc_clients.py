@@ -164,8 +164,10 @@ def repository(address: str, model: str, key: str, images: list[bytes]) -> dict[
     """Triton's repository calls on ``model`` (tests/test_model_repository.py), each as
     ``{"status", "value"}`` or ``{"status", "message"}``: without a key, then with one: the index,
     unload, load with a ``config`` override (``max_batch_size`` 4) and its configuration after,
-    and loads the server must refuse."""
+    and calls the server must refuse."""
+    import grpc
     import tritonclient.grpc as tg
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
     from tritonclient.utils import InferenceServerException
 
     auth = {"x-api-key": key}
@@ -196,6 +198,16 @@ def repository(address: str, model: str, key: str, images: list[bytes]) -> dict[
         call("index loaded", lambda: client.get_model_repository_index(headers=auth, as_json=True))
         call("load unknown", lambda: client.load_model("no-such-model", headers=auth))
         call("load bad config", lambda: client.load_model(model, headers=auth, config="{oops"))
+        files = {"file:1/model.pt": b"weights"}
+        call("load file", lambda: client.load_model(model, headers=auth, config="{}", files=files))
+    # a repository by name (tritonclient never names one)
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.RepositoryIndexRequest(repository_name="other")
+        try:
+            stub.RepositoryIndex(request, metadata=list(auth.items()))
+        except grpc.RpcError as exc:
+            out["index other"] = {"status": str(exc.code()), "message": exc.details()}
     return out
 
 

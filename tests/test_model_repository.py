@@ -384,6 +384,10 @@ def test_grpc_repository_calls(api):
     assert calls["load unknown"]["status"] == "StatusCode.NOT_FOUND"
     assert calls["load bad config"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "not JSON" in calls["load bad config"]["message"]
+    assert calls["load file"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "(file:1/model.pt) are not supported" in calls["load file"]["message"]
+    assert calls["index other"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "one repository" in calls["index other"]["message"]
     assert answered_by(predict(api, "b"))[:2] == ("b", "1")
 
 
