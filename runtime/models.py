@@ -122,8 +122,8 @@ class ModelSet:
 
     @classmethod
     def fixed(cls, options: RuntimeOptions, statistics: Statistics, plane: DataPlane) -> ModelSet:
-        """The set of one data plane made elsewhere (``--model``, Ray Serve's): version 1 of the
-        model it serves, which cannot be unloaded or replaced."""
+        """The set of one data plane made elsewhere (``--model``, Ray Serve's): version
+        ``MODEL_VERSION`` (1) of the model it serves, which cannot be unloaded or replaced."""
         models = cls(options.model_copy(update={"model_repository": None}), statistics)
         models.shared.close()  # the plane has its own
         models.fixed_plane = plane
@@ -254,10 +254,11 @@ class ModelSet:
             raise UnknownModel(
                 "unknown_model", f"unknown model {name!r}; this server serves {served!r}"
             )
-        if version is not None and _version_number(version) != 1:
+        number = self.options.model_version
+        if version is not None and _version_number(version) != number:
             raise UnknownModel(
                 "unknown_model",
-                f"model {served!r} has no version {str(version)!r}; its one version is '1'",
+                f"model {served!r} has no version {str(version)!r}; its one version is '{number}'",
             )
         return plane
 
@@ -320,7 +321,7 @@ class ModelSet:
             state: State = "READY" if plane.ready else "LOADING"
             if plane.status in ("failed", "draining"):
                 state = "UNAVAILABLE"
-            return [Version(name, 1, plane, state)]
+            return [Version(name, self.options.model_version, plane, state)]
         return sorted(
             (v for m in self.models.values() for v in [*m.versions.values(), *m.pending]),
             key=lambda v: (v.name, v.number),

@@ -6,9 +6,12 @@ through :meth:`DataPlane.infer <maskrt.runtime.dataplane.DataPlane.infer>` (the 
 pixel budgets, the request timeout or the call's shorter deadline), the request parsed and the
 answer encoded by :mod:`maskrt.server.oip`, the model and version chosen by
 :meth:`ModelSet.get <maskrt.runtime.models.ModelSet.get>`, the configuration and statistics of
-:mod:`maskrt.server.triton`. API keys come from the ``authorization`` or ``x-api-key`` metadata
-(the liveness, readiness and server metadata calls are open, as ``/v2/health`` is); the request
-id from ``x-request-id`` metadata, sent back as trailing metadata. Each call is counted in
+:mod:`maskrt.server.triton`, the repository calls the :class:`ModelSet
+<maskrt.runtime.models.ModelSet>` operations of ``/v2/repository`` (a load's ``config`` parameter
+read by :func:`~maskrt.server.routes.repository.load_config`). API keys come from the
+``authorization`` or ``x-api-key`` metadata (the liveness, readiness and server metadata calls
+are open, as ``/v2/health`` is); the request id from ``x-request-id`` metadata, sent back as
+trailing metadata. Each call is counted in
 ``maskrt_request_duration_seconds`` with its method as ``endpoint`` and its gRPC status code as
 ``status``, and written to the access log. An error is the HTTP status the HTTP front door
 answers, turned into a gRPC status code by :data:`CODES` (docs/server.md, "gRPC").
@@ -41,6 +44,7 @@ from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
 from maskrt.server.logging import request_id_var
 from maskrt.server.middleware import access_log, request_id
+from maskrt.server.routes.repository import load_config
 from maskrt.server.routes.v2 import model_metadata_of, request_options
 from maskrt.server.state import AppState
 from maskrt.server.triton_proto import grpc_service_pb2 as pb
@@ -168,6 +172,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats = triton.model_statistics(planes)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _one_repository(request.repository_name)
+        rows = self.state.models.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row.as_dict()) for row in rows]
+        )
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _one_repository(request.repository_name)
+        config = load_config(_parameters(request.parameters))
+        await self.state.models.load(request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _one_repository(request.repository_name)  # unload_dependents: there are no dependents
+        await self.state.models.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
         plane = state.models.get(request.model_name, request.model_version or None)
@@ -189,6 +211,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
         assert got is not None
         return _response(plane.served_model(), got[0], got[1], results)
+
+
+def _one_repository(name: str) -> None:
+    """The server has one repository: naming one is refused, as Triton refuses it, rather than
+    answered from another."""
+    if name:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            f"repository_name {name!r}: this server has one repository; leave it empty",
+        )
 
 
 def _within(options: PostOptions, remaining: float | None) -> PostOptions:

@@ -3,9 +3,9 @@ and the ``kserve`` package register the same protobuf symbols (``duplicate symbo
 'inference.ServerLiveRequest'``), so neither may be imported where the other is (and pytest's
 process imports ``kserve`` for tests/test_oip_http.py).
 
-``python oip_grpc_clients.py {triton,kserve,infer} ADDRESS MODEL KEY IMAGE...`` runs that client's
-calls against a server and prints one JSON object: each answer's outputs as lists (BYTES as
-latin-1 strings), and each refused call's gRPC status code and message.
+``python oip_grpc_clients.py {triton,kserve,infer,repository} ADDRESS MODEL KEY IMAGE...`` runs
+that client's calls against a server and prints one JSON object: each answer's outputs as lists
+(BYTES as latin-1 strings), and each refused call's gRPC status code and message.
 """
 
 from __future__ import annotations
@@ -160,7 +160,58 @@ def infer(address: str, model: str, key: str, images: list[bytes]) -> dict[str, 
         return {"status": "OK", "num_detections": _plain(result.as_numpy("num_detections"))}
 
 
+def repository(address: str, model: str, key: str, images: list[bytes]) -> dict[str, Any]:
+    """Triton's repository calls on ``model`` (tests/test_model_repository.py), each as
+    ``{"status", "value"}`` or ``{"status", "message"}``: without a key, then with one: the index,
+    unload, load with a ``config`` override (``max_batch_size`` 4) and its configuration after,
+    and calls the server must refuse."""
+    import grpc
+    import tritonclient.grpc as tg
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.utils import InferenceServerException
+
+    auth = {"x-api-key": key}
+    out: dict[str, Any] = {}
+
+    def call(label: str, run: Any) -> None:
+        try:
+            value = run()
+        except InferenceServerException as exc:
+            out[label] = {"status": str(exc.status()), "message": exc.message()}
+        else:
+            out[label] = {"status": "OK", "value": value}
+
+    with tg.InferenceServerClient(address) as client:
+        call("index no key", lambda: client.get_model_repository_index(as_json=True))
+        call("load no key", lambda: client.load_model(model))
+        call("unload no key", lambda: client.unload_model(model))
+        call("index", lambda: client.get_model_repository_index(headers=auth, as_json=True))
+        call("unload", lambda: client.unload_model(model, headers=auth))
+        call(
+            "index unloaded", lambda: client.get_model_repository_index(headers=auth, as_json=True)
+        )
+        call("ready unloaded", lambda: client.is_model_ready(model, headers=auth))
+        override = json.dumps({"max_batch_size": 4})
+        call("load", lambda: client.load_model(model, headers=auth, config=override))
+        call("ready loaded", lambda: client.is_model_ready(model, headers=auth))
+        call("config", lambda: client.get_model_config(model, headers=auth, as_json=True))
+        call("index loaded", lambda: client.get_model_repository_index(headers=auth, as_json=True))
+        call("load unknown", lambda: client.load_model("no-such-model", headers=auth))
+        call("load bad config", lambda: client.load_model(model, headers=auth, config="{oops"))
+        files = {"file:1/model.pt": b"weights"}
+        call("load file", lambda: client.load_model(model, headers=auth, config="{}", files=files))
+    # a repository by name (tritonclient never names one)
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.RepositoryIndexRequest(repository_name="other")
+        try:
+            stub.RepositoryIndex(request, metadata=list(auth.items()))
+        except grpc.RpcError as exc:
+            out["index other"] = {"status": str(exc.code()), "message": exc.details()}
+    return out
+
+
 if __name__ == "__main__":
     which, address, model, key, *paths = sys.argv[1:]
-    run = {"triton": triton, "kserve": kserve, "infer": infer}[which]
+    run = {"triton": triton, "kserve": kserve, "infer": infer, "repository": repository}[which]
     print(json.dumps(run(address, model, key, [Path(p).read_bytes() for p in paths])))

@@ -472,7 +472,9 @@ def test_probes_and_model_info(client, model_info, checkpoint):
     assert model_info["max_batch"] == 8
     assert {"name", "version", "device", "canvas", "mask_size", "max_detections"} <= set(model_info)
     r = client.post("/predict", files={"image": ("x", png(shapes_image(0)), "image/png")}).json()
-    assert r["model"] == {k: model_info[k] for k in ("name", "version", "model_version", "backend", "device")}
+    assert r["model"] == {
+        k: model_info[k] for k in ("name", "version", "model_version", "backend", "device")
+    }
 
 
 def test_metrics_exposition(server, client):

@@ -59,17 +59,17 @@ def load_config(parameters: dict[str, Any]) -> ModelConfig | None:
     if text is None:
         return None
     if not isinstance(text, str):
-        raise ApiError(400, "invalid_parameter", "the 'config' parameter must be a JSON string")
+        raise ApiError(400, "invalid_request", "the 'config' parameter must be a JSON string")
     try:
         return parse_override(text)
     except MaskrtError as exc:
-        raise ApiError(400, "invalid_parameter", str(exc)) from None
+        raise ApiError(400, "invalid_request", str(exc)) from None
 
 
 def parameters_of(body: dict[str, Any]) -> dict[str, Any]:
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise ApiError(400, "invalid_parameter", "'parameters' must be a JSON object")
+        raise ApiError(400, "invalid_request", "'parameters' must be a JSON object")
     return parameters
 
 
@@ -78,7 +78,7 @@ async def index(request: Request, state: AppState = Depends(get_state)) -> Respo
     body = await _body(request)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
-        raise ApiError(400, "invalid_parameter", "'ready' must be true or false")
+        raise ApiError(400, "invalid_request", "'ready' must be true or false")
     return json_response([row.as_dict() for row in state.models.index(ready_only=ready)])
 
 
