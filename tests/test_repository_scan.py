@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from tools import without_root_privileges
 
 from maskrt.errors import MaskrtError
 from maskrt.runtime.backends import check_model
@@ -84,6 +87,41 @@ def test_a_broken_model_folder_is_an_entry_with_its_error(tmp_path, files, messa
     assert entries["ok"].error is None
     error = entries["m"].error
     assert error is not None and message in error and str(tmp_path / "m") in error
+
+
+def test_an_unreadable_model_folder_fails_that_model_only(tmp_path):
+    """Permissions hold (as root too, through setpriv): a model folder the server may not read
+    is that model's error; a repository it may not list is one error naming it."""
+    put(tmp_path / "repo" / "a" / "1" / "model.pt")
+    locked = put(tmp_path / "repo" / "locked" / "1" / "model.pt").parents[1]
+    script = (
+        "import json, sys; from pathlib import Path; from maskrt.errors import MaskrtError; "
+        "from maskrt.runtime.repository import scan\n"
+        "try: print(json.dumps({n: e.error for n, e in scan(Path(sys.argv[1])).items()}))\n"
+        "except MaskrtError as exc: print(json.dumps(str(exc)))"
+    )
+
+    def scanned(root: Path) -> object:
+        run = subprocess.run(
+            [*without_root_privileges(), sys.executable, "-c", script, str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    locked.chmod(0)
+    try:
+        errors = scanned(tmp_path / "repo")
+        (tmp_path / "repo").chmod(0o300)  # no read: nothing in it can be listed
+        unlisted = scanned(tmp_path / "repo")
+    finally:
+        (tmp_path / "repo").chmod(0o755)
+        locked.chmod(0o755)
+    assert isinstance(errors, dict) and errors["a"] is None
+    assert errors["locked"] == f"{locked / 'config.yaml'}: cannot read it (Permission denied)"
+    assert unlisted == f"{tmp_path / 'repo'}: cannot list the model repository (Permission denied)"
 
 
 def test_scan_of_a_missing_folder_and_read_of_a_missing_model(tmp_path):
