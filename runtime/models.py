@@ -368,7 +368,8 @@ class ModelSet:
             merged = _merged(entry.config, config)
             try:
                 plan = await asyncio.to_thread(self._plan, entry, merged)
-                self._check_limits(plan)
+                devices = {options.resolved_device() for _, options, _ in plan}
+                self._check_limits(plan, await asyncio.to_thread(_free_memory, devices))
             except MaskrtError as exc:
                 model.reason = str(exc)
                 model.failed_source = _sources(entry)
@@ -481,9 +482,14 @@ class ModelSet:
         plane = self.make_plane(options, stats, self.shared)
         return Version(name, number, plane, "LOADING", source, _estimate(source[1]))
 
-    def _check_limits(self, plan: list[tuple[int, RuntimeOptions, tuple[str, int, int]]]) -> None:
-        """Refuse a load that passes ``MAX_LOADED_MODELS`` or the memory budget before anything of
-        it starts: a clear error rather than an out-of-memory kill."""
+    def _check_limits(
+        self,
+        plan: list[tuple[int, RuntimeOptions, tuple[str, int, int]]],
+        free: tuple[int, str] | None,
+    ) -> None:
+        """Refuse a load that passes ``MAX_LOADED_MODELS``, the memory budget or the ``free``
+        memory (bytes, and where) before anything of it starts: a clear error rather than an
+        out-of-memory kill."""
         if not plan:
             return
         loaded = [v for m in self.models.values() for v in [*m.versions.values(), *m.pending]]
@@ -504,12 +510,10 @@ class ModelSet:
                     f"loading needs about {need // MIB} MiB; {held // MIB} MiB of "
                     f"MODEL_MEMORY_BUDGET_MB ({budget}) are held by the loaded versions",
                 )
-        available = _available_memory()
-        if available is not None and need > available:
+        if free is not None and need > free[0]:
             raise RepositoryError(
                 "memory_budget",
-                f"loading needs about {need // MIB} MiB; the machine has {available // MIB} MiB "
-                "available",
+                f"loading needs about {need // MIB} MiB; {free[1]} has {free[0] // MIB} MiB free",
             )
 
     async def _warm(self, started: list[Version]) -> list[str | None]:
@@ -689,6 +693,21 @@ def _available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _free_memory(devices: set[str]) -> tuple[int, str] | None:
+    """The least memory free where a load on ``devices`` takes it, and where: the machine's
+    available memory, and each CUDA device's free memory."""
+    free = []
+    available = _available_memory()
+    if available is not None:
+        free.append((available, "the machine"))
+    cuda = sorted(d for d in devices if d.startswith("cuda"))
+    if cuda:
+        import torch
+
+        free += [(torch.cuda.mem_get_info(torch.device(d))[0], f"the GPU {d}") for d in cuda]
+    return min(free, default=None)
 
 
 def _release_memory() -> None:

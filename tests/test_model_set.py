@@ -23,7 +23,7 @@ from server_harness import png, serving_checkpoint, shapes_image
 from maskrt.runtime.dataplane import DataPlane, EncodedImage, ImageResult, Shared
 from maskrt.runtime.errors import BadRequest, RepositoryError, Unavailable, UnknownModel
 from maskrt.runtime.local import LocalDataPlane
-from maskrt.runtime.models import ModelSet, _estimate, _rss
+from maskrt.runtime.models import ModelSet, _available_memory, _estimate, _rss
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.runtime.repository import parse_override
@@ -420,6 +420,49 @@ def test_memory_budget_refuses_before_anything_loads(tmp_path):
         assert series.made == [("a", "1")] and series.live == {("a", "1")}
 
     run(check, options(tmp_path, model_memory_budget_mb=150), series)
+
+
+def sparse_onnx(root: Path, size: int) -> None:
+    """Model ``big``: an ONNX file of ``size`` bytes that takes no disk (the limits read its size;
+    the load is refused before anything opens it)."""
+    path = root / "big" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as f:
+        f.truncate(size)
+    (root / "big" / "config.yaml").write_text("backend: onnxruntime\n")
+
+
+def reason_of(models: ModelSet, name: str) -> str:
+    return next(r.reason for r in models.index() if r.name == name)
+
+
+def test_a_load_past_the_machine_s_memory_is_refused_without_a_budget(tmp_path):
+    available = _available_memory()
+    assert available is not None  # Linux's /proc/meminfo
+    sparse_onnx(tmp_path, available)  # estimated at twice its size
+
+    async def check(models):
+        return reason_of(models, "big")
+
+    reason = run(check, options(tmp_path))
+    assert reason.startswith("loading needs about") and "MiB; the machine has" in reason
+
+
+@pytest.mark.gpu
+def test_a_load_past_the_gpu_s_free_memory_is_refused(tmp_path):
+    free, _ = torch.cuda.mem_get_info()
+    ballast = torch.empty(free - 512 * 2**20, dtype=torch.uint8, device="cuda")
+    sparse_onnx(tmp_path, 2**30)  # about 2 GiB estimated: the machine has it, the GPU not
+
+    async def check(models):
+        return reason_of(models, "big")
+
+    try:
+        reason = run(check, options(tmp_path, device="cuda"))
+    finally:
+        del ballast
+        torch.cuda.empty_cache()
+    assert "the GPU cuda has" in reason and "MiB free" in reason
 
 
 def test_versions_loaded_at_once_are_not_charged_each_other_s_memory(tmp_path):
