@@ -87,11 +87,17 @@ class _Model:
     """What the set knows of one model: its versions, and why it does not serve when it
     does not (``reason``)."""
 
-    versions: dict[int, Version] = field(default_factory=dict)  # ready or unloading
+    versions: dict[int, Version] = field(default_factory=dict)  # ready: taking requests
     pending: list[Version] = field(default_factory=list)  # loading, not yet taking requests
+    retiring: list[Version] = field(default_factory=list)  # unloading: finishing their requests
     reason: str = ""
     failed_source: object = None  # what the last failed load read, not retried by a poll
+    override: ModelConfig | None = None  # the last load request's config, which polls keep
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def live(self) -> list[Version]:
+        """The versions with a data plane: loading, ready or unloading."""
+        return [*self.versions.values(), *self.pending, *self.retiring]
 
 
 class ModelSet:
@@ -119,6 +125,7 @@ class ModelSet:
         self.starting = True
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._warming: list[list[bool]] = []  # a flag per load warming up: did another overlap?
 
     @classmethod
     def fixed(cls, options: RuntimeOptions, statistics: Statistics, plane: DataPlane) -> ModelSet:
@@ -156,10 +163,12 @@ class ModelSet:
             return
         log.info("repository ready", extra={"fields": {"models": self.serving_names()}})
 
-    async def _load_logged(self, name: str, entry: ModelEntry | None = None) -> bool:
+    async def _load_logged(
+        self, name: str, entry: ModelEntry, config: ModelConfig | None = None
+    ) -> bool:
         try:
-            await self.load(name, entry=entry)
-        except (RepositoryError, UnknownModel) as exc:
+            await self.load(name, config, entry=entry)
+        except (RepositoryError, UnknownModel, Unavailable) as exc:
             log.error("model %s not loaded: %s", name, exc.message)
             return False
         return True
@@ -176,12 +185,15 @@ class ModelSet:
             plane.begin_drain()
 
     async def stop(self) -> None:
+        """Drain every version, loading ones included (a load under way fails), then free them."""
         self.begin_drain()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*(plane.stop() for plane in self._planes()))
-        if self.fixed_plane is None:
-            self.shared.close()
+        if self.fixed_plane is not None:
+            await self.fixed_plane.stop()
+            return
+        await asyncio.gather(*(self._free(v) for m in self.models.values() for v in m.live()))
+        self.shared.close()
 
     # -- what front doors ask ------------------------------------------------------------------
 
@@ -323,8 +335,7 @@ class ModelSet:
                 state = "UNAVAILABLE"
             return [Version(name, self.options.model_version, plane, state)]
         return sorted(
-            (v for m in self.models.values() for v in [*m.versions.values(), *m.pending]),
-            key=lambda v: (v.name, v.number),
+            (v for m in self.models.values() for v in m.live()), key=lambda v: (v.name, v.number)
         )
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
@@ -332,12 +343,11 @@ class ModelSet:
         none loaded, with why."""
         rows = [IndexEntry(v.name, v.label, v.state) for v in self.loaded()]
         if self.root is not None:
-            with contextlib.suppress(MaskrtError):
-                names = _names(self.root) | set(self.models)
-                for name in sorted(names - {v.name for v in self.loaded()}):
-                    model = self.models.get(name)
-                    reason = model.reason if model is not None and model.reason else "unloaded"
-                    rows.append(IndexEntry(name, "", "UNAVAILABLE", reason))
+            names = _names(self.root) | set(self.models)
+            for name in sorted(names - {v.name for v in self.loaded()}):
+                model = self.models.get(name)
+                reason = model.reason if model is not None and model.reason else "unloaded"
+                rows.append(IndexEntry(name, "", "UNAVAILABLE", reason))
         rows.sort(key=lambda r: (r.name, int(r.version or 0)))
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
@@ -346,86 +356,94 @@ class ModelSet:
     async def load(
         self, name: str, config: ModelConfig | None = None, *, entry: ModelEntry | None = None
     ) -> None:
-        """Load ``name``'s versions its version policy (of ``config``, a load request's override,
-        else its ``config.yaml``) selects, warm each up, then let them take the model's traffic
+        """Load ``name``'s versions its version policy (of ``config``, a load request's override
+        over its ``config.yaml``) selects, warm each up, then let them take the model's traffic
         and unload the versions the policy no longer selects (after their in-flight requests).
-        A version already loaded from the same file with the same options stays as it is.
-        Raises :class:`~maskrt.runtime.errors.RepositoryError` or
-        :class:`~maskrt.runtime.errors.UnknownModel`."""
+        A version already loaded from the same file with the same options stays as it is; the
+        override holds until the next load request (polls keep it). Raises
+        :class:`~maskrt.runtime.errors.RepositoryError`,
+        :class:`~maskrt.runtime.errors.UnknownModel`, or
+        :class:`~maskrt.runtime.errors.Unavailable` when the server is shutting down."""
         root = self._root()
+        if self.draining:
+            raise self.not_ready()
+        if entry is None and name not in self.models:
+            await self._known(root, name)
         model = self.models.setdefault(name, _Model())
         async with model.lock:
             if entry is None:
                 try:
                     entry = await asyncio.to_thread(read_model, root, name)
                 except MaskrtError as exc:
-                    self._forget_if_empty(name)
+                    model.reason = str(exc)
                     raise UnknownModel("unknown_model", str(exc)) from None
-            if config is not None:
-                config = ModelConfig.model_validate(
-                    {**entry.config.model_dump(), **config.model_dump(exclude_unset=True)}
-                )
+            merged = _merged(entry.config, config)
             try:
-                plan = await asyncio.to_thread(self._plan, entry, config)
+                plan = await asyncio.to_thread(self._plan, entry, merged)
+                devices = {options.resolved_device() for _, options, _ in plan}
+                self._check_limits(plan, await asyncio.to_thread(_free_memory, devices))
             except MaskrtError as exc:
                 model.reason = str(exc)
                 model.failed_source = _sources(entry)
                 raise RepositoryError("load_failed", f"model {name!r}: {exc}") from None
+            except RepositoryError as exc:  # a limit: retried by a poll, once there is room
+                model.reason = exc.message
+                raise
             started = [self._new_version(name, *step) for step in plan]
-            self._check_limits(started)
             model.pending = started
+            failures: list[str | None] = ["cancelled"]  # the server stopping cancels a load
             try:
-                for v in started:
-                    v.plane.start()
-                loaded = await asyncio.gather(*(self._warm(v) for v in started))
+                failures = await self._warm(started)
             finally:
+                if any(failures) or self.draining:  # nothing of a failed load stays
+                    await asyncio.gather(*(self._free(v) for v in started))
                 model.pending = []
-            failed = [(v, why) for v, why in zip(started, loaded) if why is not None]
+            if self.draining:
+                raise self.not_ready()
+            failed = [(v, why) for v, why in zip(started, failures) if why is not None]
             if failed:
-                await asyncio.gather(*(self._free(v) for v in started))
                 model.reason = "; ".join(f"version {v.label}: {why}" for v, why in failed)
                 model.failed_source = _sources(entry)
                 raise RepositoryError("load_failed", f"model {name!r}: {model.reason}")
-            wanted = set(entry.served_versions(config))
-            old = [
-                v
-                for n, v in model.versions.items()
-                if n not in wanted or any(s.number == n for s in started)
-            ]
+            wanted = set(entry.served_versions(merged))
+            renewed = {v.number for v in started}
+            old = [v for n, v in model.versions.items() if n not in wanted or n in renewed]
             for v in old:
-                v.state = "UNLOADING"  # no new request picks it from here on
+                del model.versions[v.number]  # no new request picks it from here on
+                v.state = "UNLOADING"
+                model.retiring.append(v)
             for v in started:
                 model.versions[v.number] = v
                 v.state = "READY"
-            model.reason = ""
-            model.failed_source = None
+            model.reason, model.failed_source, model.override = "", None, config
             log.info(
                 "model loaded",
                 extra={
                     "fields": {
                         "model": name,
                         "versions": sorted(model.versions),
-                        "new": [v.number for v in started],
+                        "new": sorted(renewed),
                         "retiring": [v.number for v in old],
                     }
                 },
             )
-        await asyncio.gather(*(self._retire(name, v) for v in old))
+        await asyncio.gather(*(self._retire(model, v) for v in old))
 
     async def unload(self, name: str) -> None:
-        """Unload every version of ``name`` once its in-flight requests are answered."""
+        """Unload every version of ``name`` once its in-flight requests are answered; polls leave
+        it unloaded until a load request."""
         root = self._root()
-        model = self.models.get(name)
-        if model is None:
-            if name not in _names(root):
-                raise UnknownModel("unknown_model", f"no model {name!r} in the repository")
-            return
+        if name not in self.models:
+            await self._known(root, name)
+        model = self.models.setdefault(name, _Model())
         async with model.lock:
             versions = list(model.versions.values())
+            model.versions.clear()
             for v in versions:
                 v.state = "UNLOADING"
-            model.reason = "unloaded"
-        await asyncio.gather(*(self._retire(name, v) for v in versions))
+            model.retiring += versions
+            model.reason, model.override = "unloaded", None
+        await asyncio.gather(*(self._retire(model, v) for v in versions))
 
     def _root(self) -> Path:
         if self.root is None:
@@ -436,11 +454,17 @@ class ModelSet:
             )
         return self.root
 
+    @staticmethod
+    async def _known(root: Path, name: str) -> None:
+        """:class:`~maskrt.runtime.errors.UnknownModel` unless ``root`` has a folder ``name``."""
+        if name not in await asyncio.to_thread(_names, root):
+            raise UnknownModel("unknown_model", f"no model {name!r} in the repository")
+
     def _plan(
-        self, entry: ModelEntry, config: ModelConfig | None
+        self, entry: ModelEntry, config: ModelConfig
     ) -> list[tuple[int, RuntimeOptions, tuple[str, int, int]]]:
         """The versions to load (number, options, file signature): those the policy selects that
-        are not loaded from the same file with the same options. Checks each file as ``maskrt
+        are not ready from the same file with the same options. Checks each file as ``maskrt
         serve`` checks its model (class count against labels, backend against kind)."""
         from maskrt.runtime.backends import check_model
 
@@ -470,20 +494,25 @@ class ModelSet:
         plane = self.make_plane(options, stats, self.shared)
         return Version(name, number, plane, "LOADING", source, _estimate(source[1]))
 
-    def _check_limits(self, started: list[Version]) -> None:
-        """Refuse a load that passes ``MAX_LOADED_MODELS`` or the memory budget, before it
-        starts: a clear error rather than an out-of-memory kill."""
-        loaded = [v for v in self.loaded() if v.state != "UNLOADING"]
+    def _check_limits(
+        self,
+        plan: list[tuple[int, RuntimeOptions, tuple[str, int, int]]],
+        free: tuple[int, str] | None,
+    ) -> None:
+        """Refuse a load that passes ``MAX_LOADED_MODELS``, the memory budget or the ``free``
+        memory (bytes, and where) before anything of it starts: a clear error rather than an
+        out-of-memory kill."""
+        if not plan:
+            return
+        loaded = [v for m in self.models.values() for v in [*m.versions.values(), *m.pending]]
         limit = self.options.max_loaded_models
-        if len(loaded) + len(started) > limit:
+        if len(loaded) + len(plan) > limit:
             raise RepositoryError(
                 "too_many_models",
-                f"loading {len(started)} version(s) would pass MAX_LOADED_MODELS ({limit}): "
+                f"loading {len(plan)} version(s) would pass MAX_LOADED_MODELS ({limit}): "
                 f"{len(loaded)} loaded; unload one first",
             )
-        need = sum(v.memory for v in started)
-        if not started:
-            return
+        need = sum(_estimate(source[1]) for _, _, source in plan)
         budget = self.options.model_memory_budget_mb
         if budget is not None:
             held = sum(v.memory for v in loaded)
@@ -493,46 +522,62 @@ class ModelSet:
                     f"loading needs about {need // MIB} MiB; {held // MIB} MiB of "
                     f"MODEL_MEMORY_BUDGET_MB ({budget}) are held by the loaded versions",
                 )
-        available = _available_memory()
-        if available is not None and need > available:
+        if free is not None and need > free[0]:
             raise RepositoryError(
                 "memory_budget",
-                f"loading needs about {need // MIB} MiB; the machine has {available // MIB} MiB "
-                "available",
+                f"loading needs about {need // MIB} MiB; {free[1]} has {free[0] // MIB} MiB free",
             )
 
-    async def _warm(self, v: Version) -> str | None:
-        """Wait for ``v``'s load and warm-up; ``None``, or why it failed."""
-        plane = v.plane
-        assert isinstance(plane, LocalDataPlane) and plane.load_task is not None
+    async def _warm(self, started: list[Version]) -> list[str | None]:
+        """Start ``started`` and wait for their loads and warm-ups: for each, ``None`` or why it
+        failed. What the process grew by meanwhile is their memory (shared evenly) when no other
+        load ran at the same time; else it holds the others' too, and the estimates stay."""
+        if not started:
+            return []
+        overlapped = [bool(self._warming)]
+        for other in self._warming:
+            other[0] = True
+        self._warming.append(overlapped)
         before = _rss()
-        await asyncio.shield(plane.load_task)
-        if plane.status != "ready":
-            return plane.error or "the model failed to load"
-        v.memory = max(v.memory, _rss() - before)
-        return None
+        planes = []
+        try:
+            for v in started:
+                assert isinstance(v.plane, LocalDataPlane)
+                v.plane.start()
+                planes.append(v.plane)
+            await asyncio.wait([p.load_task for p in planes if p.load_task is not None])
+        finally:
+            self._warming.remove(overlapped)
+        failures = [None if p.ready else p.error or "the model failed to load" for p in planes]
+        if not overlapped[0] and not any(failures):
+            share = (_rss() - before) // len(started)
+            for v in started:
+                v.memory = max(v.memory, share)
+        return failures
 
-    async def _retire(self, name: str, v: Version) -> None:
-        """Stop ``v`` once the requests it took are answered, then free it."""
+    async def _retire(self, model: _Model, v: Version) -> None:
+        """Free ``v`` once the requests it took are answered."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.options.request_timeout_s + 5
         while v.plane.statistics.requests_in_flight and loop.time() < until:
             await asyncio.sleep(0.02)
         await self._free(v)
-        model = self.models.get(name)
-        if model is not None and model.versions.get(v.number) is v:
-            del model.versions[v.number]
-        log.info("model version unloaded", extra={"fields": {"model": name, "version": v.number}})
+        model.retiring.remove(v)
+        log.info("model version unloaded", extra={"fields": {"model": v.name, "version": v.number}})
 
     async def _free(self, v: Version) -> None:
-        await v.plane.stop()  # drops its backend, pipeline and batcher
-        self.statistics.model_unloaded(v.name, v.label)
+        """Stop ``v``'s data plane (its backend, pipeline, batcher and threads go with it) and give
+        its memory back; once, whoever asks first."""
+        if v.state == "UNAVAILABLE":
+            return
+        v.state = "UNAVAILABLE"
+        await v.plane.stop()
+        model = self.models.get(v.name)
+        # statistics are per name and number: a version of the same number replacing this one
+        # (a replaced file) has them now
+        if model is None or all(o.number != v.number for o in model.live() if o is not v):
+            self.statistics.model_unloaded(v.name, v.label)
         await asyncio.to_thread(_release_memory)
-
-    def _forget_if_empty(self, name: str) -> None:
-        model = self.models.get(name)
-        if model is not None and not model.versions and not model.reason:
-            del self.models[name]
 
     # -- polling -------------------------------------------------------------------------------
 
@@ -558,26 +603,31 @@ class ModelSet:
             log.error("repository poll: %s", exc)
             return
         for name, entry in entries.items():
-            model = self.models.get(name)
-            if model is not None and model.reason == "unloaded":
+            model = self.models.get(name, _Model())
+            if model.reason == "unloaded":
                 continue
-            loaded = {} if model is None else model.versions
-            target = {n: _source(entry.versions[n]) for n in entry.served_versions()}
-            if entry.error is None and target == {n: v.source for n, v in loaded.items()}:
+            served = entry.served_versions(_merged(entry.config, model.override))
+            target = {n: _source(entry.versions[n]) for n in served}
+            if entry.error is None and target == {n: v.source for n, v in model.versions.items()}:
                 continue
-            if model is not None and model.failed_source == _sources(entry):
+            if model.failed_source == _sources(entry):
                 continue  # failed as it is now; retried when it changes
-            await self._load_logged(name, entry)
-        for name in [n for n, m in self.models.items() if n not in entries and m.versions]:
-            log.info("model %s left the repository: unloading it", name)
-            await self.unload(name)
+            await self._load_logged(name, entry, model.override)
+        for name, model in list(self.models.items()):
+            if name in entries:
+                continue
+            if model.versions:
+                log.info("model %s left the repository: unloading it", name)
+                await self.unload(name)
+            if not model.live() and not model.lock.locked():
+                del self.models[name]  # nothing to say about it in the index any more
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _planes(self) -> list[DataPlane]:
         if self.fixed_plane is not None:
             return [self.fixed_plane]
-        return [v.plane for m in self.models.values() for v in m.versions.values()]
+        return [v.plane for m in self.models.values() for v in m.live()]
 
     def _queued(self) -> int:
         return sum(
@@ -605,10 +655,19 @@ def _version_number(version: str | int) -> int | None:
 
 
 def _names(root: Path) -> set[str]:
-    """The model folders of ``root`` (without reading them)."""
+    """The model folders of ``root`` (without reading them); none when it is gone."""
     if not root.is_dir():
-        raise MaskrtError(f"{root}: no such model repository")
+        return set()
     return {p.name for p in root.iterdir() if p.is_dir() and NAME.match(p.name)}
+
+
+def _merged(config: ModelConfig, override: ModelConfig | None) -> ModelConfig:
+    """``config.yaml``'s config with what a load request's ``override`` sets over it."""
+    if override is None:
+        return config
+    return ModelConfig.model_validate(
+        {**config.model_dump(), **override.model_dump(exclude_unset=True)}
+    )
 
 
 def _source(path: Path) -> tuple[str, int, int]:
@@ -659,6 +718,21 @@ def _available_memory() -> int | None:
         return available
     left = max(0, int(limit) - used)
     return left if available is None else min(available, left)
+
+
+def _free_memory(devices: set[str]) -> tuple[int, str] | None:
+    """The least memory free where a load on ``devices`` takes it, and where: the machine's
+    available memory, and each CUDA device's free memory."""
+    free = []
+    available = _available_memory()
+    if available is not None:
+        free.append((available, "the machine"))
+    cuda = sorted(d for d in devices if d.startswith("cuda"))
+    if cuda:
+        import torch
+
+        free += [(torch.cuda.mem_get_info(torch.device(d))[0], f"the GPU {d}") for d in cuda]
+    return min(free, default=None)
 
 
 def _release_memory() -> None:

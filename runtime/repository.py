@@ -160,11 +160,11 @@ def scan(root: Path) -> dict[str, ModelEntry]:
     """Every model folder of the repository ``root``, by name."""
     if not root.is_dir():
         raise MaskrtError(f"{root}: no such model repository (a folder of model folders)")
-    return {
-        p.name: read_model(root, p.name)
-        for p in sorted(root.iterdir())
-        if p.is_dir() and NAME.match(p.name)
-    }
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and NAME.match(p.name))
+    except OSError as exc:
+        raise MaskrtError(f"{root}: cannot list the model repository ({exc.strerror})") from None
+    return {name: read_model(root, name) for name in names}
 
 
 def read_model(root: Path, name: str) -> ModelEntry:
@@ -191,6 +191,8 @@ def read_model(root: Path, name: str) -> ModelEntry:
             )
     except MaskrtError as exc:
         entry.error = str(exc)
+    except OSError as exc:  # a folder or file the server may not read
+        entry.error = f"{exc.filename or path}: cannot read it ({exc.strerror})"
     return entry
 
 
