@@ -7,11 +7,13 @@ Two workloads, both deterministic in the seed and the same weights for every ser
   the threshold before NMS (:data:`CANDIDATES` on the calibration image) and 30-60 detections after
   it (:data:`DETECTIONS`). The class logits are a random projection of the box features centred on
   the calibration image's mean, over at most :data:`ACTIVE_CLASSES` classes (the rest far below),
-  with the background's bias searched for the candidate count. Random proposals do not cluster on objects the
-  way a trained RPN's do, so a class's candidates overlap only when its boxes are widened: the box
-  regression's width and height bias is searched for the detection count, and the boxes are larger
-  than a trained model's (many span most of the canvas). Where the widest boxes still leave more
-  than :data:`MOST_DETECTIONS`, one class fewer is tried (canvas 800 ends at two).
+  with the background's bias searched for the candidate count. The RPN's box regression is scaled
+  down (:data:`RPN_DELTA_SCALE`) so that its proposals stay near their anchors, as a trained RPN's
+  do (random weights shrink a quarter of them below 20 px). Random proposals do not cluster on
+  objects the way a trained RPN's do, so a class's candidates overlap only when its boxes are
+  widened: the box regression's width and height bias is searched for the detection count, and the
+  boxes are larger than a trained model's (many span most of the canvas). Where the widest boxes
+  still leave more than :data:`MOST_DETECTIONS`, one class fewer is tried.
 - ``worst``: score threshold 0 and the box predictor scaled by the feature norm, so the scores
   spread and every image gives ``max_detections`` detections with masks (90,000 candidates per
   image through NMS at 1000 proposals).
@@ -43,6 +45,7 @@ MOST_DETECTIONS = 60  # else the calibration tries again over one class fewer
 ACTIVE_CLASSES = 5  # classes that score at all (at most); the others' logits sit INACTIVE below
 INACTIVE = 30.0
 LOGIT_SPREAD = 1.0  # std of an active class's logit over the calibration image's proposals
+RPN_DELTA_SCALE = 0.1  # the random RPN's box regression, scaled: proposals near their anchors
 
 
 def sample_image() -> np.ndarray:
@@ -75,6 +78,9 @@ def random_detector(
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     if workload == "realistic":
+        with torch.no_grad():
+            model.rpn.head.bbox_pred.weight.mul_(RPN_DELTA_SCALE)
+            model.rpn.head.bbox_pred.bias.zero_()
         _calibrate(model, g)
     else:
         _spread_scores(model, g, canvas)
@@ -133,7 +139,7 @@ def _counts(model: MaskRCNN, features, proposals, sizes) -> tuple[int, int]:
 def _calibrate(model: MaskRCNN, g: torch.Generator) -> None:
     """The realistic workload: class logits and box sizes searched on :func:`sample_image` for
     :data:`CANDIDATES` and :data:`DETECTIONS`, over fewer active classes where the widest boxes
-    still leave more than :data:`MOST_DETECTIONS` (large canvases: more proposals at the edges)."""
+    still leave more than :data:`MOST_DETECTIONS`."""
     image = torch.from_numpy(sample_image().copy()).permute(2, 0, 1).float() / 255.0
     inputs = _box_head_inputs(model, image)
     features = inputs[0]

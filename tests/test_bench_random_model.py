@@ -24,15 +24,21 @@ def test_worst_case_checkpoint_finds_k_objects(tmp_path, capsys):
     assert len(found["scores"]) == loaded.config.max_detections
 
 
-def test_realistic_r50_on_a_photo_works_like_a_trained_detector():
-    """On a photo it never saw: a few thousand candidates above 0.05 before NMS and 30-60
-    detections after, as a trained COCO R50-FPN (the R50 layout at a small canvas: 2 CPU cores)."""
+def test_realistic_r50_on_photos_works_like_a_trained_detector():
+    """On photos it never saw: a few thousand candidates above 0.05 before NMS, and 30-60
+    detections after on average, as a trained COCO R50-FPN (the R50 layout at a small canvas: 2
+    CPU cores; one photo may fall a little outside the band, as a trained detector's counts
+    vary from photo to photo)."""
     model, cfg = random_detector("resnet50_fpn", 384, seed=0)
     assert cfg.score_threshold == 0.05
-    image = torch.from_numpy(photo("chelsea.png").copy()).permute(2, 0, 1).float() / 255
-    candidates, detections = workload_counts(model, image)
-    assert 1000 <= candidates <= 6000, candidates
-    assert 30 <= detections <= 60, detections
+    counts = []
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png"):
+        image = torch.from_numpy(photo(name).copy()).permute(2, 0, 1).float() / 255
+        candidates, detections = workload_counts(model, image)
+        assert 1500 <= candidates <= 6000, (name, candidates)
+        assert 20 <= detections <= 80, (name, detections)
+        counts.append(detections)
+    assert 30 <= sum(counts) / len(counts) <= 60, counts
     with torch.inference_mode():
         found = model([image])[0]
     assert len(found["scores"]) == detections  # under max_detections: NMS, not the cap, decides
