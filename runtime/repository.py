@@ -228,7 +228,12 @@ def options_for(
     load request's ``config``) over them. Validated, so a bad value is a ``MaskrtError``."""
     overrides = (config or entry.config).overrides()
     values = {
-        **base.model_dump(exclude={"model_repository", "default_model", "repository_poll_s"}),
+        **base.model_dump(),
+        # given, not left out: validation reads the environment (MASKRT_MODEL_REPOSITORY) for
+        # what is left out
+        "model_repository": None,
+        "default_model": None,
+        "repository_poll_s": 0.0,
         **overrides,
         "model": str(entry.versions[version]),
         "model_name": entry.name,
