@@ -108,7 +108,7 @@ def sample_labels(key: str, name: str) -> dict[str, str]:
     return dict(_LABEL.findall(labels)) if sample == name else {}
 
 
-def sample_sum(values: dict[str, float], name: str, **labels: str) -> float:
+def sample_sum(values: dict[str, float], name: str, /, **labels: str) -> float:
     """The sum of ``name``'s samples in :func:`parse_metrics`' ``values`` whose labels include
     ``labels``: over the labels not given (every model and version, say)."""
     return sum(

@@ -149,7 +149,7 @@ def shapes_image(index: int = 0, seed: int = 7) -> np.ndarray:
     return generate(seed, index).image
 
 
-def metric(values: dict[str, float], sample: str, **labels: str) -> float:
+def metric(values: dict[str, float], sample: str, /, **labels: str) -> float:
     """The sum of ``sample``'s series whose labels include ``labels`` (over every model version
     unless ``model`` and ``version`` are given)."""
     from maskrt.bench.load import sample_sum
