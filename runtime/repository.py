@@ -227,13 +227,12 @@ def options_for(
     """The options one version's data plane opens: the server's, with the model's config (or a
     load request's ``config``) over them. Validated, so a bad value is a ``MaskrtError``."""
     overrides = (config or entry.config).overrides()
+    # the repository's own settings at their defaults, given rather than left out: left out, a
+    # settings class reads them again from the environment (MASKRT_MODEL_REPOSITORY)
+    server_wide = ("model_repository", "default_model", "repository_poll_s")
     values = {
         **base.model_dump(),
-        # given, not left out: validation reads the environment (MASKRT_MODEL_REPOSITORY) for
-        # what is left out
-        "model_repository": None,
-        "default_model": None,
-        "repository_poll_s": 0.0,
+        **{k: type(base).model_fields[k].default for k in server_wide},
         **overrides,
         "model": str(entry.versions[version]),
         "model_name": entry.name,

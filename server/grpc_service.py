@@ -9,9 +9,8 @@ answer encoded by :mod:`maskrt.server.oip`, the model and version chosen by
 :mod:`maskrt.server.triton`. API keys come from the ``authorization`` or ``x-api-key`` metadata
 (the liveness, readiness and server metadata calls are open, as ``/v2/health`` is); the request
 id from ``x-request-id`` metadata, sent back as trailing metadata. Each call is counted in
-``maskrt_request_duration_seconds`` with its method as ``endpoint``, its gRPC status code as
-``status`` and the model version that answered it (``ModelInfer``) as ``model`` and
-``version``, and written to the access log. An error is the HTTP status the HTTP front door
+``maskrt_request_duration_seconds`` with its method as ``endpoint`` and its gRPC status code as
+``status``, and written to the access log. An error is the HTTP status the HTTP front door
 answers, turned into a gRPC status code by :data:`CODES` (docs/server.md, "gRPC").
 
 ``ModelInfer`` takes the images as ``raw_input_contents`` (what ``tritonclient.grpc`` sends) or
@@ -70,7 +69,8 @@ _OPEN = {"ServerLive", "ServerReady", "ServerMetadata"}  # no API key, as /v2/he
 # (gRPC's own cancellation at the deadline says only "Deadline Exceeded")
 DEADLINE_MARGIN_S = 0.05
 _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("maskrt_grpc_arrived")
-# the model version that answers the call, for its request metrics (unset: none)
+# the model version that answers a ModelInfer call: its request metrics' model and version labels
+# (None: empty labels, as for the other methods)
 _model: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "maskrt_grpc_model", default=None
 )
