@@ -1,8 +1,11 @@
 """Prometheus metrics, named as docs/architecture.md fixes them (prefix ``maskrt_``, base units).
 
-:class:`Metrics` is the data plane's :class:`~maskrt.runtime.statistics.Statistics`, exported as
-the events happen, plus the HTTP requests' own metrics (kept by the request middleware). Each app
-owns one on its own ``CollectorRegistry`` (so several apps can live in one process, as in tests);
+:class:`Metrics` holds every metric of a server. Each loaded model version's data plane reports to
+its own :class:`ModelMetrics` (:meth:`Metrics.for_model`), a
+:class:`~maskrt.runtime.statistics.Statistics` that exports the events as they happen labelled
+``model`` and ``version``; the requests' own metrics (kept by the request middleware and the gRPC
+front door) carry the model version that answered. Each app owns one on its own
+``CollectorRegistry`` (so several apps can live in one process, as in tests);
 ``GET /metrics`` renders that registry, which also carries the process, platform and
 garbage-collector collectors of ``prometheus_client``.
 
@@ -238,7 +241,7 @@ class Metrics(Statistics):
             if series.holders > 0:
                 return
             del self._versions[(name, version)]
-        series.remove()
+            series.remove()  # before a new data plane of the same version can take its labels
 
     def pixels_admitted(self, in_flight: int) -> None:
         super().pixels_admitted(in_flight)
