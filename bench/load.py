@@ -23,6 +23,7 @@ import io
 import ipaddress
 import math
 import os
+import re
 import socket
 import statistics
 import sys
@@ -36,6 +37,7 @@ from maskrt.bench.chart import JSON_HELP, write_report
 from maskrt.errors import MaskrtError
 
 OVERHEAD_GOAL = 0.15
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # one label of a parse_metrics key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,20 +102,38 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def sample_labels(key: str, name: str) -> dict[str, str]:
+    """The labels of a :func:`parse_metrics` key when it is a sample of ``name`` (else none)."""
+    sample, _, labels = key.partition("{")
+    return dict(_LABEL.findall(labels)) if sample == name else {}
+
+
+def sample_sum(values: dict[str, float], name: str, /, **labels: str) -> float:
+    """The sum of ``name``'s samples in :func:`parse_metrics`' ``values`` whose labels include
+    ``labels``: over the labels not given (every model and version, say)."""
+    return sum(
+        value
+        for key, value in values.items()
+        if key.partition("{")[0] == name and labels.items() <= sample_labels(key, name).items()
+    )
+
+
 def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, object]:
     """Batches formed between two scrapes: count, mean size, and how many of each size
     (from the cumulative ``le`` buckets)."""
 
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    def delta(name: str, **labels: str) -> float:  # every model version's together
+        return sample_sum(after, name, **labels) - sample_sum(before, name, **labels)
 
     count = delta("maskrt_batch_size_count")
     total = delta("maskrt_batch_size_sum")
-    buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), delta(k))
-        for k in after
-        if k.startswith("maskrt_batch_size_bucket{")
-    )
+    bounds = {
+        labels["le"]
+        for key in after
+        for labels in [sample_labels(key, "maskrt_batch_size_bucket")]
+        if "le" in labels
+    }
+    buckets = sorted((float(le), delta("maskrt_batch_size_bucket", le=le)) for le in bounds)
     sizes: dict[str, int] = {}
     previous_le, previous_cum = 0.0, 0.0
     for le, cum in buckets:

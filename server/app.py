@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -52,7 +53,8 @@ def create_app(
 ) -> FastAPI:
     """The app for ``settings`` (default: from the environment). ``models(statistics)`` makes
     the :class:`~maskrt.runtime.models.ModelSet` the routes call, reporting to ``statistics``
-    (the app's metrics), or ``data_plane(statistics)`` the one data plane it holds; by default
+    (the app's metrics), or ``data_plane(statistics)`` the one data plane it holds (reporting to
+    its model's :class:`~maskrt.server.metrics.ModelMetrics`); by default
     ``settings``' model repository, or a :class:`~maskrt.runtime.local.LocalDataPlane` that
     opens ``settings``' model, in this process."""
     settings = settings or Settings()
@@ -62,12 +64,12 @@ def create_app(
     )
     if models is not None:
         model_set = models(metrics)
-    elif data_plane is not None:
-        model_set = ModelSet.fixed(settings, metrics, data_plane(metrics))
-    elif settings.model_repository is not None:
+    elif settings.model_repository is not None and data_plane is None:
         model_set = ModelSet(settings, metrics)
-    else:
-        model_set = ModelSet.fixed(settings, metrics, LocalDataPlane(settings, metrics))
+    else:  # one data plane; its metrics take the model's name once it is loaded
+        statistics = metrics.for_model(settings.model_name or "", str(settings.model_version))
+        plane = (data_plane or functools.partial(LocalDataPlane, settings))(statistics)
+        model_set = ModelSet.fixed(settings, metrics, plane)
     state = AppState(settings, model_set, metrics, ApiKeys(settings.api_keys))
 
     @contextlib.asynccontextmanager

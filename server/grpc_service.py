@@ -42,6 +42,7 @@ from maskrt.runtime.errors import ClientGone, InferenceError
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
+from maskrt.server.inference import answering
 from maskrt.server.logging import request_id_var
 from maskrt.server.middleware import access_log, request_id
 from maskrt.server.routes.repository import load_config
@@ -72,6 +73,11 @@ _OPEN = {"ServerLive", "ServerReady", "ServerMetadata"}  # no API key, as /v2/he
 # (gRPC's own cancellation at the deadline says only "Deadline Exceeded")
 DEADLINE_MARGIN_S = 0.05
 _arrived: contextvars.ContextVar[float] = contextvars.ContextVar("maskrt_grpc_arrived")
+# the model version that answers a ModelInfer call: its request metrics' model and version labels
+# (None: empty labels, as for the other methods)
+_model: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "maskrt_grpc_model", default=None
+)
 
 Reply = TypeVar("Reply", bound=Message)
 
@@ -193,6 +199,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
         plane = state.models.get(request.model_name, request.model_version or None)
+        _model.set(answering(plane))
         got: tuple[oip.InferRequest, dict[str, bool], PostOptions] | None = None
 
         async def read() -> tuple[list[EncodedImage], PostOptions]:
@@ -247,6 +254,7 @@ def _answered(
     async def answer(request: Any, context: grpc.aio.ServicerContext) -> Reply:
         arrived = time.perf_counter()
         _arrived.set(arrived)
+        _model.set(None)
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         rid = request_id(metadata.get("x-request-id", ""))
         token = request_id_var.set(rid)
@@ -269,10 +277,8 @@ def _answered(
             code = grpc.StatusCode.INTERNAL
             await context.abort(code, f"internal server error; request id {rid}", trailing)
         finally:
-            labels = (endpoint, code.name)
             duration = time.perf_counter() - arrived
-            state.metrics.request_duration.labels(*labels).observe(duration)
-            state.metrics.requests.labels(*labels).inc()
+            state.metrics.request_answered(endpoint, code.name, _model.get(), duration)
             access_log.info(
                 "gRPC %s %s",
                 endpoint,

@@ -21,14 +21,20 @@ async def infer_request(plane: DataPlane, request: Request, read: Reader) -> lis
     """``plane``'s results for the images ``read`` gives; the request's metrics are labelled with
     the model and version that answered."""
     scope = request.scope["state"]
-    served = plane.served_model()
-    scope["model"] = (served.name, served.model_version)
+    scope["model"] = answering(plane)
     return await plane.infer(
         read,
         request_id=scope["request_id"],
         arrived=scope["start"],
         gone=functools.partial(_disconnected, request.receive),
     )
+
+
+def answering(plane: DataPlane) -> tuple[str, str]:
+    """The model name and version that label a request to ``plane`` in the request metrics
+    (:class:`~maskrt.runtime.errors.Unavailable` while it is not loaded)."""
+    served = plane.served_model()
+    return served.name, served.model_version
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -48,7 +48,9 @@ class RequestContextMiddleware:
 
     The ``endpoint`` label is the route's path (its template: ``/v2/models/{name}/infer``), or
     ``unmatched`` (so scanners cannot blow up the
-    label set). ``scope["state"]`` gets ``request_id`` and ``start`` (``perf_counter`` at arrival).
+    label set); ``model`` and ``version`` are those of the model version that answered (empty for
+    a request that named none). ``scope["state"]`` gets ``request_id`` and ``start``
+    (``perf_counter`` at arrival), and from an inference route ``model``.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -111,9 +113,8 @@ class RequestContextMiddleware:
         path = scope.get("path", "")
         endpoint = getattr(scope.get("route"), "path", None) or path  # a route's template
         endpoint = endpoint if endpoint in self._known_paths(scope) else "unmatched"
-        labels = (endpoint, str(status))
-        self.metrics.request_duration.labels(*labels).observe(duration)
-        self.metrics.requests.labels(*labels).inc()
+        model = scope.get("state", {}).get("model")  # set by infer_request
+        self.metrics.request_answered(endpoint, str(status), model, duration)
         level = logging.DEBUG if path in QUIET_PATHS and status < 500 else logging.INFO
         access_log.log(
             level,

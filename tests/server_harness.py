@@ -149,11 +149,12 @@ def shapes_image(index: int = 0, seed: int = 7) -> np.ndarray:
     return generate(seed, index).image
 
 
-def metric(values: dict[str, float], sample: str, **labels: str) -> float:
-    key = sample
-    if labels:
-        key += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-    return values.get(key, 0.0)
+def metric(values: dict[str, float], sample: str, /, **labels: str) -> float:
+    """The sum of ``sample``'s series whose labels include ``labels`` (over every model version
+    unless ``model`` and ``version`` are given)."""
+    from maskrt.bench.load import sample_sum
+
+    return sample_sum(values, sample, **labels)
 
 
 def raw_request(

@@ -185,11 +185,13 @@ def _fallback_gauge(m: Metrics) -> dict[str, float]:
 def test_the_gauge_says_whether_the_server_is_degraded():
     m = Metrics(registry=CollectorRegistry(), process=False)
     assert _fallback_gauge(m) == {}  # no model yet
-    m.model_loaded("shapes", "torch", "cuda:0", "tensorrt")
-    assert _fallback_gauge(m) == {'maskrt_backend_fallback{backend="torch",wanted="tensorrt"}': 1}
-    m.model_loaded("shapes", "tensorrt", "cuda:0")  # a restart where TensorRT worked
+    m.for_model("shapes", "1").model_loaded("shapes", "torch", "cuda:0", "tensorrt")
     assert _fallback_gauge(m) == {
-        'maskrt_backend_fallback{backend="tensorrt",wanted="tensorrt"}': 0
+        'maskrt_backend_fallback{backend="torch",model="shapes",version="1",wanted="tensorrt"}': 1
+    }
+    m.for_model("shapes", "1").model_loaded("shapes", "tensorrt", "cuda:0")  # TensorRT worked
+    assert _fallback_gauge(m) == {
+        'maskrt_backend_fallback{backend="tensorrt",model="shapes",version="1",wanted="tensorrt"}': 0
     }
 
 
@@ -225,8 +227,9 @@ def test_serve_auto_falls_back_and_says_so(monkeypatch, tmp_path):
     assert "is not TensorRT's Python bindings" in model["fallback_reason"]
     assert answer.status_code == 200 and answer.json()["model"]["backend"] == "torch"
     assert answer.json()["detections"], "the torch fallback found none of the shapes"
-    assert metrics['maskrt_backend_fallback{backend="torch",wanted="tensorrt"}'] == 1
-    assert metrics['maskrt_model_info{backend="torch",device="cpu",name="shapes"}'] == 1
+    version = 'model="shapes",version="1"'
+    assert metrics[f'maskrt_backend_fallback{{backend="torch",{version},wanted="tensorrt"}}'] == 1
+    assert metrics['maskrt_model_info{backend="torch",device="cpu",name="shapes",version="1"}'] == 1
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line]
     errors = [line for line in lines if line["level"] == "error"]
     assert len(errors) == 1, errors

@@ -617,6 +617,40 @@ def test_dashboard_covers_every_design_metric():
     assert not missing, f"docs/architecture.md metrics without a panel: {sorted(missing)}"
 
 
+def test_dashboard_keeps_every_model_series_to_the_model_variable():
+    """A model repository serves several models: the ``model`` variable lists them (the ``name``
+    of ``maskrt_model_info``), and every panel of a metric labelled by model keeps to the models
+    picked ("All" also keeps the requests that named no model, whose model label is empty)."""
+    dashboard = load_dashboard()
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "model"]
+    query = variable["query"]["query"]
+    m = LABEL_VALUES.match(query)
+    assert m and m.group("label") == "name" and metric_names(query) == {"maskrt_model_info"}
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    exported = server_metrics()
+    unfiltered = []
+    for where, expr in dashboard_exprs(dashboard):
+        for name, matchers in re.findall(r"(maskrt_\w+)(\{[^{}]*\})", expr):
+            labels = exported.get(name, {}).get("labels") or ()
+            label = "name" if name == "maskrt_model_info" else "model"
+            if label in labels and f'{label}=~"$model"' not in matchers:
+                unfiltered.append(f"{where}: {name}{matchers}")
+    assert not unfiltered, unfiltered
+    per_model = [e for _, e in dashboard_exprs(dashboard) if re.search(r"by \([^)]*\bmodel\b", e)]
+    assert len(per_model) >= 5, "per-model legends: request rate, latency, inference, load"
+
+
+def test_alerts_watch_each_model():
+    """One model of a repository failing must alert even when the others hide it in the job's
+    totals: the request and queue alerts use the per-model recorded series."""
+    recorded = {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
+    for rule in rules():
+        if rule.get("alert") in ("MaskrtHighErrorRate", "MaskrtHighLatency", "MaskrtQueueWaitHigh"):
+            (name,) = metric_names(rule["expr"])
+            assert name.startswith("job_model:"), rule["alert"]
+            assert re.search(r"by \(job, model\b", recorded[name]), recorded[name]
+
+
 # ---------------------------------------------------------------------------------------------
 # The names the dashboard and the rules use are the names the server registers
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from server_harness import free_port, start_server
 from test_docker_config import DOCKERFILE, ROOT, metric_names
-from test_prometheus import exported_names
+from test_prometheus import exported_names, prometheus_tools  # noqa: F401 (a fixture)
 from tools import package, program
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -366,6 +366,50 @@ def test_hpa_metrics_are_served_by_the_adapter_and_keda_asks_the_same():
         so["spec"]["minReplicaCount"],
         so["spec"]["maxReplicaCount"],
     )
+
+
+def test_autoscaling_reads_every_model_version_of_a_pod_together(request, tmp_path):
+    """A pod serving a model repository exports its queue depth and in-flight requests per model
+    version; the adapter's Pods metric is their sum per pod, KEDA's query their sum over the pods.
+    Evaluated by promtool on the series of two pods, one serving two models."""
+    _, promtool = request.getfixturevalue("prometheus_tools")
+    (so,) = of_kind(render("overlays/gpu-keda"), "ScaledObject")
+    held = {("maskrt-a", "x", "1"): 3, ("maskrt-a", "y", "2"): 5, ("maskrt-b", "x", "1"): 2}
+    series, exprs = [], []
+    for rule in yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]:
+        (name,) = metric_names(rule["seriesQuery"])
+        series += [
+            {
+                "series": f'{name}{{namespace="maskrt",pod="{pod}",model="{m}",version="{v}"}}',
+                "values": f"{value}x5",
+            }
+            for (pod, m, v), value in held.items()
+        ]
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", name)
+            .replace("<<.LabelMatchers>>", 'namespace="maskrt",pod=~"maskrt-a|maskrt-b"')
+            .replace("<<.GroupBy>>", "pod")
+        )
+        per_pod = [
+            {"labels": '{pod="maskrt-a"}', "value": 8},
+            {"labels": '{pod="maskrt-b"}', "value": 2},
+        ]
+        exprs.append({"expr": query, "eval_time": "4m", "exp_samples": per_pod})
+    exprs += [
+        {
+            "expr": t["metadata"]["query"],
+            "eval_time": "4m",
+            "exp_samples": [{"labels": "{}", "value": 10}],
+        }
+        for t in so["spec"]["triggers"]
+    ]
+    case = {"interval": "1m", "input_series": series, "promql_expr_test": exprs}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({"rule_files": [], "tests": [case]}))
+    run = subprocess.run(
+        [promtool, "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 @pytest.fixture(scope="module")

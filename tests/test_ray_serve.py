@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_harness import big_png, free_port, jpeg, png, shapes_image, start_server
+from server_harness import big_png, free_port, jpeg, metric, png, shapes_image, start_server
 from tools import package, program
 
 ray = package("ray", extra="ray")
@@ -414,15 +414,17 @@ def test_replica_and_ingress_metrics(cluster):
     wait_until("ray_maskrt_* metrics on the GPU node", exported, 90, every=3)
     with client(cluster) as c:
         text = c.get("/metrics").text
-    assert 'maskrt_requests_total{endpoint="/predict",status="200"}' in text
-    # MODEL_NAME labels the replicas' metrics and the ingress's model
+    # MODEL_NAME labels the replicas' metrics and the ingress's model and requests (version 1)
+    ingress = {"model": SETTINGS["model_name"], "version": "1"}
+    assert metric(parse_metrics(text), "maskrt_requests_total", status="200", **ingress) > 0
     model = f'model="{SETTINGS["model_name"]}"'
     assert any(model in k for k in exported() or {} if k.startswith("ray_maskrt_images_total"))
     served = [k for k in parse_metrics(text) if k.startswith("maskrt_model_info{")]
     assert served and all(f'name="{SETTINGS["model_name"]}"' in k for k in served), served
     # the model replica's backend, as the ingress learnt it: nothing fell back
-    fallback = 'maskrt_backend_fallback{backend="onnxruntime",wanted="onnxruntime"}'
-    assert parse_metrics(text)[fallback] == 0
+    fallback = {"backend": "onnxruntime", "wanted": "onnxruntime", **ingress}
+    assert metric(parse_metrics(text), "maskrt_backend_fallback", **fallback) == 0
+    assert len([k for k in parse_metrics(text) if k.startswith("maskrt_backend_fallback")]) == 1
 
 
 # -- scaling and failure ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import threading
 
 import httpx
 import pytest
-from server_harness import maskrt_command, png, shapes_image
+from server_harness import maskrt_command, metric, png, shapes_image
 
+from maskrt.bench.load import parse_metrics
 from maskrt.errors import MaskrtError
 from maskrt.runtime.backends import open_backend
 from maskrt.runtime.local import LocalDataPlane
@@ -152,7 +153,8 @@ def test_backend_exception_fails_only_its_batch(checkpoint):
             finally:
                 backend.infer = real_infer
             text = (await client.get("/metrics")).text
-            assert 'maskrt_requests_total{endpoint="/predict",status="500"} 1.0' in text
+            values = parse_metrics(text)
+            assert metric(values, "maskrt_requests_total", endpoint="/predict", status="500") == 1
 
     asyncio.run(main())
 
@@ -185,7 +187,7 @@ def test_post_processing_exception_fails_only_its_batch(checkpoint, depth):
             assert all(a.json()["timings_ms"]["postprocess"] > 0 for a in answers)
             assert (await client.get("/healthz")).status_code == 200
             text = (await client.get("/metrics")).text
-            assert "maskrt_failed_batches_total 1.0" in text
+            assert metric(parse_metrics(text), "maskrt_failed_batches_total") == 1
             return set(threads)
 
     assert asyncio.run(main()) == {"maskrt-post_0" if depth else "maskrt-infer_0"}

@@ -164,11 +164,11 @@ def test_api_keys():
 
 def test_metrics_registry_has_the_design_names():
     m = Metrics(registry=CollectorRegistry(), max_batch=8)
-    m.model_loaded("shapes", "torch", "cpu")
-    m.request_duration.labels("/predict", "200").observe(0.01)
-    m.requests.labels("/predict", "200").inc()
-    m.batch_inferred(2, 0.001, 0.02)
-    assert (m.images, m.inference.count, m.inference.seconds) == (2, 1, 0.02)  # the statistics
+    shapes = m.for_model("shapes", "1")
+    shapes.model_loaded("shapes", "torch", "cpu")
+    m.request_answered("/predict", "200", ("shapes", "1"), 0.01)
+    shapes.batch_inferred(2, 0.001, 0.02)
+    assert (shapes.images, shapes.inference.count, shapes.inference.seconds) == (2, 1, 0.02)
     body, ctype = m.render()
     assert ctype.startswith("text/plain")
     families = {f.name: f.type for f in text_string_to_metric_families(body.decode())}
@@ -178,10 +178,16 @@ def test_metrics_registry_has_the_design_names():
     assert "maskrt_gpu_memory_used_bytes" not in families  # CPU: no GPU gauge
     assert any(n.startswith("process_") for n in families)  # process metrics too
     text = body.decode()
-    assert 'maskrt_model_info{backend="torch",device="cpu",name="shapes"} 1.0' in text
-    assert 'maskrt_inference_duration_seconds_sum{backend="torch"} 0.02' in text
-    assert "maskrt_images_total 2.0" in text
-    assert 'maskrt_requests_total{endpoint="/predict",status="200"} 1.0' in text
+    assert 'maskrt_model_info{backend="torch",device="cpu",name="shapes",version="1"} 1.0' in text
+    assert (
+        'maskrt_inference_duration_seconds_sum{backend="torch",model="shapes",version="1"} 0.02'
+        in text
+    )
+    assert 'maskrt_images_total{model="shapes",version="1"} 2.0' in text
+    assert (
+        'maskrt_requests_total{endpoint="/predict",model="shapes",status="200",version="1"} 1.0'
+        in text
+    )
 
 
 def test_buckets():
@@ -236,9 +242,10 @@ def test_bench_helpers():
             require_loopback(url)
     assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 99) == 5
     m = Metrics(registry=CollectorRegistry(), max_batch=4, process=False)
+    a, b = m.for_model("a", "1"), m.for_model("b", "2")
     before = parse_metrics(m.render()[0].decode())
-    for size in (1, 3, 3, 4):
-        m.batch_size.observe(size)
+    for model, size in ((a, 1), (b, 3), (a, 3), (b, 4)):  # the batches of every model
+        model.batch_inferred(size, 0.001, 0.01)
     after = parse_metrics(m.render()[0].decode())
     got = batch_sizes(before, after)
     assert got["batches"] == 4 and got["images"] == 11 and got["sizes"] == {"1": 1, "3": 2, "4": 1}

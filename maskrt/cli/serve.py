@@ -96,11 +96,15 @@ def _serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     def models(stats: Statistics) -> ModelSet:
-        if settings.model_repository is not None:
-            return ModelSet(settings, stats, on_fatal=fatal)
-        return ModelSet.fixed(settings, stats, LocalDataPlane(settings, stats, on_fatal=fatal))
+        return ModelSet(settings, stats, on_fatal=fatal)
 
-    app = create_app(settings, models=models)
+    def data_plane(stats: Statistics) -> LocalDataPlane:  # stats: its model's metrics
+        return LocalDataPlane(settings, stats, on_fatal=fatal)
+
+    if settings.model_repository is not None:
+        app = create_app(settings, models=models)
+    else:
+        app = create_app(settings, data_plane=data_plane)
     state = app.state.maskrt
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
