@@ -18,6 +18,16 @@ EXAMPLE_MODEL: JsonDict = {
     "backend": "onnxruntime",
     "device": "cpu",
 }
+EXAMPLE_MODEL_INFO: JsonDict = {
+    **EXAMPLE_MODEL,
+    "classes": ["__background__", "square", "circle", "triangle"],
+    "canvas": 192,
+    "mask_size": 28,
+    "max_detections": 100,
+    "max_batch": 8,
+    "weights_verified": True,
+    "fallback_reason": None,
+}
 EXAMPLE_ANSWER: JsonDict = {
     "model": EXAMPLE_MODEL,
     "width": 256,
@@ -172,22 +182,7 @@ class Ready(BaseModel):
 class ModelInfoResponse(BaseModel):
     """The served model."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    **EXAMPLE_MODEL,
-                    "classes": ["__background__", "square", "circle", "triangle"],
-                    "canvas": 192,
-                    "mask_size": 28,
-                    "max_detections": 100,
-                    "max_batch": 8,
-                    "weights_verified": True,
-                    "fallback_reason": None,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_MODEL_INFO]})
 
     name: str = Field(description="model config name")
     version: str = Field(description="first 12 hex digits of the checkpoint's sha256")
@@ -258,6 +253,11 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
         "missing or wrong API key (when keys are configured)",
         "unauthorized",
         "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    ),
+    404: (
+        "no such model or version loaded (the model and version parameters)",
+        "unknown_model",
+        "model 'cars' is not loaded; loaded: shapes",
     ),
     413: (
         "body or pixel count over the limit",

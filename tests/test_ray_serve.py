@@ -254,7 +254,8 @@ def test_predict_matches_the_pipeline(cluster):
         r = c.post("/predict", content=png(image), headers={**AUTH, "Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == {k: info.json()[k] for k in ("name", "version", "backend", "device")}
+    keys = ("name", "version", "model_version", "backend", "device")
+    assert body["model"] == {k: info.json()[k] for k in keys}
     assert info.json()["fallback_reason"] is None  # carried from the replica; onnxruntime was asked
     assert (body["width"], body["height"]) == (image.shape[1], image.shape[0])
     assert set(body["timings_ms"]) == {"decode", "queue", "preprocess", "inference", "postprocess"}

@@ -30,6 +30,7 @@ from maskrt.server.parsing import (
 )
 from maskrt.server.schemas import (
     ERROR_RESPONSES,
+    EXAMPLE_MODEL_INFO,
     BatchPredictResponse,
     ModelInfoResponse,
     PredictParams,
@@ -38,6 +39,13 @@ from maskrt.server.schemas import (
 from maskrt.server.state import AppState
 
 router = APIRouter()
+_MODELS_EXAMPLE = {
+    "name": "shapes",
+    "version": "1",
+    "state": "READY",
+    "reason": "",
+    "model": EXAMPLE_MODEL_INFO,
+}
 
 
 @router.get(
@@ -53,7 +61,10 @@ async def model_info(request: Request, state: AppState = Depends(get_state)) -> 
 
 @router.get(
     "/v1/models",
-    responses={401: ERROR_RESPONSES[401]},
+    responses={
+        200: {"content": {"application/json": {"example": {"models": [_MODELS_EXAMPLE]}}}},
+        401: ERROR_RESPONSES[401],
+    },
     summary="every model and version, with its state (and, once ready, what /v1/model says)",
 )
 async def models_info(state: AppState = Depends(get_state)) -> Response:

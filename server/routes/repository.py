@@ -19,6 +19,7 @@ from maskrt.errors import MaskrtError
 from maskrt.runtime.repository import ModelConfig, parse_override
 from maskrt.server.dependencies import get_state
 from maskrt.server.errors import ApiError, json_response
+from maskrt.server.routes.v2 import oip_examples
 from maskrt.server.state import AppState
 
 router = APIRouter(prefix="/v2/repository", tags=["model repository"])
@@ -73,7 +74,26 @@ def parameters_of(body: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-@router.post("/index", summary="the models of the repository and their state")
+_INDEX = [
+    {"name": "cars", "version": "3", "state": "READY", "reason": ""},
+    {"name": "shapes", "state": "UNAVAILABLE", "reason": "unloaded"},
+]
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {
+        "content": {
+            "application/json": {
+                "example": {"error": "loading 1 version(s) would pass MAX_LOADED_MODELS (8)"}
+            }
+        }
+    }
+}
+
+
+@router.post(
+    "/index",
+    summary="the models of the repository and their state",
+    responses=oip_examples(_INDEX, with_path=False),
+)
 async def index(request: Request, state: AppState = Depends(get_state)) -> Response:
     body = await _body(request)
     ready = body.get("ready", False)
@@ -82,14 +102,22 @@ async def index(request: Request, state: AppState = Depends(get_state)) -> Respo
     return json_response([row.as_dict() for row in state.models.index(ready_only=ready)])
 
 
-@router.post("/models/{name}/load", summary="load (or reload) a model; answers once it serves")
+@router.post(
+    "/models/{name}/load",
+    summary="load (or reload) a model; answers once it serves",
+    responses={**oip_examples({}), **_REFUSED},
+)
 async def load(name: str, request: Request, state: AppState = Depends(get_state)) -> Response:
     config = load_config(parameters_of(await _body(request)))
     await state.models.load(name, config)
     return json_response({})
 
 
-@router.post("/models/{name}/unload", summary="unload a model once its requests are answered")
+@router.post(
+    "/models/{name}/unload",
+    summary="unload a model once its requests are answered",
+    responses=oip_examples({}),
+)
 async def unload(name: str, request: Request, state: AppState = Depends(get_state)) -> Response:
     parameters_of(await _body(request))  # unload_dependents: there are no dependents
     await state.models.unload(name)

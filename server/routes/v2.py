@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v2/models/{name}", tags=["open inference protocol"])
 _VERSIONED = "/versions/{version}"
 
 
-def _example(answer: dict[str, Any], *, with_path: bool = True) -> dict[int | str, dict[str, Any]]:
+def oip_examples(answer: Any, *, with_path: bool = True) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI answers of a v2 route: ``answer`` for 200, and the protocol's error shape for
     bad parameter."""
     examples: dict[int | str, dict[str, Any]] = {
@@ -63,7 +63,7 @@ _INFER_ANSWER = {
 @public.get(
     "/health/live",
     summary="the process is alive",
-    responses=_example({"live": True}, with_path=False),
+    responses=oip_examples({"live": True}, with_path=False),
 )
 async def live(state: AppState = Depends(get_state)) -> Response:
     alive = state.models.stuck_for() is None
@@ -73,7 +73,7 @@ async def live(state: AppState = Depends(get_state)) -> Response:
 @public.get(
     "/health/ready",
     summary="the model is loaded and warmed up",
-    responses=_example({"ready": True}, with_path=False),
+    responses=oip_examples({"ready": True}, with_path=False),
 )
 async def ready(state: AppState = Depends(get_state)) -> Response:
     is_ready = state.models.ready
@@ -83,7 +83,7 @@ async def ready(state: AppState = Depends(get_state)) -> Response:
 @public.get(
     "",
     summary="server metadata",
-    responses=_example(
+    responses=oip_examples(
         {
             "name": "maskrt",
             "version": "0.1.0",
@@ -103,8 +103,8 @@ def model_metadata_of(state: AppState, name: str, version: str | None) -> dict[s
     return oip.model_metadata(name, served.backend, versions)
 
 
-@router.get("", summary="model metadata", responses=_example(_MODEL_METADATA))
-@router.get(_VERSIONED, summary="model metadata", responses=_example(_MODEL_METADATA))
+@router.get("", summary="model metadata", responses=oip_examples(_MODEL_METADATA))
+@router.get(_VERSIONED, summary="model metadata", responses=oip_examples(_MODEL_METADATA))
 async def model_metadata(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
 ) -> Response:
@@ -112,12 +112,14 @@ async def model_metadata(
 
 
 @router.get(
-    "/ready", summary="the model is ready", responses=_example({"name": "shapes", "ready": True})
+    "/ready",
+    summary="the model is ready",
+    responses=oip_examples({"name": "shapes", "ready": True}),
 )
 @router.get(
     _VERSIONED + "/ready",
     summary="the model is ready",
-    responses=_example({"name": "shapes", "ready": True}),
+    responses=oip_examples({"name": "shapes", "ready": True}),
 )
 async def model_ready(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
@@ -149,12 +151,12 @@ _STATS_EXAMPLE = {
 
 
 @router.get(
-    "/config", summary="model configuration (Triton's)", responses=_example(_CONFIG_EXAMPLE)
+    "/config", summary="model configuration (Triton's)", responses=oip_examples(_CONFIG_EXAMPLE)
 )
 @router.get(
     _VERSIONED + "/config",
     summary="model configuration (Triton's)",
-    responses=_example(_CONFIG_EXAMPLE),
+    responses=oip_examples(_CONFIG_EXAMPLE),
 )
 async def model_config(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
@@ -168,15 +170,17 @@ async def model_config(
 @models.get(
     "/stats",
     summary="statistics of every model (Triton's)",
-    responses=_example(_STATS_EXAMPLE, with_path=False),
+    responses=oip_examples(_STATS_EXAMPLE, with_path=False),
 )
 async def statistics(state: AppState = Depends(get_state)) -> Response:
     return json_response(triton.model_statistics(state.models.statistics_planes(None, None)))
 
 
-@router.get("/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE))
+@router.get("/stats", summary="model statistics (Triton's)", responses=oip_examples(_STATS_EXAMPLE))
 @router.get(
-    _VERSIONED + "/stats", summary="model statistics (Triton's)", responses=_example(_STATS_EXAMPLE)
+    _VERSIONED + "/stats",
+    summary="model statistics (Triton's)",
+    responses=oip_examples(_STATS_EXAMPLE),
 )
 async def model_statistics(
     name: str, version: str | None = None, state: AppState = Depends(get_state)
@@ -231,12 +235,12 @@ def request_options(
 @router.post(
     "/infer",
     summary="inference (JSON, binary tensor data, or a raw image body)",
-    responses=_example(_INFER_ANSWER),
+    responses=oip_examples(_INFER_ANSWER),
 )
 @router.post(
     _VERSIONED + "/infer",
     summary="inference (JSON, binary tensor data, or raw)",
-    responses=_example(_INFER_ANSWER),
+    responses=oip_examples(_INFER_ANSWER),
 )
 async def infer(
     request: Request,
