@@ -9,11 +9,12 @@ checkpoint, version ``1`` each).
    from the load call to ``--swap-window-s`` (5) after it returned; the load runs on until that
    window has passed), their ratio (goal <= 2), and the version answering before and after.
 2. unload RSS: the server's RSS (``VmRSS``) before model ``c`` is loaded, after its load and
-   ``--rss-seconds`` of requests to it, and after its unload; goal: after the unload within 10 %
-   of before the load.
-3. mixed: throughput of ``a`` alone and of ``b`` alone, each at ``--mixed-concurrency`` (4) for
-   ``--mixed-seconds``, then both at once at that concurrency each; goal: each model's mixed
-   throughput within 15 % of half its solo throughput.
+   ``--rss-seconds`` of requests to it (``--mixed-concurrency`` clients), and after its unload;
+   goal: after the unload within 10 % of before the load.
+3. mixed: throughput of ``a`` alone, of ``b`` alone, each at ``--mixed-concurrency`` (4) for
+   ``--mixed-seconds``, then of both at once at that concurrency each, ``--mixed-rounds`` times
+   in turn (so that a shared machine's drifting load falls on all three alike); goal: each
+   model's mixed throughput within 15 % of half its solo throughput.
 
 Every request is the same image (``--image``, default a shapes sample) with the same
 ``--score-threshold``. Each phase prints its goal line (met / not met); ``--json`` writes the
@@ -317,14 +318,17 @@ def print_rss(r: RssResult) -> None:
 
 @dataclasses.dataclass
 class MixedResult:
+    """Each round: ``a`` alone, ``b`` alone, both at once; per model and run, a level per
+    round."""
+
     concurrency: int
     seconds: float
-    solo: dict[str, LevelResult]
-    mixed: dict[str, LevelResult]
+    solo: dict[str, list[LevelResult]]
+    mixed: dict[str, list[LevelResult]]
 
     def share(self, name: str) -> float:
-        """Mixed throughput / half the solo throughput."""
-        return self.mixed[name].throughput / (self.solo[name].throughput / 2)
+        """Mixed throughput / half the solo throughput, over all rounds."""
+        return throughput(self.mixed[name]) / (throughput(self.solo[name]) / 2)
 
     @property
     def met(self) -> bool:
@@ -332,40 +336,58 @@ class MixedResult:
 
     @property
     def failed(self) -> int:
-        levels = [*self.solo.values(), *self.mixed.values()]
-        return sum(sum(level.errors.values()) for level in levels)
+        runs = [*self.solo.values(), *self.mixed.values()]
+        return sum(sum(level.errors.values()) for levels in runs for level in levels)
 
     def as_dict(self) -> dict:
+        def levels(run: dict[str, list[LevelResult]]) -> dict:
+            return {n: [dataclasses.asdict(r) for r in rounds] for n, rounds in run.items()}
+
         return {
             "concurrency": self.concurrency,
             "seconds": self.seconds,
-            "solo": {n: dataclasses.asdict(r) for n, r in self.solo.items()},
-            "mixed": {n: dataclasses.asdict(r) for n, r in self.mixed.items()},
+            "rounds": len(next(iter(self.solo.values()))),
+            "solo": levels(self.solo),
+            "mixed": levels(self.mixed),
+            "solo_throughput": {n: throughput(r) for n, r in self.solo.items()},
+            "mixed_throughput": {n: throughput(r) for n, r in self.mixed.items()},
             "share_of_half_solo": {n: self.share(n) for n in self.solo},
             "met": self.met,
         }
 
 
+def throughput(levels: list[LevelResult]) -> float:
+    """Answered requests per second over several runs."""
+    return sum(level.ok for level in levels) / sum(level.seconds for level in levels)
+
+
 def mixed(server: Served, repository: Repository, args: argparse.Namespace) -> MixedResult:
+    """``--mixed-rounds`` rounds, so that the solo and mixed runs see the same drift of a shared
+    machine's load."""
     clients = {n: _client(server, repository, n, args) for n in ("a", "b")}
     c, seconds, warmup = args.mixed_concurrency, args.mixed_seconds, args.warmup
-    solo = {n: asyncio.run(client.level(c, seconds, warmup)) for n, client in clients.items()}
+    result = MixedResult(c, seconds, {n: [] for n in clients}, {n: [] for n in clients})
 
     async def both() -> list[LevelResult]:
         return await asyncio.gather(
             *(client.level(c, seconds, warmup) for client in clients.values())
         )
 
-    together = dict(zip(clients, asyncio.run(both())))
-    return MixedResult(c, seconds, solo, together)
+    for _ in range(args.mixed_rounds):
+        for name, client in clients.items():
+            result.solo[name].append(asyncio.run(client.level(c, seconds, warmup)))
+        for name, level in zip(clients, asyncio.run(both())):
+            result.mixed[name].append(level)
+    return result
 
 
 def print_mixed(r: MixedResult) -> None:
     for name in r.solo:
         solo, mix = r.solo[name], r.mixed[name]
         print(
-            f"  {name}: alone {solo.throughput:.1f} req/s (p99 {solo.p99_ms:.0f} ms), beside the "
-            f"other {mix.throughput:.1f} req/s (p99 {mix.p99_ms:.0f} ms): "
+            f"  {name}: alone {throughput(solo):.1f} req/s (rounds: "
+            f"{', '.join(f'{x.throughput:.1f}' for x in solo)}), beside the other "
+            f"{throughput(mix):.1f} req/s ({', '.join(f'{x.throughput:.1f}' for x in mix)}): "
             f"{r.share(name):.2f}x half its solo throughput",
             flush=True,
         )
@@ -431,8 +453,9 @@ def parser() -> argparse.ArgumentParser:
         "--swap-window-s", type=float, default=5.0, help="the swap window after the load answers"
     )
     p.add_argument("--rss-seconds", type=float, default=10.0, help="requests to model c")
-    p.add_argument("--mixed-seconds", type=float, default=20.0, help="each mixed-phase run")
+    p.add_argument("--mixed-seconds", type=float, default=10.0, help="each mixed-phase run")
     p.add_argument("--mixed-concurrency", type=int, default=4, help="clients per model")
+    p.add_argument("--mixed-rounds", type=int, default=3, help="rounds of solo, solo, mixed")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured load before each run")
     p.add_argument("--settle-s", type=float, default=2.0, help="wait before reading RSS")
     p.add_argument("--request-timeout", type=float, default=120.0, help="client timeout (s)")
@@ -483,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
             print_rss(r)
             report["unload_rss"] = {**dataclasses.asdict(r), "met": r.met}
             failed += r.failed
-            print(f"mixed: a and b alone, then together, {args.mixed_seconds:g} s each", flush=True)
+            print(
+                f"mixed: a alone, b alone, then both, {args.mixed_seconds:g} s each, "
+                f"{args.mixed_rounds} rounds",
+                flush=True,
+            )
             m = mixed(server, repository, args)
             print_mixed(m)
             report["mixed"] = m.as_dict()

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 SHORT = (
     *("--swap-seconds", "3", "--swap-concurrency", "4", "--swap-window-s", "1"),
     *("--rss-seconds", "1", "--mixed-seconds", "1", "--mixed-concurrency", "2"),
+    *("--mixed-rounds", "2"),
     *("--warmup", "0.5", "--settle-s", "0.2"),
 )
 
@@ -50,10 +51,13 @@ def test_each_phase_runs_and_reports_its_goal(tmp_path):
     assert rss["unloaded"] and rss["requests"] > 0 and rss["failed"] == 0
     assert rss["after_load_mb"] > 0 and rss["after_unload_mb"] > 0
     mixed = report["mixed"]
+    assert mixed["rounds"] == 2
     for name in ("a", "b"):
         for phase in ("solo", "mixed"):
-            level = mixed[phase][name]
-            assert level["ok"] == level["requests"] > 0, (phase, name, level)
+            assert len(mixed[phase][name]) == 2
+            for level in mixed[phase][name]:
+                assert level["ok"] == level["requests"] > 0, (phase, name, level)
+            assert mixed[f"{phase}_throughput"][name] > 0
     assert report["failed"] == 0 and report["repository_failures"] == []
     assert report["log_errors"] == []
 
