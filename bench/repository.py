@@ -105,8 +105,8 @@ class Repository:
 class SwapResult:
     concurrency: int
     seconds: float
-    requests: int
-    failed: dict[str, int]
+    requests: int  # warm-up included
+    failed: dict[str, int]  # by status, warm-up included
     steady_requests: int
     steady_p99_ms: float
     swap_requests: int
@@ -114,7 +114,7 @@ class SwapResult:
     swap_max_ms: float
     ratio: float  # swap p99 / steady p99
     load_s: float  # the load call, from request to answer
-    load_status: int
+    loaded: bool  # the load call answered 200
     version_before: str
     version_after: str
     versions_after: list[str]  # loaded, per the repository index
@@ -124,9 +124,12 @@ class SwapResult:
         return (
             not self.failed
             and self.ratio <= SWAP_P99_GOAL
-            and self.load_status == 200
+            and self.loaded
             and self.version_after == "2"
         )
+
+
+Sample = tuple[float, float, int | str]  # end time, latency (s), status
 
 
 async def _swap_load(
@@ -135,34 +138,33 @@ async def _swap_load(
     warmup_s: float,
     seconds: float,
     window_s: float,
-    swap: Callable[[], Awaitable[int]],
-) -> tuple[list[tuple[float, float, int | str]], float, float, int]:
+    swap: Callable[[], Awaitable[bool]],
+) -> tuple[list[Sample], float, float, float, bool]:
     """Clients post in a closed loop for ``warmup_s + seconds`` (at least until ``window_s``
-    after the swap ended); ``swap`` is called half way. Returns the samples (end time, latency,
-    status), the time the swap started and ended, and its HTTP status."""
-    started = time.perf_counter()
-    measured = started + warmup_s
+    after the swap ended); ``swap`` is called half way. Returns the samples, the time the
+    warm-up ended, the swap started and ended, and the swap's outcome."""
+    measured = time.perf_counter() + warmup_s
     end = measured + seconds
-    samples: list[tuple[float, float, int | str]] = []
+    samples: list[Sample] = []
     marks: list[float] = []
-    status = 0
+    loaded = False
 
     async def worker(http: httpx.AsyncClient) -> None:
         while time.perf_counter() < end:
-            latency, answer = await client.one(http)
-            samples.append((time.perf_counter(), latency, answer))
+            latency, status = await client.one(http)
+            samples.append((time.perf_counter(), latency, status))
 
     async def swapper() -> None:
-        nonlocal end, status
+        nonlocal end, loaded
         await asyncio.sleep(warmup_s + seconds / 2)
         marks.append(time.perf_counter())
-        status = await swap()
+        loaded = await swap()
         marks.append(time.perf_counter())
         end = max(end, marks[1] + window_s)
 
     async with client.client(concurrency) as http:
         await asyncio.gather(swapper(), *(worker(http) for _ in range(concurrency)))
-    return [s for s in samples if s[0] >= measured], marks[0], marks[1], status
+    return samples, measured, marks[0], marks[1], loaded
 
 
 def swap(
@@ -171,16 +173,12 @@ def swap(
     before = repository.answering_version("a")
     client = _client(server, repository, "a", args)
 
-    async def load_version_2() -> int:
+    async def load_version_2() -> bool:
         await asyncio.to_thread(add_version, root, model_file, "a", 2)
-        async with httpx.AsyncClient(base_url=server.url, timeout=600, trust_env=False) as http:
-            r = await http.post("/v2/repository/models/a/load")
-        if r.status_code != 200:
-            repository.failures.append(f"load a: HTTP {r.status_code} {r.text[:300]}")
-        return r.status_code
+        return await asyncio.to_thread(repository.call, "a", "load")
 
-    async def run() -> tuple[list[tuple[float, float, int | str]], float, float, int]:
-        return await _swap_load(
+    samples, measured, t0, t1, loaded = asyncio.run(
+        _swap_load(
             client,
             args.swap_concurrency,
             args.warmup,
@@ -188,16 +186,17 @@ def swap(
             args.swap_window_s,
             load_version_2,
         )
-
-    samples, t0, t1, status = asyncio.run(run())
+    )
     failed: dict[str, int] = {}
-    for _, _, s in samples:
-        if s != 200:
-            failed[str(s)] = failed.get(str(s), 0) + 1
-    steady = [lat * 1000 for end, lat, s in samples if s == 200 and end < t0]
-    during = [
-        lat * 1000 for end, lat, s in samples if s == 200 and t0 <= end <= t1 + args.swap_window_s
-    ]
+    for _, _, status in samples:
+        if status != 200:
+            failed[str(status)] = failed.get(str(status), 0) + 1
+
+    def window(start: float, stop: float) -> list[float]:
+        """Latencies (ms) of the requests answered between ``start`` and ``stop``."""
+        return [lat * 1000 for end, lat, s in samples if s == 200 and start <= end < stop]
+
+    steady, during = window(measured, t0), window(t0, t1 + args.swap_window_s)
     steady_p99, swap_p99 = percentile(steady, 99), percentile(during, 99)
     return SwapResult(
         args.swap_concurrency,
@@ -211,7 +210,7 @@ def swap(
         max(during, default=math.nan),
         swap_p99 / steady_p99,
         t1 - t0,
-        status,
+        loaded,
         before,
         repository.answering_version("a"),
         repository.versions("a"),
@@ -222,7 +221,8 @@ def print_swap(r: SwapResult, window_s: float) -> None:
     failed = sum(r.failed.values())
     print(
         f"  {r.requests} requests at concurrency {r.concurrency}, {failed} failed"
-        f"{f' {r.failed}' if r.failed else ''}; load call {r.load_s:.2f} s (HTTP {r.load_status})",
+        f"{f' {r.failed}' if r.failed else ''}; load call {r.load_s:.2f} s"
+        f"{'' if r.loaded else ' (FAILED)'}",
         flush=True,
     )
     print(
