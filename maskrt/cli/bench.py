@@ -49,6 +49,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "maskrt.bench.resilience",
         "overload, slow clients, oversized requests and a soak against a `maskrt serve` it starts",
     ),
+    "repository": (
+        "maskrt.bench.repository",
+        "a version swap under load, RSS after an unload, two models under mixed load",
+    ),
     "onnx-cpu": (
         "maskrt.bench.onnx_cpu",
         "R50-FPN deploy graph in ONNX Runtime (CPU) against torchvision eager and its stock ONNX",
