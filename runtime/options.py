@@ -30,6 +30,8 @@ GRAPHS_NEED_KERNELS = (
     "composite RoIAlign and NMS wait for the GPU to size their work, which a CUDA graph cannot "
     "capture"
 )
+# a model's name: MODEL_NAME, DEFAULT_MODEL, a repository's model folder
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # what ModelOptions holds: the model's flags of every command that loads a checkpoint
 MODEL_OPTIONS = ("config", "labels", "canvas", "trust_pickle")
@@ -53,7 +55,7 @@ class RuntimeOptions(BaseSettings):
     )
     model_name: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        pattern=MODEL_NAME,
         description="the name the model answers to (/v2/models/NAME, /v1/model, the metrics); "
         "default: the checkpoint's config name. KServe's ServingRuntime sets it to the "
         "InferenceService's name",
@@ -77,7 +79,7 @@ class RuntimeOptions(BaseSettings):
     )
     default_model: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        pattern=MODEL_NAME,
         description="the repository model of requests that name none (/predict, /v1/model); "
         "default: the only model, when there is one",
     )

@@ -21,11 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maskrt.errors import MaskrtError
-from maskrt.runtime.options import RuntimeOptions
+from maskrt.runtime.options import MODEL_NAME, RuntimeOptions
 
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".onnx", ".plan", ".engine")
 CONFIG_FILE = "config.yaml"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME = re.compile(MODEL_NAME)
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
 
 
