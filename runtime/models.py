@@ -234,9 +234,7 @@ class ModelSet:
         name = self.default_name() if name is None else name
         model = self.models.get(name)
         number = None if version is None else _version_number(version)
-        ready = (
-            {} if model is None else {n: v for n, v in model.versions.items() if v.state == "READY"}
-        )
+        ready = {} if model is None else model.versions  # all ready while not draining
         if version is None and ready:
             return ready[max(ready)].plane
         if number is not None and number in ready:

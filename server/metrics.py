@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -260,7 +260,8 @@ class _Series:
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
         self.holders = 0
-        self._created: set[tuple[Counter | Gauge | Histogram, tuple[str, ...]]] = set()
+        # the children made, by metric and labels: an event finds its series here
+        self._created: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], Any] = {}
         self._removed = False
         self._lock = threading.Lock()
 
@@ -268,9 +269,10 @@ class _Series:
         with self._lock:
             if self._removed:
                 return None
-            labels = (*self.key, *labels)
-            self._created.add((metric, labels))
-            return cast(M, metric.labels(*labels))  # the same class as the metric
+            child = self._created.get((metric, labels))
+            if child is None:
+                child = self._created[metric, labels] = metric.labels(*self.key, *labels)
+            return cast(M, child)  # the same class as the metric
 
     def observe(self, metric: Histogram, value: float | None, *labels: str) -> None:
         """``value`` into ``metric``; ``None``: its series only, empty."""
@@ -293,14 +295,14 @@ class _Series:
         """Removes ``metric``'s series of this version (a model info about to be replaced)."""
         with self._lock:
             for created in [c for c in self._created if c[0] is metric]:
-                self._created.discard(created)
-                metric.remove(*created[1])
+                del self._created[created]
+                metric.remove(*self.key, *created[1])
 
     def remove(self) -> None:
         with self._lock:
             self._removed = True
             for metric, labels in self._created:
-                metric.remove(*labels)
+                metric.remove(*self.key, *labels)
             self._created.clear()
 
 
