@@ -41,7 +41,14 @@ from maskrt.runtime.decode import (
     decode_image,
     image_pixels,
 )
-from maskrt.runtime.errors import ClientGone, DeadlineExceeded, Redirect, Unavailable
+from maskrt.runtime.errors import (
+    BadRequest,
+    ClientGone,
+    DeadlineExceeded,
+    Redirect,
+    Unavailable,
+    UnknownModel,
+)
 from maskrt.runtime.options import RuntimeOptions
 from maskrt.runtime.pipeline import Inferred, PostOptions
 from maskrt.runtime.statistics import Statistics
@@ -297,7 +304,7 @@ class DataPlane(ABC):
             ok = True
         except TimeoutError:
             raise DeadlineExceeded("timeout", f"no answer within {whose} of {limit:g} s") from None
-        except Redirect:
+        except (Redirect, UnknownModel, BadRequest):  # the form named another model: not ours
             ok = None
             raise
         finally:

@@ -22,7 +22,7 @@ import ctypes
 import gc
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +93,7 @@ class _Model:
     reason: str = ""
     failed_source: object = None  # what the last failed load read, not retried by a poll
     override: ModelConfig | None = None  # the last load request's config, which polls keep
+    config: ModelConfig | None = None  # what its versions were loaded with: an edit reloads
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def live(self) -> list[Version]:
@@ -395,6 +396,9 @@ class ModelSet:
             finally:
                 if any(failures) or self.draining:  # nothing of a failed load stays
                     await asyncio.gather(*(self._free(v) for v in started))
+                    _announce(
+                        model.versions[v.number] for v in started if v.number in model.versions
+                    )
                 model.pending = []
             if self.draining:
                 raise self.not_ready()
@@ -414,6 +418,7 @@ class ModelSet:
                 model.versions[v.number] = v
                 v.state = "READY"
             model.reason, model.failed_source, model.override = "", None, config
+            model.config = merged
             log.info(
                 "model loaded",
                 extra={
@@ -581,7 +586,8 @@ class ModelSet:
 
     async def _poll_forever(self, interval_s: float) -> None:
         """Every ``interval_s``: load what changed on disk (a new version folder, a new model, a
-        replaced file), unload what was removed. A model unloaded through the API stays so."""
+        replaced file, an edited ``config.yaml``), unload what was removed. A model unloaded
+        through the API stays so."""
         assert self.root is not None
         while True:
             await asyncio.sleep(interval_s)
@@ -604,9 +610,10 @@ class ModelSet:
             model = self.models.get(name, _Model())
             if model.reason == "unloaded":
                 continue
-            served = entry.served_versions(_merged(entry.config, model.override))
-            target = {n: _source(entry.versions[n]) for n in served}
-            if entry.error is None and target == {n: v.source for n, v in model.versions.items()}:
+            config = _merged(entry.config, model.override)
+            target = {n: _source(entry.versions[n]) for n in entry.served_versions(config)}
+            loaded = {n: v.source for n, v in model.versions.items()}
+            if entry.error is None and target == loaded and config == model.config:
                 continue
             if model.failed_source == _sources(entry):
                 continue  # failed as it is now; retried when it changes
@@ -647,16 +654,28 @@ def _local_plane(options: RuntimeOptions, stats: Statistics, shared: Shared) -> 
     return LocalDataPlane(options, stats, shared=shared)
 
 
+def _announce(versions: Iterable[Version]) -> None:
+    """Say again which model the serving ``versions`` loaded: a failed reload of one of them had
+    its statistics (shared per name and version) say what it loaded."""
+    for v in versions:
+        if v.plane.model is not None:
+            m = v.plane.model
+            v.plane.statistics.model_loaded(m.name, m.backend, m.device, m.fallback_from)
+
+
 def _version_number(version: str | int) -> int | None:
     text = str(version)
     return int(text) if text.isdigit() and not text.startswith("0") else None
 
 
 def _names(root: Path) -> set[str]:
-    """The model folders of ``root`` (without reading them); none when it is gone."""
-    if not root.is_dir():
+    """The model folders of ``root`` (without reading them); none when it is gone or cannot be
+    listed (the loaded versions serve on)."""
+    try:
+        return {p.name for p in root.iterdir() if p.is_dir() and NAME.match(p.name)}
+    except OSError as exc:
+        log.warning("cannot list the model repository %s: %s", root, exc.strerror)
         return set()
-    return {p.name for p in root.iterdir() if p.is_dir() and NAME.match(p.name)}
 
 
 def _merged(config: ModelConfig, override: ModelConfig | None) -> ModelConfig:
@@ -677,7 +696,9 @@ def _source(path: Path) -> tuple[str, int, int]:
 
 
 def _sources(entry: ModelEntry) -> object:
-    return (entry.error, tuple(sorted((n, _source(p)) for n, p in entry.versions.items())))
+    """What a load of ``entry`` reads: its error, config and version files."""
+    files = tuple(sorted((n, _source(p)) for n, p in entry.versions.items()))
+    return (entry.error, entry.config, files)
 
 
 def _estimate(file_bytes: int) -> int:

@@ -78,8 +78,9 @@ class Statistics:
         self.requests_in_flight += 1
 
     def request_ended(self, seconds: float, ok: bool | None) -> None:
-        """``ok``: answered, or refused or failed; ``None``: handed over to another model's data
-        plane (:class:`~maskrt.runtime.errors.Redirect`), counted there."""
+        """``ok``: answered, or refused or failed; ``None``: not this model's, its form naming
+        another (handed over, :class:`~maskrt.runtime.errors.Redirect`, and counted there) or one
+        not served."""
         self.requests_in_flight -= 1
         if ok is None:
             return

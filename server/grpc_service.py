@@ -38,7 +38,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from maskrt.runtime.dataplane import EncodedImage, ServedModel
-from maskrt.runtime.errors import ClientGone, InferenceError
+from maskrt.runtime.errors import ClientGone, InferenceError, Unavailable, UnknownModel
 from maskrt.runtime.pipeline import PostOptions
 from maskrt.server import oip, triton
 from maskrt.server.errors import ApiError, from_runtime
@@ -161,7 +161,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(oip.server_metadata(), pb.ServerMetadataResponse())
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self.state.models.get(request.name, request.version or None)
+        """``ready=false``, not an error, for a model not loaded or still loading, as Triton
+        answers (``tritonclient.grpc``'s ``is_model_ready`` raises on an error)."""
+        try:
+            self.state.models.get(request.name, request.version or None)
+        except (UnknownModel, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

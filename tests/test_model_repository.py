@@ -376,7 +376,7 @@ def test_grpc_repository_calls(api):
     assert rows["broken"]["state"] == "UNAVAILABLE" and "model.pt" in rows["broken"]["reason"]
     unloaded = {m["name"]: m for m in calls["index unloaded"]["value"]["models"]}
     assert unloaded["b"] == {"name": "b", "state": "UNAVAILABLE", "reason": "unloaded"}
-    assert calls["ready unloaded"]["status"] == "StatusCode.NOT_FOUND"
+    assert calls["ready unloaded"] == {"status": "OK", "value": False}  # as Triton answers
     assert calls["ready loaded"] == {"status": "OK", "value": True}
     assert calls["config"]["value"]["config"]["max_batch_size"] == 4
     loaded = {m["name"]: m for m in calls["index loaded"]["value"]["models"]}
@@ -432,6 +432,20 @@ def test_the_default_model_answers_requests_that_name_none(poll):
     assert name == "b" and set(labels) <= set(B_LABELS)
 
 
+def test_a_form_naming_a_model_not_served_is_404_and_no_failure_of_the_default(poll):
+    def failed() -> int:
+        with poll.client() as c:
+            stats = c.get("/v2/models/a/stats").json()["model_stats"]
+        return sum(s["inference_stats"]["fail"]["count"] for s in stats)
+
+    before = failed()
+    with poll.client() as c:
+        files = {"image": ("x.png", IMAGE, "image/png")}
+        r = c.post("/predict", data={"model": "nope"}, files=files)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model", r.text
+    assert failed() == before
+
+
 def test_a_polled_version_folder_swaps_in_under_load(poll, checkpoint):
     with Traffic(poll) as traffic:
         traffic.wait(THREADS)
@@ -452,6 +466,20 @@ def test_a_poll_loads_a_new_model_and_unloads_a_removed_one(poll, checkpoint):
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
     assert answered_by(predict(poll))[:2] == ("a", "2")
     assert not error_lines(poll)
+
+
+def test_a_poll_reloads_a_model_whose_config_was_edited_and_keeps_one_broken_by_it(poll):
+    """Model ``c`` (the test before loads it) gets labels of its own in a new config.yaml: it
+    answers with them; then labels that do not fit its classes: it serves on as it was."""
+    config = poll.root / "c" / "config.yaml"
+    config.write_text("labels: [q, o, t]\n")
+    wait_for(poll, "c's new labels", lambda: set(answered_by(predict(poll, "c"))[2]) <= set("qot"))
+    config.write_text("labels: [x, y]\n")
+    wait_for(
+        poll, "c's failed load", lambda: any("model c " in r["message"] for r in error_lines(poll))
+    )
+    name, version, labels = answered_by(predict(poll, "c"))
+    assert (name, version) == ("c", "1") and set(labels) <= set("qot")
 
 
 # -- limits ---------------------------------------------------------------------------------------

@@ -54,6 +54,18 @@ def options(root: Path, **kw) -> RuntimeOptions:
     return RuntimeOptions(model_repository=root, backend="torch", device="cpu", max_batch=2, **kw)
 
 
+class Loaded(Statistics):
+    """One version's statistics, saying what it loaded where its series (shared by every data
+    plane of that name and version) say it."""
+
+    def __init__(self, backends: dict[tuple[str, str], str], key: tuple[str, str]) -> None:
+        super().__init__()
+        self.backends, self.key = backends, key
+
+    def model_loaded(self, name: str, backend: str, device: str, fallback_from=None) -> None:
+        self.backends[self.key] = backend
+
+
 class Series(Statistics):
     """Statistics that keep what an exporter keeps: the (model, version) series that exist."""
 
@@ -62,10 +74,12 @@ class Series(Statistics):
         self.made: list[tuple[str, str]] = []
         self.live: set[tuple[str, str]] = set()
 
+        self.backends: dict[tuple[str, str], str] = {}  # what maskrt_model_info says
+
     def for_model(self, name: str, version: str) -> Statistics:
         self.made.append((name, version))
         self.live.add((name, version))
-        return Statistics()
+        return Loaded(self.backends, (name, version))
 
     def model_unloaded(self, name: str, version: str) -> None:
         self.live.discard((name, version))
@@ -367,6 +381,32 @@ def test_poll_follows_the_repository(tmp_path, caplog):
     assert len(failed) == 1
 
 
+def test_a_repository_that_cannot_be_listed_leaves_the_loaded_versions_serving(
+    tmp_path, monkeypatch, caplog
+):
+    """The folder's file system failing (an NFS mount gone stale; tests run as root, so no
+    permission keeps them from listing it): the index lists what is loaded, a poll unloads
+    nothing, and the log says why."""
+    add(tmp_path, "a", 1)
+    listing = Path.iterdir
+
+    def unlistable(path: Path):
+        if path == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    async def check(models):
+        monkeypatch.setattr(Path, "iterdir", unlistable)
+        assert rows(models) == {("a", "1"): "READY"}
+        await models.poll()
+        assert version_of(models.get("a")) == "1"
+
+    with caplog.at_level(logging.WARNING, logger="maskrt.repository"):
+        run(check, options(tmp_path))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("cannot list the model repository" in m and "Permission denied" in m for m in said)
+
+
 def test_polling_in_the_background(tmp_path):
     add(tmp_path, "a", 1)
 
@@ -636,6 +676,23 @@ def test_a_load_that_fails_half_way_frees_what_it_started_and_keeps_the_old_serv
         with pytest.raises(RepositoryError, match=r"version 1: .*damaged"):
             await models.load("a", parse_override('{"version_policy": {"specific": [1]}}'))
         assert models.get("a") is v1 and series.live == {("a", "1")}
+
+    run(check, options(tmp_path), series)
+
+
+def test_a_failed_reload_on_another_backend_leaves_the_serving_backend_announced(tmp_path):
+    add(tmp_path, "a", 1)
+    series = Series()
+
+    async def check(models):
+        v1 = models.get("a")
+        assert series.backends[("a", "1")] == "torch"
+        damaged(add(tmp_path, "a", 2))
+        # version 1 reloads on ONNX Runtime (it loads), version 2 fails: neither stays
+        both = parse_override('{"backend": "onnxruntime", "version_policy": {"latest": 2}}')
+        with pytest.raises(RepositoryError, match=r"version 2: .*damaged"):
+            await models.load("a", both)
+        assert models.get("a") is v1 and series.backends[("a", "1")] == "torch"
 
     run(check, options(tmp_path), series)
 
