@@ -151,20 +151,34 @@ def cached_onnx(
     options: ModelOptions | None = None,
 ) -> Path:
     """The ``target`` ONNX export of ``checkpoint`` (a file, or torchvision weights by name) for
-    batches up to ``max_batch``, loaded with ``options`` (which name the file too)."""
-    from maskrt.export.onnx import export_onnx
-    from maskrt.model.checkpoint import load_model
+    batches up to ``max_batch``, loaded with ``options`` (which name the file too). Made in a
+    child process (:mod:`maskrt.export.isolated`), so that the versions serving meanwhile do
+    not stall."""
+    from maskrt.export.isolated import run_isolated
 
     tag = options.tag() if options else ""
     source = _source_sha256(checkpoint) + (f"-{tag}" if tag else "")
     path = Path(cache_dir) / "onnx" / onnx_name(source, target, max_batch, fp16)
+    what = f"{target} ONNX of {checkpoint}"
     return cached(
         path,
-        lambda out: export_onnx(
-            load_model(checkpoint, options), out, target, max_batch=max_batch, fp16=fp16
-        ),
-        f"{target} ONNX of {checkpoint}",
+        lambda out: run_isolated(what, _export, checkpoint, options, out, target, max_batch, fp16),
+        what,
     )
+
+
+def _export(
+    checkpoint: str,
+    options: ModelOptions | None,
+    out: Path,
+    target: str,
+    max_batch: int,
+    fp16: bool,
+) -> None:
+    from maskrt.export.onnx import export_onnx
+    from maskrt.model.checkpoint import load_model
+
+    export_onnx(load_model(checkpoint, options), out, target, max_batch=max_batch, fp16=fp16)
 
 
 def hardware_tag(gpu_name: str, compute_capability: str, tensorrt_version: str) -> str:

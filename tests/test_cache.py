@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -123,11 +124,16 @@ def test_names(monkeypatch):
     )
 
 
-def test_cached_onnx_per_target(tmp_path, monkeypatch):
+def test_cached_onnx_per_target(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("MASKRT_BUILD_ID", raising=False)
     model = loaded("shapes", seed=5)
     ckpt = save_checkpoint(tmp_path / "m.pt", model.model, model.config, {})
-    first = cached_onnx(str(ckpt), tmp_path / "cache", 2, "tensorrt")
+    with caplog.at_level(logging.INFO, logger="maskrt"):
+        first = cached_onnx(str(ckpt), tmp_path / "cache", 2, "tensorrt")
+    # made in a child process (export/isolated.py), whose log records are logged here
+    export = [r for r in caplog.records if r.name == "maskrt.export"]
+    assert any("tracing the deploy graph" in r.getMessage() for r in export)
+    assert {r.process for r in export} == {export[0].process} != {os.getpid()}
     assert first.parent == tmp_path / "cache" / "onnx"
     assert first.name.startswith(f"{file_sha256(ckpt)}-tensorrt-b2-")
     meta = read_metadata(onnx.load(str(first)))
