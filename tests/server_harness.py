@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,6 +128,19 @@ def start_server(tmp_path_factory, name: str, settings: dict[str, object]) -> Se
         server.stop(signal.SIGKILL)
         raise
     return server
+
+
+def publish(checkpoint: Path, root: Path, model: str, version: int) -> None:
+    """Put ``checkpoint`` in ``root/model/version/`` as docs/scaling.md says to: written in a
+    hidden folder, then renamed into place, so that a poll never sees half of it."""
+    staging = root / f".staging-{model}-{version}"
+    (staging / str(version)).mkdir(parents=True)
+    shutil.copy(checkpoint, staging / str(version) / "model.pt")
+    if (root / model).is_dir():
+        (staging / str(version)).rename(root / model / str(version))
+        staging.rmdir()
+    else:
+        staging.rename(root / model)
 
 
 def png(image: np.ndarray | Image.Image) -> bytes:

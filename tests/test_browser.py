@@ -20,7 +20,15 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_harness import HOST, check_overlay, png, sample_scene, start_server
+from server_harness import (
+    HOST,
+    check_overlay,
+    png,
+    publish,
+    sample_scene,
+    shapes_image,
+    start_server,
+)
 from tools import missing, package
 
 pytestmark = [
@@ -29,6 +37,7 @@ pytestmark = [
 ]
 
 KEY = "browser-test-key-1"
+B_LABELS = ["sq", "ci", "tr"]  # model b's names of the shipped checkpoint's classes
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -72,9 +81,34 @@ def browser(server):
         b.close()
 
 
+@pytest.fixture(scope="module")
+def repository_server(tmp_path_factory, checkpoint):
+    """A model repository of ``a`` and ``b`` (versions 1 and 2, both served, with labels of its
+    own), no API keys and no default model: copies of the shipped checkpoint."""
+    package("playwright")
+    chromium()
+    root = tmp_path_factory.mktemp("browser-models")
+    for model, version in (("a", 1), ("b", 1), ("b", 2)):
+        publish(checkpoint, root, model, version)
+    (root / "b" / "config.yaml").write_text(f"labels: {B_LABELS}\nversion_policy: all\n")
+    settings = {"model_repository": root, "backend": "torch", "max_batch": 1}
+    srv = start_server(tmp_path_factory, "browser-repository", settings)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def offline(browser, server):
-    """A fresh browser context that can reach only the server; yields (context, blocked URLs)."""
+    yield from isolated(browser, server)
+
+
+@pytest.fixture
+def offline_repository(browser, repository_server):
+    yield from isolated(browser, repository_server)
+
+
+def isolated(browser, server):
+    """A fresh browser context that can reach only ``server``; yields (context, blocked URLs)."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     blocked: list[str] = []
     own = f"http://{HOST}:{server.port}/"
@@ -142,6 +176,7 @@ def test_the_key_field_unlocks_the_page(server, offline):
     assert info["name"] in model and info["backend"] in model and info["device"] in model
     assert all(name in model for name in info["classes"][1:])
     assert page.locator("#error").is_hidden()
+    assert page.locator("#choice").is_hidden(), "one model: nothing to choose"
     assert errors == []
 
 
@@ -179,6 +214,9 @@ def test_an_upload_draws_the_masks_and_the_slider_refilters(server, offline):
     page.locator("#score").fill("0")
     assert rows.count() == len(scores)
     assert len(uploads) == 1, f"the slider refilters without asking again: {uploads}"
+    assert page.text_content("#summary").endswith(
+        f"by {answer['model']['name']} version {answer['model']['model_version']}"
+    )
     assert errors == []
 
 
@@ -202,4 +240,57 @@ def test_docs_and_redoc_render_offline(server, offline):
     assert {"/predict", "/predict/batch", "/v1/model", "/healthz", "/readyz"} <= set(paths)
     page.goto(server.url + "/redoc")
     page.get_by_text("detect and segment the objects of one image").first.wait_for()
+    assert errors == []
+
+
+def test_a_repository_page_asks_the_chosen_model(repository_server, offline_repository):
+    from playwright.sync_api import expect
+
+    context, _ = offline_repository
+    data = png(shapes_image(0))
+    with repository_server.client() as c:
+        r = c.post(
+            "/predict",
+            files={"image": ("x.png", data)},
+            params={"model": "b", "version": "2", "score_threshold": 0},
+        )
+        assert r.status_code == 200, r.text
+        answer = r.json()
+    page, errors = watched(context, repository_server)
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if "/predict" in r.url else None)
+    page.goto(repository_server.url + "/")
+    choice = page.locator("#choice")
+    expect(choice).to_be_visible()
+    options = choice.locator("option").all_text_contents()
+    assert options == ["a", "b version 1", "b version 2"]
+    # no default model (several serve): the first is chosen, as GET /v1/model refuses to choose
+    assert page.locator("#choice option:checked").text_content() == "a"
+    assert page.text_content("#model").startswith("a ")
+
+    choice.select_option(label="b version 2")
+    expect(page.locator("#model")).to_contain_text("sq, ci, tr")
+    upload = {"name": "shapes.png", "mimeType": "image/png", "buffer": data}
+    page.set_input_files("#file", files=[upload])
+    page.locator("body[data-state=done]").wait_for()
+    assert page.text_content("#summary").endswith("by b version 2")
+    page.locator("#score").fill("0")
+    labels = page.locator("#detections tbody td:nth-child(3)").all_text_contents()
+    assert labels == [d["label"] for d in answer["detections"]]
+    assert set(labels) <= set(B_LABELS) and labels
+    assert uploads[-1].endswith("/predict?score_threshold=0&model=b&version=2")
+
+    # b unloaded meanwhile: the upload's unknown_model brings the list up to date
+    with repository_server.client() as c:
+        assert c.post("/v2/repository/models/b/unload").status_code == 200
+    page.set_input_files("#file", files=[upload])
+    page.locator("body[data-state=error]").wait_for()
+    assert "404 unknown_model" in page.text_content("#error")
+    expect(choice).to_be_hidden()
+    assert page.text_content("#model").startswith("a ")
+    assert "unknown_model" in page.text_content("#error"), "the refresh keeps the error shown"
+    page.set_input_files("#file", files=[upload])
+    page.locator("body[data-state=done]").wait_for()
+    assert page.text_content("#summary").endswith("by a version 1")
+    assert uploads[-1].endswith("/predict?score_threshold=0&model=a")
     assert errors == []

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from server_harness import free_port, png, shapes_image, start_server
+from server_harness import free_port, png, publish, shapes_image, start_server
 from tritonclient.utils import InferenceServerException
 
 CLIENTS = Path(__file__).with_name("oip_grpc_clients.py")
@@ -35,19 +35,6 @@ B_CONFIG = f"labels: [{', '.join(B_LABELS)}]\nmax_batch: 2\n"
 SERVED = {"backend": "torch", "max_delay_ms": 2, "request_timeout_s": 60}
 THREADS = 8  # clients posting during a swap
 pytestmark = [pytest.mark.slow]
-
-
-def publish(checkpoint: Path, root: Path, model: str, version: int) -> None:
-    """Put ``checkpoint`` in ``root/model/version/`` as docs/scaling.md says to: written in a
-    hidden folder, then renamed into place, so that a poll never sees half of it."""
-    staging = root / f".staging-{model}-{version}"
-    (staging / str(version)).mkdir(parents=True)
-    shutil.copy(checkpoint, staging / str(version) / "model.pt")
-    if (root / model).is_dir():
-        (staging / str(version)).rename(root / model / str(version))
-        staging.rmdir()
-    else:
-        staging.rename(root / model)
 
 
 def repository(

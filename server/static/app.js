@@ -13,6 +13,7 @@ const KEY_STORE = "maskrt-api-key";
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 let current = null; // {name, answer, roundTripMs, bitmap, masks}
+let choices = []; // {name, version (null: the newest), model (its GET /v1/model)}
 
 const colour = (i) => PALETTE[i % PALETTE.length];
 const css = ([r, g, b]) => `rgb(${r}, ${g}, ${b})`;
@@ -29,47 +30,85 @@ function setState(state, status = "") {
   $("status").textContent = status;
 }
 
-// "401 unauthorized: missing API key" from the server's {"error": {"code", "message"}} answer.
-async function errorText(response) {
+// {code, text}: "401 unauthorized: missing API key" from the server's {"error": {"code",
+// "message"}} answer.
+async function failure(response) {
   const text = await response.text();
   try {
     const { error } = JSON.parse(text);
-    if (error && error.code) return `${response.status} ${error.code}: ${error.message}`;
+    if (error && error.code) {
+      return { code: error.code, text: `${response.status} ${error.code}: ${error.message}` };
+    }
   } catch (_) {
     // not the server's error JSON (a proxy's page, say): show the start of it
   }
-  return `${response.status} ${response.statusText} ${text.slice(0, 200)}`.trim();
+  const start = `${response.status} ${response.statusText} ${text.slice(0, 200)}`;
+  return { code: "", text: start.trim() };
 }
 
+const describe = (m) =>
+  `${m.name} ${m.version} · ${m.backend} on ${m.device} · classes: ${m.classes.slice(1).join(", ")}`;
+
+function chosen() {
+  return choices[Number($("choice").value)] || null;
+}
+
+// The select's options: each ready model, and each of its versions when it has several ready;
+// the one chosen before if it still serves, else the server's default model, else the first.
+function showChoices(rows, preferred) {
+  const before = chosen();
+  const ready = rows.filter((r) => r.model);
+  const versions = (name) => ready.filter((r) => r.name === name).length;
+  choices = ready.map((r) => ({
+    name: r.name, version: versions(r.name) > 1 ? r.version : null, model: r.model,
+  }));
+  const same = (a) => (b) => b.name === a.name && b.version === a.version;
+  let index = before ? choices.findIndex(same(before)) : -1;
+  if (index < 0 && preferred) {
+    index = choices.findIndex(
+      (c) => c.name === preferred.name && c.model.model_version === preferred.model_version,
+    );
+  }
+  $("choice").replaceChildren(
+    ...choices.map((c, i) => new Option(c.version ? `${c.name} version ${c.version}` : c.name, i)),
+  );
+  $("choice").value = String(Math.max(index, 0));
+  $("choice").hidden = choices.length < 2;
+  $("model").textContent = choices.length ? describe(chosen().model) : "no model is serving";
+}
+
+// GET /v1/model names the default model (400 model_required: several serve and none is the
+// default), GET /v1/models every version and whether it is ready.
 async function loadModel() {
-  let response;
+  let preferred;
+  let listed;
   try {
-    response = await fetch("v1/model", { headers: authHeaders() });
+    [preferred, listed] = await Promise.all(
+      ["v1/model", "v1/models"].map((path) => fetch(path, { headers: authHeaders() })),
+    );
   } catch (e) {
     showError(`cannot reach the server: ${e.message}`);
     return;
   }
-  if (response.status === 401) {
+  if (listed.status === 401) {
     $("key-box").hidden = false;
     $("model").textContent = "this server needs an API key";
-    showError(await errorText(response));
+    showError((await failure(listed)).text);
     $("api-key").focus();
     return;
   }
-  if (response.status === 503) {
-    const wait = Number(response.headers.get("Retry-After")) || 5;
-    $("model").textContent = `${(await errorText(response))} (asking again in ${wait} s)`;
+  if (preferred.status === 503) {
+    const wait = Number(preferred.headers.get("Retry-After")) || 5;
+    $("model").textContent = `${(await failure(preferred)).text} (asking again in ${wait} s)`;
     setTimeout(loadModel, wait * 1000);
     return;
   }
-  if (!response.ok) {
-    showError(await errorText(response));
+  if (!listed.ok) {
+    showError((await failure(listed)).text);
     return;
   }
-  const m = await response.json();
-  $("model").textContent =
-    `${m.name} ${m.version} · ${m.backend} on ${m.device} · classes: ${m.classes.slice(1).join(", ")}`;
-  showError("");
+  const { models } = await listed.json();
+  showChoices(models, preferred.ok ? await preferred.json() : null);
 }
 
 // COCO compressed RLE (pycocotools' rleFrString): run lengths, first a run of 0s, column-major.
@@ -207,13 +246,23 @@ function render() {
   });
   $("detections").tBodies[0].replaceChildren(...rows);
   $("summary").textContent =
-    `${shown.length} of ${answer.detections.length} detections in ${current.name}`;
+    `${shown.length} of ${answer.detections.length} detections in ${current.name} ` +
+    `by ${answer.model.name} version ${answer.model.model_version}`;
   const t = answer.timings_ms;
   const server = Object.values(t).reduce((a, b) => a + b, 0);
   const parts = Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(" · ");
   $("latency").textContent =
     `server ${server.toFixed(1)} ms (${parts}) · round trip ${current.roundTripMs.toFixed(0)} ms`;
   $("result").hidden = false;
+}
+
+// Every detection (the slider filters them here, without asking again) of the chosen model.
+function query() {
+  const q = new URLSearchParams({ score_threshold: "0" });
+  const c = chosen();
+  if (c) q.set("model", c.name);
+  if (c && c.version) q.set("version", c.version);
+  return q;
 }
 
 async function predict(file) {
@@ -224,8 +273,7 @@ async function predict(file) {
   const started = performance.now();
   let response;
   try {
-    // every detection; the slider filters them here, without asking again
-    response = await fetch("predict?score_threshold=0", {
+    response = await fetch(`predict?${query()}`, {
       method: "POST", body: form, headers: authHeaders(),
     });
   } catch (e) {
@@ -236,8 +284,10 @@ async function predict(file) {
   const roundTripMs = performance.now() - started;
   if (!response.ok) {
     if (response.status === 401) $("key-box").hidden = false;
-    showError(`${file.name}: ${await errorText(response)}`);
+    const { code, text } = await failure(response);
+    showError(`${file.name}: ${text}`);
     setState("error");
+    if (code === "unknown_model") loadModel(); // unloaded meanwhile: the models serving now
     return;
   }
   const answer = await response.json();
@@ -282,7 +332,11 @@ $("key-box").addEventListener("submit", (e) => {
   e.preventDefault();
   apiKey = $("api-key").value.trim();
   sessionStorage.setItem(KEY_STORE, apiKey);
+  showError("");
   loadModel();
+});
+$("choice").addEventListener("change", () => {
+  $("model").textContent = describe(chosen().model);
 });
 
 loadModel();
