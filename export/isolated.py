@@ -3,9 +3,10 @@
 An ONNX export traces the model in Python for tens of seconds, holding the interpreter lock: in
 the server's own process it would stall every request of the versions serving meanwhile (a new
 version swapped in beside the old one: ``maskrt bench repository`` measured the swap's p99 at 7x
-the steady one with the export in the process, 1.3x to 1.6x with it here, on 2 cores). :func:`run_isolated` runs it in a fresh
-interpreter (``spawn``: forking a process with threads is unsafe) at a lower CPU priority, and
-logs its records through this process's loggers, as if it had run here.
+the steady one with the export in the process, 1.3x to 1.6x with it here, on 2 cores).
+:func:`run_isolated` runs it in a fresh interpreter (``spawn``: forking a process with threads is
+unsafe) at a lower CPU priority, and logs its records through this process's loggers, as if it
+had run here.
 """
 
 from __future__ import annotations
